@@ -1,0 +1,281 @@
+//! HTTP client for the Verge API: trusts only the cluster CA from the config, sends the
+//! bearer token, and turns `{reason, field, message}` answers into one-line errors.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use verge_api::{ApiErrorBody, Kind, Object, ObjectList};
+use verge_cloud::ClientConfig;
+
+/// Where the CLI config came from, in precedence order.
+pub fn config_path(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("VERGE_CONFIG") {
+        return Ok(PathBuf::from(p));
+    }
+    Ok(home_dir()?.join(".verge").join("config"))
+}
+
+pub fn home_dir() -> Result<PathBuf> {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .ok_or_else(|| anyhow!("HOME is not set; pass --config FILE"))
+}
+
+/// Loads the config, then applies `--server` / `--token` overrides.
+pub fn load_config(
+    explicit: Option<&Path>,
+    server: Option<&str>,
+    token: Option<&str>,
+) -> Result<ClientConfig> {
+    let path = config_path(explicit)?;
+    let mut cfg = if path.exists() {
+        ClientConfig::load(&path).map_err(|e| anyhow!("{e}"))?
+    } else if server.is_some() && token.is_some() {
+        ClientConfig {
+            server: String::new(),
+            certificate_authority_data: None,
+            token: String::new(),
+        }
+    } else {
+        bail!(
+            "no config at {}: run `verge dev`, or pass --config, or --server and --token",
+            path.display()
+        );
+    };
+    if let Some(s) = server {
+        cfg.server = s.trim_end_matches('/').to_string();
+    }
+    if let Some(t) = token {
+        cfg.token = t.to_string();
+    }
+    Ok(cfg)
+}
+
+/// rustls client config trusting exactly the PEM CA given.
+pub fn tls_config(ca_pem: &str) -> Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let mut rd = ca_pem.as_bytes();
+    for cert in rustls_pemfile::certs(&mut rd) {
+        roots
+            .add(cert.context("bad CA certificate PEM")?)
+            .context("bad CA certificate")?;
+    }
+    if roots.is_empty() {
+        bail!("the CA data holds no certificate");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("tls protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+/// An API answer that was not a success.
+#[derive(Debug)]
+pub struct ApiFailure {
+    pub status: StatusCode,
+    pub body: Option<ApiErrorBody>,
+    pub text: String,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.body {
+            Some(b) => write!(
+                f,
+                "{} ({:?}): {}",
+                self.status.as_u16(),
+                b.reason,
+                b.message
+            ),
+            None => write!(f, "{}: {}", self.status, self.text.trim()),
+        }
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+impl Client {
+    pub fn new(cfg: &ClientConfig) -> Result<Self> {
+        Self::with_builder(cfg, reqwest::Client::builder())
+    }
+
+    /// `builder` lets callers pick e.g. HTTP/1-only for many parallel streams.
+    pub fn with_builder(cfg: &ClientConfig, builder: reqwest::ClientBuilder) -> Result<Self> {
+        let mut builder = builder.connect_timeout(Duration::from_secs(10));
+        if cfg.server.starts_with("https://") {
+            let ca = cfg.certificate_authority_data.as_deref().ok_or_else(|| {
+                anyhow!(
+                    "the config has no certificateAuthorityData for {}",
+                    cfg.server
+                )
+            })?;
+            builder = builder.use_preconfigured_tls(tls_config(ca)?);
+        } else if !cfg.server.starts_with("http://") {
+            bail!(
+                "server {:?} must start with https:// (or http:// for --insecure-http)",
+                cfg.server
+            );
+        }
+        Ok(Self {
+            base: cfg.server.trim_end_matches('/').to_string(),
+            token: cfg.token.clone(),
+            http: builder.build().context("building the HTTP client")?,
+        })
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.token)
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
+        let resp = req
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach {}: {}", self.base, flatten(&e)))?;
+        let status = resp.status();
+        if status.is_success() {
+            return resp
+                .json::<T>()
+                .await
+                .context("decoding the server's answer");
+        }
+        Err(failure(resp).await.into())
+    }
+
+    pub async fn get(&self, kind: Kind, name: &str) -> Result<Object> {
+        self.send(self.request(Method::GET, &format!("/api/v1/{}/{name}", kind.plural())))
+            .await
+    }
+
+    /// `Ok(None)` on 404.
+    pub async fn get_opt(&self, kind: Kind, name: &str) -> Result<Option<Object>> {
+        match self.get(kind, name).await {
+            Ok(o) => Ok(Some(o)),
+            Err(e) => match e.downcast_ref::<ApiFailure>() {
+                Some(f) if f.status == StatusCode::NOT_FOUND => Ok(None),
+                _ => Err(e),
+            },
+        }
+    }
+
+    pub async fn list(&self, kind: Kind, selector: Option<&str>) -> Result<ObjectList> {
+        let mut req = self.request(Method::GET, &format!("/api/v1/{}", kind.plural()));
+        if let Some(s) = selector {
+            req = req.query(&[("labelSelector", s)]);
+        }
+        self.send(req).await
+    }
+
+    pub async fn create(&self, obj: &Object) -> Result<Object> {
+        let kind = kind_of(obj)?;
+        self.send(
+            self.request(Method::POST, &format!("/api/v1/{}", kind.plural()))
+                .json(obj),
+        )
+        .await
+    }
+
+    pub async fn update(&self, obj: &Object) -> Result<Object> {
+        let kind = kind_of(obj)?;
+        self.send(
+            self.request(
+                Method::PUT,
+                &format!("/api/v1/{}/{}", kind.plural(), obj.metadata.name),
+            )
+            .json(obj),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, kind: Kind, name: &str) -> Result<Object> {
+        self.send(self.request(Method::DELETE, &format!("/api/v1/{}/{name}", kind.plural())))
+            .await
+    }
+
+    /// Opens a watch stream (newline-delimited JSON).
+    pub async fn watch(
+        &self,
+        kind: Kind,
+        selector: Option<&str>,
+        resource_version: Option<&str>,
+    ) -> Result<reqwest::Response> {
+        let mut q: Vec<(&str, &str)> = vec![("watch", "1")];
+        if let Some(s) = selector {
+            q.push(("labelSelector", s));
+        }
+        if let Some(rv) = resource_version {
+            q.push(("resourceVersion", rv));
+        }
+        let resp = self
+            .request(Method::GET, &format!("/api/v1/{}", kind.plural()))
+            .query(&q)
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach {}: {}", self.base, flatten(&e)))?;
+        if !resp.status().is_success() {
+            return Err(failure(resp).await.into());
+        }
+        Ok(resp)
+    }
+
+    pub async fn send_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<T> {
+        let mut req = self.request(method, path);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        self.send(req).await
+    }
+}
+
+pub async fn failure(resp: reqwest::Response) -> ApiFailure {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    ApiFailure {
+        status,
+        body: serde_json::from_str(&text).ok(),
+        text,
+    }
+}
+
+fn kind_of(obj: &Object) -> Result<Kind> {
+    Kind::from_kind_name(&obj.kind).ok_or_else(|| anyhow!("unknown kind {:?}", obj.kind))
+}
+
+/// One line from an error and its sources.
+pub fn flatten(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let cs = c.to_string();
+        if !s.contains(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
+        }
+        src = c.source();
+    }
+    s
+}

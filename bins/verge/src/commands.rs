@@ -1,0 +1,261 @@
+//! Client commands: apply, get, describe, delete, token.
+
+use std::io::Read;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::StreamExt;
+use reqwest::Method;
+use verge_api::{Format, Kind, Object, WatchEvent, WatchEventType};
+
+use crate::client::Client;
+use crate::output::{self, OutputFormat};
+
+pub fn parse_kind(s: &str) -> Result<Kind> {
+    Kind::from_user(s).ok_or_else(|| {
+        let known: Vec<&str> = Kind::ALL.iter().map(|k| k.singular()).collect();
+        anyhow!("unknown kind {s:?}; known: {}", known.join(", "))
+    })
+}
+
+/// `verge apply -f FILE|-`: creates or updates each document, printing
+/// `app/web created|configured|unchanged`.
+pub async fn apply(client: &Client, file: &str) -> Result<()> {
+    let (text, origin) = if file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading standard input")?;
+        (s, "<stdin>".to_string())
+    } else {
+        let s = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+        (s, file.to_string())
+    };
+    let format = if origin.ends_with(".json") || text.trim_start().starts_with(['{', '[']) {
+        Format::Json
+    } else {
+        Format::Yaml
+    };
+    let docs = verge_api::parse_documents(&text, format).map_err(|e| anyhow!("{origin}: {e}"))?;
+    if docs.is_empty() {
+        bail!("{origin}: no objects found");
+    }
+    for obj in docs {
+        let kind =
+            Kind::from_kind_name(&obj.kind).ok_or_else(|| anyhow!("unknown kind {}", obj.kind))?;
+        let id = format!("{}/{}", kind.singular(), obj.metadata.name);
+        let outcome = match client.get_opt(kind, &obj.metadata.name).await? {
+            None => {
+                client
+                    .create(&obj)
+                    .await
+                    .with_context(|| format!("creating {id}"))?;
+                "created"
+            }
+            Some(current) => {
+                let mut next = obj.clone();
+                // Apply is declarative: last write wins (the server retries its CAS).
+                next.metadata.resource_version = None;
+                let updated = client
+                    .update(&next)
+                    .await
+                    .with_context(|| format!("updating {id}"))?;
+                if updated.metadata.resource_version == current.metadata.resource_version {
+                    "unchanged"
+                } else {
+                    "configured"
+                }
+            }
+        };
+        println!("{id} {outcome}");
+    }
+    Ok(())
+}
+
+pub async fn get(
+    client: &Client,
+    kind: Kind,
+    name: Option<&str>,
+    selector: Option<&str>,
+    out: OutputFormat,
+    watch: bool,
+) -> Result<()> {
+    if let Some(name) = name {
+        if watch {
+            bail!("--watch lists a kind; drop the NAME or use -l to select");
+        }
+        let obj = client.get(kind, name).await?;
+        match out {
+            OutputFormat::Json => println!("{}", output::json(&obj)?),
+            OutputFormat::Yaml => print!("{}", output::yaml(&obj)?),
+            OutputFormat::Table | OutputFormat::Wide => {
+                println!(
+                    "{}",
+                    output::table(kind, &[obj], out == OutputFormat::Wide, true)
+                )
+            }
+        }
+        return Ok(());
+    }
+    let list = client.list(kind, selector).await?;
+    match out {
+        OutputFormat::Json => println!("{}", output::json(&list)?),
+        OutputFormat::Yaml => print!("{}", output::yaml(&list)?),
+        OutputFormat::Table | OutputFormat::Wide => {
+            if list.items.is_empty() && !watch {
+                eprintln!("No {} found.", kind.plural());
+            } else if !list.items.is_empty() {
+                println!(
+                    "{}",
+                    output::table(kind, &list.items, out == OutputFormat::Wide, true)
+                );
+            }
+        }
+    }
+    if watch {
+        follow(client, kind, selector, &list.metadata.resource_version, out).await?;
+    }
+    Ok(())
+}
+
+async fn follow(
+    client: &Client,
+    kind: Kind,
+    selector: Option<&str>,
+    from: &str,
+    out: OutputFormat,
+) -> Result<()> {
+    let mut rv = from.to_string();
+    loop {
+        let resp = client.watch(kind, selector, Some(&rv)).await?;
+        let mut stream = resp.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| anyhow!("watch stream broke: {}", crate::client::flatten(&e)))?;
+            buf.extend_from_slice(&chunk);
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                let ev: WatchEvent =
+                    serde_json::from_slice(&line).context("decoding a watch event")?;
+                if ev.event_type == WatchEventType::Error {
+                    bail!("watch ended: {}", ev.object);
+                }
+                let obj: Object =
+                    serde_json::from_value(ev.object).context("decoding a watched object")?;
+                if let Some(v) = &obj.metadata.resource_version {
+                    rv = v.clone();
+                }
+                match out {
+                    OutputFormat::Json => println!("{}", serde_json::to_string(&obj)?),
+                    OutputFormat::Yaml => print!("---\n{}", output::yaml(&obj)?),
+                    _ => println!(
+                        "{:<9} {}",
+                        format!("{:?}", ev.event_type).to_uppercase(),
+                        output::table(kind, &[obj], out == OutputFormat::Wide, false)
+                    ),
+                }
+            }
+        }
+        // Server-side timeout: resume from the last revision seen.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<()> {
+    let obj = client.get(kind, name).await?;
+    print!("{}", output::describe(&obj)?);
+    Ok(())
+}
+
+pub async fn delete(client: &Client, kind: Kind, name: &str) -> Result<()> {
+    client.delete(kind, name).await?;
+    println!("{}/{name} deleted", kind.singular());
+    Ok(())
+}
+
+/// `30s`, `15m`, `1h`, `7d`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow!("invalid duration {s:?}: use e.g. 90s, 15m, 1h, 7d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => bail!("invalid duration {s:?}: unit must be s, m, h or d"),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(mult)))
+}
+
+pub async fn token_create(
+    client: &Client,
+    role: &str,
+    ttl: Option<&str>,
+    description: Option<&str>,
+) -> Result<()> {
+    if verge_cloud::Role::parse(role).is_none() {
+        bail!("unknown role {role:?}: use admin, operator or viewer");
+    }
+    let mut body = serde_json::json!({ "role": role });
+    if let Some(t) = ttl {
+        body["ttlSeconds"] = parse_duration(t)?.as_secs().into();
+    }
+    if let Some(d) = description {
+        body["description"] = d.into();
+    }
+    let info: verge_cloud::auth::TokenInfo = client
+        .send_json(Method::POST, "/api/v1/tokens", Some(&body))
+        .await?;
+    println!("{}", info.token.unwrap_or_default());
+    eprintln!(
+        "token {} (role {}{}) created; it is shown only once",
+        info.id,
+        info.role.as_str(),
+        info.expires_at
+            .map(|e| format!(", expires {e}"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+pub async fn token_list(client: &Client) -> Result<()> {
+    let list: serde_json::Value = client
+        .send_json(Method::GET, "/api/v1/tokens", None)
+        .await?;
+    let items: Vec<verge_cloud::auth::TokenInfo> =
+        serde_json::from_value(list["items"].clone()).context("decoding tokens")?;
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING);
+    t.set_header(["ID", "ROLE", "CREATED", "EXPIRES", "REVOKED", "DESCRIPTION"]);
+    for i in items {
+        t.add_row([
+            i.id,
+            i.role.as_str().to_string(),
+            i.created_at,
+            i.expires_at.unwrap_or_else(|| "never".into()),
+            i.revoked_at.unwrap_or_else(|| "-".into()),
+            i.description.unwrap_or_default(),
+        ]);
+    }
+    println!(
+        "{}",
+        t.to_string()
+            .lines()
+            .map(str::trim_start)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    Ok(())
+}
+
+pub async fn token_revoke(client: &Client, id: &str) -> Result<()> {
+    let _: serde_json::Value = client
+        .send_json(Method::DELETE, &format!("/api/v1/tokens/{id}"), None)
+        .await?;
+    println!("token {id} revoked");
+    Ok(())
+}

@@ -1,0 +1,265 @@
+//! `verge`: the control plane (`cloud`, `dev`) and the client commands. This file
+//! only parses arguments and wires; the work lives in the library crates and in the
+//! command modules.
+
+mod bench;
+mod client;
+mod commands;
+mod dev;
+mod output;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Result, anyhow};
+use clap::{CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
+
+use crate::output::OutputFormat;
+
+#[derive(Parser)]
+#[command(
+    name = "verge",
+    version,
+    about = "Verge: edge computing and serverless platform"
+)]
+struct Cli {
+    /// CLI config file (default: $VERGE_CONFIG, then ~/.verge/config).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// API server URL, overriding the config.
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// Bearer token, overriding the config.
+    #[arg(long, global = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the control plane.
+    Cloud {
+        /// Data directory (store, CA, admin token).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// API listen address.
+        #[arg(long, default_value = "0.0.0.0:7443")]
+        listen: SocketAddr,
+        /// Serve plain HTTP instead of TLS (loopback addresses only).
+        #[arg(long)]
+        insecure_http: bool,
+        /// Extra DNS name or IP for the server certificate (repeatable).
+        #[arg(long = "tls-san")]
+        tls_san: Vec<String>,
+        /// Request body limit in bytes.
+        #[arg(long, default_value_t = 1024 * 1024)]
+        max_body_bytes: usize,
+        /// Revisions of history kept for watches.
+        #[arg(long, default_value_t = 100_000)]
+        history_revisions: i64,
+        /// Seconds between history compactions.
+        #[arg(long, default_value_t = 60)]
+        compact_interval: u64,
+    },
+    /// Run a local control plane with embedded defaults ($VERGE_HOME or ~/.verge/dev).
+    Dev {
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: SocketAddr,
+    },
+    /// Create or update the objects in a file (`-` for stdin).
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+    /// List objects of a kind, or show one.
+    Get {
+        kind: String,
+        name: Option<String>,
+        /// Label selector, e.g. tier=frontend,env!=dev.
+        #[arg(short = 'l', long = "selector")]
+        selector: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+        /// Keep printing changes.
+        #[arg(short = 'w', long)]
+        watch: bool,
+    },
+    /// Show one object in detail.
+    Describe { kind: String, name: String },
+    /// Delete an object.
+    Delete { kind: String, name: String },
+    /// Manage API tokens (admin).
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Print a shell completion script.
+    Completion { shell: Shell },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token and print it (shown once).
+    Create {
+        #[arg(long)]
+        role: String,
+        /// Lifetime, e.g. 1h, 7d (default: no expiry).
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Durable creates/s and watch delivery latency.
+    Api(bench::ApiBenchArgs),
+}
+
+/// First Ctrl-C or SIGTERM: graceful shutdown. Second Ctrl-C: exit at once.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+    eprintln!("shutting down (Ctrl-C again to force)");
+    tokio::spawn(async {
+        let _ = tokio::signal::ctrl_c().await;
+        std::process::exit(130);
+    });
+}
+
+fn client(cli: &Cli) -> Result<client::Client> {
+    let cfg = client::load_config(
+        cli.config.as_deref(),
+        cli.server.as_deref(),
+        cli.token.as_deref(),
+    )?;
+    client::Client::new(&cfg)
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match &cli.cmd {
+        Cmd::Cloud {
+            data_dir,
+            listen,
+            insecure_http,
+            tls_san,
+            max_body_bytes,
+            history_revisions,
+            compact_interval,
+        } => {
+            let mut cfg = verge_cloud::CloudConfig::new(data_dir, *listen);
+            cfg.insecure_http = *insecure_http;
+            cfg.tls_sans = tls_san.clone();
+            cfg.max_body_bytes = *max_body_bytes;
+            cfg.history_revisions = (*history_revisions).max(1);
+            cfg.compact_interval = std::time::Duration::from_secs((*compact_interval).max(1));
+            verge_cloud::run(cfg, shutdown_signal())
+                .await
+                .map_err(|e| anyhow!("{e}"))
+        }
+        Cmd::Dev { listen } => dev::run(*listen, shutdown_signal()).await,
+        Cmd::Apply { file } => commands::apply(&client(&cli)?, file).await,
+        Cmd::Get {
+            kind,
+            name,
+            selector,
+            output,
+            watch,
+        } => {
+            let kind = commands::parse_kind(kind)?;
+            commands::get(
+                &client(&cli)?,
+                kind,
+                name.as_deref(),
+                selector.as_deref(),
+                *output,
+                *watch,
+            )
+            .await
+        }
+        Cmd::Describe { kind, name } => {
+            commands::describe(&client(&cli)?, commands::parse_kind(kind)?, name).await
+        }
+        Cmd::Delete { kind, name } => {
+            commands::delete(&client(&cli)?, commands::parse_kind(kind)?, name).await
+        }
+        Cmd::Token { cmd } => {
+            let c = client(&cli)?;
+            match cmd {
+                TokenCmd::Create {
+                    role,
+                    ttl,
+                    description,
+                } => commands::token_create(&c, role, ttl.as_deref(), description.as_deref()).await,
+                TokenCmd::List => commands::token_list(&c).await,
+                TokenCmd::Revoke { id } => commands::token_revoke(&c, id).await,
+            }
+        }
+        Cmd::Completion { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "verge", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Bench { cmd } => match cmd {
+            BenchCmd::Api(args) => {
+                let cfg = client::load_config(
+                    cli.config.as_deref(),
+                    cli.server.as_deref(),
+                    cli.token.as_deref(),
+                )
+                .ok();
+                bench::run(args.clone(), cfg).await
+            }
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // One crypto provider for the whole process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = e
+                .chain()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(": ");
+            eprintln!("error: {}", msg.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

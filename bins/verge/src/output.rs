@@ -1,0 +1,220 @@
+//! Human output: tables (comfy-table), ages, describe, YAML/JSON.
+
+use anyhow::Result;
+use comfy_table::presets::NOTHING;
+use comfy_table::{Cell, Table};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use verge_api::{Kind, Object};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+}
+
+/// `5s`, `3m`, `2h`, `4d` since an RFC 3339 time.
+pub fn age(ts: Option<&str>) -> String {
+    let Some(t) = ts.and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok()) else {
+        return "<unknown>".into();
+    };
+    let secs = (OffsetDateTime::now_utc() - t).whole_seconds().max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+fn workload_kind(obj: &Object) -> String {
+    obj.spec
+        .get("workload")
+        .and_then(|w| w.as_object())
+        .and_then(|w| w.keys().next().cloned())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn str_at<'a>(v: &'a serde_json::Value, path: &[&str]) -> Option<&'a str> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    cur.as_str()
+}
+
+/// Columns per kind: (headers, cells).
+fn columns(kind: Kind, obj: &Object) -> (Vec<&'static str>, Vec<String>) {
+    let name = obj.metadata.name.clone();
+    let age = age(obj.metadata.creation_timestamp.as_deref());
+    match kind {
+        Kind::App => (
+            vec!["NAME", "VERSION", "WORKLOAD", "AGE"],
+            vec![
+                name,
+                str_at(&obj.spec, &["version"]).unwrap_or("-").into(),
+                workload_kind(obj),
+                age,
+            ],
+        ),
+        Kind::Function => (
+            vec!["NAME", "RUNTIME", "HANDLER", "AGE"],
+            vec![
+                name,
+                str_at(&obj.spec, &["runtime"]).unwrap_or("-").into(),
+                str_at(&obj.spec, &["handler"]).unwrap_or("-").into(),
+                age,
+            ],
+        ),
+        Kind::Trigger => (
+            vec!["NAME", "SCHEDULE", "FUNCTION", "AGE"],
+            vec![
+                name,
+                str_at(&obj.spec, &["schedule"]).unwrap_or("-").into(),
+                str_at(&obj.spec, &["function"]).unwrap_or("-").into(),
+                age,
+            ],
+        ),
+        Kind::Task => (
+            vec!["NAME", "FUNCTION", "PHASE", "AGE"],
+            vec![
+                name,
+                str_at(&obj.spec, &["function"]).unwrap_or("-").into(),
+                str_at(&obj.status, &["phase"]).unwrap_or("-").into(),
+                age,
+            ],
+        ),
+        Kind::Node => (
+            vec!["NAME", "STATUS", "AGE"],
+            vec![
+                name,
+                str_at(&obj.status, &["phase"]).unwrap_or("Unknown").into(),
+                age,
+            ],
+        ),
+    }
+}
+
+fn labels_string(obj: &Object) -> String {
+    if obj.metadata.labels.is_empty() {
+        return "<none>".into();
+    }
+    obj.metadata
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn table(kind: Kind, objs: &[Object], wide: bool, header: bool) -> String {
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    let headers = {
+        let (mut h, _) = columns(kind, objs.first().unwrap_or(&empty(kind)));
+        if wide {
+            h.extend(["GENERATION", "RESOURCE-VERSION", "LABELS"]);
+        }
+        h
+    };
+    if header {
+        t.set_header(headers.iter().map(|h| Cell::new(*h)));
+    }
+    for o in objs {
+        let (_, mut row) = columns(kind, o);
+        if wide {
+            row.push(
+                o.metadata
+                    .generation
+                    .map(|g| g.to_string())
+                    .unwrap_or("-".into()),
+            );
+            row.push(o.metadata.resource_version.clone().unwrap_or("-".into()));
+            row.push(labels_string(o));
+        }
+        t.add_row(row);
+    }
+    let s = t.to_string();
+    s.lines()
+        .map(str::trim_start)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn empty(kind: Kind) -> Object {
+    Object {
+        api_version: verge_api::API_VERSION.into(),
+        kind: kind.name().into(),
+        metadata: Default::default(),
+        spec: serde_json::Value::Null,
+        status: serde_json::Value::Null,
+    }
+}
+
+pub fn yaml<T: serde::Serialize>(v: &T) -> Result<String> {
+    Ok(serde_norway::to_string(v)?)
+}
+
+pub fn json<T: serde::Serialize>(v: &T) -> Result<String> {
+    Ok(serde_json::to_string_pretty(v)?)
+}
+
+fn indent(s: &str, n: usize) -> String {
+    let pad = " ".repeat(n);
+    s.lines()
+        .map(|l| format!("{pad}{l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `verge describe`: metadata first, then spec and status as YAML.
+pub fn describe(obj: &Object) -> Result<String> {
+    let m = &obj.metadata;
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<18}{v}\n"));
+    line("Name:", m.name.clone());
+    line("Kind:", obj.kind.clone());
+    line("Labels:", labels_string(obj));
+    line(
+        "Annotations:",
+        if m.annotations.is_empty() {
+            "<none>".into()
+        } else {
+            m.annotations
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    );
+    line("UID:", m.uid.clone().unwrap_or_default());
+    line(
+        "Generation:",
+        m.generation.map(|g| g.to_string()).unwrap_or_default(),
+    );
+    line(
+        "Resource Version:",
+        m.resource_version.clone().unwrap_or_default(),
+    );
+    line(
+        "Created:",
+        format!(
+            "{} ({} ago)",
+            m.creation_timestamp.clone().unwrap_or_default(),
+            age(m.creation_timestamp.as_deref())
+        ),
+    );
+    out.push_str("Spec:\n");
+    out.push_str(&indent(yaml(&obj.spec)?.trim_end(), 2));
+    out.push('\n');
+    out.push_str("Status:\n");
+    if obj.status.is_null() {
+        out.push_str("  <none>\n");
+    } else {
+        out.push_str(&indent(yaml(&obj.status)?.trim_end(), 2));
+        out.push('\n');
+    }
+    Ok(out)
+}

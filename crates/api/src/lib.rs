@@ -1,0 +1,32 @@
+//! Verge resource model: the envelope every resource shares, the typed specs of each
+//! kind, strict validation that names the offending field path, label selectors, and
+//! YAML/JSON (multi-document) decoding.
+//!
+//! This crate is pure: no I/O, no async runtime. The API server, the store and the CLI
+//! all build on it; it must never depend on them.
+
+mod de;
+mod error;
+mod kind;
+pub mod limits;
+mod meta;
+mod object;
+mod parse;
+mod selector;
+pub mod specs;
+mod validate;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{Error, Result, ValidationError};
+pub use kind::Kind;
+pub use meta::ObjectMeta;
+pub use object::{API_VERSION, Object, kind_of};
+pub use parse::{Format, decode_object, parse_documents};
+pub use selector::{LabelSelector, Requirement};
+pub use validate::{
+    is_dns1123_label, is_dns1123_subdomain, is_label_key, is_label_value, validate_object,
+};
+pub use wire::{ApiErrorBody, ListMeta, ObjectList, Reason, WatchEvent, WatchEventType};

@@ -1,0 +1,78 @@
+//! Every bound the validator enforces, in one place, so the server, the CLI and the
+//! docs can quote the same numbers.
+
+/// Documents in one YAML stream or JSON array.
+pub const MAX_DOCUMENTS: usize = 1000;
+
+/// `metadata.name` (DNS-1123 label).
+pub const MAX_NAME_LEN: usize = 63;
+/// Entries in `metadata.labels`.
+pub const MAX_LABELS: usize = 64;
+/// The name part of a label key (after the optional `prefix/`).
+pub const MAX_LABEL_NAME_LEN: usize = 63;
+/// The DNS-subdomain prefix of a label key.
+pub const MAX_LABEL_PREFIX_LEN: usize = 253;
+/// A label value.
+pub const MAX_LABEL_VALUE_LEN: usize = 63;
+/// Total bytes of all annotation keys and values.
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+/// Server-set string fields a client may echo back (`uid`, `resourceVersion`,
+/// `creationTimestamp`).
+pub const MAX_SERVER_FIELD_LEN: usize = 128;
+
+/// Docker image reference.
+pub const MAX_IMAGE_LEN: usize = 512;
+/// Entries in a `command` or `args` list.
+pub const MAX_ARGS: usize = 64;
+/// Bytes in one command or argument string.
+pub const MAX_ARG_LEN: usize = 4096;
+/// Entries in an `env` map.
+pub const MAX_ENV: usize = 256;
+/// Bytes in an environment variable name.
+pub const MAX_ENV_NAME_LEN: usize = 256;
+/// Bytes in an environment variable value.
+pub const MAX_ENV_VALUE_LEN: usize = 32 * 1024;
+/// Entries in `ports`.
+pub const MAX_PORTS: usize = 64;
+/// Entries in `volumes`.
+pub const MAX_VOLUMES: usize = 64;
+/// Bytes in a filesystem path.
+pub const MAX_PATH_LEN: usize = 4096;
+/// Entries in a node selector (or fanout selector).
+pub const MAX_SELECTOR_ENTRIES: usize = 64;
+/// `placement.replicas`.
+pub const MAX_REPLICAS: u32 = 10_000;
+/// `placement.replicasPerNode`.
+pub const MAX_REPLICAS_PER_NODE: u32 = 100;
+/// Bytes in a CPU or memory quantity string.
+pub const MAX_QUANTITY_LEN: usize = 32;
+/// Bytes in a URL (`artifact.url`, `callbackUrl`).
+pub const MAX_URL_LEN: usize = 2048;
+
+/// Bytes in a function handler.
+pub const MAX_HANDLER_LEN: usize = 256;
+/// Bytes of inline function source (`code`).
+pub const MAX_INLINE_CODE_BYTES: usize = 256 * 1024;
+/// `resources.timeoutSeconds` of a function.
+pub const MAX_FUNCTION_TIMEOUT_SECONDS: u32 = 900;
+/// `resources.maxConcurrency` of a function.
+pub const MAX_FUNCTION_CONCURRENCY: u32 = 1000;
+/// `scaling.maxInstances` (and `scaling.minWarm`) of a function.
+pub const MAX_FUNCTION_INSTANCES: u32 = 1000;
+/// `scaling.idleSeconds` of a function.
+pub const MAX_IDLE_SECONDS: u32 = 86_400;
+
+/// Bytes in a cron schedule.
+pub const MAX_SCHEDULE_LEN: usize = 256;
+/// Bytes in a timezone name.
+pub const MAX_TIMEZONE_LEN: usize = 64;
+/// `missedPolicy.maxCatchUp`.
+pub const MAX_CATCH_UP: u32 = 1000;
+/// Serialized JSON bytes of a task or trigger `input`.
+pub const MAX_INPUT_BYTES: usize = 256 * 1024;
+/// Bytes in a task `idempotencyKey`.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+/// Task `timeoutSeconds`.
+pub const MAX_TASK_TIMEOUT_SECONDS: u32 = 86_400;
+/// Task `maxAttempts`.
+pub const MAX_TASK_ATTEMPTS: u32 = 100;

@@ -1,0 +1,335 @@
+//! Bearer-token authentication and role-based authorization.
+//!
+//! A token is `{id}.{secret}`. Only `sha256(secret)` is stored (under
+//! `/system/tokens/{id}` in the store); the secret is shown once, at creation.
+//! Secrets are 32 random alphanumerics (~190 bits), so a fast hash is appropriate;
+//! comparison is constant-time. Tokens carry a role, an optional expiry and may be
+//! revoked (the record is kept, marked revoked, so `token list` shows it).
+//!
+//! Denials are logged with the token id and the reason, never the secret.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use rand::Rng;
+use rand::distributions::Alphanumeric;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use utoipa::ToSchema;
+use verge_api::Reason;
+use verge_store::{DynStore, Expect};
+
+use crate::error::ApiError;
+
+pub const TOKEN_PREFIX: &str = "/system/tokens/";
+const ID_LEN: usize = 8;
+const SECRET_LEN: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, including tokens.
+    Admin,
+    /// Read and write every resource; no token management.
+    Operator,
+    /// Read-only.
+    Viewer,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "operator" => Some(Role::Operator),
+            "viewer" => Some(Role::Viewer),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    pub fn can_write_resources(self) -> bool {
+        matches!(self, Role::Admin | Role::Operator)
+    }
+
+    pub fn can_manage_tokens(self) -> bool {
+        self == Role::Admin
+    }
+}
+
+/// What the store holds for a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    pub id: String,
+    pub role: Role,
+    /// Hex SHA-256 of the secret part.
+    pub secret_sha256: String,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// What the API shows about a token (never the hash or the secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    pub id: String,
+    pub role: Role,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The full token `id.secret`; present only in the answer to its creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl From<&TokenRecord> for TokenInfo {
+    fn from(r: &TokenRecord) -> Self {
+        TokenInfo {
+            id: r.id.clone(),
+            role: r.role,
+            created_at: r.created_at.clone(),
+            expires_at: r.expires_at.clone(),
+            revoked_at: r.revoked_at.clone(),
+            description: r.description.clone(),
+            token: None,
+        }
+    }
+}
+
+/// Body of `POST /api/v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenCreateRequest {
+    pub role: Role,
+    /// Lifetime in seconds; absent = never expires.
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Who made a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub token_id: String,
+    pub role: Role,
+}
+
+pub fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| OffsetDateTime::now_utc())
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+fn random_string(len: usize, lowercase: bool) -> String {
+    let s: String = rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect();
+    if lowercase { s.to_ascii_lowercase() } else { s }
+}
+
+/// Token verification against an in-memory cache of the stored records. The cache is
+/// loaded at start-up and updated by every change made through this type (the API
+/// server is the only writer of tokens).
+pub struct Authenticator {
+    store: DynStore,
+    cache: RwLock<HashMap<String, TokenRecord>>,
+}
+
+impl Authenticator {
+    pub async fn load(store: DynStore) -> crate::Result<Self> {
+        let list = store.list(TOKEN_PREFIX, None).await?;
+        let mut cache = HashMap::new();
+        for kv in list.items {
+            let rec: TokenRecord = serde_json::from_slice(&kv.value)?;
+            cache.insert(rec.id.clone(), rec);
+        }
+        Ok(Self {
+            store,
+            cache: RwLock::new(cache),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.read().map(|c| c.is_empty()).unwrap_or(true)
+    }
+
+    /// Checks an `Authorization` header value.
+    pub fn authenticate(&self, header: Option<&str>) -> Result<Principal, ApiError> {
+        let deny = |id: &str, why: &'static str| {
+            tracing::warn!(token_id = id, reason = why, "authentication denied");
+            ApiError::new(Reason::Unauthorized, why)
+        };
+        let Some(header) = header else {
+            return Err(deny(
+                "-",
+                "missing bearer token: send 'Authorization: Bearer <token>'",
+            ));
+        };
+        let Some(token) = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+        else {
+            return Err(deny("-", "authorization header is not a bearer token"));
+        };
+        let Some((id, secret)) = token.trim().split_once('.') else {
+            return Err(deny("-", "malformed token: expected <id>.<secret>"));
+        };
+        let id_for_log: String = id.chars().take(ID_LEN).collect();
+        let cache = self
+            .cache
+            .read()
+            .map_err(|_| ApiError::internal("token cache poisoned"))?;
+        let Some(rec) = cache.get(id) else {
+            return Err(deny(&id_for_log, "invalid token"));
+        };
+        let given = sha256_hex(secret);
+        if !bool::from(given.as_bytes().ct_eq(rec.secret_sha256.as_bytes())) {
+            return Err(deny(&id_for_log, "invalid token"));
+        }
+        if rec.revoked_at.is_some() {
+            return Err(deny(&id_for_log, "token revoked"));
+        }
+        if let Some(exp) = &rec.expires_at {
+            let expired = OffsetDateTime::parse(exp, &Rfc3339)
+                .map(|t| t <= OffsetDateTime::now_utc())
+                .unwrap_or(true);
+            if expired {
+                return Err(deny(&id_for_log, "token expired"));
+            }
+        }
+        Ok(Principal {
+            token_id: rec.id.clone(),
+            role: rec.role,
+        })
+    }
+
+    /// Creates a token; returns its record and the full `id.secret` (shown once).
+    pub async fn create(
+        &self,
+        role: Role,
+        ttl: Option<Duration>,
+        description: Option<String>,
+    ) -> Result<(TokenRecord, String), ApiError> {
+        if let Some(d) = &description {
+            if d.len() > 256 {
+                return Err(ApiError::invalid(
+                    "description",
+                    "description: at most 256 bytes",
+                ));
+            }
+        }
+        if let Some(ttl) = ttl {
+            if ttl.is_zero() || ttl > Duration::from_secs(10 * 365 * 86400) {
+                return Err(ApiError::invalid(
+                    "ttlSeconds",
+                    "ttlSeconds: must be between 1 second and 10 years",
+                ));
+            }
+        }
+        for _ in 0..8 {
+            let id = random_string(ID_LEN, true);
+            let secret = random_string(SECRET_LEN, false);
+            let now = OffsetDateTime::now_utc()
+                .replace_nanosecond(0)
+                .unwrap_or(OffsetDateTime::now_utc());
+            let rec = TokenRecord {
+                id: id.clone(),
+                role,
+                secret_sha256: sha256_hex(&secret),
+                created_at: now.format(&Rfc3339).unwrap_or_default(),
+                expires_at: ttl.map(|d| (now + d).format(&Rfc3339).unwrap_or_default()),
+                revoked_at: None,
+                description: description.clone(),
+            };
+            let value = serde_json::to_vec(&rec).map_err(ApiError::internal)?;
+            match self
+                .store
+                .create(
+                    &format!("{TOKEN_PREFIX}{id}"),
+                    value.into(),
+                    Default::default(),
+                )
+                .await
+            {
+                Ok(_) => {
+                    self.cache
+                        .write()
+                        .map_err(|_| ApiError::internal("token cache poisoned"))?
+                        .insert(id.clone(), rec.clone());
+                    tracing::info!(token_id = %id, role = role.as_str(), "token created");
+                    return Ok((rec, format!("{id}.{secret}")));
+                }
+                Err(verge_store::Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::internal("could not allocate a unique token id"))
+    }
+
+    pub async fn revoke(&self, id: &str) -> Result<TokenRecord, ApiError> {
+        let key = format!("{TOKEN_PREFIX}{id}");
+        let kv = self
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("token {id} not found")).field("id"))?;
+        let mut rec: TokenRecord = serde_json::from_slice(&kv.value).map_err(ApiError::internal)?;
+        if rec.revoked_at.is_none() {
+            rec.revoked_at = Some(now_rfc3339());
+            let value = serde_json::to_vec(&rec).map_err(ApiError::internal)?;
+            self.store
+                .update(
+                    &key,
+                    value.into(),
+                    Default::default(),
+                    Expect::ModRevision(kv.mod_revision),
+                )
+                .await?;
+            tracing::info!(token_id = %id, "token revoked");
+        }
+        self.cache
+            .write()
+            .map_err(|_| ApiError::internal("token cache poisoned"))?
+            .insert(rec.id.clone(), rec.clone());
+        Ok(rec)
+    }
+
+    pub fn list(&self) -> Vec<TokenInfo> {
+        let mut out: Vec<TokenInfo> = self
+            .cache
+            .read()
+            .map(|c| c.values().map(TokenInfo::from).collect())
+            .unwrap_or_default();
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        out
+    }
+}

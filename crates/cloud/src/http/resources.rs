@@ -1,0 +1,433 @@
+//! `/api/v1/{plural}[/{name}[/status]]`: create, get, list, update (compare-and-swap on
+//! `metadata.resourceVersion`), delete, and the status subresource.
+//!
+//! Objects are stored as JSON without `resourceVersion`; it is filled from the store's
+//! `mod_revision` when read. `generation` starts at 1 and is bumped only when `spec`
+//! changes. Updates that change nothing are not written (the answer carries the
+//! unchanged `resourceVersion`, which is how `verge apply` reports `unchanged`).
+
+use std::collections::HashMap;
+
+use axum::Extension;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use verge_api::{API_VERSION, Kind, LabelSelector, ListMeta, Object, ObjectList, Reason};
+use verge_store::{Expect, KeyValue, Revision};
+
+use super::body;
+use super::state::SharedState;
+use super::watch;
+use crate::auth::{Principal, now_rfc3339};
+use crate::error::ApiError;
+
+/// Store key of an object.
+pub fn object_key(kind: Kind, name: &str) -> String {
+    format!("/registry/{}/{}", kind.plural(), name)
+}
+
+/// Store prefix of a kind.
+pub fn kind_prefix(kind: Kind) -> String {
+    format!("/registry/{}/", kind.plural())
+}
+
+pub fn kind_from_plural(plural: &str) -> Result<Kind, ApiError> {
+    Kind::from_plural(plural).ok_or_else(|| {
+        let known: Vec<&str> = Kind::ALL.iter().map(|k| k.plural()).collect();
+        ApiError::not_found(format!(
+            "unknown resource type {plural:?}; known: {}",
+            known.join(", ")
+        ))
+    })
+}
+
+pub fn require_write(p: &Principal) -> Result<(), ApiError> {
+    if p.role.can_write_resources() {
+        Ok(())
+    } else {
+        tracing::warn!(token_id = %p.token_id, role = p.role.as_str(), "write denied");
+        Err(ApiError::new(
+            Reason::Forbidden,
+            format!(
+                "role {} may not write; ask for an operator or admin token",
+                p.role.as_str()
+            ),
+        ))
+    }
+}
+
+/// Decodes a stored value and fills in `resourceVersion`.
+pub fn kv_to_object(kv: &KeyValue) -> Result<Object, ApiError> {
+    let mut obj: Object = serde_json::from_slice(&kv.value).map_err(ApiError::internal)?;
+    obj.metadata.resource_version = Some(kv.mod_revision.to_string());
+    Ok(obj)
+}
+
+fn encode_for_store(obj: &Object) -> Result<bytes::Bytes, ApiError> {
+    let mut stored = obj.clone();
+    stored.metadata.resource_version = None;
+    Ok(serde_json::to_vec(&stored)
+        .map_err(ApiError::internal)?
+        .into())
+}
+
+fn parse_revision(s: &str, field: &str) -> Result<Revision, ApiError> {
+    s.parse::<Revision>()
+        .ok()
+        .filter(|r| *r >= 0)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{field}: {s:?} is not a resource version (a non-negative integer)"
+            ))
+            .field(field)
+        })
+}
+
+fn check_kind(kind: Kind, obj: &Object) -> Result<(), ApiError> {
+    if obj.kind != kind.name() {
+        return Err(ApiError::invalid(
+            "kind",
+            format!(
+                "kind: {:?} does not belong under /api/v1/{}; expected {}",
+                obj.kind,
+                kind.plural(),
+                kind.name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn not_found(kind: Kind, name: &str) -> ApiError {
+    ApiError::not_found(format!("{} {name:?} not found", kind.singular()))
+}
+
+const LIST_PARAMS: &[&str] = &[
+    "labelSelector",
+    "watch",
+    "resourceVersion",
+    "timeoutSeconds",
+];
+
+pub async fn list(
+    State(st): State<SharedState>,
+    Path(plural): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let kind = kind_from_plural(&plural)?;
+    if let Some(bad) = q.keys().find(|k| !LIST_PARAMS.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown query parameter {bad:?}; known: {}",
+            LIST_PARAMS.join(", ")
+        ))
+        .field(bad.clone()));
+    }
+    let selector = match q.get("labelSelector") {
+        Some(s) => Some(LabelSelector::parse(s)?),
+        None => None,
+    };
+    let watching = match q.get("watch").map(String::as_str) {
+        None | Some("0") | Some("false") => false,
+        Some("1") | Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "watch: {other:?} is not a boolean (use 1 or true)"
+            ))
+            .field("watch"));
+        }
+    };
+    if watching {
+        let from = match q.get("resourceVersion") {
+            Some(s) => Some(parse_revision(s, "resourceVersion")?),
+            None => None,
+        };
+        let timeout = match q.get("timeoutSeconds") {
+            Some(s) => {
+                let t = s
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|t| (1..=watch::MAX_TIMEOUT_SECS).contains(t));
+                Some(t.ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "timeoutSeconds: must be an integer between 1 and {}",
+                        watch::MAX_TIMEOUT_SECS
+                    ))
+                    .field("timeoutSeconds")
+                })?)
+            }
+            None => None,
+        };
+        return watch::start(st, kind, selector, from, timeout, &headers).await;
+    }
+    let res = st.store.list(&kind_prefix(kind), selector.as_ref()).await?;
+    let items = res
+        .items
+        .iter()
+        .map(kv_to_object)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(ObjectList {
+        api_version: API_VERSION.to_string(),
+        kind: format!("{}List", kind.name()),
+        metadata: ListMeta {
+            resource_version: res.revision.to_string(),
+        },
+        items,
+    })
+    .into_response())
+}
+
+pub async fn get(
+    State(st): State<SharedState>,
+    Path((plural, name)): Path<(String, String)>,
+) -> Result<Json<Object>, ApiError> {
+    let kind = kind_from_plural(&plural)?;
+    let kv = st
+        .store
+        .get(&object_key(kind, &name))
+        .await?
+        .ok_or_else(|| not_found(kind, &name))?;
+    Ok(Json(kv_to_object(&kv)?))
+}
+
+pub async fn create(
+    State(st): State<SharedState>,
+    Path(plural): Path<String>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Object>), ApiError> {
+    let kind = kind_from_plural(&plural)?;
+    require_write(&principal)?;
+    let mut obj = body::read_object(&headers, body, st.max_body_bytes).await?;
+    check_kind(kind, &obj)?;
+    obj.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
+    obj.metadata.generation = Some(1);
+    obj.metadata.creation_timestamp = Some(now_rfc3339());
+    obj.metadata.resource_version = None;
+    // Status is written only through the /status subresource.
+    obj.status = serde_json::Value::Null;
+    let name = obj.metadata.name.clone();
+    let kv = st
+        .store
+        .create(
+            &object_key(kind, &name),
+            encode_for_store(&obj)?,
+            obj.metadata.labels.clone(),
+        )
+        .await
+        .map_err(|e| match e {
+            verge_store::Error::AlreadyExists { .. } => ApiError::new(
+                Reason::AlreadyExists,
+                format!(
+                    "{} {name:?} already exists; use PUT to update it",
+                    kind.singular()
+                ),
+            )
+            .field("metadata.name"),
+            other => other.into(),
+        })?;
+    obj.metadata.resource_version = Some(kv.mod_revision.to_string());
+    Ok((StatusCode::CREATED, Json(obj)))
+}
+
+/// Most compare-and-swap retries for an update that did not ask for a precondition.
+const UPDATE_RETRIES: usize = 16;
+
+pub async fn update(
+    State(st): State<SharedState>,
+    Path((plural, name)): Path<(String, String)>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Object>, ApiError> {
+    let kind = kind_from_plural(&plural)?;
+    require_write(&principal)?;
+    let obj = body::read_object(&headers, body, st.max_body_bytes).await?;
+    check_kind(kind, &obj)?;
+    if obj.metadata.name != name {
+        return Err(ApiError::invalid(
+            "metadata.name",
+            format!(
+                "metadata.name: {:?} does not match the name in the URL ({name:?})",
+                obj.metadata.name
+            ),
+        ));
+    }
+    let expected = match obj.metadata.resource_version.as_deref() {
+        Some(rv) => Some(parse_revision(rv, "metadata.resourceVersion")?),
+        None => None,
+    };
+    let key = object_key(kind, &name);
+    modify(&st, kind, &key, &name, expected, |current| {
+        let mut next = obj.clone();
+        next.metadata.uid = current.metadata.uid.clone();
+        next.metadata.creation_timestamp = current.metadata.creation_timestamp.clone();
+        let generation = current.metadata.generation.unwrap_or(1);
+        next.metadata.generation = Some(if next.spec != current.spec {
+            generation + 1
+        } else {
+            generation
+        });
+        next.status = current.status.clone();
+        Ok(next)
+    })
+    .await
+    .map(Json)
+}
+
+/// Read-modify-write with compare-and-swap. With `expected`, a stale version is a 409;
+/// without it, a concurrent change is retried. A change that alters nothing is not
+/// written.
+async fn modify(
+    st: &SharedState,
+    kind: Kind,
+    key: &str,
+    name: &str,
+    expected: Option<Revision>,
+    apply: impl Fn(&Object) -> Result<Object, ApiError>,
+) -> Result<Object, ApiError> {
+    for _ in 0..UPDATE_RETRIES {
+        let kv = st
+            .store
+            .get(key)
+            .await?
+            .ok_or_else(|| not_found(kind, name))?;
+        if let Some(rv) = expected {
+            if rv != kv.mod_revision {
+                return Err(verge_store::Error::Conflict {
+                    key: key.to_string(),
+                    expected: rv,
+                    current: kv.mod_revision,
+                }
+                .into());
+            }
+        }
+        let mut current: Object = serde_json::from_slice(&kv.value).map_err(ApiError::internal)?;
+        current.metadata.resource_version = None;
+        let mut next = apply(&current)?;
+        next.metadata.resource_version = None;
+        if next == current {
+            next.metadata.resource_version = Some(kv.mod_revision.to_string());
+            return Ok(next);
+        }
+        match st
+            .store
+            .update(
+                key,
+                encode_for_store(&next)?,
+                next.metadata.labels.clone(),
+                Expect::ModRevision(kv.mod_revision),
+            )
+            .await
+        {
+            Ok(new_kv) => {
+                next.metadata.resource_version = Some(new_kv.mod_revision.to_string());
+                return Ok(next);
+            }
+            Err(verge_store::Error::Conflict { .. }) if expected.is_none() => continue,
+            Err(verge_store::Error::NotFound { .. }) => return Err(not_found(kind, name)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::new(
+        Reason::Conflict,
+        "the object is being modified concurrently; retry",
+    ))
+}
+
+const STATUS_TOP_LEVEL: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
+
+/// `PUT /api/v1/{plural}/{name}/status`: replaces only `status`. The body is the object
+/// (or just `{metadata: {name, resourceVersion?}, status}`); everything but `status` and
+/// the optional `metadata.resourceVersion` precondition is ignored.
+pub async fn update_status(
+    State(st): State<SharedState>,
+    Path((plural, name)): Path<(String, String)>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Object>, ApiError> {
+    let kind = kind_from_plural(&plural)?;
+    require_write(&principal)?;
+    let value = body::read_value(&headers, body, st.max_body_bytes).await?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(ApiError::invalid(
+            "",
+            "the body must be an object with a status field",
+        ));
+    };
+    if let Some(bad) = map.keys().find(|k| !STATUS_TOP_LEVEL.contains(&k.as_str())) {
+        return Err(ApiError::invalid(
+            bad.clone(),
+            format!("{bad}: unknown field"),
+        ));
+    }
+    let meta = map.get("metadata").and_then(|m| m.as_object());
+    if let Some(body_name) = meta.and_then(|m| m.get("name")).and_then(|n| n.as_str()) {
+        if body_name != name {
+            return Err(ApiError::invalid(
+                "metadata.name",
+                format!(
+                    "metadata.name: {body_name:?} does not match the name in the URL ({name:?})"
+                ),
+            ));
+        }
+    }
+    let expected = match meta.and_then(|m| m.get("resourceVersion")) {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(parse_revision(s, "metadata.resourceVersion")?),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "metadata.resourceVersion",
+                "metadata.resourceVersion: must be a string",
+            ));
+        }
+    };
+    let status = match map.get("status") {
+        Some(s @ serde_json::Value::Object(_)) => s.clone(),
+        Some(serde_json::Value::Null) | None => {
+            return Err(ApiError::invalid("status", "status: missing field"));
+        }
+        Some(_) => return Err(ApiError::invalid("status", "status: must be an object")),
+    };
+    let key = object_key(kind, &name);
+    modify(&st, kind, &key, &name, expected, |current| {
+        let mut next = current.clone();
+        next.status = status.clone();
+        Ok(next)
+    })
+    .await
+    .map(Json)
+}
+
+pub async fn delete(
+    State(st): State<SharedState>,
+    Path((plural, name)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Object>, ApiError> {
+    let kind = kind_from_plural(&plural)?;
+    require_write(&principal)?;
+    if let Some(bad) = q.keys().find(|k| k.as_str() != "resourceVersion") {
+        return Err(ApiError::bad_request(format!(
+            "unknown query parameter {bad:?}; known: resourceVersion"
+        ))
+        .field(bad.clone()));
+    }
+    let expect = match q.get("resourceVersion") {
+        Some(rv) => Expect::ModRevision(parse_revision(rv, "resourceVersion")?),
+        None => Expect::Any,
+    };
+    let kv = st
+        .store
+        .delete(&object_key(kind, &name), expect)
+        .await
+        .map_err(|e| match e {
+            verge_store::Error::NotFound { .. } => not_found(kind, &name),
+            other => other.into(),
+        })?;
+    Ok(Json(kv_to_object(&kv)?))
+}

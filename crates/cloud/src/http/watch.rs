@@ -1,0 +1,186 @@
+//! Watch streams: `GET /api/v1/{plural}?watch=1[&resourceVersion=N]`.
+//!
+//! With `resourceVersion=N` the stream carries every change with a revision greater
+//! than N, in order (410 Gone before the stream starts if N was compacted). Without it,
+//! the stream starts with an `ADDED` event for each current object, then follows changes.
+//! Lines are newline-delimited JSON `{"type": ..., "object": ...}`, or Server-Sent Events
+//! when the client accepts `text/event-stream`. Each event is encoded once and the bytes
+//! are shared by every watcher (`Event::encoded`). A stream ends at `timeoutSeconds`
+//! (default 30 min), at server shutdown, when the client goes away, or with an `ERROR`
+//! event if it falls behind a compaction.
+//!
+//! Label-selector watches filter on the object's labels at each event; an object whose
+//! labels stop matching produces no event (clients relist to reconcile).
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use verge_api::{Kind, LabelSelector, WatchEvent, WatchEventType};
+use verge_store::{Event, EventKind, Revision};
+
+use super::resources::{kind_prefix, kv_to_object};
+use super::state::SharedState;
+use crate::error::ApiError;
+
+pub const DEFAULT_TIMEOUT_SECS: u64 = 1800;
+pub const MAX_TIMEOUT_SECS: u64 = 3600;
+/// Lines buffered per watcher before the stream stops reading from the store (the
+/// store then catches the watcher up from history).
+const BUFFER: usize = 256;
+
+#[derive(Clone, Copy)]
+enum Framing {
+    NdJson,
+    Sse,
+}
+
+impl Framing {
+    fn frame(self, json_line: &Bytes, revision: Option<Revision>) -> Bytes {
+        match self {
+            Framing::NdJson => json_line.clone(),
+            Framing::Sse => {
+                let mut out = Vec::with_capacity(json_line.len() + 32);
+                if let Some(r) = revision {
+                    out.extend_from_slice(format!("id: {r}\n").as_bytes());
+                }
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(json_line.strip_suffix(b"\n").unwrap_or(json_line));
+                out.extend_from_slice(b"\n\n");
+                out.into()
+            }
+        }
+    }
+}
+
+fn line(event_type: WatchEventType, object: serde_json::Value) -> Bytes {
+    let mut v = serde_json::to_vec(&WatchEvent { event_type, object }).unwrap_or_default();
+    v.push(b'\n');
+    v.into()
+}
+
+/// JSON line for a store event, encoded once per event and shared.
+fn encode_event(ev: &Event) -> Result<Bytes, ApiError> {
+    if let Some(b) = ev.encoded.get() {
+        return Ok(b.clone());
+    }
+    let obj = kv_to_object(&ev.kv)?;
+    let t = match ev.kind {
+        EventKind::Delete => WatchEventType::Deleted,
+        EventKind::Put if ev.is_create() => WatchEventType::Added,
+        EventKind::Put => WatchEventType::Modified,
+    };
+    let b = line(t, serde_json::to_value(&obj).map_err(ApiError::internal)?);
+    Ok(ev.encoded.get_or_init(|| b).clone())
+}
+
+struct WatchGuard(SharedState);
+
+impl WatchGuard {
+    fn new(st: SharedState) -> Self {
+        st.metrics.open_watches.inc();
+        Self(st)
+    }
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.metrics.open_watches.dec();
+    }
+}
+
+pub async fn start(
+    st: SharedState,
+    kind: Kind,
+    selector: Option<LabelSelector>,
+    from: Option<Revision>,
+    timeout: Option<u64>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let framing = match headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) {
+        Some(a) if a.contains("text/event-stream") => Framing::Sse,
+        _ => Framing::NdJson,
+    };
+    let prefix = kind_prefix(kind);
+    // Without a starting revision: send the current objects, then changes after them.
+    let (initial, after) = match from {
+        Some(rv) => (Vec::new(), rv),
+        None => {
+            let list = st.store.list(&prefix, selector.as_ref()).await?;
+            (list.items, list.revision)
+        }
+    };
+    // Opening the store watch here makes a compacted revision a 410 before streaming.
+    let mut events = st.store.watch(&prefix, after).await?;
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(BUFFER);
+    let guard = WatchGuard::new(st.clone());
+    let mut shutdown = st.shutdown.clone();
+    let deadline = Duration::from_secs(timeout.unwrap_or(DEFAULT_TIMEOUT_SECS));
+    tokio::spawn(async move {
+        let _guard = guard;
+        for kv in initial {
+            let Ok(obj) = kv_to_object(&kv) else { continue };
+            let Ok(v) = serde_json::to_value(&obj) else {
+                continue;
+            };
+            let b = line(WatchEventType::Added, v);
+            if tx
+                .send(Ok(framing.frame(&b, Some(kv.mod_revision))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let sleep = tokio::time::sleep(deadline);
+        tokio::pin!(sleep);
+        loop {
+            let next = tokio::select! {
+                n = events.next() => n,
+                _ = &mut sleep => return,
+                _ = shutdown.changed() => return,
+                _ = tx.closed() => return,
+            };
+            let frame = match next {
+                None => return,
+                Some(Ok(ev)) => {
+                    if let Some(sel) = &selector {
+                        if !sel.matches(&ev.kv.labels) {
+                            continue;
+                        }
+                    }
+                    match encode_event(&ev) {
+                        Ok(b) => framing.frame(&b, Some(ev.revision)),
+                        Err(_) => continue,
+                    }
+                }
+                Some(Err(e)) => {
+                    let err = ApiError::from(e);
+                    let body = serde_json::to_value(err.body()).unwrap_or_default();
+                    let _ = tx
+                        .send(Ok(framing.frame(&line(WatchEventType::Error, body), None)))
+                        .await;
+                    return;
+                }
+            };
+            if tx.send(Ok(frame)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let content_type = match framing {
+        Framing::NdJson => "application/x-ndjson",
+        Framing::Sse => "text/event-stream",
+    };
+    let mut resp = Response::new(Body::from_stream(ReceiverStream::new(rx)));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(resp)
+}

@@ -1,0 +1,243 @@
+//! The Verge control plane: the authenticated, TLS-by-default resource API over the
+//! revisioned store, plus the machinery around it (cluster CA, tokens, metrics,
+//! OpenAPI, history compaction).
+//!
+//! Entry point: [`run`], which takes its shutdown signal as an input. The `verge`
+//! binary only parses flags and calls it.
+
+pub mod auth;
+mod client_config;
+mod error;
+pub mod http;
+pub mod metrics;
+pub mod openapi;
+mod pki;
+mod secure_fs;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use verge_store::{DynStore, SqliteOptions, SqliteStore};
+
+pub use auth::Role;
+pub use client_config::ClientConfig;
+pub use error::{ApiError, Error, Result};
+pub use pki::ClusterCa;
+pub use secure_fs::{ensure_private_dir, write_private};
+
+use crate::auth::Authenticator;
+use crate::http::AppState;
+use crate::metrics::{InstrumentedStore, Metrics};
+
+/// Everything `verge cloud` can be told.
+#[derive(Debug, Clone)]
+pub struct CloudConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Serve plain HTTP (only allowed on loopback addresses).
+    pub insecure_http: bool,
+    /// Extra DNS names / IPs for the server certificate.
+    pub tls_sans: Vec<String>,
+    /// Request body cap in bytes.
+    pub max_body_bytes: usize,
+    /// Revisions of history kept for watches; older ones are compacted.
+    pub history_revisions: i64,
+    /// How often the compactor runs.
+    pub compact_interval: Duration,
+    /// How long in-flight requests may take to finish at shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl CloudConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen,
+            insecure_http: false,
+            tls_sans: Vec::new(),
+            max_body_bytes: 1024 * 1024,
+            history_revisions: 100_000,
+            compact_interval: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Files of a data directory.
+pub mod files {
+    pub const CA_CERT: &str = "ca.crt";
+    pub const ADMIN_TOKEN: &str = "admin.token";
+    pub const ADMIN_CONFIG: &str = "admin.config";
+    pub const STORE_DB: &str = "store.db";
+    /// The address actually bound (useful with port 0).
+    pub const API_ADDR: &str = "api.addr";
+}
+
+fn server_url(scheme: &str, addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+        ip => ip,
+    };
+    match ip {
+        IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{}", addr.port()),
+        IpAddr::V4(v4) => format!("{scheme}://{v4}:{}", addr.port()),
+    }
+}
+
+/// Runs the control plane until `shutdown` resolves, then drains and closes the store.
+pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    if cfg.insecure_http && !cfg.listen.ip().is_loopback() {
+        return Err(Error::Config(format!(
+            "--insecure-http is refused on {}: plain HTTP is only allowed on a loopback address (127.0.0.1 or ::1)",
+            cfg.listen.ip()
+        )));
+    }
+    ensure_private_dir(&cfg.data_dir)?;
+    let ca = ClusterCa::load_or_create(&cfg.data_dir)?;
+
+    let sqlite =
+        Arc::new(SqliteStore::open(SqliteOptions::new(cfg.data_dir.join(files::STORE_DB))).await?);
+    let metrics = Arc::new(Metrics::new());
+    let store: DynStore = Arc::new(InstrumentedStore::new(
+        sqlite.clone() as DynStore,
+        metrics.clone(),
+    ));
+    let auth = Authenticator::load(store.clone()).await?;
+
+    let token_path = cfg.data_dir.join(files::ADMIN_TOKEN);
+    if !token_path.exists() {
+        if !auth.is_empty() {
+            tracing::warn!(
+                "{} is missing but tokens exist; not creating a new admin token (create one with an existing admin token)",
+                token_path.display()
+            );
+        } else {
+            let (_, token) = auth
+                .create(Role::Admin, None, Some("initial admin token".into()))
+                .await
+                .map_err(|e| Error::Config(format!("creating the admin token: {}", e.message)))?;
+            write_private(&token_path, format!("{token}\n").as_bytes())?;
+            tracing::info!(path = %token_path.display(), "wrote initial admin token");
+        }
+    }
+
+    let tls = if cfg.insecure_http {
+        tracing::warn!("serving plain HTTP on {} (--insecure-http)", cfg.listen);
+        None
+    } else {
+        let mut dns: Vec<String> = vec!["localhost".into()];
+        let mut ips: Vec<IpAddr> = vec![
+            IpAddr::from([127, 0, 0, 1]),
+            "::1".parse().unwrap_or(IpAddr::from([127, 0, 0, 1])),
+        ];
+        if !cfg.listen.ip().is_unspecified() && !ips.contains(&cfg.listen.ip()) {
+            ips.push(cfg.listen.ip());
+        }
+        if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
+            let h = h.trim();
+            if !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            {
+                dns.push(h.to_string());
+            }
+        }
+        for san in &cfg.tls_sans {
+            match san.parse::<IpAddr>() {
+                Ok(ip) => ips.push(ip),
+                Err(_) => dns.push(san.clone()),
+            }
+        }
+        let issued = ca.issue_server_cert(&dns, &ips)?;
+        Some(pki::server_tls_config(&ca, &issued)?)
+    };
+
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::Config(format!("listener address: {e}")))?;
+    let url = server_url(if tls.is_some() { "https" } else { "http" }, bound);
+    secure_fs::write_public(
+        &cfg.data_dir.join(files::API_ADDR),
+        format!("{url}\n").as_bytes(),
+    )?;
+    if token_path.exists() {
+        let token = secure_fs::read_to_string(&token_path)?.trim().to_string();
+        ClientConfig {
+            server: url.clone(),
+            certificate_authority_data: tls.as_ref().map(|_| ca.cert_pem.clone()),
+            token,
+        }
+        .save(&cfg.data_dir.join(files::ADMIN_CONFIG))?;
+    }
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let openapi_json: Bytes = serde_json::to_vec_pretty(&openapi::document())?.into();
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        auth,
+        metrics,
+        max_body_bytes: cfg.max_body_bytes,
+        shutdown: shutdown_rx.clone(),
+        openapi_json,
+    });
+    let app = http::router(state);
+    let compactor = tokio::spawn(compact_loop(
+        store.clone(),
+        cfg.history_revisions,
+        cfg.compact_interval,
+        shutdown_rx.clone(),
+    ));
+    tracing::info!(%url, data_dir = %cfg.data_dir.display(), "verge cloud listening");
+    let server = tokio::spawn(http::serve::serve(
+        listener,
+        tls,
+        app,
+        shutdown_rx,
+        cfg.drain_timeout,
+    ));
+    shutdown.await;
+    tracing::info!("shutting down: draining connections");
+    let _ = shutdown_tx.send(true);
+    let _ = server.await;
+    let _ = compactor.await;
+    sqlite.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Keeps `keep` revisions of history.
+async fn compact_loop(
+    store: DynStore,
+    keep: i64,
+    every: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        let (Ok(cur), Ok(done)) = (
+            store.current_revision().await,
+            store.compacted_revision().await,
+        ) else {
+            continue;
+        };
+        let target = cur - keep;
+        if target > done {
+            match store.compact(target).await {
+                Ok(()) => tracing::debug!(revision = target, "compacted history"),
+                Err(e) => tracing::warn!(error = %e, "compaction failed"),
+            }
+        }
+    }
+}

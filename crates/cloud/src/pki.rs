@@ -1,0 +1,160 @@
+//! The cluster certificate authority: created at the first start of a data directory
+//! (`ca.crt`, `ca.key` 0600), then used to issue the API server's certificate on every
+//! start (so its SANs follow the listen address and `--tls-san`).
+//!
+//! The CA key never leaves the data directory. rcgen 0.13 signs with an issuer
+//! `Certificate`; we rebuild it from the stored key and the fixed CA parameters, which
+//! yields the same subject and key identifier as the stored `ca.crt`.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::secure_fs::{read_to_string, write_private, write_public};
+
+const CA_COMMON_NAME: &str = "verge cluster CA";
+const CA_ORG: &str = "verge";
+
+/// The loaded CA: its PEM (what clients trust) and what is needed to sign.
+pub struct ClusterCa {
+    pub cert_pem: String,
+    key: KeyPair,
+    issuer: Certificate,
+}
+
+fn ca_params() -> Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, CA_COMMON_NAME);
+    dn.push(DnType::OrganizationName, CA_ORG);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(3650);
+    Ok(params)
+}
+
+impl ClusterCa {
+    /// Loads `ca.crt`/`ca.key` from `dir`, creating them when both are missing.
+    pub fn load_or_create(dir: &Path) -> Result<Self> {
+        let crt = dir.join("ca.crt");
+        let key = dir.join("ca.key");
+        match (crt.exists(), key.exists()) {
+            (true, true) => {
+                let cert_pem = read_to_string(&crt)?;
+                let key = KeyPair::from_pem(&read_to_string(&key)?)?;
+                let issuer = ca_params()?.self_signed(&key)?;
+                Ok(Self {
+                    cert_pem,
+                    key,
+                    issuer,
+                })
+            }
+            (false, false) => {
+                let key_pair = KeyPair::generate()?;
+                let cert = ca_params()?.self_signed(&key_pair)?;
+                write_private(&key, key_pair.serialize_pem().as_bytes())?;
+                write_public(&crt, cert.pem().as_bytes())?;
+                tracing::info!(path = %crt.display(), "created cluster CA");
+                Ok(Self {
+                    cert_pem: cert.pem(),
+                    key: key_pair,
+                    issuer: cert,
+                })
+            }
+            _ => Err(Error::Config(format!(
+                "{} has only one of ca.crt and ca.key; restore the missing file or remove both to create a new CA (clients must then trust the new ca.crt)",
+                dir.display()
+            ))),
+        }
+    }
+
+    /// `sha256:<hex>` of the CA certificate's DER, what edge nodes pin when joining.
+    pub fn cert_hash(&self) -> Result<String> {
+        let der = pem_certs(&self.cert_pem)?;
+        let first = der
+            .first()
+            .ok_or_else(|| Error::Tls("ca.crt holds no certificate".into()))?;
+        Ok(format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(first.as_ref()))
+        ))
+    }
+
+    /// Issues a server certificate for the given DNS names and IPs (valid 1 year).
+    pub fn issue_server_cert(&self, dns: &[String], ips: &[IpAddr]) -> Result<IssuedCert> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "verge-apiserver");
+        dn.push(DnType::OrganizationName, CA_ORG);
+        params.distinguished_name = dn;
+        for d in dns {
+            params.subject_alt_names.push(SanType::DnsName(
+                d.clone()
+                    .try_into()
+                    .map_err(|_| Error::Config(format!("invalid DNS name for TLS SAN: {d}")))?,
+            ));
+        }
+        for ip in ips {
+            params.subject_alt_names.push(SanType::IpAddress(*ip));
+        }
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(365);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer, &self.key)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_der: key.serialize_der(),
+        })
+    }
+}
+
+pub struct IssuedCert {
+    pub cert_pem: String,
+    pub key_der: Vec<u8>,
+}
+
+/// Parses every certificate in a PEM string.
+pub fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let mut rd = pem.as_bytes();
+    rustls_pemfile::certs(&mut rd)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Tls(format!("bad PEM certificate: {e}")))
+}
+
+/// rustls server config for the API: the issued certificate chained to the CA, ALPN h2
+/// and http/1.1, ring as the one crypto provider.
+pub fn server_tls_config(ca: &ClusterCa, issued: &IssuedCert) -> Result<Arc<rustls::ServerConfig>> {
+    let mut chain = pem_certs(&issued.cert_pem)?;
+    chain.extend(pem_certs(&ca.cert_pem)?);
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.key_der.clone()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}

@@ -1,0 +1,183 @@
+//! Test helpers: start a real `verge cloud` process on a temp data dir and a free
+//! loopback port, talk to it over real HTTPS trusting its CA, kill it with SIGKILL,
+//! restart it on the same data dir. Dev-dependency only.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A running (or killed) `verge cloud` child process.
+pub struct Cloud {
+    bin: PathBuf,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+    /// `https://127.0.0.1:PORT`
+    pub url: String,
+    pub admin_token: String,
+    pub ca_pem: String,
+    /// Port to reuse across restarts (0 = pick).
+    port: u16,
+}
+
+fn install_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl Cloud {
+    /// Starts `bin cloud` on a fresh temp dir.
+    pub async fn start(bin: &Path, extra_args: &[&str]) -> Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("data");
+        let mut c = Cloud {
+            bin: bin.to_path_buf(),
+            dir,
+            _tmp: Some(tmp),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            url: String::new(),
+            admin_token: String::new(),
+            ca_pem: String::new(),
+            port: 0,
+        };
+        c.spawn().await?;
+        Ok(c)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        install_provider();
+        let addr_file = self.dir.join("api.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let child = Command::new(&self.bin)
+            .arg("cloud")
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args(&self.extra_args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .context("spawning verge cloud")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(ch) = self.child.as_mut() {
+                if let Some(status) = ch.try_wait()? {
+                    bail!("verge cloud exited during start-up: {status}");
+                }
+            }
+            if let Ok(url) = std::fs::read_to_string(&addr_file) {
+                self.url = url.trim().to_string();
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("verge cloud did not write api.addr in 30s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.port = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("port in api.addr")?;
+        self.admin_token = std::fs::read_to_string(self.dir.join("admin.token"))?
+            .trim()
+            .to_string();
+        self.ca_pem = std::fs::read_to_string(self.dir.join("ca.crt"))?;
+        // Ready when the API answers.
+        let c = self.client()?;
+        loop {
+            if let Ok(r) = c.get(format!("{}/readyz", self.url)).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("verge cloud not ready in 30s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// An HTTPS client trusting only this cluster's CA.
+    pub fn client(&self) -> Result<reqwest::Client> {
+        let mut roots = rustls::RootCertStore::empty();
+        let mut rd = self.ca_pem.as_bytes();
+        for c in rustls_pemfile::certs(&mut rd) {
+            roots.add(c?)?;
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(reqwest::Client::builder()
+            .use_preconfigured_tls(cfg)
+            .timeout(Duration::from_secs(30))
+            .build()?)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut ch) = self.child.take() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(ch.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )?;
+            ch.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut ch = self.child.take().context("not running")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(ch.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        Ok(ch.wait()?)
+    }
+
+    /// Starts again on the same data dir and port.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill9()?;
+        self.spawn().await
+    }
+
+    /// A CLI config file for this cloud (the one the server wrote).
+    pub fn admin_config(&self) -> PathBuf {
+        self.dir.join("admin.config")
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        if let Some(mut ch) = self.child.take() {
+            let _ = ch.kill();
+            let _ = ch.wait();
+        }
+    }
+}
+
+/// Path to a binary built by cargo next to the test executable.
+pub fn cargo_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    dir.join(name)
+}
