@@ -37,7 +37,7 @@ async fn writer(
     let counter = format!("counter-{id}");
     while !stop.load(Ordering::Relaxed) {
         let n = seq.fetch_add(1, Ordering::Relaxed);
-        let (method, path, name) = if n % 3 == 0 {
+        let (method, path, name) = if n.is_multiple_of(3) {
             (
                 reqwest::Method::PUT,
                 format!("/api/v1/tasks/{counter}"),

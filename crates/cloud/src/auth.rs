@@ -239,21 +239,21 @@ impl Authenticator {
         ttl: Option<Duration>,
         description: Option<String>,
     ) -> Result<(TokenRecord, String), ApiError> {
-        if let Some(d) = &description {
-            if d.len() > 256 {
-                return Err(ApiError::invalid(
-                    "description",
-                    "description: at most 256 bytes",
-                ));
-            }
+        if let Some(d) = &description
+            && d.len() > 256
+        {
+            return Err(ApiError::invalid(
+                "description",
+                "description: at most 256 bytes",
+            ));
         }
-        if let Some(ttl) = ttl {
-            if ttl.is_zero() || ttl > Duration::from_secs(10 * 365 * 86400) {
-                return Err(ApiError::invalid(
-                    "ttlSeconds",
-                    "ttlSeconds: must be between 1 second and 10 years",
-                ));
-            }
+        if let Some(ttl) = ttl
+            && (ttl.is_zero() || ttl > Duration::from_secs(10 * 365 * 86400))
+        {
+            return Err(ApiError::invalid(
+                "ttlSeconds",
+                "ttlSeconds: must be between 1 second and 10 years",
+            ));
         }
         for _ in 0..8 {
             let id = random_string(ID_LEN, true);

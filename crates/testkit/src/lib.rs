@@ -70,10 +70,10 @@ impl Cloud {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(ch) = self.child.as_mut() {
-                if let Some(status) = ch.try_wait()? {
-                    bail!("verge cloud exited during start-up: {status}");
-                }
+            if let Some(ch) = self.child.as_mut()
+                && let Some(status) = ch.try_wait()?
+            {
+                bail!("verge cloud exited during start-up: {status}");
             }
             if let Ok(url) = std::fs::read_to_string(&addr_file) {
                 self.url = url.trim().to_string();
@@ -97,10 +97,10 @@ impl Cloud {
         // Ready when the API answers.
         let c = self.client()?;
         loop {
-            if let Ok(r) = c.get(format!("{}/readyz", self.url)).send().await {
-                if r.status().is_success() {
-                    return Ok(());
-                }
+            if let Ok(r) = c.get(format!("{}/readyz", self.url)).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!("verge cloud not ready in 30s");

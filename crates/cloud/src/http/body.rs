@@ -46,11 +46,10 @@ pub async fn read_limited(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
+        && len > max as u64
     {
-        if len > max as u64 {
-            discard(body, len).await;
-            return Err(too_large());
-        }
+        discard(body, len).await;
+        return Err(too_large());
     }
     match Limited::new(body, max).collect().await {
         Ok(c) => Ok(c.to_bytes().to_vec()),

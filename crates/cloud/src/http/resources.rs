@@ -295,15 +295,15 @@ async fn modify(
             .get(key)
             .await?
             .ok_or_else(|| not_found(kind, name))?;
-        if let Some(rv) = expected {
-            if rv != kv.mod_revision {
-                return Err(verge_store::Error::Conflict {
-                    key: key.to_string(),
-                    expected: rv,
-                    current: kv.mod_revision,
-                }
-                .into());
+        if let Some(rv) = expected
+            && rv != kv.mod_revision
+        {
+            return Err(verge_store::Error::Conflict {
+                key: key.to_string(),
+                expected: rv,
+                current: kv.mod_revision,
             }
+            .into());
         }
         let mut current: Object = serde_json::from_slice(&kv.value).map_err(ApiError::internal)?;
         current.metadata.resource_version = None;
@@ -366,15 +366,13 @@ pub async fn update_status(
         ));
     }
     let meta = map.get("metadata").and_then(|m| m.as_object());
-    if let Some(body_name) = meta.and_then(|m| m.get("name")).and_then(|n| n.as_str()) {
-        if body_name != name {
-            return Err(ApiError::invalid(
-                "metadata.name",
-                format!(
-                    "metadata.name: {body_name:?} does not match the name in the URL ({name:?})"
-                ),
-            ));
-        }
+    if let Some(body_name) = meta.and_then(|m| m.get("name")).and_then(|n| n.as_str())
+        && body_name != name
+    {
+        return Err(ApiError::invalid(
+            "metadata.name",
+            format!("metadata.name: {body_name:?} does not match the name in the URL ({name:?})"),
+        ));
     }
     let expected = match meta.and_then(|m| m.get("resourceVersion")) {
         None | Some(serde_json::Value::Null) => None,

@@ -5,7 +5,8 @@
 //! the stream starts with an `ADDED` event for each current object, then follows changes.
 //! Lines are newline-delimited JSON `{"type": ..., "object": ...}`, or Server-Sent Events
 //! when the client accepts `text/event-stream`. Each event is encoded once and the bytes
-//! are shared by every watcher (`Event::encoded`). A stream ends at `timeoutSeconds`
+//! are shared by every watcher (`Event::encoded`). A slow client only slows its own
+//! stream; the store catches a lagging watcher up from history. A stream ends at `timeoutSeconds`
 //! (default 30 min), at server shutdown, when the client goes away, or with an `ERROR`
 //! event if it falls behind a compaction.
 //!
@@ -19,10 +20,8 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use verge_api::{Kind, LabelSelector, WatchEvent, WatchEventType};
-use verge_store::{Event, EventKind, Revision};
+use verge_store::{Event, EventKind, Revision, WatchStream};
 
 use super::resources::{kind_prefix, kv_to_object};
 use super::state::SharedState;
@@ -30,9 +29,6 @@ use crate::error::ApiError;
 
 pub const DEFAULT_TIMEOUT_SECS: u64 = 1800;
 pub const MAX_TIMEOUT_SECS: u64 = 3600;
-/// Lines buffered per watcher before the stream stops reading from the store (the
-/// store then catches the watcher up from history).
-const BUFFER: usize = 256;
 
 #[derive(Clone, Copy)]
 enum Framing {
@@ -116,71 +112,87 @@ pub async fn start(
         }
     };
     // Opening the store watch here makes a compacted revision a 410 before streaming.
-    let mut events = st.store.watch(&prefix, after).await?;
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(BUFFER);
-    let guard = WatchGuard::new(st.clone());
+    let events = st.store.watch(&prefix, after).await?;
+    let first: Vec<Result<Bytes, std::io::Error>> = initial
+        .iter()
+        .filter_map(|kv| {
+            let obj = kv_to_object(kv).ok()?;
+            let v = serde_json::to_value(&obj).ok()?;
+            Some(Ok(framing.frame(
+                &line(WatchEventType::Added, v),
+                Some(kv.mod_revision),
+            )))
+        })
+        .collect();
+    // The body streams straight from the store watch: no extra task or channel per
+    // watcher. It ends at the deadline, at shutdown, after an ERROR event, or when the
+    // client goes away (hyper drops the body, which drops the guard).
+    let live = futures::stream::unfold(
+        Live {
+            events,
+            selector,
+            framing,
+            done: false,
+            _guard: WatchGuard::new(st.clone()),
+        },
+        next_frame,
+    );
     let mut shutdown = st.shutdown.clone();
     let deadline = Duration::from_secs(timeout.unwrap_or(DEFAULT_TIMEOUT_SECS));
-    tokio::spawn(async move {
-        let _guard = guard;
-        for kv in initial {
-            let Ok(obj) = kv_to_object(&kv) else { continue };
-            let Ok(v) = serde_json::to_value(&obj) else {
-                continue;
-            };
-            let b = line(WatchEventType::Added, v);
-            if tx
-                .send(Ok(framing.frame(&b, Some(kv.mod_revision))))
-                .await
-                .is_err()
-            {
-                return;
-            }
+    let stop = async move {
+        tokio::select! {
+            _ = tokio::time::sleep(deadline) => {}
+            _ = shutdown.changed() => {}
         }
-        let sleep = tokio::time::sleep(deadline);
-        tokio::pin!(sleep);
-        loop {
-            let next = tokio::select! {
-                n = events.next() => n,
-                _ = &mut sleep => return,
-                _ = shutdown.changed() => return,
-                _ = tx.closed() => return,
-            };
-            let frame = match next {
-                None => return,
-                Some(Ok(ev)) => {
-                    if let Some(sel) = &selector {
-                        if !sel.matches(&ev.kv.labels) {
-                            continue;
-                        }
-                    }
-                    match encode_event(&ev) {
-                        Ok(b) => framing.frame(&b, Some(ev.revision)),
-                        Err(_) => continue,
-                    }
-                }
-                Some(Err(e)) => {
-                    let err = ApiError::from(e);
-                    let body = serde_json::to_value(err.body()).unwrap_or_default();
-                    let _ = tx
-                        .send(Ok(framing.frame(&line(WatchEventType::Error, body), None)))
-                        .await;
-                    return;
-                }
-            };
-            if tx.send(Ok(frame)).await.is_err() {
-                return;
-            }
-        }
-    });
+    };
+    let body = futures::stream::iter(first)
+        .chain(live)
+        .take_until(Box::pin(stop));
     let content_type = match framing {
         Framing::NdJson => "application/x-ndjson",
         Framing::Sse => "text/event-stream",
     };
-    let mut resp = Response::new(Body::from_stream(ReceiverStream::new(rx)));
+    let mut resp = Response::new(Body::from_stream(body));
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(resp)
+}
+
+struct Live {
+    events: WatchStream,
+    selector: Option<LabelSelector>,
+    framing: Framing,
+    done: bool,
+    _guard: WatchGuard,
+}
+
+async fn next_frame(mut st: Live) -> Option<(Result<Bytes, std::io::Error>, Live)> {
+    if st.done {
+        return None;
+    }
+    loop {
+        match st.events.next().await? {
+            Ok(ev) => {
+                if st
+                    .selector
+                    .as_ref()
+                    .is_some_and(|sel| !sel.matches(&ev.kv.labels))
+                {
+                    continue;
+                }
+                let Ok(b) = encode_event(&ev) else { continue };
+                let frame = st.framing.frame(&b, Some(ev.revision));
+                return Some((Ok(frame), st));
+            }
+            Err(e) => {
+                let err = ApiError::from(e);
+                let body = serde_json::to_value(err.body()).unwrap_or_default();
+                let frame = st.framing.frame(&line(WatchEventType::Error, body), None);
+                st.done = true;
+                return Some((Ok(frame), st));
+            }
+        }
+    }
 }
