@@ -191,26 +191,62 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     Ok(Duration::from_secs(n.saturating_mul(mult)))
 }
 
+pub struct TokenArgs<'a> {
+    pub role: &'a str,
+    pub ttl: Option<&'a str>,
+    pub description: Option<&'a str>,
+    pub uses: Option<u32>,
+    pub labels: &'a [String],
+}
+
 pub async fn token_create(
     client: &Client,
-    role: &str,
-    ttl: Option<&str>,
-    description: Option<&str>,
+    cfg: &verge_cloud::ClientConfig,
+    args: TokenArgs<'_>,
 ) -> Result<()> {
-    if verge_cloud::Role::parse(role).is_none() {
-        bail!("unknown role {role:?}: use admin, operator or viewer");
+    let role = args.role;
+    if verge_cloud::Role::parse(role).is_none() || role == "bootstrap" && args.role != "bootstrap" {
+        bail!("unknown role {role:?}: use admin, operator or viewer (or --bootstrap)");
     }
     let mut body = serde_json::json!({ "role": role });
-    if let Some(t) = ttl {
+    if let Some(t) = args.ttl {
         body["ttlSeconds"] = parse_duration(t)?.as_secs().into();
     }
-    if let Some(d) = description {
+    if let Some(d) = args.description {
         body["description"] = d.into();
+    }
+    if let Some(u) = args.uses {
+        body["uses"] = u.into();
+    }
+    let mut labels = serde_json::Map::new();
+    for l in args.labels {
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--label {l:?}: expected key=value"))?;
+        labels.insert(k.to_string(), v.into());
+    }
+    if !labels.is_empty() {
+        body["labels"] = labels.into();
     }
     let info: verge_cloud::auth::TokenInfo = client
         .send_json(Method::POST, "/api/v1/tokens", Some(&body))
         .await?;
-    println!("{}", info.token.unwrap_or_default());
+    let token = info.token.clone().unwrap_or_default();
+    println!("{token}");
+    if role == "bootstrap" {
+        let hash = cfg
+            .certificate_authority_data
+            .as_deref()
+            .map(verge_cloud::ca_hash_from_pem)
+            .transpose()
+            .map_err(|e| anyhow!("{e}"))?
+            .unwrap_or_else(|| "<no CA in config>".into());
+        eprintln!("Join an edge node with:");
+        eprintln!(
+            "  verge-edge join --cloud {} --token {token} --ca-hash {hash} --data-dir /var/lib/verge-edge",
+            cfg.server
+        );
+    }
     eprintln!(
         "token {} (role {}{}) created; it is shown only once",
         info.id,

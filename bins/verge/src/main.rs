@@ -63,6 +63,9 @@ enum Cmd {
         /// Seconds between history compactions.
         #[arg(long, default_value_t = 60)]
         compact_interval: u64,
+        /// Edge join attempts allowed per second (burst 4x).
+        #[arg(long, default_value_t = 20.0)]
+        join_rate: f64,
     },
     /// Run a local control plane with embedded defaults ($VERGE_HOME or ~/.verge/dev).
     Dev {
@@ -109,8 +112,22 @@ enum Cmd {
 enum TokenCmd {
     /// Create a token and print it (shown once).
     Create {
+        /// admin, operator or viewer (not with --bootstrap).
+        #[arg(
+            long,
+            required_unless_present = "bootstrap",
+            conflicts_with = "bootstrap"
+        )]
+        role: Option<String>,
+        /// A bootstrap token for joining edge nodes (default TTL 1h); prints the join command.
         #[arg(long)]
-        role: String,
+        bootstrap: bool,
+        /// Bootstrap: how many nodes may join with it.
+        #[arg(long, requires = "bootstrap")]
+        uses: Option<u32>,
+        /// Bootstrap: label given to joining nodes, k=v (repeatable).
+        #[arg(long = "label", requires = "bootstrap")]
+        labels: Vec<String>,
         /// Lifetime, e.g. 1h, 7d (default: no expiry).
         #[arg(long)]
         ttl: Option<String>,
@@ -162,13 +179,18 @@ async fn run(cli: Cli) -> Result<()> {
             max_body_bytes,
             history_revisions,
             compact_interval,
+            join_rate,
         } => {
+            if !(join_rate.is_finite() && *join_rate > 0.0) {
+                anyhow::bail!("--join-rate must be a positive number");
+            }
             let mut cfg = verge_cloud::CloudConfig::new(data_dir, *listen);
             cfg.insecure_http = *insecure_http;
             cfg.tls_sans = tls_san.clone();
             cfg.max_body_bytes = *max_body_bytes;
             cfg.history_revisions = (*history_revisions).max(1);
             cfg.compact_interval = std::time::Duration::from_secs((*compact_interval).max(1));
+            cfg.join_rate_per_sec = *join_rate;
             verge_cloud::run(cfg, shutdown_signal())
                 .await
                 .map_err(|e| anyhow!("{e}"))
@@ -204,9 +226,35 @@ async fn run(cli: Cli) -> Result<()> {
             match cmd {
                 TokenCmd::Create {
                     role,
+                    bootstrap,
+                    uses,
+                    labels,
                     ttl,
                     description,
-                } => commands::token_create(&c, role, ttl.as_deref(), description.as_deref()).await,
+                } => {
+                    let role = if *bootstrap {
+                        "bootstrap"
+                    } else {
+                        role.as_deref().unwrap_or("viewer")
+                    };
+                    let cfg = client::load_config(
+                        cli.config.as_deref(),
+                        cli.server.as_deref(),
+                        cli.token.as_deref(),
+                    )?;
+                    commands::token_create(
+                        &c,
+                        &cfg,
+                        commands::TokenArgs {
+                            role,
+                            ttl: ttl.as_deref(),
+                            description: description.as_deref(),
+                            uses: *uses,
+                            labels,
+                        },
+                    )
+                    .await
+                }
                 TokenCmd::List => commands::token_list(&c).await,
                 TokenCmd::Revoke { id } => commands::token_revoke(&c, id).await,
             }

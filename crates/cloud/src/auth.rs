@@ -8,7 +8,7 @@
 //!
 //! Denials are logged with the token id and the reason, never the secret.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ pub const TOKEN_PREFIX: &str = "/system/tokens/";
 const ID_LEN: usize = 8;
 const SECRET_LEN: usize = 32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Everything, including tokens.
@@ -37,7 +37,10 @@ pub enum Role {
     /// Read and write every resource; no token management.
     Operator,
     /// Read-only.
+    #[default]
     Viewer,
+    /// Only accepted by the edge join endpoint; no API access.
+    Bootstrap,
 }
 
 impl Role {
@@ -46,6 +49,7 @@ impl Role {
             "admin" => Some(Role::Admin),
             "operator" => Some(Role::Operator),
             "viewer" => Some(Role::Viewer),
+            "bootstrap" => Some(Role::Bootstrap),
             _ => None,
         }
     }
@@ -55,6 +59,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Operator => "operator",
             Role::Viewer => "viewer",
+            Role::Bootstrap => "bootstrap",
         }
     }
 
@@ -82,6 +87,12 @@ pub struct TokenRecord {
     pub revoked_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Bootstrap tokens: joins left (absent = unlimited until expiry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses_left: Option<u32>,
+    /// Bootstrap tokens: labels given to every node that joins with it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What the API shows about a token (never the hash or the secret).
@@ -97,6 +108,10 @@ pub struct TokenInfo {
     pub revoked_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses_left: Option<u32>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// The full token `id.secret`; present only in the answer to its creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
@@ -111,6 +126,8 @@ impl From<&TokenRecord> for TokenInfo {
             expires_at: r.expires_at.clone(),
             revoked_at: r.revoked_at.clone(),
             description: r.description.clone(),
+            uses_left: r.uses_left,
+            labels: r.labels.clone(),
             token: None,
         }
     }
@@ -126,6 +143,22 @@ pub struct TokenCreateRequest {
     pub ttl_seconds: Option<u64>,
     #[serde(default)]
     pub description: Option<String>,
+    /// Bootstrap tokens only: how many nodes may join with it.
+    #[serde(default)]
+    pub uses: Option<u32>,
+    /// Bootstrap tokens only: labels for the nodes that join with it.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What a new token should be.
+#[derive(Debug, Clone, Default)]
+pub struct NewToken {
+    pub role: Role,
+    pub ttl: Option<Duration>,
+    pub description: Option<String>,
+    pub uses: Option<u32>,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Who made a request.
@@ -156,6 +189,11 @@ fn random_string(len: usize, lowercase: bool) -> String {
     if lowercase { s.to_ascii_lowercase() } else { s }
 }
 
+fn deny(id: &str, why: &'static str) -> ApiError {
+    tracing::warn!(token_id = id, reason = why, "authentication denied");
+    ApiError::new(Reason::Unauthorized, why)
+}
+
 /// Token verification against an in-memory cache of the stored records. The cache is
 /// loaded at start-up and updated by every change made through this type (the API
 /// server is the only writer of tokens).
@@ -182,12 +220,8 @@ impl Authenticator {
         self.cache.read().map(|c| c.is_empty()).unwrap_or(true)
     }
 
-    /// Checks an `Authorization` header value.
+    /// Checks an `Authorization` header value for API access.
     pub fn authenticate(&self, header: Option<&str>) -> Result<Principal, ApiError> {
-        let deny = |id: &str, why: &'static str| {
-            tracing::warn!(token_id = id, reason = why, "authentication denied");
-            ApiError::new(Reason::Unauthorized, why)
-        };
         let Some(header) = header else {
             return Err(deny(
                 "-",
@@ -200,7 +234,23 @@ impl Authenticator {
         else {
             return Err(deny("-", "authorization header is not a bearer token"));
         };
-        let Some((id, secret)) = token.trim().split_once('.') else {
+        let rec = self.verify(token.trim())?;
+        if rec.role == Role::Bootstrap {
+            return Err(deny(
+                &rec.id,
+                "bootstrap tokens are only accepted for joining edge nodes",
+            ));
+        }
+        Ok(Principal {
+            token_id: rec.id,
+            role: rec.role,
+        })
+    }
+
+    /// Checks a token `id.secret`: known id, matching secret (constant time), not
+    /// revoked, not expired.
+    pub fn verify(&self, token: &str) -> Result<TokenRecord, ApiError> {
+        let Some((id, secret)) = token.split_once('.') else {
             return Err(deny("-", "malformed token: expected <id>.<secret>"));
         };
         let id_for_log: String = id.chars().take(ID_LEN).collect();
@@ -226,19 +276,97 @@ impl Authenticator {
                 return Err(deny(&id_for_log, "token expired"));
             }
         }
-        Ok(Principal {
-            token_id: rec.id.clone(),
-            role: rec.role,
-        })
+        Ok(rec.clone())
+    }
+
+    /// Verifies a bootstrap token and uses it up by one (compare-and-swap in the store,
+    /// so concurrent joins cannot overspend it).
+    pub async fn consume_bootstrap(&self, token: &str) -> Result<TokenRecord, ApiError> {
+        let rec = self.verify(token)?;
+        if rec.role != Role::Bootstrap {
+            return Err(deny(
+                &rec.id,
+                "not a bootstrap token: create one with `verge token create --bootstrap`",
+            ));
+        }
+        let key = format!("{TOKEN_PREFIX}{}", rec.id);
+        for _ in 0..16 {
+            let kv = self
+                .store
+                .get(&key)
+                .await?
+                .ok_or_else(|| deny(&rec.id, "invalid token"))?;
+            let mut stored: TokenRecord =
+                serde_json::from_slice(&kv.value).map_err(ApiError::internal)?;
+            let Some(left) = stored.uses_left else {
+                return Ok(stored);
+            };
+            if left == 0 {
+                return Err(deny(&rec.id, "token used up"));
+            }
+            stored.uses_left = Some(left - 1);
+            let value = serde_json::to_vec(&stored).map_err(ApiError::internal)?;
+            match self
+                .store
+                .update(
+                    &key,
+                    value.into(),
+                    Default::default(),
+                    Expect::ModRevision(kv.mod_revision),
+                )
+                .await
+            {
+                Ok(_) => {
+                    self.cache
+                        .write()
+                        .map_err(|_| ApiError::internal("token cache poisoned"))?
+                        .insert(stored.id.clone(), stored.clone());
+                    return Ok(stored);
+                }
+                Err(verge_store::Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::new(
+            Reason::Conflict,
+            "token is being used concurrently; retry",
+        ))
     }
 
     /// Creates a token; returns its record and the full `id.secret` (shown once).
-    pub async fn create(
-        &self,
-        role: Role,
-        ttl: Option<Duration>,
-        description: Option<String>,
-    ) -> Result<(TokenRecord, String), ApiError> {
+    pub async fn create(&self, req: NewToken) -> Result<(TokenRecord, String), ApiError> {
+        let NewToken {
+            role,
+            ttl,
+            description,
+            uses,
+            labels,
+        } = req;
+        if role != Role::Bootstrap && (uses.is_some() || !labels.is_empty()) {
+            return Err(ApiError::invalid(
+                "uses",
+                "uses and labels: only for bootstrap tokens",
+            ));
+        }
+        if uses == Some(0) {
+            return Err(ApiError::invalid("uses", "uses: must be at least 1"));
+        }
+        if labels.len() > 64 {
+            return Err(ApiError::invalid("labels", "labels: at most 64"));
+        }
+        for (k, v) in &labels {
+            if !verge_api::is_label_key(k) || !verge_api::is_label_value(v) {
+                return Err(ApiError::invalid(
+                    format!("labels.{k}"),
+                    format!("labels.{k}: invalid label {k}={v}"),
+                ));
+            }
+        }
+        // Bootstrap tokens always expire: one hour unless told otherwise.
+        let ttl = match (role, ttl) {
+            (Role::Bootstrap, None) => Some(Duration::from_secs(3600)),
+            (_, t) => t,
+        };
         if let Some(d) = &description
             && d.len() > 256
         {
@@ -269,6 +397,8 @@ impl Authenticator {
                 expires_at: ttl.map(|d| (now + d).format(&Rfc3339).unwrap_or_default()),
                 revoked_at: None,
                 description: description.clone(),
+                uses_left: uses,
+                labels: labels.clone(),
             };
             let value = serde_json::to_vec(&rec).map_err(ApiError::internal)?;
             match self

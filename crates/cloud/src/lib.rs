@@ -27,7 +27,7 @@ use verge_store::{DynStore, SqliteOptions, SqliteStore};
 pub use auth::Role;
 pub use client_config::ClientConfig;
 pub use error::{ApiError, Error, Result};
-pub use pki::ClusterCa;
+pub use pki::{ClusterCa, ca_hash_from_pem};
 pub use secure_fs::{ensure_private_dir, write_private};
 
 use crate::auth::Authenticator;
@@ -51,6 +51,10 @@ pub struct CloudConfig {
     pub compact_interval: Duration,
     /// How long in-flight requests may take to finish at shutdown.
     pub drain_timeout: Duration,
+    /// Lifetime of node client certificates (rotated by the edge before expiry).
+    pub node_cert_validity: Duration,
+    /// Join attempts per second (burst 4x).
+    pub join_rate_per_sec: f64,
 }
 
 impl CloudConfig {
@@ -64,6 +68,8 @@ impl CloudConfig {
             history_revisions: 100_000,
             compact_interval: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
+            node_cert_validity: Duration::from_secs(30 * 86400),
+            join_rate_per_sec: 20.0,
         }
     }
 }
@@ -119,7 +125,11 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
             );
         } else {
             let (_, token) = auth
-                .create(Role::Admin, None, Some("initial admin token".into()))
+                .create(auth::NewToken {
+                    role: Role::Admin,
+                    description: Some("initial admin token".into()),
+                    ..Default::default()
+                })
                 .await
                 .map_err(|e| Error::Config(format!("creating the admin token: {}", e.message)))?;
             write_private(&token_path, format!("{token}\n").as_bytes())?;
@@ -188,6 +198,15 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         max_body_bytes: cfg.max_body_bytes,
         shutdown: shutdown_rx.clone(),
         openapi_json,
+        ca_pem: ca.cert_pem.clone(),
+        ca: Arc::new(ca),
+        join_limiter: http::join::RateLimiter::new(
+            cfg.join_rate_per_sec,
+            cfg.join_rate_per_sec * 4.0,
+        ),
+        node_cert_validity: time::Duration::try_from(cfg.node_cert_validity)
+            .unwrap_or(time::Duration::days(30)),
+        mqtt_url: None,
     });
     let app = http::router(state);
     let compactor = tokio::spawn(compact_loop(

@@ -22,6 +22,8 @@ use crate::secure_fs::{read_to_string, write_private, write_public};
 
 const CA_COMMON_NAME: &str = "verge cluster CA";
 const CA_ORG: &str = "verge";
+/// Organization of node client certificates.
+pub const NODE_ORG: &str = "verge:nodes";
 
 /// The loaded CA: its PEM (what clients trust) and what is needed to sign.
 pub struct ClusterCa {
@@ -85,14 +87,7 @@ impl ClusterCa {
 
     /// `sha256:<hex>` of the CA certificate's DER, what edge nodes pin when joining.
     pub fn cert_hash(&self) -> Result<String> {
-        let der = pem_certs(&self.cert_pem)?;
-        let first = der
-            .first()
-            .ok_or_else(|| Error::Tls("ca.crt holds no certificate".into()))?;
-        Ok(format!(
-            "sha256:{}",
-            hex::encode(Sha256::digest(first.as_ref()))
-        ))
+        ca_hash_from_pem(&self.cert_pem)
     }
 
     /// Issues a server certificate for the given DNS names and IPs (valid 1 year).
@@ -129,9 +124,80 @@ impl ClusterCa {
     }
 }
 
+/// A node certificate issued from a CSR.
+pub struct NodeCert {
+    pub cert_pem: String,
+    /// Hex serial number (what revocation records).
+    pub serial: String,
+    pub not_after: time::OffsetDateTime,
+}
+
+impl ClusterCa {
+    /// Signs a node's CSR. Only the CSR's public key is used (its signature proves the
+    /// node holds the key); the subject is set to the node name, and the certificate
+    /// allows client authentication only.
+    pub fn sign_node_csr(
+        &self,
+        csr_pem: &str,
+        node: &str,
+        validity: time::Duration,
+    ) -> Result<NodeCert> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let requested_cn = csr
+            .params
+            .distinguished_name
+            .get(&DnType::CommonName)
+            .and_then(|v| match v {
+                rcgen::DnValue::Utf8String(s) => Some(s.clone()),
+                rcgen::DnValue::PrintableString(p) => Some(p.as_str().to_string()),
+                _ => None,
+            });
+        if requested_cn.as_deref() != Some(node) {
+            return Err(Error::Config(format!(
+                "csr: subject CN {:?} does not match the node name {node:?}",
+                requested_cn.unwrap_or_default()
+            )));
+        }
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, node);
+        dn.push(DnType::OrganizationName, NODE_ORG);
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let serial: [u8; 16] = rand::random();
+        // Positive, non-zero.
+        let mut serial = serial.to_vec();
+        serial[0] = (serial[0] & 0x7f) | 0x01;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + validity;
+        csr.params = params;
+        let cert = csr.signed_by(&self.issuer, &self.key)?;
+        Ok(NodeCert {
+            cert_pem: cert.pem(),
+            serial: hex::encode(&serial),
+            not_after: now + validity,
+        })
+    }
+}
+
 pub struct IssuedCert {
     pub cert_pem: String,
     pub key_der: Vec<u8>,
+}
+
+/// `sha256:<hex>` of the first certificate's DER in a PEM string.
+pub fn ca_hash_from_pem(pem: &str) -> Result<String> {
+    let der = pem_certs(pem)?;
+    let first = der
+        .first()
+        .ok_or_else(|| Error::Tls("no certificate in the CA PEM".into()))?;
+    Ok(format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(first.as_ref()))
+    ))
 }
 
 /// Parses every certificate in a PEM string.

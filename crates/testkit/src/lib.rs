@@ -181,3 +181,14 @@ pub fn cargo_bin(name: &str) -> PathBuf {
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     dir.join(name)
 }
+
+/// A fresh key pair and a PEM CSR whose subject CN is `cn`: `(key_pem, csr_pem)`.
+pub fn csr(cn: &str) -> Result<(String, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let csr = params.serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.pem()?))
+}

@@ -2,6 +2,7 @@
 //! (TLS by default). Handlers live in one module per area.
 
 mod body;
+pub mod join;
 pub mod resources;
 pub mod serve;
 pub mod state;
@@ -46,7 +47,9 @@ pub fn router(st: SharedState) -> Router {
     let public = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/openapi.json", get(openapi));
+        .route("/openapi.json", get(openapi))
+        .route("/api/v1/join", axum::routing::post(join::join))
+        .route("/api/v1/cluster/ca", get(join::cluster_ca));
     api.merge(public)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -427,5 +427,10 @@ pub async fn delete(
             verge_store::Error::NotFound { .. } => not_found(kind, &name),
             other => other.into(),
         })?;
-    Ok(Json(kv_to_object(&kv)?))
+    let obj = kv_to_object(&kv)?;
+    if kind == Kind::Node {
+        // A deleted node's certificate is refused from now on.
+        super::join::revoke_node_cert(&st, &obj).await?;
+    }
+    Ok(Json(obj))
 }

@@ -6,8 +6,10 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use verge_store::DynStore;
 
+use super::join::RateLimiter;
 use crate::auth::Authenticator;
 use crate::metrics::Metrics;
+use crate::pki::ClusterCa;
 
 pub struct AppState {
     pub store: DynStore,
@@ -18,6 +20,15 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// `/openapi.json`, rendered once.
     pub openapi_json: Bytes,
+    /// The cluster CA (signs node certificates) and its PEM.
+    pub ca: Arc<ClusterCa>,
+    pub ca_pem: String,
+    /// Join attempts allowed (all callers together).
+    pub join_limiter: RateLimiter,
+    /// Lifetime of node client certificates.
+    pub node_cert_validity: time::Duration,
+    /// Broker URL handed to joining nodes.
+    pub mqtt_url: Option<String>,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -12,7 +12,7 @@ use verge_api::{Format, Reason};
 
 use super::body;
 use super::state::SharedState;
-use crate::auth::{Principal, TokenCreateRequest, TokenInfo};
+use crate::auth::{NewToken, Principal, TokenCreateRequest, TokenInfo};
 use crate::error::ApiError;
 
 fn require_admin(p: &Principal) -> Result<(), ApiError> {
@@ -57,11 +57,13 @@ pub async fn create(
     };
     let (rec, token) = st
         .auth
-        .create(
-            req.role,
-            req.ttl_seconds.map(Duration::from_secs),
-            req.description,
-        )
+        .create(NewToken {
+            role: req.role,
+            ttl: req.ttl_seconds.map(Duration::from_secs),
+            description: req.description,
+            uses: req.uses,
+            labels: req.labels,
+        })
         .await?;
     let mut info = TokenInfo::from(&rec);
     info.token = Some(token);
