@@ -86,6 +86,29 @@ fn columns(kind: Kind, obj: &Object) -> (Vec<&'static str>, Vec<String>) {
                 age,
             ],
         ),
+        Kind::Config => (
+            vec!["NAME", "KEYS", "SELECTOR", "AGE"],
+            vec![
+                name,
+                obj.spec
+                    .get("data")
+                    .and_then(|d| d.as_object())
+                    .map(|d| d.len().to_string())
+                    .unwrap_or_else(|| "0".into()),
+                obj.spec
+                    .pointer("/placement/nodeSelector")
+                    .and_then(|s| s.as_object())
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "<all>".into()),
+                age,
+            ],
+        ),
         Kind::Node => (
             vec!["NAME", "STATUS", "AGE"],
             vec![

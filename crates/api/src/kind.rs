@@ -8,15 +8,17 @@ pub enum Kind {
     Function,
     Trigger,
     Task,
+    Config,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Node,
         Kind::App,
         Kind::Function,
         Kind::Trigger,
         Kind::Task,
+        Kind::Config,
     ];
 
     /// The `kind` field value: `App`.
@@ -27,6 +29,7 @@ impl Kind {
             Kind::Function => "Function",
             Kind::Trigger => "Trigger",
             Kind::Task => "Task",
+            Kind::Config => "Config",
         }
     }
 
@@ -38,6 +41,7 @@ impl Kind {
             Kind::Function => "functions",
             Kind::Trigger => "triggers",
             Kind::Task => "tasks",
+            Kind::Config => "configs",
         }
     }
 
@@ -49,6 +53,7 @@ impl Kind {
             Kind::Function => "function",
             Kind::Trigger => "trigger",
             Kind::Task => "task",
+            Kind::Config => "config",
         }
     }
 

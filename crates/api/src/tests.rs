@@ -196,7 +196,7 @@ fn unknown_kind() {
     assert_eq!(e.field, "kind");
     assert_eq!(
         e.message,
-        "unknown kind \"Ap\"; expected one of Node, App, Function, Trigger, Task"
+        "unknown kind \"Ap\"; expected one of Node, App, Function, Trigger, Task, Config"
     );
     // Kind names are exact.
     assert_invalid(

@@ -6,6 +6,7 @@
 
 mod app;
 mod common;
+mod config;
 mod function;
 mod node;
 mod quantity;
@@ -17,6 +18,7 @@ pub use app::{
     Resources, RestartPolicy, VolumeMount, Workload,
 };
 pub use common::{ArtifactRef, SecretRef, TaskTarget};
+pub use config::{ConfigPlacement, ConfigSpec};
 pub use function::{FunctionPlacement, FunctionResources, FunctionSpec, Runtime, Scaling};
 pub use node::NodeSpec;
 pub use quantity::{parse_cpu_millis, parse_memory_bytes};
@@ -48,6 +50,7 @@ pub enum Spec {
     Function(FunctionSpec),
     Trigger(TriggerSpec),
     Task(TaskSpec),
+    Config(ConfigSpec),
 }
 
 impl Spec {
@@ -58,6 +61,7 @@ impl Spec {
             Spec::Function(_) => Kind::Function,
             Spec::Trigger(_) => Kind::Trigger,
             Spec::Task(_) => Kind::Task,
+            Spec::Config(_) => Kind::Config,
         }
     }
 
@@ -73,6 +77,7 @@ impl Spec {
             Spec::Function(s) => ser(s),
             Spec::Trigger(s) => ser(s),
             Spec::Task(s) => ser(s),
+            Spec::Config(s) => ser(s),
         }
     }
 
@@ -84,6 +89,7 @@ impl Spec {
             Spec::Function(s) => s.validate(),
             Spec::Trigger(s) => s.validate(),
             Spec::Task(s) => s.validate(),
+            Spec::Config(s) => s.validate(),
         }
     }
 }
@@ -101,6 +107,7 @@ pub fn decode_spec(kind: Kind, value: &serde_json::Value) -> Result<Spec, Valida
         Kind::Function => Spec::Function(from_value_at(value, SPEC)?),
         Kind::Trigger => Spec::Trigger(from_value_at(value, SPEC)?),
         Kind::Task => Spec::Task(from_value_at(value, SPEC)?),
+        Kind::Config => Spec::Config(from_value_at(value, SPEC)?),
     };
     spec.validate()?;
     Ok(spec)
