@@ -65,7 +65,7 @@ async fn start_server() -> Result<Child> {
     let child = tokio::process::Command::new(exe)
         .args(["cloud", "--data-dir"])
         .arg(dir.path())
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()

@@ -25,7 +25,8 @@ pub async fn run(
     let home = dev_home()?;
     let addr_file = home.join(files::API_ADDR);
     let _ = std::fs::remove_file(&addr_file);
-    let cfg = CloudConfig::new(&home, listen);
+    let mut cfg = CloudConfig::new(&home, listen);
+    cfg.mqtt_listen = Some(SocketAddr::new(listen.ip(), 8883));
     // Drive the server here (not spawned) and announce it once it is up.
     let server = verge_cloud::run(cfg, shutdown);
     tokio::pin!(server);

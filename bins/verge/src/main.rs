@@ -66,6 +66,15 @@ enum Cmd {
         /// Edge join attempts allowed per second (burst 4x).
         #[arg(long, default_value_t = 20.0)]
         join_rate: f64,
+        /// MQTT (mutual TLS) listen address for edge nodes; "off" disables it.
+        #[arg(long, default_value = "0.0.0.0:8883")]
+        mqtt_listen: String,
+        /// Expected node heartbeat period, e.g. 15s.
+        #[arg(long, default_value = "15s")]
+        heartbeat_interval: String,
+        /// Missed heartbeats before a node is NotReady.
+        #[arg(long, default_value_t = 3)]
+        heartbeat_misses: u32,
     },
     /// Run a local control plane with embedded defaults ($VERGE_HOME or ~/.verge/dev).
     Dev {
@@ -180,6 +189,9 @@ async fn run(cli: Cli) -> Result<()> {
             history_revisions,
             compact_interval,
             join_rate,
+            mqtt_listen,
+            heartbeat_interval,
+            heartbeat_misses,
         } => {
             if !(join_rate.is_finite() && *join_rate > 0.0) {
                 anyhow::bail!("--join-rate must be a positive number");
@@ -191,6 +203,18 @@ async fn run(cli: Cli) -> Result<()> {
             cfg.history_revisions = (*history_revisions).max(1);
             cfg.compact_interval = std::time::Duration::from_secs((*compact_interval).max(1));
             cfg.join_rate_per_sec = *join_rate;
+            cfg.mqtt_listen = match mqtt_listen.as_str() {
+                "off" => None,
+                a => Some(
+                    a.parse()
+                        .map_err(|_| anyhow!("--mqtt-listen {a:?}: expected ADDR:PORT or off"))?,
+                ),
+            };
+            cfg.lifecycle.heartbeat_interval = commands::parse_duration(heartbeat_interval)?;
+            if cfg.lifecycle.heartbeat_interval.is_zero() || *heartbeat_misses == 0 {
+                anyhow::bail!("--heartbeat-interval and --heartbeat-misses must be positive");
+            }
+            cfg.lifecycle.misses = *heartbeat_misses;
             verge_cloud::run(cfg, shutdown_signal())
                 .await
                 .map_err(|e| anyhow!("{e}"))

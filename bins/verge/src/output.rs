@@ -110,11 +110,31 @@ fn columns(kind: Kind, obj: &Object) -> (Vec<&'static str>, Vec<String>) {
             ],
         ),
         Kind::Node => (
-            vec!["NAME", "STATUS", "AGE"],
+            vec![
+                "NAME",
+                "STATUS",
+                "ARCH",
+                "OS",
+                "VERSION",
+                "AGE",
+                "LAST-SEEN",
+            ],
             vec![
                 name,
                 str_at(&obj.status, &["phase"]).unwrap_or("Unknown").into(),
+                str_at(&obj.status, &["nodeInfo", "arch"])
+                    .unwrap_or("-")
+                    .into(),
+                str_at(&obj.status, &["nodeInfo", "os"])
+                    .unwrap_or("-")
+                    .into(),
+                str_at(&obj.status, &["nodeInfo", "agentVersion"])
+                    .unwrap_or("-")
+                    .into(),
                 age,
+                str_at(&obj.status, &["lastSeen"])
+                    .map(|t| format!("{} ago", self::age(Some(t))))
+                    .unwrap_or_else(|| "never".into()),
             ],
         ),
     }

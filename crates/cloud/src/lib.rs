@@ -8,8 +8,10 @@
 pub mod auth;
 mod client_config;
 mod error;
+pub mod gateway;
 pub mod http;
 pub mod metrics;
+pub mod nodes;
 pub mod openapi;
 mod pki;
 mod secure_fs;
@@ -55,6 +57,11 @@ pub struct CloudConfig {
     pub node_cert_validity: Duration,
     /// Join attempts per second (burst 4x).
     pub join_rate_per_sec: f64,
+    /// MQTT gateway listen address for edge nodes (`None`: no gateway).
+    pub mqtt_listen: Option<SocketAddr>,
+    /// Node heartbeat period and misses before NotReady.
+    pub lifecycle: nodes::LifecycleConfig,
+    pub gateway: gateway::GatewayConfig,
 }
 
 impl CloudConfig {
@@ -70,6 +77,9 @@ impl CloudConfig {
             drain_timeout: Duration::from_secs(10),
             node_cert_validity: Duration::from_secs(30 * 86400),
             join_rate_per_sec: 20.0,
+            mqtt_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8883))),
+            lifecycle: nodes::LifecycleConfig::default(),
+            gateway: gateway::GatewayConfig::default(),
         }
     }
 }
@@ -82,6 +92,8 @@ pub mod files {
     pub const STORE_DB: &str = "store.db";
     /// The address actually bound (useful with port 0).
     pub const API_ADDR: &str = "api.addr";
+    /// The MQTT gateway URL actually bound.
+    pub const MQTT_ADDR: &str = "mqtt.addr";
 }
 
 fn server_url(scheme: &str, addr: SocketAddr) -> String {
@@ -137,34 +149,39 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         }
     }
 
+    let mut dns: Vec<String> = vec!["localhost".into()];
+    let mut ips: Vec<IpAddr> = vec![
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+    ];
+    for ip in [Some(cfg.listen.ip()), cfg.mqtt_listen.map(|a| a.ip())]
+        .into_iter()
+        .flatten()
+    {
+        if !ip.is_unspecified() && !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
+        let h = h.trim();
+        if !h.is_empty()
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            dns.push(h.to_string());
+        }
+    }
+    for san in &cfg.tls_sans {
+        match san.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => dns.push(san.clone()),
+        }
+    }
+    let issued = ca.issue_server_cert(&dns, &ips)?;
     let tls = if cfg.insecure_http {
         tracing::warn!("serving plain HTTP on {} (--insecure-http)", cfg.listen);
         None
     } else {
-        let mut dns: Vec<String> = vec!["localhost".into()];
-        let mut ips: Vec<IpAddr> = vec![
-            IpAddr::from([127, 0, 0, 1]),
-            "::1".parse().unwrap_or(IpAddr::from([127, 0, 0, 1])),
-        ];
-        if !cfg.listen.ip().is_unspecified() && !ips.contains(&cfg.listen.ip()) {
-            ips.push(cfg.listen.ip());
-        }
-        if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
-            let h = h.trim();
-            if !h.is_empty()
-                && h.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-            {
-                dns.push(h.to_string());
-            }
-        }
-        for san in &cfg.tls_sans {
-            match san.parse::<IpAddr>() {
-                Ok(ip) => ips.push(ip),
-                Err(_) => dns.push(san.clone()),
-            }
-        }
-        let issued = ca.issue_server_cert(&dns, &ips)?;
         Some(pki::server_tls_config(&ca, &issued)?)
     };
 
@@ -190,6 +207,57 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     }
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+
+    // Edge nodes: lifecycle + sync, and the MQTT gateway they connect to.
+    let node_manager = nodes::NodeManager::new(store.clone(), cfg.lifecycle.clone());
+    let mut background = Vec::new();
+    let (gateway, mqtt_url) = match cfg.mqtt_listen {
+        Some(addr) => {
+            let gw = gateway::Gateway::new(
+                node_manager.clone(),
+                metrics.gateway.clone(),
+                cfg.gateway.clone(),
+            );
+            for kv in store.list(http::join::REVOKED_PREFIX, None).await?.items {
+                if let Some(serial) = kv.key.strip_prefix(http::join::REVOKED_PREFIX) {
+                    gw.revoke_serial(serial);
+                }
+            }
+            node_manager.set_gateway(gw.clone());
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                Error::Config(format!("cannot listen on {addr} (--mqtt-listen): {e}"))
+            })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| Error::Config(format!("mqtt listener address: {e}")))?;
+            let url = server_url("mqtts", bound);
+            secure_fs::write_public(
+                &cfg.data_dir.join(files::MQTT_ADDR),
+                format!("{url}\n").as_bytes(),
+            )?;
+            let mqtt_tls = pki::mqtt_tls_config(&ca, &issued)?;
+            let serve_gw = gw.clone();
+            let rx = shutdown_rx.clone();
+            background.push(tokio::spawn(async move {
+                serve_gw.serve(listener, mqtt_tls, rx).await;
+            }));
+            tracing::info!(%url, "mqtt gateway listening");
+            (Some(gw), Some(url))
+        }
+        None => (None, None),
+    };
+    background.push(tokio::spawn(
+        node_manager.clone().lifecycle_loop(shutdown_rx.clone()),
+    ));
+    {
+        let sync = node_manager.sync.clone();
+        let rx = shutdown_rx.clone();
+        background.push(tokio::spawn(async move {
+            if let Err(e) = sync.run(rx).await {
+                tracing::error!(error = %e, "desired-state sync stopped");
+            }
+        }));
+    }
     let openapi_json: Bytes = serde_json::to_vec_pretty(&openapi::document())?.into();
     let state = Arc::new(AppState {
         store: store.clone(),
@@ -206,7 +274,9 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         ),
         node_cert_validity: time::Duration::try_from(cfg.node_cert_validity)
             .unwrap_or(time::Duration::days(30)),
-        mqtt_url: None,
+        mqtt_url,
+        nodes: Some(node_manager.clone()),
+        gateway,
     });
     let app = http::router(state);
     let compactor = tokio::spawn(compact_loop(
@@ -228,6 +298,9 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     let _ = shutdown_tx.send(true);
     let _ = server.await;
     let _ = compactor.await;
+    for t in background {
+        let _ = t.await;
+    }
     sqlite.close().await;
     tracing::info!("stopped");
     Ok(())

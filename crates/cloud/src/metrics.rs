@@ -49,6 +49,7 @@ pub struct Metrics {
     pub store_errors: Family<OpLabels, Counter>,
     pub open_watches: Gauge<i64, AtomicI64>,
     pub auth_denials: Counter,
+    pub gateway: crate::gateway::GatewayMetrics,
 }
 
 impl Default for Metrics {
@@ -98,7 +99,29 @@ impl Metrics {
             "Requests refused with 401 or 403",
             auth_denials.clone(),
         );
+        let gateway = crate::gateway::GatewayMetrics::default();
+        registry.register(
+            "mqtt_connections",
+            "Edge nodes connected to the MQTT gateway",
+            gateway.connections.clone(),
+        );
+        registry.register(
+            "mqtt_messages",
+            "Messages accepted from edge nodes, by channel",
+            gateway.messages.clone(),
+        );
+        registry.register(
+            "mqtt_dropped",
+            "Messages from edge nodes dropped (acl, oversize, malformed, version, ...), by reason",
+            gateway.dropped.clone(),
+        );
+        registry.register(
+            "mqtt_refused",
+            "Connections or subscriptions refused, by reason",
+            gateway.refused.clone(),
+        );
         Self {
+            gateway,
             registry,
             http_requests,
             http_latency,

@@ -188,6 +188,32 @@ pub struct IssuedCert {
     pub key_der: Vec<u8>,
 }
 
+/// rustls config for the MQTT gateway: the server certificate, and client certificates
+/// required and verified against the cluster CA.
+pub fn mqtt_tls_config(ca: &ClusterCa, issued: &IssuedCert) -> Result<Arc<rustls::ServerConfig>> {
+    let mut chain = pem_certs(&issued.cert_pem)?;
+    chain.extend(pem_certs(&ca.cert_pem)?);
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.key_der.clone()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in pem_certs(&ca.cert_pem)? {
+        roots.add(c).map_err(|e| Error::Tls(e.to_string()))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| Error::Tls(e.to_string()))?;
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    Ok(Arc::new(cfg))
+}
+
 /// `sha256:<hex>` of the first certificate's DER in a PEM string.
 pub fn ca_hash_from_pem(pem: &str) -> Result<String> {
     let der = pem_certs(pem)?;

@@ -22,6 +22,9 @@ pub struct Cloud {
     pub ca_pem: String,
     /// Port to reuse across restarts (0 = pick).
     port: u16,
+    mqtt_port: u16,
+    /// `mqtts://127.0.0.1:PORT` of the MQTT gateway.
+    pub mqtt_url: String,
 }
 
 fn install_provider() {
@@ -43,6 +46,8 @@ impl Cloud {
             admin_token: String::new(),
             ca_pem: String::new(),
             port: 0,
+            mqtt_port: 0,
+            mqtt_url: String::new(),
         };
         c.spawn().await?;
         Ok(c)
@@ -62,6 +67,8 @@ impl Cloud {
             .arg(&self.dir)
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--mqtt-listen")
+            .arg(format!("127.0.0.1:{}", self.mqtt_port))
             .args(&self.extra_args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -100,6 +107,16 @@ impl Cloud {
             if let Ok(r) = c.get(format!("{}/readyz", self.url)).send().await
                 && r.status().is_success()
             {
+                // Written before the API serves, so present once it answers.
+                if let Ok(m) = std::fs::read_to_string(self.dir.join("mqtt.addr")) {
+                    self.mqtt_url = m.trim().to_string();
+                    self.mqtt_port = self
+                        .mqtt_url
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(0);
+                }
                 return Ok(());
             }
             if Instant::now() > deadline {

@@ -15,7 +15,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use verge_api::{API_VERSION, Kind, LabelSelector, ListMeta, Object, ObjectList, Reason};
-use verge_store::{Expect, KeyValue, Revision};
+use verge_store::{DynStore, Expect, KeyValue, Revision};
 
 use super::body;
 use super::state::SharedState;
@@ -261,7 +261,7 @@ pub async fn update(
         None => None,
     };
     let key = object_key(kind, &name);
-    modify(&st, kind, &key, &name, expected, |current| {
+    modify(&st.store, kind, &key, &name, expected, |current| {
         let mut next = obj.clone();
         next.metadata.uid = current.metadata.uid.clone();
         next.metadata.creation_timestamp = current.metadata.creation_timestamp.clone();
@@ -281,8 +281,8 @@ pub async fn update(
 /// Read-modify-write with compare-and-swap. With `expected`, a stale version is a 409;
 /// without it, a concurrent change is retried. A change that alters nothing is not
 /// written.
-async fn modify(
-    st: &SharedState,
+pub(crate) async fn modify(
+    store: &DynStore,
     kind: Kind,
     key: &str,
     name: &str,
@@ -290,11 +290,7 @@ async fn modify(
     apply: impl Fn(&Object) -> Result<Object, ApiError>,
 ) -> Result<Object, ApiError> {
     for _ in 0..UPDATE_RETRIES {
-        let kv = st
-            .store
-            .get(key)
-            .await?
-            .ok_or_else(|| not_found(kind, name))?;
+        let kv = store.get(key).await?.ok_or_else(|| not_found(kind, name))?;
         if let Some(rv) = expected
             && rv != kv.mod_revision
         {
@@ -313,8 +309,7 @@ async fn modify(
             next.metadata.resource_version = Some(kv.mod_revision.to_string());
             return Ok(next);
         }
-        match st
-            .store
+        match store
             .update(
                 key,
                 encode_for_store(&next)?,
@@ -392,7 +387,7 @@ pub async fn update_status(
         Some(_) => return Err(ApiError::invalid("status", "status: must be an object")),
     };
     let key = object_key(kind, &name);
-    modify(&st, kind, &key, &name, expected, |current| {
+    modify(&st.store, kind, &key, &name, expected, |current| {
         let mut next = current.clone();
         next.status = status.clone();
         Ok(next)
@@ -429,8 +424,20 @@ pub async fn delete(
         })?;
     let obj = kv_to_object(&kv)?;
     if kind == Kind::Node {
-        // A deleted node's certificate is refused from now on.
+        // A deleted node's certificate is refused from now on, and its session closed.
         super::join::revoke_node_cert(&st, &obj).await?;
+        if let (Some(gw), Some(serial)) = (
+            &st.gateway,
+            obj.metadata
+                .annotations
+                .get(super::join::CERT_SERIAL_ANNOTATION),
+        ) {
+            gw.revoke_serial(serial);
+        }
+        if let Some(nodes) = &st.nodes {
+            nodes.forget(&name);
+            nodes.sync.drop_record(&name).await;
+        }
     }
     Ok(Json(obj))
 }

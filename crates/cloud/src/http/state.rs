@@ -29,6 +29,9 @@ pub struct AppState {
     pub node_cert_validity: time::Duration,
     /// Broker URL handed to joining nodes.
     pub mqtt_url: Option<String>,
+    /// Node lifecycle and sync (told about node deletions).
+    pub nodes: Option<Arc<crate::nodes::NodeManager>>,
+    pub gateway: Option<crate::gateway::Gateway>,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -1,0 +1,305 @@
+//! Node lifecycle and the data manager for node traffic.
+//!
+//! [`NodeManager`] implements the gateway's [`Inbound`]: heartbeats update an in-memory
+//! last-seen time (never a store write per heartbeat); a lifecycle loop marks a node
+//! `NotReady` after `misses` missed heartbeats and `Ready` again on the next one, and
+//! flushes `lastSeen` to the Node's status periodically. Status reports are written to
+//! the Node's status. Desired-state sync lives in [`sync`].
+//!
+//! The cloud's own clock decides liveness (receive time), so a node whose clock is
+//! skewed is still judged correctly; the skew is reported in its status.
+
+pub mod sync;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use verge_api::Kind;
+use verge_proto::{Heartbeat, Message, NodeStatus};
+use verge_store::DynStore;
+
+use crate::gateway::{Gateway, Inbound};
+use crate::http::resources::{modify, object_key};
+
+#[derive(Debug, Clone)]
+pub struct LifecycleConfig {
+    /// Expected heartbeat period of nodes.
+    pub heartbeat_interval: Duration,
+    /// Missed heartbeats before NotReady.
+    pub misses: u32,
+    /// How often `lastSeen` is written to Node status.
+    pub last_seen_flush: Duration,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(15),
+            misses: 3,
+            last_seen_flush: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Runtime {
+    last_seen: Option<Instant>,
+    last_seen_wall: Option<OffsetDateTime>,
+    /// What the store says (as far as we wrote it).
+    ready: Option<bool>,
+    seen_since_flush: bool,
+    clock_skew_ms: i64,
+}
+
+pub struct NodeManager {
+    store: DynStore,
+    cfg: LifecycleConfig,
+    runtime: Mutex<HashMap<String, Runtime>>,
+    pub sync: Arc<sync::Sync>,
+    gateway: OnceLock<Gateway>,
+}
+
+fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| OffsetDateTime::now_utc())
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+impl NodeManager {
+    pub fn new(store: DynStore, cfg: LifecycleConfig) -> Arc<Self> {
+        Arc::new(Self {
+            sync: Arc::new(sync::Sync::new(store.clone())),
+            store,
+            cfg,
+            runtime: Mutex::new(HashMap::new()),
+            gateway: OnceLock::new(),
+        })
+    }
+
+    pub fn set_gateway(&self, gw: Gateway) {
+        let _ = self.gateway.set(gw.clone());
+        self.sync.set_gateway(gw);
+    }
+
+    /// Patches a Node's status (compare-and-swap with retries); missing nodes are
+    /// ignored (deleted meanwhile).
+    async fn patch_status(
+        &self,
+        node: &str,
+        f: impl Fn(&mut serde_json::Map<String, serde_json::Value>),
+    ) {
+        let key = object_key(Kind::Node, node);
+        let r = modify(&self.store, Kind::Node, &key, node, None, |cur| {
+            let mut next = cur.clone();
+            if !next.status.is_object() {
+                next.status = serde_json::json!({});
+            }
+            if let Some(m) = next.status.as_object_mut() {
+                f(m);
+            }
+            Ok(next)
+        })
+        .await;
+        if let Err(e) = r {
+            if e.reason != verge_api::Reason::NotFound {
+                tracing::warn!(%node, error = %e.message, "node status update failed");
+            }
+        }
+    }
+
+    /// Marks nodes Ready/NotReady and flushes lastSeen; runs until `shutdown`.
+    pub async fn lifecycle_loop(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut last_flush = Instant::now();
+        let grace = self.cfg.heartbeat_interval * self.cfg.misses;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let flush_due = last_flush.elapsed() >= self.cfg.last_seen_flush;
+            let mut changes: Vec<(String, bool, Option<String>, i64)> = Vec::new();
+            if let Ok(mut rt) = self.runtime.lock() {
+                for (name, r) in rt.iter_mut() {
+                    let alive = r.last_seen.is_some_and(|t| t.elapsed() < grace);
+                    let seen = r
+                        .last_seen_wall
+                        .and_then(|t| t.replace_nanosecond(0).ok())
+                        .and_then(|t| t.format(&Rfc3339).ok());
+                    if r.ready != Some(alive) || (flush_due && r.seen_since_flush) {
+                        r.ready = Some(alive);
+                        r.seen_since_flush = false;
+                        changes.push((name.clone(), alive, seen, r.clock_skew_ms));
+                    }
+                }
+            }
+            if flush_due {
+                last_flush = Instant::now();
+            }
+            for (name, ready, seen, skew) in changes {
+                let misses = self.cfg.misses;
+                self.patch_status(&name, |m| {
+                    m.insert(
+                        "phase".into(),
+                        (if ready { "Ready" } else { "NotReady" }).into(),
+                    );
+                    if let Some(s) = &seen {
+                        m.insert("lastSeen".into(), s.clone().into());
+                    }
+                    m.insert("clockSkewMs".into(), skew.into());
+                    set_condition(
+                        m,
+                        "Ready",
+                        ready,
+                        if ready {
+                            "HeartbeatsArriving"
+                        } else {
+                            "HeartbeatsMissed"
+                        },
+                        &if ready {
+                            "the node's heartbeats are arriving".to_string()
+                        } else {
+                            format!("no heartbeat for {misses} intervals")
+                        },
+                    );
+                })
+                .await;
+                if !ready {
+                    tracing::info!(node = %name, "node NotReady");
+                }
+            }
+        }
+    }
+
+    async fn on_status(&self, node: &str, s: &NodeStatus) {
+        let info = serde_json::json!({
+            "arch": s.arch, "os": s.os, "kernel": s.kernel, "cpus": s.cpus,
+            "memoryBytes": s.memory_bytes, "diskBytes": s.disk_bytes,
+            "agentVersion": s.agent_version,
+        });
+        let alloc = serde_json::json!({
+            "memoryFreeBytes": s.memory_free_bytes, "diskFreeBytes": s.disk_free_bytes,
+        });
+        let queue = serde_json::to_value(&s.queue).unwrap_or_default();
+        let capacity = serde_json::to_value(&s.capacity).unwrap_or_default();
+        let conds: Vec<(String, bool, String, String)> = s
+            .conditions
+            .iter()
+            .filter(|c| c.condition_type != verge_proto::ConditionType::Ready)
+            .map(|c| {
+                (
+                    format!("{:?}", c.condition_type),
+                    c.status,
+                    c.reason.clone(),
+                    c.message.clone(),
+                )
+            })
+            .collect();
+        self.patch_status(node, |m| {
+            m.insert("nodeInfo".into(), info.clone());
+            m.insert("allocatable".into(), alloc.clone());
+            m.insert("capacity".into(), capacity.clone());
+            m.insert("queue".into(), queue.clone());
+            for (t, st, reason, msg) in &conds {
+                set_condition(m, t, *st, reason, msg);
+            }
+        })
+        .await;
+    }
+}
+
+/// Sets one condition in `status.conditions`, keeping lastTransitionTime when unchanged.
+fn set_condition(
+    m: &mut serde_json::Map<String, serde_json::Value>,
+    kind: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+) {
+    let conds = m
+        .entry("conditions")
+        .or_insert_with(|| serde_json::json!([]));
+    if !conds.is_array() {
+        *conds = serde_json::json!([]);
+    }
+    let Some(list) = conds.as_array_mut() else {
+        return;
+    };
+    let status_s = if status { "True" } else { "False" };
+    let existing = list.iter_mut().find(|c| c["type"] == kind);
+    let transition = match &existing {
+        Some(c) if c["status"] == status_s => c["lastTransitionTime"].clone(),
+        _ => now_rfc3339().into(),
+    };
+    let c = serde_json::json!({
+        "type": kind, "status": status_s, "reason": reason, "message": message,
+        "lastTransitionTime": transition,
+    });
+    match existing {
+        Some(e) => *e = c,
+        None => list.push(c),
+    }
+}
+
+#[async_trait::async_trait]
+impl Inbound for NodeManager {
+    fn connected(&self, node: &str) {
+        if let Ok(mut rt) = self.runtime.lock() {
+            let r = rt.entry(node.to_string()).or_default();
+            r.last_seen = Some(Instant::now());
+            r.last_seen_wall = Some(OffsetDateTime::now_utc());
+            r.seen_since_flush = true;
+        }
+    }
+
+    fn disconnected(&self, node: &str) {
+        self.sync.disconnected(node);
+    }
+
+    fn heartbeat(&self, node: &str, hb: &Heartbeat) {
+        let now = OffsetDateTime::now_utc();
+        if let Ok(mut rt) = self.runtime.lock() {
+            let r = rt.entry(node.to_string()).or_default();
+            r.last_seen = Some(Instant::now());
+            r.last_seen_wall = Some(now);
+            r.seen_since_flush = true;
+            r.clock_skew_ms = hb.sent_at_ms - (now.unix_timestamp_nanos() / 1_000_000) as i64;
+        }
+    }
+
+    async fn message(&self, node: &str, msg: Message) {
+        match msg {
+            Message::Hello(h) => self.sync.hello(node, h.last_applied_revision).await,
+            Message::Ack(a) => {
+                if let Some(sync_status) = self.sync.ack(node, a.revision).await {
+                    self.patch_status(node, |m| {
+                        m.insert("sync".into(), sync_status.clone());
+                    })
+                    .await;
+                }
+            }
+            Message::NodeStatus(s) => self.on_status(node, &s).await,
+            other => {
+                tracing::debug!(%node, kind = other.type_name(), "message not handled yet");
+            }
+        }
+    }
+}
+
+impl NodeManager {
+    /// Forgets a deleted node.
+    pub fn forget(&self, node: &str) {
+        if let Ok(mut rt) = self.runtime.lock() {
+            rt.remove(node);
+        }
+        self.sync.forget(node);
+        if let Some(gw) = self.gateway.get() {
+            gw.kick(node);
+        }
+    }
+}

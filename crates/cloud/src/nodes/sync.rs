@@ -1,0 +1,357 @@
+//! Desired-state sync: which objects each node should hold, sent as versioned deltas.
+//!
+//! The cloud keeps, per node, the set it last *sent* and the set the node last
+//! *acknowledged* (persisted at `/system/nodesync/{node}` so deltas survive a cloud
+//! restart), each as `{Kind/name → mod_revision}` at a store revision. When a node says
+//! `hello` with its applied revision, it gets a delta from whichever of those matches,
+//! or a full snapshot when neither does (a new node, a node that lost its store, or a
+//! cloud that lost the record). When objects or node labels change, every connected node
+//! whose desired set changed gets a delta from what it was last sent. The edge applies a
+//! delta only if it starts at its applied revision and persists before acking, so a lost
+//! message just leads to a `hello` and a resync.
+//!
+//! Today the synced kind is `Config` (placed by `spec.placement.nodeSelector`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, OnceLock, RwLock};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use verge_api::Object;
+use verge_api::specs::ConfigSpec;
+use verge_proto::{Channel, Desired, Message, ObjectRef};
+use verge_store::{DynStore, EventKind, Expect};
+
+use crate::gateway::Gateway;
+
+const RECORD_PREFIX: &str = "/system/nodesync/";
+const CONFIG_PREFIX: &str = "/registry/configs/";
+const NODE_PREFIX: &str = "/registry/nodes/";
+
+#[derive(Default)]
+struct Cache {
+    revision: i64,
+    configs: BTreeMap<String, (i64, Object)>,
+    node_labels: HashMap<String, BTreeMap<String, String>>,
+}
+
+/// What a node acknowledged, persisted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Record {
+    acked_revision: i64,
+    objects: BTreeMap<String, i64>,
+}
+
+#[derive(Default)]
+struct NodeSync {
+    connected: bool,
+    sent_rev: i64,
+    sent: BTreeMap<String, i64>,
+    acked: Option<Record>,
+}
+
+pub struct Sync {
+    store: DynStore,
+    gateway: OnceLock<Gateway>,
+    cache: RwLock<Cache>,
+    nodes: Mutex<HashMap<String, NodeSync>>,
+}
+
+fn config_selects(obj: &Object, labels: &BTreeMap<String, String>) -> bool {
+    serde_json::from_value::<ConfigSpec>(obj.spec.clone()).is_ok_and(|s| s.selects(labels))
+}
+
+impl Sync {
+    pub fn new(store: DynStore) -> Self {
+        Self {
+            store,
+            gateway: OnceLock::new(),
+            cache: RwLock::new(Cache::default()),
+            nodes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn set_gateway(&self, gw: Gateway) {
+        let _ = self.gateway.set(gw);
+    }
+
+    /// The objects `node` should hold: `Kind/name → (mod_revision, object)`.
+    fn desired(&self, node: &str) -> (i64, BTreeMap<String, (i64, Object)>) {
+        let Ok(cache) = self.cache.read() else {
+            return (0, BTreeMap::new());
+        };
+        let empty = BTreeMap::new();
+        let labels = cache.node_labels.get(node).unwrap_or(&empty);
+        let set = cache
+            .configs
+            .iter()
+            .filter(|(_, (_, o))| config_selects(o, labels))
+            .map(|(name, (rev, o))| (format!("Config/{name}"), (*rev, o.clone())))
+            .collect();
+        (cache.revision, set)
+    }
+
+    async fn load_record(&self, node: &str) -> Option<Record> {
+        let kv = self
+            .store
+            .get(&format!("{RECORD_PREFIX}{node}"))
+            .await
+            .ok()??;
+        serde_json::from_slice(&kv.value).ok()
+    }
+
+    /// A node connected and told us its applied revision.
+    pub async fn hello(&self, node: &str, last_applied: i64) {
+        let known = self
+            .nodes
+            .lock()
+            .ok()
+            .and_then(|n| n.get(node).map(|s| s.acked.is_some()))
+            .unwrap_or(false);
+        let record = if known {
+            None
+        } else {
+            self.load_record(node).await
+        };
+        let base = {
+            let Ok(mut nodes) = self.nodes.lock() else {
+                return;
+            };
+            let st = nodes.entry(node.to_string()).or_default();
+            st.connected = true;
+            if record.is_some() {
+                st.acked = record;
+            }
+            match &st.acked {
+                Some(r) if last_applied > 0 && r.acked_revision == last_applied => {
+                    Some((last_applied, r.objects.clone()))
+                }
+                _ if last_applied > 0 && st.sent_rev == last_applied => {
+                    Some((last_applied, st.sent.clone()))
+                }
+                _ => None,
+            }
+        };
+        self.send(node, base);
+    }
+
+    /// Sends `node` what changed since `base` (`None`: a snapshot). Returns whether a
+    /// message went out.
+    fn send(&self, node: &str, base: Option<(i64, BTreeMap<String, i64>)>) -> bool {
+        let (revision, target) = self.desired(node);
+        let snapshot = base.is_none();
+        let (from, base) = base.unwrap_or_default();
+        let upserts: Vec<Object> = target
+            .iter()
+            .filter(|(k, (rev, _))| base.get(*k) != Some(rev))
+            .map(|(_, (_, o))| o.clone())
+            .collect();
+        let deletes: Vec<ObjectRef> = base
+            .keys()
+            .filter(|k| !target.contains_key(*k))
+            .filter_map(|k| {
+                k.split_once('/').map(|(kind, name)| ObjectRef {
+                    kind: kind.to_string(),
+                    name: name.to_string(),
+                })
+            })
+            .collect();
+        let sent: BTreeMap<String, i64> =
+            target.iter().map(|(k, (r, _))| (k.clone(), *r)).collect();
+        if !snapshot && upserts.is_empty() && deletes.is_empty() {
+            if let Ok(mut nodes) = self.nodes.lock() {
+                let st = nodes.entry(node.to_string()).or_default();
+                st.sent_rev = from;
+                st.sent = sent;
+            }
+            return false;
+        }
+        let msg = Message::Desired(Desired {
+            from_revision: from,
+            to_revision: revision.max(from),
+            snapshot,
+            upserts,
+            deletes,
+        });
+        let payload = Bytes::from(verge_proto::encode(&msg));
+        let ok = self
+            .gateway
+            .get()
+            .is_some_and(|gw| gw.send(node, Channel::Desired, payload));
+        if ok {
+            if let Ok(mut nodes) = self.nodes.lock() {
+                let st = nodes.entry(node.to_string()).or_default();
+                st.sent_rev = revision.max(from);
+                st.sent = sent;
+            }
+        }
+        ok
+    }
+
+    /// The node persisted up to `revision`. Returns the sync status to show on the Node.
+    pub async fn ack(&self, node: &str, revision: i64) -> Option<serde_json::Value> {
+        let record = {
+            let mut nodes = self.nodes.lock().ok()?;
+            let st = nodes.get_mut(node)?;
+            if st.sent_rev != revision {
+                return None;
+            }
+            let r = Record {
+                acked_revision: revision,
+                objects: st.sent.clone(),
+            };
+            st.acked = Some(r.clone());
+            r
+        };
+        let key = format!("{RECORD_PREFIX}{node}");
+        let value: Bytes = serde_json::to_vec(&record).ok()?.into();
+        let written = match self
+            .store
+            .update(&key, value.clone(), Default::default(), Expect::Any)
+            .await
+        {
+            Err(verge_store::Error::NotFound { .. }) => self
+                .store
+                .create(&key, value, Default::default())
+                .await
+                .map(|_| ()),
+            r => r.map(|_| ()),
+        };
+        if let Err(e) = written {
+            tracing::warn!(%node, error = %e, "could not persist the sync record");
+        }
+        Some(serde_json::json!({
+            "desiredRevision": revision,
+            "ackedRevision": revision,
+            "objects": record.objects.len(),
+            "lastSync": crate::auth::now_rfc3339(),
+        }))
+    }
+
+    pub fn disconnected(&self, node: &str) {
+        if let Ok(mut nodes) = self.nodes.lock() {
+            if let Some(st) = nodes.get_mut(node) {
+                st.connected = false;
+            }
+        }
+    }
+
+    pub fn forget(&self, node: &str) {
+        if let Ok(mut nodes) = self.nodes.lock() {
+            nodes.remove(node);
+        }
+    }
+
+    /// Deletes a node's persisted record (the node was deleted).
+    pub async fn drop_record(&self, node: &str) {
+        let _ = self
+            .store
+            .delete(&format!("{RECORD_PREFIX}{node}"), Expect::Any)
+            .await;
+    }
+
+    fn apply_event(
+        cache: &mut Cache,
+        key: &str,
+        kind: EventKind,
+        value: &[u8],
+        revision: i64,
+    ) -> bool {
+        cache.revision = cache.revision.max(revision);
+        if let Some(name) = key.strip_prefix(CONFIG_PREFIX) {
+            match kind {
+                EventKind::Delete => {
+                    cache.configs.remove(name);
+                }
+                EventKind::Put => {
+                    if let Ok(o) = serde_json::from_slice::<Object>(value) {
+                        cache.configs.insert(name.to_string(), (revision, o));
+                    }
+                }
+            }
+            return true;
+        }
+        if let Some(name) = key.strip_prefix(NODE_PREFIX) {
+            match kind {
+                EventKind::Delete => {
+                    cache.node_labels.remove(name);
+                    return true;
+                }
+                EventKind::Put => {
+                    if let Ok(o) = serde_json::from_slice::<Object>(value) {
+                        let changed = cache.node_labels.get(name) != Some(&o.metadata.labels);
+                        cache
+                            .node_labels
+                            .insert(name.to_string(), o.metadata.labels);
+                        return changed;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// Follows the store; pushes deltas to connected nodes whose desired set changed.
+    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> crate::Result<()> {
+        let list = self.store.list("/registry/", None).await?;
+        if let Ok(mut cache) = self.cache.write() {
+            cache.revision = list.revision;
+            for kv in &list.items {
+                Self::apply_event(
+                    &mut cache,
+                    &kv.key,
+                    EventKind::Put,
+                    &kv.value,
+                    kv.mod_revision,
+                );
+            }
+            cache.revision = list.revision;
+        }
+        let mut events = self.store.watch("/registry/", list.revision).await?;
+        loop {
+            let first = tokio::select! {
+                e = events.next() => e,
+                _ = shutdown.changed() => return Ok(()),
+            };
+            let Some(first) = first else { return Ok(()) };
+            let mut changed = false;
+            let mut batch = vec![first];
+            // Take whatever else is ready, so a burst of writes makes one round of deltas.
+            while let Some(Some(e)) = futures::FutureExt::now_or_never(events.next()) {
+                batch.push(e);
+                if batch.len() >= 1024 {
+                    break;
+                }
+            }
+            for ev in batch {
+                let ev = ev?;
+                if let Ok(mut cache) = self.cache.write() {
+                    changed |= Self::apply_event(
+                        &mut cache,
+                        &ev.kv.key,
+                        ev.kind,
+                        &ev.kv.value,
+                        ev.revision,
+                    );
+                }
+            }
+            if changed {
+                let targets: Vec<(String, i64, BTreeMap<String, i64>)> = self
+                    .nodes
+                    .lock()
+                    .map(|n| {
+                        n.iter()
+                            .filter(|(_, s)| s.connected && s.sent_rev > 0)
+                            .map(|(k, s)| (k.clone(), s.sent_rev, s.sent.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for (node, rev, sent) in targets {
+                    self.send(&node, Some((rev, sent)));
+                }
+            }
+        }
+    }
+}
