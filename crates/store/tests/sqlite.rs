@@ -161,6 +161,237 @@ async fn concurrent_creates_of_one_key_have_one_winner() {
 }
 
 #[tokio::test]
+async fn ops_in_one_batch_see_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let mut w = store.watch("", 0).await.unwrap();
+    store.create("b", b("old"), Labels::new()).await.unwrap(); // rev 1
+    // On this single-threaded runtime, all of these are queued before the writer runs,
+    // so they land in one batch, applied in order.
+    let (c1, c2, u1, d1, u2, c3, d2, db, cb) = tokio::join!(
+        store.create("a", b("1"), labels(&[("x", "1")])),
+        store.create("a", b("dup"), Labels::new()),
+        store.update("a", b("2"), labels(&[("x", "2")]), Expect::ModRevision(2)),
+        store.delete("a", Expect::ModRevision(3)),
+        store.update("a", b("3"), Labels::new(), Expect::Any),
+        store.create("a", b("4"), Labels::new()),
+        store.delete("a", Expect::ModRevision(2)),
+        store.delete("b", Expect::ModRevision(1)),
+        store.create("b", b("new"), Labels::new()),
+    );
+    assert_eq!(c1.unwrap().mod_revision, 2);
+    assert!(matches!(c2, Err(Error::AlreadyExists { .. })));
+    let u1 = u1.unwrap();
+    assert_eq!((u1.create_revision, u1.mod_revision), (2, 3));
+    let d1 = d1.unwrap();
+    assert_eq!((&d1.value[..], d1.mod_revision), (&b"2"[..], 4));
+    assert_eq!(d1.labels, labels(&[("x", "2")]));
+    assert!(matches!(u2, Err(Error::NotFound { .. })));
+    let c3 = c3.unwrap();
+    assert_eq!((c3.create_revision, c3.mod_revision), (5, 5));
+    assert!(matches!(
+        d2,
+        Err(Error::Conflict {
+            expected: 2,
+            current: 5,
+            ..
+        })
+    ));
+    let db = db.unwrap();
+    assert_eq!(
+        (&db.value[..], db.create_revision, db.mod_revision),
+        (&b"old"[..], 1, 6)
+    );
+    assert_eq!(cb.unwrap().create_revision, 7);
+
+    assert_eq!(store.current_revision().await.unwrap(), 7);
+    assert_eq!(store.get("a").await.unwrap(), Some(c3));
+    assert_eq!(&store.get("b").await.unwrap().unwrap().value[..], b"new");
+    let events = take(&mut w, 7).await;
+    let summary: Vec<(i64, EventKind, &str)> = events
+        .iter()
+        .map(|e| (e.revision, e.kind, e.kv.key.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, EventKind::Put, "b"),
+            (2, EventKind::Put, "a"),
+            (3, EventKind::Put, "a"),
+            (4, EventKind::Delete, "a"),
+            (5, EventKind::Put, "a"),
+            (6, EventKind::Delete, "b"),
+            (7, EventKind::Put, "b"),
+        ]
+    );
+    assert_eq!(&events[3].kv.value[..], b"2");
+    store.close().await;
+
+    // And it was all written as simulated.
+    let store = open(dir.path()).await;
+    let list = store.list("", None).await.unwrap();
+    let got: Vec<(&str, &[u8], i64, i64)> = list
+        .items
+        .iter()
+        .map(|kv| {
+            (
+                kv.key.as_str(),
+                &kv.value[..],
+                kv.create_revision,
+                kv.mod_revision,
+            )
+        })
+        .collect();
+    assert_eq!(got, [("a", &b"4"[..], 5, 5), ("b", &b"new"[..], 7, 7)]);
+    let history = take(&mut store.watch("", 0).await.unwrap(), 7).await;
+    assert_eq!(
+        history
+            .iter()
+            .map(|e| (e.revision, e.kind, e.kv.clone()))
+            .collect::<Vec<_>>(),
+        events
+            .iter()
+            .map(|e| (e.revision, e.kind, e.kv.clone()))
+            .collect::<Vec<_>>()
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn compaction_in_the_same_batch_as_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    store.create("x", b("0"), Labels::new()).await.unwrap(); // rev 1
+    let (c, u, k, d, k2) = tokio::join!(
+        store.create("y", b("1"), Labels::new()), // rev 2
+        store.update("x", b("2"), Labels::new(), Expect::Any), // rev 3
+        store.compact(100),                       // capped at 3
+        store.delete("y", Expect::Any),           // rev 4
+        store.compact(2),                         // no-op
+    );
+    assert_eq!(c.unwrap().mod_revision, 2);
+    assert_eq!(u.unwrap().mod_revision, 3);
+    k.unwrap();
+    assert_eq!(d.unwrap().mod_revision, 4);
+    k2.unwrap();
+    assert_eq!(store.compacted_revision().await.unwrap(), 3);
+    assert_eq!(store.current_revision().await.unwrap(), 4);
+    assert!(matches!(
+        store.watch("", 2).await,
+        Err(Error::Compacted { compacted: 3, .. })
+    ));
+    let mut w = store.watch("", 3).await.unwrap();
+    let ev = next(&mut w).await.unwrap().unwrap();
+    assert_eq!(
+        (ev.revision, ev.kind, ev.kv.key.as_str()),
+        (4, EventKind::Delete, "y")
+    );
+    assert_eq!(&store.get("x").await.unwrap().unwrap().value[..], b"2");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn empty_and_binary_values_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let binary = Bytes::from((0..=255u8).collect::<Vec<_>>());
+    store
+        .create("empty", Bytes::new(), Labels::new())
+        .await
+        .unwrap();
+    store
+        .create("bin", binary.clone(), labels(&[("q", "\"quoted\\\"")]))
+        .await
+        .unwrap();
+    store
+        .create("ключ/\u{1F600}\"\\\n", b("unicode key"), Labels::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get("empty").await.unwrap().unwrap().value,
+        Bytes::new()
+    );
+    let bin = store.get("bin").await.unwrap().unwrap();
+    assert_eq!(bin.value, binary);
+    assert_eq!(bin.labels, labels(&[("q", "\"quoted\\\"")]));
+    assert_eq!(
+        &store
+            .get("ключ/\u{1F600}\"\\\n")
+            .await
+            .unwrap()
+            .unwrap()
+            .value[..],
+        b"unicode key"
+    );
+    let deleted = store.delete("bin", Expect::Any).await.unwrap();
+    assert_eq!(deleted.value, binary);
+    let history = take(&mut store.watch("", 0).await.unwrap(), 4).await;
+    assert_eq!(history[0].kv.value, Bytes::new());
+    assert_eq!(history[1].kv.value, binary);
+    assert_eq!(history[3].kv.value, binary);
+    assert_eq!(history[3].kv.labels, labels(&[("q", "\"quoted\\\"")]));
+    assert_eq!(history[2].kv.key, "ключ/\u{1F600}\"\\\n");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn failed_batch_fails_all_its_ops_and_the_writer_carries_on() {
+    use sqlx::ConnectOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let mut w = store.watch("", 0).await.unwrap();
+    store.create("before", b("v"), Labels::new()).await.unwrap();
+
+    // Sabotage from a second connection: any event row for key "poison" aborts.
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(opts(dir.path()).path)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.key = 'poison' \
+         BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let (p, ok) = tokio::join!(
+        store.create("poison", b("v"), Labels::new()),
+        store.create("innocent", b("v"), Labels::new()),
+    );
+    match p {
+        Err(Error::BatchFailed(msg)) => assert!(msg.contains("poisoned"), "{msg}"),
+        other => panic!("expected BatchFailed, got {other:?}"),
+    }
+    assert!(matches!(ok, Err(Error::BatchFailed(_))));
+    assert_eq!(store.current_revision().await.unwrap(), 1);
+    assert_eq!(store.get("innocent").await.unwrap(), None);
+
+    sqlx::query("DROP TRIGGER poison")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let kv = store
+        .create("innocent", b("v"), Labels::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        kv.mod_revision, 2,
+        "no revision was consumed by the failed batch"
+    );
+    let events = take(&mut w, 2).await;
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.revision, e.kv.key.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "before"), (2, "innocent")]
+    );
+    store.close().await;
+}
+
+#[tokio::test]
 async fn revisions_persist_across_reopen_and_compaction() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;
