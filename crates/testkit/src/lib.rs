@@ -209,3 +209,161 @@ pub fn csr(cn: &str) -> Result<(String, String)> {
     let csr = params.serialize_request(&key)?;
     Ok((key.serialize_pem(), csr.pem()?))
 }
+
+/// Path to a workspace binary, building its package first when it is missing (e.g.
+/// when only one package's tests are run). Serialized so parallel tests build once.
+pub fn workspace_bin(package: &str, bin: &str) -> Result<PathBuf> {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let path = cargo_bin(bin);
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", package, "--bin", bin])
+            .status()
+            .context("running cargo build")?;
+        if !status.success() || !path.exists() {
+            bail!("could not build {bin} (cargo build -p {package})");
+        }
+    }
+    Ok(path)
+}
+
+/// A running `verge-edge run` child.
+pub struct Edge {
+    bin: PathBuf,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Edge {
+    /// `verge-edge join` into `data_dir`; returns the command's output.
+    pub fn join(
+        bin: &Path,
+        cloud: &Cloud,
+        token: &str,
+        name: &str,
+        labels: &[&str],
+        data_dir: &Path,
+    ) -> Result<std::process::Output> {
+        let hash = ca_hash(&cloud.ca_pem)?;
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "join",
+            "--cloud",
+            &cloud.url,
+            "--token",
+            token,
+            "--ca-hash",
+            &hash,
+            "--name",
+            name,
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn");
+        for l in labels {
+            cmd.args(["--label", l]);
+        }
+        Ok(cmd.output()?)
+    }
+
+    pub fn start(bin: &Path, data_dir: &Path, args: &[&str]) -> Result<Self> {
+        let mut e = Edge {
+            bin: bin.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        e.spawn()?;
+        Ok(e)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let child = Command::new(&self.bin)
+            .arg("run")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .context("spawning verge-edge run")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut ch) = self.child.take() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(ch.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )?;
+            ch.wait()?;
+        }
+        Ok(())
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9()?;
+        self.spawn()
+    }
+
+    /// `verge-edge get ARGS -o json --data-dir DIR` as JSON (None while it fails, e.g.
+    /// before the local API is up).
+    pub fn get(&self, what: &[&str]) -> Option<serde_json::Value> {
+        let out = Command::new(&self.bin)
+            .arg("get")
+            .args(what)
+            .args(["-o", "json", "--data-dir"])
+            .arg(&self.data_dir)
+            .env("RUST_LOG", "off")
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        if let Some(mut ch) = self.child.take() {
+            let _ = ch.kill();
+            let _ = ch.wait();
+        }
+    }
+}
+
+/// `sha256:<hex>` of the first certificate in a PEM.
+pub fn ca_hash(pem: &str) -> Result<String> {
+    use sha2::Digest;
+    let mut rd = pem.as_bytes();
+    let der = rustls_pemfile::certs(&mut rd)
+        .next()
+        .context("no certificate in PEM")??;
+    Ok(format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(der.as_ref()))
+    ))
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or fails after `timeout`.
+pub async fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

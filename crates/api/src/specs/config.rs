@@ -93,10 +93,12 @@ mod tests {
         let mut s = ConfigSpec::default();
         s.data.insert("big".into(), "x".repeat(MAX_CONFIG_BYTES));
         assert_eq!(s.validate().unwrap_err().field, "spec.data");
-        let mut s = ConfigSpec::default();
-        s.placement = Some(ConfigPlacement {
-            node_selector: [("bad key!".to_string(), "v".to_string())].into(),
-        });
+        let s = ConfigSpec {
+            placement: Some(ConfigPlacement {
+                node_selector: [("bad key!".to_string(), "v".to_string())].into(),
+            }),
+            ..Default::default()
+        };
         assert!(
             s.validate()
                 .unwrap_err()

@@ -187,10 +187,10 @@ impl Gateway {
 
     /// Closes a node's session (after deletion).
     pub fn kick(&self, node: &str) {
-        if let Ok(mut conns) = self.shared.conns.lock() {
-            if let Some(c) = conns.remove(node) {
-                let _ = c.tx.try_send(Outbound::Close);
-            }
+        if let Ok(mut conns) = self.shared.conns.lock()
+            && let Some(c) = conns.remove(node)
+        {
+            let _ = c.tx.try_send(Outbound::Close);
         }
     }
 
@@ -236,21 +236,21 @@ impl Shared {
     /// Registers a session; an older session of the same node is closed (takeover).
     pub(crate) fn register(&self, node: &str, tx: mpsc::Sender<Outbound>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut conns) = self.conns.lock() {
-            if let Some(old) = conns.insert(node.to_string(), Conn { id, tx }) {
-                let _ = old.tx.try_send(Outbound::Close);
-            }
+        if let Ok(mut conns) = self.conns.lock()
+            && let Some(old) = conns.insert(node.to_string(), Conn { id, tx })
+        {
+            let _ = old.tx.try_send(Outbound::Close);
         }
         id
     }
 
     /// Removes the session if it is still the registered one.
     pub(crate) fn unregister(&self, node: &str, id: u64) -> bool {
-        if let Ok(mut conns) = self.conns.lock() {
-            if conns.get(node).is_some_and(|c| c.id == id) {
-                conns.remove(node);
-                return true;
-            }
+        if let Ok(mut conns) = self.conns.lock()
+            && conns.get(node).is_some_and(|c| c.id == id)
+        {
+            conns.remove(node);
+            return true;
         }
         false
     }

@@ -353,10 +353,10 @@ async fn bulk_worker(
         }
         tokens -= 1.0;
         shared.inbound.message(&node, msg).await;
-        if let Some(id) = ack {
-            if tx.send(Outbound::PubAck(id)).await.is_err() {
-                return;
-            }
+        if let Some(id) = ack
+            && tx.send(Outbound::PubAck(id)).await.is_err()
+        {
+            return;
         }
     }
 }

@@ -105,10 +105,10 @@ impl NodeManager {
             Ok(next)
         })
         .await;
-        if let Err(e) = r {
-            if e.reason != verge_api::Reason::NotFound {
-                tracing::warn!(%node, error = %e.message, "node status update failed");
-            }
+        if let Err(e) = r
+            && e.reason != verge_api::Reason::NotFound
+        {
+            tracing::warn!(%node, error = %e.message, "node status update failed");
         }
     }
 
@@ -185,7 +185,7 @@ impl NodeManager {
         let alloc = serde_json::json!({
             "memoryFreeBytes": s.memory_free_bytes, "diskFreeBytes": s.disk_free_bytes,
         });
-        let queue = serde_json::to_value(&s.queue).unwrap_or_default();
+        let queue = serde_json::to_value(s.queue).unwrap_or_default();
         let capacity = serde_json::to_value(&s.capacity).unwrap_or_default();
         let conds: Vec<(String, bool, String, String)> = s
             .conditions

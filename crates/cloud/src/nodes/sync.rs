@@ -180,12 +180,10 @@ impl Sync {
             .gateway
             .get()
             .is_some_and(|gw| gw.send(node, Channel::Desired, payload));
-        if ok {
-            if let Ok(mut nodes) = self.nodes.lock() {
-                let st = nodes.entry(node.to_string()).or_default();
-                st.sent_rev = revision.max(from);
-                st.sent = sent;
-            }
+        if ok && let Ok(mut nodes) = self.nodes.lock() {
+            let st = nodes.entry(node.to_string()).or_default();
+            st.sent_rev = revision.max(from);
+            st.sent = sent;
         }
         ok
     }
@@ -231,10 +229,10 @@ impl Sync {
     }
 
     pub fn disconnected(&self, node: &str) {
-        if let Ok(mut nodes) = self.nodes.lock() {
-            if let Some(st) = nodes.get_mut(node) {
-                st.connected = false;
-            }
+        if let Ok(mut nodes) = self.nodes.lock()
+            && let Some(st) = nodes.get_mut(node)
+        {
+            st.connected = false;
         }
     }
 

@@ -1,0 +1,401 @@
+//! `verge-edge`: join a cluster, run the edge node, read its local API. Argument
+//! parsing and wiring only; the work is in the `verge_edge` library.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use verge_edge::{EdgeState, Identity, JoinOptions, LocalApi, LocalStore, Queue, QueueConfig};
+
+#[derive(Parser)]
+#[command(name = "verge-edge", version, about = "The Verge edge node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Join a cluster: pin its CA by hash, get a node certificate with a bootstrap token.
+    Join(JoinArgs),
+    /// Run the node: local store, queue, local API (and the uplink to the cloud).
+    Run(RunArgs),
+    /// Read from the running node's local API.
+    Get {
+        #[command(subcommand)]
+        what: GetWhat,
+    },
+}
+
+#[derive(clap::Args)]
+struct JoinArgs {
+    /// The cloud API, `https://host:port`.
+    #[arg(long, env = "VERGE_EDGE_CLOUD")]
+    cloud: String,
+    /// Bootstrap token `id.secret` (prefer the environment variable: argv is visible to
+    /// other users).
+    #[arg(long, env = "VERGE_EDGE_TOKEN", hide_env_values = true)]
+    token: String,
+    /// `sha256:<hex>` of the cluster CA, as printed by `verge token create --bootstrap`.
+    #[arg(long)]
+    ca_hash: String,
+    /// Node name (DNS-1123 label); default: the hostname, sanitized.
+    #[arg(long)]
+    name: Option<String>,
+    /// A label for the node, `key=value`; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    #[arg(long, env = "VERGE_EDGE_DATA_DIR")]
+    data_dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[arg(long, env = "VERGE_EDGE_DATA_DIR")]
+    data_dir: PathBuf,
+    /// How often to send a heartbeat (`15s`, `1m`, `500ms`).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    heartbeat_interval: Duration,
+    /// How often to report node status (through the store-and-forward queue).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    status_interval: Duration,
+    /// Longest wait between reconnect attempts (exponential backoff, full jitter).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    reconnect_max: Duration,
+}
+
+#[derive(Subcommand)]
+enum GetWhat {
+    /// Configs the node holds (all, or one by name).
+    Configs {
+        name: Option<String>,
+        #[arg(long, env = "VERGE_EDGE_DATA_DIR")]
+        data_dir: PathBuf,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// The node's status: revision, connection, queue.
+    Status {
+        #[arg(long, env = "VERGE_EDGE_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+/// `15s`, `2m`, `1h`, `500ms`, or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration like 15s, 2m, 500ms"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than zero"));
+    }
+    Ok(d)
+}
+
+fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for l in labels {
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--label {l:?}: expected key=value"))?;
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(out)
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One crypto provider for the whole process: ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    init_logging(match cli.command {
+        Command::Run(_) => "info",
+        _ => "warn",
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, skipping a cause the message already shows
+/// (the library's messages embed their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out.replace('\n', " ")
+}
+
+async fn dispatch(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Join(a) => join(a).await,
+        Command::Run(a) => run(a).await,
+        Command::Get { what } => match what {
+            GetWhat::Configs {
+                name,
+                data_dir,
+                output,
+            } => get_configs(&data_dir, name.as_deref(), output).await,
+            GetWhat::Status { data_dir } => {
+                let v =
+                    verge_edge::local_api::get(&verge_edge::paths::socket(&data_dir), "/v1/status")
+                        .await?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                Ok(())
+            }
+        },
+    }
+}
+
+async fn join(a: JoinArgs) -> Result<()> {
+    let labels = parse_labels(&a.labels)?;
+    let data_dir = a.data_dir.clone();
+    let id = verge_edge::join(JoinOptions {
+        cloud: a.cloud,
+        token: a.token,
+        ca_hash: a.ca_hash,
+        name: a.name,
+        labels,
+        data_dir: a.data_dir,
+    })
+    .await?;
+    println!(
+        "joined as {}; start it with: verge-edge run --data-dir {}",
+        id.name,
+        data_dir.display()
+    );
+    Ok(())
+}
+
+async fn run(a: RunArgs) -> Result<()> {
+    let identity = Identity::load(&a.data_dir)?;
+    let dir = a.data_dir.clone();
+    let (store, queue) = tokio::task::spawn_blocking(move || -> verge_edge::Result<_> {
+        let store = LocalStore::open(&verge_edge::paths::store(&dir))?;
+        let queue = Queue::open(&verge_edge::paths::queue(&dir), QueueConfig::default())?;
+        Ok((store, queue))
+    })
+    .await
+    .context("opening the local store")??;
+    let state = Arc::new(EdgeState::new(identity.name.clone(), store, queue));
+    let socket = verge_edge::paths::socket(&a.data_dir);
+    let api = LocalApi::bind(&socket, state.clone())?;
+    tracing::info!(
+        node = %identity.name,
+        applied_revision = state.store().applied_revision().unwrap_or(0),
+        socket = %socket.display(),
+        "verge-edge running"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut api_stop = stop_rx.clone();
+    let api_task = tokio::spawn(api.serve(async move {
+        let _ = api_stop.wait_for(|stop| *stop).await;
+    }));
+
+    // The uplink: runs beside the local API; the node keeps serving without it.
+    let mut up_stop = stop_rx.clone();
+    let agent_cfg = verge_edge::agent::AgentConfig {
+        heartbeat_interval: a.heartbeat_interval,
+        status_interval: a.status_interval,
+        backoff_cap: a.reconnect_max,
+        ..Default::default()
+    };
+    let uplink = tokio::spawn(verge_edge::agent::run(
+        identity.clone(),
+        state.clone(),
+        agent_cfg,
+        async move {
+            let _ = up_stop.wait_for(|s| *s).await;
+        },
+    ));
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    api_task.await.context("local API task")??;
+    match uplink.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "uplink stopped"),
+        Err(e) => tracing::error!(error = %e, "uplink task failed"),
+        Ok(Ok(())) => {}
+    }
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+async fn get_configs(data_dir: &Path, name: Option<&str>, output: Output) -> Result<()> {
+    let socket = verge_edge::paths::socket(data_dir);
+    let path = match name {
+        Some(n) => {
+            if !n
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
+                bail!("config name {n:?} is not a valid name");
+            }
+            format!("/v1/configs/{n}")
+        }
+        None => "/v1/configs".to_owned(),
+    };
+    let answer = verge_edge::local_api::get(&socket, &path).await?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    let items = match answer {
+        serde_json::Value::Array(items) => items,
+        one => vec![one],
+    };
+    print!("{}", configs_table(&items));
+    Ok(())
+}
+
+/// `NAME  DATA-KEYS  REVISION` rows, columns padded to the widest cell.
+fn configs_table(items: &[serde_json::Value]) -> String {
+    let mut rows = vec![[
+        "NAME".to_owned(),
+        "DATA-KEYS".to_owned(),
+        "REVISION".to_owned(),
+    ]];
+    for o in items {
+        let name = o["metadata"]["name"].as_str().unwrap_or("").to_owned();
+        let keys = match o["spec"]["data"].as_object() {
+            Some(m) if !m.is_empty() => m.keys().cloned().collect::<Vec<_>>().join(","),
+            _ => "<none>".to_owned(),
+        };
+        let rev = o["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("-")
+            .to_owned();
+        rows.push([name, keys, rev]);
+    }
+    let widths: Vec<usize> = (0..3)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line = format!(
+            "{:<w0$}   {:<w1$}   {}",
+            r[0],
+            r[1],
+            r[2],
+            w0 = widths[0],
+            w1 = widths[1]
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15s").unwrap(), Duration::from_secs(15));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn errors_print_on_one_line_without_repeats() {
+        let io = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::new(io).context("store.redb: disk on fire");
+        assert_eq!(one_line(&e), "store.redb: disk on fire");
+        let e = anyhow!("inner\nsecond line").context("outer");
+        assert_eq!(one_line(&e), "outer: inner second line");
+    }
+
+    #[test]
+    fn labels() {
+        let l = parse_labels(&["a=b".into(), "zone=x=y".into()]).unwrap();
+        assert_eq!(l["a"], "b");
+        assert_eq!(l["zone"], "x=y");
+        assert!(parse_labels(&["nope".into()]).is_err());
+    }
+
+    #[test]
+    fn table() {
+        let items = vec![
+            serde_json::json!({"metadata": {"name": "app-settings", "resourceVersion": "12"},
+                               "spec": {"data": {"a": "1", "b": "2"}}}),
+            serde_json::json!({"metadata": {"name": "x"}, "spec": {}}),
+        ];
+        assert_eq!(
+            configs_table(&items),
+            "NAME           DATA-KEYS   REVISION\n\
+             app-settings   a,b         12\n\
+             x              <none>      -\n"
+        );
+        assert_eq!(configs_table(&[]), "NAME   DATA-KEYS   REVISION\n");
+    }
+}

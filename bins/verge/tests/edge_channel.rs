@@ -1,0 +1,200 @@
+//! Cloud ↔ edge end to end with real processes on loopback: `verge cloud` and
+//! `verge-edge` nodes joined with bootstrap tokens, connected over mutual-TLS MQTT.
+//! Join → Ready; kill -9 → NotReady after the configured misses → restart → Ready;
+//! a Config reaches exactly the nodes its selector matches; with the cloud stopped an
+//! edge restarted twice still serves its desired state; a Config changed while a node
+//! was down reaches it after reconnect.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+use verge_testkit::{Cloud, Edge, eventually, workspace_bin};
+
+const BIN: &str = env!("CARGO_BIN_EXE_verge");
+
+async fn admin(
+    cloud: &Cloud,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value> {
+    let mut r = cloud
+        .client()?
+        .request(method, format!("{}{path}", cloud.url))
+        .bearer_auth(&cloud.admin_token);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await?;
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    anyhow::ensure!(status.is_success(), "{path}: {status} {v}");
+    Ok(v)
+}
+
+async fn phase(cloud: &Cloud, node: &str) -> Option<String> {
+    let v = admin(
+        cloud,
+        reqwest::Method::GET,
+        &format!("/api/v1/nodes/{node}"),
+        None,
+    )
+    .await
+    .ok()?;
+    v["status"]["phase"].as_str().map(str::to_string)
+}
+
+fn config(name: &str, site: &str, value: &str) -> Value {
+    json!({"apiVersion": "verge.dev/v1", "kind": "Config", "metadata": {"name": name},
+        "spec": {"data": {"origin": value}, "placement": {"nodeSelector": {"site": site}}}})
+}
+
+fn local_origin(edge: &Edge, name: &str) -> Option<String> {
+    let v = edge.get(&["configs", name])?;
+    v["spec"]["data"]["origin"].as_str().map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_ready_sync_offline_and_reconnect() -> Result<()> {
+    let edge_bin = workspace_bin("verge-edge-cli", "verge-edge")?;
+    let mut cloud = Cloud::start(
+        std::path::Path::new(BIN),
+        &["--heartbeat-interval", "1s", "--heartbeat-misses", "3"],
+    )
+    .await?;
+    let tok = admin(
+        &cloud,
+        reqwest::Method::POST,
+        "/api/v1/tokens",
+        Some(json!({"role": "bootstrap", "uses": 2})),
+    )
+    .await?;
+    let token = tok["token"].as_str().unwrap().to_string();
+
+    let dirs = tempfile::tempdir()?;
+    let (da, db) = (dirs.path().join("a"), dirs.path().join("b"));
+    let out = Edge::join(&edge_bin, &cloud, &token, "node-a", &["site=a"], &da)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Edge::join(&edge_bin, &cloud, &token, "node-b", &["site=b"], &db)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let args = ["--heartbeat-interval", "1s"];
+    let mut a = Edge::start(&edge_bin, &da, &args)?;
+    let _b = Edge::start(&edge_bin, &db, &args)?;
+    for n in ["node-a", "node-b"] {
+        eventually(Duration::from_secs(30), "node Ready", async || {
+            (phase(&cloud, n).await.as_deref() == Some("Ready")).then_some(())
+        })
+        .await?;
+    }
+    // Status reports arrived too (through the store-and-forward queue).
+    let node = eventually(Duration::from_secs(30), "nodeInfo", async || {
+        let v = admin(&cloud, reqwest::Method::GET, "/api/v1/nodes/node-a", None)
+            .await
+            .ok()?;
+        v["status"]["nodeInfo"]["arch"].is_string().then_some(v)
+    })
+    .await?;
+    assert_eq!(node["status"]["nodeInfo"]["arch"], std::env::consts::ARCH);
+    // verge get nodes shows them.
+    let out = std::process::Command::new(BIN)
+        .args(["get", "nodes"])
+        .env("VERGE_CONFIG", cloud.admin_config())
+        .output()?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.lines().next().unwrap_or("").split_whitespace().eq([
+            "NAME",
+            "STATUS",
+            "ARCH",
+            "OS",
+            "VERSION",
+            "AGE",
+            "LAST-SEEN"
+        ]),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("node-a") && l.contains("Ready")),
+        "{table}"
+    );
+
+    // A Config for site=a reaches node-a only.
+    admin(
+        &cloud,
+        reqwest::Method::POST,
+        "/api/v1/configs",
+        Some(config("cdn", "a", "https://o1.example")),
+    )
+    .await?;
+    eventually(Duration::from_secs(20), "config on node-a", async || {
+        (local_origin(&a, "cdn").as_deref() == Some("https://o1.example")).then_some(())
+    })
+    .await?;
+    let b_configs = _b.get(&["configs"]).unwrap_or(Value::Null);
+    assert_eq!(b_configs, json!([]), "node-b must not get site=a config");
+    // The cloud shows the acked revision.
+    eventually(Duration::from_secs(20), "sync status", async || {
+        let v = admin(&cloud, reqwest::Method::GET, "/api/v1/nodes/node-a", None)
+            .await
+            .ok()?;
+        (v["status"]["sync"]["ackedRevision"].as_i64()? > 0).then_some(())
+    })
+    .await?;
+
+    // kill -9 the edge: NotReady after the misses; back: Ready.
+    a.kill9()?;
+    eventually(Duration::from_secs(30), "NotReady", async || {
+        (phase(&cloud, "node-a").await.as_deref() == Some("NotReady")).then_some(())
+    })
+    .await?;
+    a.restart()?;
+    eventually(Duration::from_secs(30), "Ready again", async || {
+        (phase(&cloud, "node-a").await.as_deref() == Some("Ready")).then_some(())
+    })
+    .await?;
+
+    // Offline: the cloud is gone; node-a restarted twice still serves its state.
+    cloud.kill9()?;
+    for _ in 0..2 {
+        a.restart()?;
+        eventually(
+            Duration::from_secs(20),
+            "local API after restart",
+            async || {
+                (local_origin(&a, "cdn").as_deref() == Some("https://o1.example")).then_some(())
+            },
+        )
+        .await?;
+    }
+
+    // Changed while node-a is down: arrives after reconnect.
+    a.kill9()?;
+    cloud.restart().await?;
+    let mut c = admin(&cloud, reqwest::Method::GET, "/api/v1/configs/cdn", None).await?;
+    c["spec"]["data"]["origin"] = "https://o2.example".into();
+    c["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
+    admin(&cloud, reqwest::Method::PUT, "/api/v1/configs/cdn", Some(c)).await?;
+    a.restart()?;
+    eventually(
+        Duration::from_secs(60),
+        "changed config after reconnect",
+        async || (local_origin(&a, "cdn").as_deref() == Some("https://o2.example")).then_some(()),
+    )
+    .await?;
+    Ok(())
+}

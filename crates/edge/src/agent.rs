@@ -1,0 +1,387 @@
+//! The uplink: the node's MQTT session with the cloud (rumqttc, mutual TLS).
+//!
+//! On every connect: subscribe to the node's `desired` and `task` topics and say
+//! `hello` with the applied revision (the cloud answers with a delta or a snapshot).
+//! Desired state is persisted to the local store *before* it is acknowledged; a delta
+//! that does not start at the applied revision is not applied and triggers another
+//! `hello`. Heartbeats are QoS 0, tiny and sent on their own timer, never behind the
+//! queue. Status reports go through the disk-backed store-and-forward queue and are
+//! flushed in order, a few in flight at a time, each removed only when the cloud's
+//! PUBACK for it arrives. Lost connections are retried with exponential backoff and full
+//! jitter, capped.
+//!
+//! While the cloud is unreachable nothing here blocks the node: the local store keeps
+//! serving the last desired state (see `local_api`), across restarts too.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
+    Transport,
+};
+use verge_proto::{Ack, Channel, Heartbeat, Hello, Message};
+
+use crate::error::{Error, Result};
+use crate::identity::Identity;
+use crate::state::EdgeState;
+use crate::store::ApplyOutcome;
+use crate::sysinfo::{self, Thresholds};
+
+/// How the uplink behaves.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub heartbeat_interval: Duration,
+    pub status_interval: Duration,
+    /// First reconnect delay bound; doubles per failure up to `backoff_cap`.
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub labels: BTreeMap<String, String>,
+    pub thresholds: Thresholds,
+    /// Queue items in flight (sent, not yet acknowledged) at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(15),
+            status_interval: Duration::from_secs(60),
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(60),
+            labels: BTreeMap::new(),
+            thresholds: Thresholds::default(),
+            max_in_flight: 16,
+        }
+    }
+}
+
+/// Delay before reconnect attempt `attempt` (0-based): uniform in
+/// `[0, min(cap, base * 2^attempt)]` ("full jitter").
+pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    let ceiling = base
+        .checked_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+        .unwrap_or(cap)
+        .min(cap);
+    let ms = ceiling.as_millis() as u64;
+    Duration::from_millis(if ms == 0 {
+        0
+    } else {
+        rand::thread_rng().gen_range(0..=ms)
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `mqtts://host:port` → (host, port).
+fn parse_mqtt_url(url: &str) -> Result<(String, u16)> {
+    let rest = url
+        .strip_prefix("mqtts://")
+        .ok_or_else(|| Error::Invalid(format!("mqtt url {url:?} must start with mqtts://")))?;
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| Error::Invalid(format!("mqtt url {url:?} has no port")))?;
+    let port = port
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|_| Error::Invalid(format!("mqtt url {url:?}: bad port")))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok((host, port))
+}
+
+/// What a publish request was for, matched with rumqttc's `Outgoing::Publish` events
+/// (which come in request order) to learn packet ids.
+enum Tag {
+    Queued(u64),
+    Other,
+}
+
+/// Runs the uplink until `shutdown` resolves, reconnecting as needed.
+pub async fn run(
+    identity: Identity,
+    state: Arc<EdgeState>,
+    cfg: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let url = identity.mqtt_url.clone().ok_or_else(|| {
+        Error::Invalid("the cloud gave no MQTT URL at join; cannot start the uplink".into())
+    })?;
+    let (host, port) = parse_mqtt_url(&url)?;
+    let tls = Arc::new(identity.tls_client_config()?);
+    tokio::pin!(shutdown);
+    let mut attempt: u32 = 0;
+    loop {
+        let mut opts = MqttOptions::new(identity.name.clone(), host.clone(), port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_clean_session(true);
+        opts.set_max_packet_size(
+            verge_proto::topics::MAX_DESIRED_PAYLOAD + 4096,
+            verge_proto::topics::MAX_RESULT_PAYLOAD + 4096,
+        );
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.clone(),
+        )));
+        let session = Session::new(&identity, &state, &cfg, opts);
+        let connected = tokio::select! {
+            c = session.run() => c,
+            _ = &mut shutdown => {
+                state.set_connected(false);
+                return Ok(());
+            }
+        };
+        state.set_connected(false);
+        if connected {
+            attempt = 0;
+        }
+        let wait = backoff(attempt, cfg.backoff_base, cfg.backoff_cap);
+        attempt = attempt.saturating_add(1);
+        tracing::info!(
+            wait_ms = wait.as_millis() as u64,
+            "uplink down; reconnecting"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
+struct Session<'a> {
+    identity: &'a Identity,
+    state: &'a Arc<EdgeState>,
+    cfg: &'a AgentConfig,
+    opts: MqttOptions,
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        identity: &'a Identity,
+        state: &'a Arc<EdgeState>,
+        cfg: &'a AgentConfig,
+        opts: MqttOptions,
+    ) -> Self {
+        Self {
+            identity,
+            state,
+            cfg,
+            opts,
+        }
+    }
+
+    fn topic(&self, c: Channel) -> String {
+        verge_proto::node_topic(&self.identity.name, c)
+    }
+
+    fn status_message(&self) -> Message {
+        let mut s = sysinfo::collect(&self.identity.data_dir, &self.cfg.thresholds);
+        s.agent_version = env!("CARGO_PKG_VERSION").to_string();
+        s.labels = self.cfg.labels.clone();
+        s.applied_revision = self.state.store().applied_revision().unwrap_or(0);
+        s.queue = self.state.queue().stats().unwrap_or_default();
+        Message::NodeStatus(Box::new(s))
+    }
+
+    fn hello(&self) -> Message {
+        Message::Hello(Hello {
+            node: self.identity.name.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            boot_id: boot_id(),
+            last_applied_revision: self.state.store().applied_revision().unwrap_or(0),
+            sent_at_ms: now_ms(),
+        })
+    }
+
+    /// One connection; returns whether it got connected at all.
+    async fn run(self) -> bool {
+        let (client, mut events) = AsyncClient::new(self.opts.clone(), 128);
+        let mut connected = false;
+        let mut tags: VecDeque<Tag> = VecDeque::new();
+        let mut in_flight: HashMap<u16, u64> = HashMap::new();
+        let mut sent_upto: u64 = 0;
+        let mut hb_seq: u64 = 0;
+        let mut heartbeat = tokio::time::interval(self.cfg.heartbeat_interval);
+        let mut status = tokio::time::interval(self.cfg.status_interval);
+        let mut flush = tokio::time::interval(Duration::from_millis(200));
+        let publish =
+            |tags: &mut VecDeque<Tag>, tag: Tag, channel: Channel, msg: &Message, qos: QoS| {
+                let payload = verge_proto::encode(msg);
+                if client
+                    .try_publish(self.topic(channel), qos, false, payload)
+                    .is_ok()
+                {
+                    tags.push_back(tag);
+                }
+            };
+        loop {
+            tokio::select! {
+                ev = events.poll() => match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        if ack.code != ConnectReturnCode::Success {
+                            tracing::warn!(code = ?ack.code, "the cloud refused the connection");
+                            return connected;
+                        }
+                        connected = true;
+                        self.state.set_connected(true);
+                        tracing::info!(node = %self.identity.name, "uplink connected");
+                        for c in [Channel::Desired, Channel::Task] {
+                            let _ = client.try_subscribe(self.topic(c), QoS::AtLeastOnce);
+                        }
+                        publish(&mut tags, Tag::Other, Channel::Hello, &self.hello(), QoS::AtLeastOnce);
+                        let hb = Message::Heartbeat(Heartbeat { seq: hb_seq, sent_at_ms: now_ms(), ready: true });
+                        hb_seq += 1;
+                        publish(&mut tags, Tag::Other, Channel::Heartbeat, &hb, QoS::AtMostOnce);
+                        self.enqueue_status();
+                        in_flight.clear();
+                        sent_upto = 0;
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Some(reply) = self.on_publish(&p.topic, &p.payload).await {
+                            publish(&mut tags, Tag::Other, reply.channel(), &reply, QoS::AtLeastOnce);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if let Some(seq) = in_flight.remove(&ack.pkid) {
+                            let q = self.state.queue().clone();
+                            let _ = tokio::task::spawn_blocking(move || q.ack(seq)).await;
+                        }
+                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        if let Some(Tag::Queued(seq)) = tags.pop_front() {
+                            in_flight.insert(pkid, seq);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "uplink connection ended");
+                        return connected;
+                    }
+                },
+                _ = heartbeat.tick(), if connected => {
+                    let hb = Message::Heartbeat(Heartbeat { seq: hb_seq, sent_at_ms: now_ms(), ready: true });
+                    hb_seq += 1;
+                    publish(&mut tags, Tag::Other, Channel::Heartbeat, &hb, QoS::AtMostOnce);
+                }
+                _ = status.tick(), if connected => self.enqueue_status(),
+                _ = flush.tick(), if connected && in_flight.len() < self.cfg.max_in_flight => {
+                    let room = self.cfg.max_in_flight - in_flight.len();
+                    let q = self.state.queue().clone();
+                    let items = tokio::task::spawn_blocking(move || q.peek(room + 64, now_ms()))
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok())
+                        .unwrap_or_default();
+                    let from = sent_upto;
+                    for item in items.into_iter().filter(|i| i.seq > from).take(room) {
+                        let topic = self.topic(item.channel);
+                        if client.try_publish(topic, QoS::AtLeastOnce, false, item.payload).is_err() {
+                            break;
+                        }
+                        tags.push_back(Tag::Queued(item.seq));
+                        sent_upto = item.seq;
+                    }
+                }
+            }
+        }
+    }
+
+    fn enqueue_status(&self) {
+        let msg = self.status_message();
+        let payload = verge_proto::encode(&msg);
+        if let Err(e) = self.state.queue().push(Channel::Status, &payload, now_ms()) {
+            tracing::warn!(error = %e, "could not queue a status report");
+        }
+    }
+
+    /// Handles a message from the cloud; returns a reply to publish.
+    async fn on_publish(&self, topic: &str, payload: &[u8]) -> Option<Message> {
+        let msg = match verge_proto::decode_any(topic, payload) {
+            Ok((_, m)) => m,
+            Err(e) => {
+                tracing::warn!(%topic, error = %e, "dropped a message from the cloud");
+                return None;
+            }
+        };
+        match msg {
+            Message::Desired(d) => {
+                let store = self.state.store().clone();
+                let outcome = tokio::task::spawn_blocking(move || store.apply_desired(&d)).await;
+                match outcome {
+                    Ok(Ok(ApplyOutcome::Applied { revision })) => {
+                        self.state.set_last_sync(now_ms());
+                        tracing::info!(revision, "desired state applied");
+                        Some(Message::Ack(Ack { revision }))
+                    }
+                    Ok(Ok(ApplyOutcome::NeedsResync { applied })) => {
+                        tracing::info!(
+                            applied,
+                            "desired delta does not apply; asking for a resync"
+                        );
+                        Some(self.hello())
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "could not persist desired state");
+                        None
+                    }
+                    Err(_) => None,
+                }
+            }
+            other => {
+                tracing::debug!(kind = other.type_name(), "message not handled yet");
+                None
+            }
+        }
+    }
+}
+
+/// A per-boot id (Linux), so the cloud can tell restarts of the machine apart.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().chars().take(64).collect())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_full_jitter_and_capped() {
+        let base = Duration::from_secs(1);
+        let cap = Duration::from_secs(60);
+        for attempt in 0..40 {
+            let ceiling = base.saturating_mul(1 << attempt.min(20)).min(cap);
+            for _ in 0..50 {
+                assert!(backoff(attempt, base, cap) <= ceiling);
+            }
+        }
+        // Jitter: not all the same.
+        let samples: std::collections::HashSet<_> =
+            (0..50).map(|_| backoff(6, base, cap)).collect();
+        assert!(samples.len() > 10);
+    }
+
+    #[test]
+    fn mqtt_urls() {
+        assert_eq!(
+            parse_mqtt_url("mqtts://127.0.0.1:8883").unwrap(),
+            ("127.0.0.1".into(), 8883)
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtts://[::1]:1883").unwrap(),
+            ("::1".into(), 1883)
+        );
+        assert!(parse_mqtt_url("mqtt://h:1").is_err());
+        assert!(parse_mqtt_url("mqtts://h").is_err());
+    }
+}

@@ -1,0 +1,131 @@
+//! The edge library's one error type. Every message names what failed (a path, the
+//! cloud's URL, the server's own words) so the CLI can print it as a single line.
+
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong in the edge library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or directory operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file the node needs is missing: it has not joined (or its data dir is wrong).
+    #[error("{}: not found; run `verge-edge join` first", path.display())]
+    NotJoined { path: PathBuf },
+    /// `join` into a data dir that already holds an identity.
+    #[error(
+        "{} already holds a joined node; use a new --data-dir or remove it",
+        dir.display()
+    )]
+    AlreadyJoined { dir: PathBuf },
+    /// The CA the cloud served does not hash to the pinned `--ca-hash`.
+    #[error("the cloud's CA ({got}) does not match --ca-hash ({expected}); refusing to join")]
+    CaHashMismatch { expected: String, got: String },
+    /// The cloud answered the join with an error; `message` is the server's own.
+    #[error("the cloud refused to join this node (HTTP {status}): {message}")]
+    JoinRefused { status: u16, message: String },
+    /// Bad input from the caller (a flag, a name, a URL).
+    #[error("{0}")]
+    Invalid(String),
+    /// Talking to the cloud over HTTPS failed (connect, TLS, timeout, a bad answer).
+    #[error("{url}: {message}")]
+    Http { url: String, message: String },
+    /// Building a TLS configuration or reading PEM material failed.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// Generating the key or the CSR failed.
+    #[error("certificate: {0}")]
+    Cert(#[from] rcgen::Error),
+    /// The local redb database failed (including I/O errors such as a full disk).
+    #[error("local database: {0}")]
+    Db(#[source] Box<redb::Error>),
+    /// Another process holds the database (a second `verge-edge run` on one data dir).
+    #[error(
+        "{}: in use by another process (is `verge-edge run` already running on this data dir?)",
+        path.display()
+    )]
+    InUse { path: PathBuf },
+    /// A stored record could not be decoded.
+    #[error("local database: corrupt record {what}: {message}")]
+    Corrupt { what: String, message: String },
+    /// JSON (de)serialization of something the node owns failed.
+    #[error("{what}: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A queue item larger than the whole queue bound: refused (and counted as dropped).
+    #[error("queue: an item of {size} bytes exceeds the queue bound of {max} bytes; dropped")]
+    QueueFull { size: u64, max: u64 },
+    /// The local API answered with an error, or could not be reached.
+    #[error("local API: {0}")]
+    LocalApi(String),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `map_err` helper: an I/O error about `path`.
+pub(crate) fn io_err(path: impl AsRef<Path>) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.as_ref().to_path_buf();
+    move |source| Error::Io { path, source }
+}
+
+/// `map_err` helper for opening a redb database at `path`: a held lock is
+/// [`Error::InUse`].
+pub(crate) fn db_open_err(path: impl AsRef<Path>) -> impl FnOnce(redb::DatabaseError) -> Error {
+    let path = path.as_ref().to_path_buf();
+    move |e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse { path },
+        e => Error::from(e),
+    }
+}
+
+/// `map_err` helper: a JSON error about `what`.
+pub(crate) fn json_err(what: impl Into<String>) -> impl FnOnce(serde_json::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Json { what, source }
+}
+
+/// An error and its sources, joined with `": "` on one line (reqwest and hyper keep the
+/// useful part — "connection refused", "invalid peer certificate" — in the sources).
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Db(Box::new(redb::Error::from(e)))
+            }
+        }
+    )*};
+}
+impl From<redb::Error> for Error {
+    fn from(e: redb::Error) -> Self {
+        Error::Db(Box::new(e))
+    }
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);

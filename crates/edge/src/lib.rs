@@ -1,0 +1,59 @@
+//! The Verge edge node library (`verge-edge`): everything a node needs to keep working
+//! with the cloud gone, across its own restarts.
+//!
+//! | module        | owns                                                              |
+//! |---------------|-------------------------------------------------------------------|
+//! | [`identity`]  | joining (CA pinning, CSR), the node key/cert/CA, mTLS config       |
+//! | [`store`]     | the local desired-state store (redb) and the apply rules          |
+//! | [`queue`]     | the disk-backed store-and-forward queue (byte bound, TTL, drops)  |
+//! | [`sysinfo`]   | system facts and pressure conditions for `NodeStatus`             |
+//! | [`state`]     | [`EdgeState`]: live state shared by the uplink and the local API  |
+//! | [`local_api`] | the node's local HTTP API on a unix socket, and its client        |
+//!
+//! Lean on purpose: nothing from the cloud side (no axum, no SQL, no image or wasm
+//! crates); TLS is rustls with the ring provider only.
+//!
+//! Data dir layout (mode 0700): `node.key`, `node.crt`, `ca.crt`, `identity.json`
+//! (see [`identity`]), `store.redb` ([`store`]), `queue.redb` ([`queue`]), `edge.sock`
+//! ([`local_api`]).
+
+mod error;
+mod fsutil;
+pub mod identity;
+pub mod local_api;
+pub mod queue;
+pub mod state;
+pub mod store;
+pub mod sysinfo;
+
+pub use error::{Error, Result};
+pub use identity::{Identity, JoinOptions, join};
+pub use local_api::LocalApi;
+pub use queue::{Queue, QueueConfig, QueuedItem};
+pub use state::EdgeState;
+pub use store::{ApplyOutcome, LocalStore};
+pub use sysinfo::Thresholds;
+
+/// File names in the data dir.
+pub mod paths {
+    use std::path::{Path, PathBuf};
+
+    pub const STORE: &str = "store.redb";
+    pub const QUEUE: &str = "queue.redb";
+    pub const SOCKET: &str = "edge.sock";
+
+    pub fn store(data_dir: &Path) -> PathBuf {
+        data_dir.join(STORE)
+    }
+    pub fn queue(data_dir: &Path) -> PathBuf {
+        data_dir.join(QUEUE)
+    }
+    pub fn socket(data_dir: &Path) -> PathBuf {
+        data_dir.join(SOCKET)
+    }
+}
+
+/// This agent's version (`agentVersion` in `Hello` and `NodeStatus`).
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub mod agent;

@@ -1,0 +1,360 @@
+//! The node's local API: read-only HTTP/1.1 on the unix socket `DATA_DIR/edge.sock`
+//! (mode 0600, in the 0700 data dir: only the node's own user can reach it), served
+//! with hyper directly (no framework), plus the client ([`get`]) the CLI uses.
+//!
+//! | route                          | answer                                             |
+//! |--------------------------------|----------------------------------------------------|
+//! | `GET /v1/configs`              | JSON array of the stored `Config` objects          |
+//! | `GET /v1/configs/{name}`       | one `Config` object                                |
+//! | `GET /v1/objects/{kind}`       | JSON array of the stored objects of `kind`         |
+//! | `GET /v1/objects/{kind}/{name}`| one object                                         |
+//! | `GET /v1/status`               | `{node, appliedRevision, connected, queue, lastSync}` |
+//!
+//! `{kind}` is a kind name (`Config`, `App`) or a plural/singular the API knows
+//! (`apps`). Objects are looked up by the kind *string*, so kinds this build does not
+//! know are served too. Errors are JSON `{reason, message}` (404 unknown route or
+//! object, 405 other methods, 413 any request body — the API takes none). Headers are
+//! capped at 16 KiB and must arrive within 10 s; at most [`MAX_CONNECTIONS`]
+//! connections are served at once.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{ALLOW, CONTENT_TYPE, HOST};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::{Body, Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+
+use crate::error::{Error, Result, chain, io_err};
+use crate::state::EdgeState;
+
+/// Most connections served at once; more are closed on accept.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Largest answer the client helper reads.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The kind name of configuration objects.
+pub const CONFIG_KIND: &str = "Config";
+
+/// A bound local API, ready to [`serve`](LocalApi::serve).
+pub struct LocalApi {
+    listener: UnixListener,
+    path: PathBuf,
+    state: Arc<EdgeState>,
+}
+
+impl std::fmt::Debug for LocalApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalApi")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalApi {
+    /// Binds the socket (must run inside a tokio runtime). A stale socket left by a
+    /// crashed run is removed; a live one (another process answers on it) is an
+    /// error, and so is a non-socket file at that path.
+    pub fn bind(socket: &Path, state: Arc<EdgeState>) -> Result<LocalApi> {
+        match std::fs::symlink_metadata(socket) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                    return Err(Error::LocalApi(format!(
+                        "{}: another process is serving this socket (is `verge-edge run` already running on this data dir?)",
+                        socket.display()
+                    )));
+                }
+                std::fs::remove_file(socket).map_err(io_err(socket))?;
+            }
+            Ok(_) => {
+                return Err(Error::LocalApi(format!(
+                    "{}: exists and is not a socket; remove it",
+                    socket.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(socket)(e)),
+        }
+        let listener = UnixListener::bind(socket).map_err(io_err(socket))?;
+        // bind(2) cannot take a mode; the 0700 data dir already keeps others out of the
+        // window before this chmod.
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_err(socket))?;
+        Ok(LocalApi {
+            listener,
+            path: socket.to_path_buf(),
+            state,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets open requests
+    /// finish (at most 5 s) and removes the socket file.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let LocalApi {
+            listener,
+            path,
+            state,
+        } = self;
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        tokio::pin!(shutdown);
+        loop {
+            let stream = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // EMFILE and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "local API: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!("local API: too many connections; closing one");
+                continue;
+            };
+            let state = state.clone();
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEADER_BYTES)
+                .serve_connection(
+                    TokioIo::new(stream),
+                    service_fn(move |req| handle(state.clone(), req)),
+                );
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "local API connection");
+                }
+                drop(slot);
+            });
+        }
+        drop(listener);
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the socket");
+        }
+        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("local API: connections still open after the drain timeout");
+        }
+        Ok(())
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    reason: &'a str,
+    message: String,
+}
+
+fn json_response(status: StatusCode, body: &impl Serialize) -> Resp {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => {
+            let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("encoding the answer: {e}"),
+        ),
+    }
+}
+
+fn error(status: StatusCode, reason: &str, message: String) -> Resp {
+    let body = serde_json::to_vec(&ErrorBody { reason, message }).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn not_found(message: String) -> Resp {
+    error(StatusCode::NOT_FOUND, "NotFound", message)
+}
+
+/// `Config`, `App`, or what the API maps a user spelling to (`apps` → `App`).
+fn kind_name(segment: &str) -> String {
+    match verge_api::Kind::from_user(segment) {
+        Some(k) => k.name().to_owned(),
+        None if segment.eq_ignore_ascii_case("config")
+            || segment.eq_ignore_ascii_case("configs") =>
+        {
+            CONFIG_KIND.to_owned()
+        }
+        None => segment.to_owned(),
+    }
+}
+
+enum Route {
+    List(String),
+    Get(String, String),
+    Status,
+}
+
+fn route(path: &str) -> Option<Route> {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["", "v1", "status"] => Some(Route::Status),
+        ["", "v1", "configs"] => Some(Route::List(CONFIG_KIND.into())),
+        ["", "v1", "configs", name] if !name.is_empty() => {
+            Some(Route::Get(CONFIG_KIND.into(), (*name).into()))
+        }
+        ["", "v1", "objects", kind] if !kind.is_empty() => Some(Route::List(kind_name(kind))),
+        ["", "v1", "objects", kind, name] if !kind.is_empty() && !name.is_empty() => {
+            Some(Route::Get(kind_name(kind), (*name).into()))
+        }
+        _ => None,
+    }
+}
+
+async fn handle(state: Arc<EdgeState>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    if !req.body().is_end_stream() {
+        return Ok(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLarge",
+            "the local API takes no request body".into(),
+        ));
+    }
+    let path = req.uri().path().to_owned();
+    let Some(route) = route(&path) else {
+        return Ok(not_found(format!(
+            "no route {path}; see GET /v1/status, /v1/configs, /v1/objects/{{kind}}"
+        )));
+    };
+    if req.method() != Method::GET {
+        let mut resp = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!(
+                "{} {path}: the local API is read-only; use GET",
+                req.method()
+            ),
+        );
+        resp.headers_mut()
+            .insert(ALLOW, http::HeaderValue::from_static("GET"));
+        return Ok(resp);
+    }
+    // The store and queue block on disk: off the async workers.
+    let answer = tokio::task::spawn_blocking(move || -> Result<Resp> {
+        Ok(match route {
+            Route::Status => json_response(StatusCode::OK, &state.report()?),
+            Route::List(kind) => json_response(StatusCode::OK, &state.store().list(&kind)?),
+            Route::Get(kind, name) => match state.store().get(&kind, &name)? {
+                Some(obj) => json_response(StatusCode::OK, &obj),
+                None => not_found(format!("{kind} {name:?} not found on this node")),
+            },
+        })
+    })
+    .await;
+    Ok(match answer {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(Error::Invalid(m))) => not_found(m),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, %path, "local API");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            )
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("handler failed: {e}"),
+        ),
+    })
+}
+
+/// `GET path` on the local API at `socket`; the JSON answer, or the API's error
+/// message as [`Error::LocalApi`].
+pub async fn get(socket: &Path, path: &str) -> Result<serde_json::Value> {
+    tokio::time::timeout(CLIENT_TIMEOUT, get_inner(socket, path))
+        .await
+        .map_err(|_| {
+            Error::LocalApi(format!(
+                "{}: no answer within {}s",
+                socket.display(),
+                CLIENT_TIMEOUT.as_secs()
+            ))
+        })?
+}
+
+async fn get_inner(socket: &Path, path: &str) -> Result<serde_json::Value> {
+    let stream = UnixStream::connect(socket).await.map_err(|e| {
+        Error::LocalApi(format!(
+            "cannot connect to {}: {e} (is `verge-edge run` running with this --data-dir?)",
+            socket.display()
+        ))
+    })?;
+    let api_err = |e: &(dyn std::error::Error + 'static)| {
+        Error::LocalApi(format!("{}: {}", socket.display(), chain(e)))
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| api_err(&e))?;
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = Request::get(path)
+        .header(HOST, "localhost")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| Error::Invalid(format!("local API path {path:?}: {e}")))?;
+    let resp = sender.send_request(req).await.map_err(|e| api_err(&e))?;
+    let status = resp.status();
+    let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| api_err(&*e))?
+        .to_bytes();
+    drop(sender);
+    conn.abort();
+    if !status.is_success() {
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        return Err(Error::LocalApi(message));
+    }
+    serde_json::from_slice(&body).map_err(|e| Error::Json {
+        what: format!("local API answer to {path}"),
+        source: e,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,95 @@
+//! [`EdgeState`]: the node's live state, shared (`Arc`) between the uplink, which
+//! updates it, and the local API, which reports it (`GET /v1/status`).
+//!
+//! What is on disk (applied revision, queue counters) is read from the store and the
+//! queue when asked, so it is never stale; only what exists in memory alone (whether
+//! the uplink is connected, when it last synced) lives here, in atomics.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use serde::Serialize;
+use verge_proto::QueueStats;
+
+use crate::error::Result;
+use crate::queue::Queue;
+use crate::store::LocalStore;
+
+/// Shared live state of a running node.
+#[derive(Debug)]
+pub struct EdgeState {
+    node: String,
+    store: LocalStore,
+    queue: Queue,
+    connected: AtomicBool,
+    /// Unix ms of the last desired-state sync; 0 = never.
+    last_sync_ms: AtomicI64,
+}
+
+/// The body of `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    pub node: String,
+    pub applied_revision: i64,
+    pub connected: bool,
+    pub queue: QueueStats,
+    /// Unix ms of the last sync with the cloud, `null` if none since start.
+    pub last_sync: Option<i64>,
+}
+
+impl EdgeState {
+    pub fn new(node: impl Into<String>, store: LocalStore, queue: Queue) -> Self {
+        Self {
+            node: node.into(),
+            store,
+            queue,
+            connected: AtomicBool::new(false),
+            last_sync_ms: AtomicI64::new(0),
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn store(&self) -> &LocalStore {
+        &self.store
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// The uplink calls this on connect (`true`) and disconnect (`false`).
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// The uplink calls this after applying (and acking) desired state.
+    pub fn set_last_sync(&self, unix_ms: i64) {
+        self.last_sync_ms.store(unix_ms, Ordering::Relaxed);
+    }
+
+    /// Unix ms of the last sync; `None` if none since start.
+    pub fn last_sync(&self) -> Option<i64> {
+        match self.last_sync_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(ms),
+        }
+    }
+
+    /// The status report (reads the store and the queue: blocking, briefly).
+    pub fn report(&self) -> Result<StatusReport> {
+        Ok(StatusReport {
+            node: self.node.clone(),
+            applied_revision: self.store.applied_revision()?,
+            connected: self.connected(),
+            queue: self.queue.stats()?,
+            last_sync: self.last_sync(),
+        })
+    }
+}
