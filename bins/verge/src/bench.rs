@@ -112,7 +112,7 @@ pub async fn run(args: ApiBenchArgs, config: Option<ClientConfig>) -> Result<()>
         (Some(s), cfg)
     };
     let pid = server.as_ref().and_then(|s| s.child.id());
-    println!(
+    outln!(
         "server: {} ({})",
         cfg.server,
         if server.is_some() {
@@ -178,7 +178,7 @@ pub async fn run(args: ApiBenchArgs, config: Option<ClientConfig>) -> Result<()>
         .map_err(|_| anyhow::anyhow!("poisoned"))?
         .clone();
     let ok = h.len();
-    println!(
+    outln!(
         "creates: {ok} ok, {} failed in {:.2}s = {:.0} writes/s (concurrency {}); latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         errors.load(Ordering::Relaxed),
         elapsed.as_secs_f64(),
@@ -189,7 +189,7 @@ pub async fn run(args: ApiBenchArgs, config: Option<ClientConfig>) -> Result<()>
         h.max() as f64 / 1000.0
     );
     if let Some(kib) = rss_kib(pid) {
-        println!("server RSS after writes: {} MiB", kib / 1024);
+        outln!("server RSS after writes: {} MiB", kib / 1024);
     }
     if args.no_watch {
         return Ok(());
@@ -263,9 +263,9 @@ pub async fn run(args: ApiBenchArgs, config: Option<ClientConfig>) -> Result<()>
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let open = opened.load(Ordering::Relaxed);
-    println!("watchers open: {open}/{}", args.watchers);
+    outln!("watchers open: {open}/{}", args.watchers);
     if let Some(kib) = rss_kib(pid) {
-        println!("server RSS with {open} watches: {} MiB", kib / 1024);
+        outln!("server RSS with {open} watches: {} MiB", kib / 1024);
     }
     let interval = Duration::from_secs_f64(1.0 / args.watch_rate.max(1) as f64);
     let mut tick = tokio::time::interval(interval);
@@ -292,7 +292,7 @@ pub async fn run(args: ApiBenchArgs, config: Option<ClientConfig>) -> Result<()>
         let _ = w.await;
     }
     let h = lat.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
-    println!(
+    outln!(
         "watch: {} of {} events delivered to {open} watchers ({} writes at {}/s); latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         received.load(Ordering::Relaxed),
         open * expected,

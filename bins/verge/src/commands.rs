@@ -67,7 +67,7 @@ pub async fn apply(client: &Client, file: &str) -> Result<()> {
                 }
             }
         };
-        println!("{id} {outcome}");
+        outln!("{id} {outcome}");
     }
     Ok(())
 }
@@ -86,10 +86,10 @@ pub async fn get(
         }
         let obj = client.get(kind, name).await?;
         match out {
-            OutputFormat::Json => println!("{}", output::json(&obj)?),
-            OutputFormat::Yaml => print!("{}", output::yaml(&obj)?),
+            OutputFormat::Json => outln!("{}", output::json(&obj)?),
+            OutputFormat::Yaml => out!("{}", output::yaml(&obj)?),
             OutputFormat::Table | OutputFormat::Wide => {
-                println!(
+                outln!(
                     "{}",
                     output::table(kind, &[obj], out == OutputFormat::Wide, true)
                 )
@@ -99,13 +99,13 @@ pub async fn get(
     }
     let list = client.list(kind, selector).await?;
     match out {
-        OutputFormat::Json => println!("{}", output::json(&list)?),
-        OutputFormat::Yaml => print!("{}", output::yaml(&list)?),
+        OutputFormat::Json => outln!("{}", output::json(&list)?),
+        OutputFormat::Yaml => out!("{}", output::yaml(&list)?),
         OutputFormat::Table | OutputFormat::Wide => {
             if list.items.is_empty() && !watch {
                 eprintln!("No {} found.", kind.plural());
             } else if !list.items.is_empty() {
-                println!(
+                outln!(
                     "{}",
                     output::table(kind, &list.items, out == OutputFormat::Wide, true)
                 );
@@ -147,9 +147,9 @@ async fn follow(
                     rv = v.clone();
                 }
                 match out {
-                    OutputFormat::Json => println!("{}", serde_json::to_string(&obj)?),
-                    OutputFormat::Yaml => print!("---\n{}", output::yaml(&obj)?),
-                    _ => println!(
+                    OutputFormat::Json => outln!("{}", serde_json::to_string(&obj)?),
+                    OutputFormat::Yaml => out!("---\n{}", output::yaml(&obj)?),
+                    _ => outln!(
                         "{:<9} {}",
                         format!("{:?}", ev.event_type).to_uppercase(),
                         output::table(kind, &[obj], out == OutputFormat::Wide, false)
@@ -164,13 +164,13 @@ async fn follow(
 
 pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<()> {
     let obj = client.get(kind, name).await?;
-    print!("{}", output::describe(&obj)?);
+    out!("{}", output::describe(&obj)?);
     Ok(())
 }
 
 pub async fn delete(client: &Client, kind: Kind, name: &str) -> Result<()> {
     client.delete(kind, name).await?;
-    println!("{}/{name} deleted", kind.singular());
+    outln!("{}/{name} deleted", kind.singular());
     Ok(())
 }
 
@@ -232,7 +232,7 @@ pub async fn token_create(
         .send_json(Method::POST, "/api/v1/tokens", Some(&body))
         .await?;
     let token = info.token.clone().unwrap_or_default();
-    println!("{token}");
+    outln!("{token}");
     if role == "bootstrap" {
         let hash = cfg
             .certificate_authority_data
@@ -277,11 +277,11 @@ pub async fn token_list(client: &Client) -> Result<()> {
             i.description.unwrap_or_default(),
         ]);
     }
-    println!(
+    outln!(
         "{}",
         t.to_string()
             .lines()
-            .map(str::trim_start)
+            .map(str::trim)
             .collect::<Vec<_>>()
             .join("\n")
     );
@@ -292,6 +292,6 @@ pub async fn token_revoke(client: &Client, id: &str) -> Result<()> {
     let _: serde_json::Value = client
         .send_json(Method::DELETE, &format!("/api/v1/tokens/{id}"), None)
         .await?;
-    println!("token {id} revoked");
+    outln!("token {id} revoked");
     Ok(())
 }

@@ -27,22 +27,118 @@ pub async fn run(
     let _ = std::fs::remove_file(&addr_file);
     let mut cfg = CloudConfig::new(&home, listen);
     cfg.mqtt_listen = Some(SocketAddr::new(listen.ip(), 8883));
+    // One shutdown signal for the control plane and the local edge node.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let signal = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
     // Drive the server here (not spawned) and announce it once it is up.
-    let server = verge_cloud::run(cfg, shutdown);
+    let server = verge_cloud::run(cfg, stopped(stop_rx.clone()));
     tokio::pin!(server);
-    tokio::select! {
+    tokio::pin!(signal);
+    let admin = tokio::select! {
         r = &mut server => {
             r.map_err(|e| anyhow::anyhow!("{e}"))?;
             bail!("the control plane stopped during start-up");
         }
         r = announce(&home, &addr_file) => r?,
+    };
+    let edge = dev_edge(&home, &admin, stopped(stop_rx.clone()));
+    tokio::pin!(edge);
+    let mut edge_done = false;
+    loop {
+        tokio::select! {
+            r = &mut server => return r.map_err(|e| anyhow::anyhow!("{e}")),
+            r = &mut edge, if !edge_done => {
+                edge_done = true;
+                if let Err(e) = r {
+                    eprintln!("warning: the local edge node stopped: {e:#}");
+                }
+            }
+            _ = &mut signal => {}
+        }
     }
-    server.await.map_err(|e| anyhow::anyhow!("{e}"))
 }
+
+/// The dev edge node: joined once (a one-use bootstrap token, the real join flow),
+/// then run in-process: local store, local API and the uplink.
+async fn dev_edge(
+    home: &std::path::Path,
+    admin: &ClientConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let dir = home.join("edge");
+    if !dir.join("identity.json").exists() {
+        let c = Client::new(admin)?;
+        let body = serde_json::json!({"role": "bootstrap", "uses": 1, "ttlSeconds": 600,
+            "description": "verge dev local edge node"});
+        let tok: serde_json::Value = c
+            .send_json(reqwest::Method::POST, "/api/v1/tokens", Some(&body))
+            .await?;
+        let ca = admin
+            .certificate_authority_data
+            .as_deref()
+            .context("the dev config has no CA")?;
+        verge_edge::join(verge_edge::JoinOptions {
+            cloud: admin.server.clone(),
+            token: tok["token"].as_str().unwrap_or_default().to_string(),
+            ca_hash: verge_cloud::ca_hash_from_pem(ca).map_err(|e| anyhow::anyhow!("{e}"))?,
+            name: Some(DEV_NODE.into()),
+            labels: [("verge.dev/dev".to_string(), "true".to_string())].into(),
+            data_dir: dir.clone(),
+        })
+        .await
+        .context("joining the local edge node (remove ~/.verge/dev to start over)")?;
+    }
+    let identity = verge_edge::Identity::load(&dir)?;
+    let d = dir.clone();
+    let (store, queue) = tokio::task::spawn_blocking(move || -> verge_edge::Result<_> {
+        Ok((
+            verge_edge::LocalStore::open(&verge_edge::paths::store(&d))?,
+            verge_edge::Queue::open(
+                &verge_edge::paths::queue(&d),
+                verge_edge::QueueConfig::default(),
+            )?,
+        ))
+    })
+    .await??;
+    let state = std::sync::Arc::new(verge_edge::EdgeState::new(
+        identity.name.clone(),
+        store,
+        queue,
+    ));
+    let api = verge_edge::LocalApi::bind(&verge_edge::paths::socket(&dir), state.clone())?;
+    outln!(
+        "Local edge node {} is running (data {}); `verge get nodes` shows it, `verge-edge get configs --data-dir {}` reads it.",
+        identity.name,
+        dir.display(),
+        dir.display()
+    );
+    let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+    let (api_r, up_r) = tokio::join!(
+        api.serve(shutdown.clone()),
+        verge_edge::agent::run(
+            identity,
+            state,
+            verge_edge::agent::AgentConfig::default(),
+            shutdown
+        )
+    );
+    api_r?;
+    up_r?;
+    Ok(())
+}
+
+/// Name of the edge node `verge dev` runs.
+pub const DEV_NODE: &str = "dev-edge";
 
 /// Waits for the server's files, writes `~/.verge/config`, proves it works, prints the
 /// next steps.
-async fn announce(home: &std::path::Path, addr_file: &std::path::Path) -> Result<()> {
+async fn announce(home: &std::path::Path, addr_file: &std::path::Path) -> Result<ClientConfig> {
     let mut ready = false;
     for _ in 0..1500 {
         if addr_file.exists() && home.join(files::ADMIN_CONFIG).exists() {
@@ -67,27 +163,28 @@ async fn announce(home: &std::path::Path, addr_file: &std::path::Path) -> Result
         .await
         .context("the control plane did not answer with the new config")?;
 
-    println!("Verge dev control plane is running at {}", admin.server);
-    println!("  data:    {}", home.display());
-    println!(
+    outln!("Verge dev control plane is running at {}", admin.server);
+    outln!("  data:    {}", home.display());
+    outln!(
         "  config:  {} (token and CA for the CLI)",
         user_config.display()
     );
-    println!("  CA:      {}", home.join(files::CA_CERT).display());
-    println!();
-    println!("Next, in another terminal:");
-    println!("  verge apply -f examples/app.yaml");
-    println!("  verge get apps");
-    println!("  verge get apps -o json");
-    println!("  verge describe app web");
-    println!("  verge token create --role viewer --ttl 1h");
-    println!(
+    outln!("  CA:      {}", home.join(files::CA_CERT).display());
+    outln!();
+    outln!("Next, in another terminal:");
+    outln!("  verge apply -f examples/app.yaml");
+    outln!("  verge get apps");
+    outln!("  verge get apps -o json");
+    outln!("  verge describe app web");
+    outln!("  verge token create --role viewer --ttl 1h");
+    outln!("  verge get nodes");
+    outln!(
         "  curl --cacert {} -H \"Authorization: Bearer $(cat {})\" {}/api/v1/apps",
         home.join(files::CA_CERT).display(),
         home.join(files::ADMIN_TOKEN).display(),
         admin.server
     );
-    println!();
-    println!("Press Ctrl-C to stop.");
-    Ok(())
+    outln!();
+    outln!("Press Ctrl-C to stop.");
+    Ok(admin)
 }

@@ -180,10 +180,7 @@ pub fn table(kind: Kind, objs: &[Object], wide: bool, header: bool) -> String {
         t.add_row(row);
     }
     let s = t.to_string();
-    s.lines()
-        .map(str::trim_start)
-        .collect::<Vec<_>>()
-        .join("\n")
+    s.lines().map(str::trim).collect::<Vec<_>>().join("\n")
 }
 
 fn empty(kind: Kind) -> Object {

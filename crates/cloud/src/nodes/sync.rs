@@ -88,7 +88,11 @@ impl Sync {
             .configs
             .iter()
             .filter(|(_, (_, o))| config_selects(o, labels))
-            .map(|(name, (rev, o))| (format!("Config/{name}"), (*rev, o.clone())))
+            .map(|(name, (rev, o))| {
+                let mut o = o.clone();
+                o.metadata.resource_version = Some(rev.to_string());
+                (format!("Config/{name}"), (*rev, o))
+            })
             .collect();
         (cache.revision, set)
     }
