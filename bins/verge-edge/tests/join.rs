@@ -399,7 +399,10 @@ async fn run_serves_the_local_api_and_get_configs_reads_it() -> Result<()> {
         let status = status?;
         assert_eq!(status["node"], "edge-run");
         // The uplink may already have applied the (empty) snapshot from the cloud.
-        assert!(status["appliedRevision"].as_i64().is_some_and(|r| r >= 0), "{status}");
+        assert!(
+            status["appliedRevision"].as_i64().is_some_and(|r| r >= 0),
+            "{status}"
+        );
         assert_eq!(mode(&sock), 0o600);
 
         let out = edge(&["get", "configs", "-o", "json"], &dir);
