@@ -28,6 +28,7 @@ macro_rules! out {
 }
 
 mod bench;
+mod bench_fleet;
 mod client;
 mod commands;
 mod dev;
@@ -178,6 +179,8 @@ enum TokenCmd {
 enum BenchCmd {
     /// Durable creates/s and watch delivery latency.
     Api(bench::ApiBenchArgs),
+    /// N simulated edge nodes against one cloud: connect, memory, heartbeats, sync, restart.
+    Fleet(bench_fleet::FleetArgs),
 }
 
 /// First Ctrl-C or SIGTERM: graceful shutdown. Second Ctrl-C: exit at once.
@@ -322,7 +325,26 @@ async fn run(cli: Cli) -> Result<()> {
                 .ok();
                 bench::run(args.clone(), cfg).await
             }
+            BenchCmd::Fleet(args) => bench_fleet::run(args.clone()).await,
         },
+    }
+}
+
+/// A control plane holds a connection per edge node: lift the soft open-files limit to
+/// the hard one (root may raise the hard one too, up to fs.nr_open).
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let want = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(hard)
+            .min(1 << 20);
+        if setrlimit(Resource::RLIMIT_NOFILE, want.max(hard), want.max(hard)).is_err()
+            && soft < hard
+        {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
     }
 }
 
@@ -335,6 +357,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    raise_fd_limit();
     // One crypto provider for the whole process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()

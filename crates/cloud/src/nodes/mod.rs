@@ -112,8 +112,40 @@ impl NodeManager {
         }
     }
 
+    /// Seeds the runtime with every known node as if seen at start-up: after a cloud
+    /// restart a node that comes back within the grace period is never marked NotReady,
+    /// and one that does not come back is, instead of keeping a stale `Ready`.
+    async fn seed(&self) {
+        let Ok(list) = self
+            .store
+            .list(&crate::http::resources::kind_prefix(Kind::Node), None)
+            .await
+        else {
+            return;
+        };
+        let now = Instant::now();
+        if let Ok(mut rt) = self.runtime.lock() {
+            for kv in list.items {
+                let Ok(obj) = serde_json::from_slice::<verge_api::Object>(&kv.value) else {
+                    continue;
+                };
+                let ready = obj
+                    .status
+                    .get("phase")
+                    .and_then(|p| p.as_str())
+                    .map(|p| p == "Ready");
+                let r = rt.entry(obj.metadata.name).or_default();
+                if r.last_seen.is_none() {
+                    r.last_seen = Some(now);
+                    r.ready = ready;
+                }
+            }
+        }
+    }
+
     /// Marks nodes Ready/NotReady and flushes lastSeen; runs until `shutdown`.
     pub async fn lifecycle_loop(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        self.seed().await;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut last_flush = Instant::now();
         let grace = self.cfg.heartbeat_interval * self.cfg.misses;
