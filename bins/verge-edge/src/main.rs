@@ -82,6 +82,8 @@ enum GetWhat {
     Status {
         #[arg(long, env = "VERGE_EDGE_DATA_DIR")]
         data_dir: PathBuf,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
 }
 
@@ -189,11 +191,17 @@ async fn dispatch(cmd: Command) -> Result<()> {
                 data_dir,
                 output,
             } => get_configs(&data_dir, name.as_deref(), output).await,
-            GetWhat::Status { data_dir } => {
+            GetWhat::Status { data_dir, output } => {
                 let v =
                     verge_edge::local_api::get(&verge_edge::paths::socket(&data_dir), "/v1/status")
                         .await?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                if output == Output::Json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    for key in ["node", "connected", "appliedRevision", "lastSync", "queue"] {
+                        println!("{:<17}{}", format!("{key}:"), v[key]);
+                    }
+                }
                 Ok(())
             }
         },

@@ -210,21 +210,23 @@ pub fn csr(cn: &str) -> Result<(String, String)> {
     Ok((key.serialize_pem(), csr.pem()?))
 }
 
-/// Path to a workspace binary, building its package first when it is missing (e.g.
-/// when only one package's tests are run). Serialized so parallel tests build once.
+/// Path to a workspace binary of another package, built (once per test process) so
+/// it is never stale: `cargo test -p verge` alone would not rebuild `verge-edge`.
+/// Serialized so parallel tests build once.
 pub fn workspace_bin(package: &str, bin: &str) -> Result<PathBuf> {
-    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let path = cargo_bin(bin);
-    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    if !path.exists() {
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == bin) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-p", package, "--bin", bin])
+            .args(["build", "-q", "--locked", "-p", package, "--bin", bin])
             .status()
             .context("running cargo build")?;
         if !status.success() || !path.exists() {
             bail!("could not build {bin} (cargo build -p {package})");
         }
+        built.push(bin.to_string());
     }
     Ok(path)
 }
