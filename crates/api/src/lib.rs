@@ -14,6 +14,7 @@ mod object;
 mod parse;
 mod selector;
 pub mod specs;
+pub mod strict_json;
 mod validate;
 mod wire;
 

@@ -60,7 +60,7 @@ impl SqliteOptions {
             max_batch: 512,
             read_connections: 4,
             busy_timeout: Duration::from_secs(5),
-            watch_buffer: 8192,
+            watch_buffer: 1024,
         }
     }
 }

@@ -105,7 +105,8 @@ impl Default for GatewayConfig {
 }
 
 pub(crate) enum Outbound {
-    Publish { topic: String, payload: Bytes },
+    /// Boxed to keep channel slots small (tokio allocates them 32 at a time).
+    Publish(Box<(String, Bytes)>),
     PubAck(u16),
     Close,
 }
@@ -155,10 +156,10 @@ impl Gateway {
             return false;
         };
         conn.tx
-            .try_send(Outbound::Publish {
-                topic: verge_proto::node_topic(node, channel),
+            .try_send(Outbound::Publish(Box::new((
+                verge_proto::node_topic(node, channel),
                 payload,
-            })
+            ))))
             .is_ok()
     }
 

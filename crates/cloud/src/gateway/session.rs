@@ -80,7 +80,9 @@ pub(crate) async fn run(
         return;
     };
     let (mut rd, mut wr) = tokio::io::split(tls);
-    let mut buf = BytesMut::with_capacity(1024);
+    // Small: most node traffic is heartbeats of ~100 bytes; it grows for big messages
+    // and is shrunk back after them.
+    let mut buf = BytesMut::with_capacity(256);
     let mut out = BytesMut::with_capacity(256);
 
     // CONNECT first, within the timeout.
@@ -133,7 +135,8 @@ pub(crate) async fn run(
     tracing::debug!(%node, %peer, "node connected");
 
     // Bulk messages: a worker per connection, rate-limited, acks when handled.
-    let (bulk_tx, bulk_rx) = mpsc::channel::<(Message, Option<u16>)>(shared.config.ingest_queue);
+    let (bulk_tx, bulk_rx) =
+        mpsc::channel::<(Box<Message>, Option<u16>)>(shared.config.ingest_queue);
     let worker = tokio::spawn(bulk_worker(
         shared.clone(),
         node.clone(),
@@ -145,7 +148,9 @@ pub(crate) async fn run(
     let mut pkid: u16 = 0;
     let mut last_seen = Instant::now();
     let idle_limit = keep_alive + keep_alive / 2;
-    let mut tick = tokio::time::interval(Duration::from_secs(1).min(keep_alive));
+    // Checking the keep-alive at half its period keeps idle nodes cheap (no per-second
+    // wake-up per connection).
+    let mut tick = tokio::time::interval((keep_alive / 2).max(Duration::from_secs(1)));
     'session: loop {
         tokio::select! {
             r = rd.read_buf(&mut buf) => {
@@ -186,7 +191,8 @@ pub(crate) async fn run(
             }
             msg = rx.recv() => {
                 match msg {
-                    Some(Outbound::Publish { topic, payload }) => {
+                    Some(Outbound::Publish(p)) => {
+                        let (topic, payload) = *p;
                         pkid = pkid.checked_add(1).unwrap_or(1);
                         let mut p = Publish::new(topic, QoS::AtLeastOnce, payload.to_vec());
                         p.pkid = pkid;
@@ -232,7 +238,7 @@ async fn handle(
     node: &str,
     packet: Packet,
     out: &mut BytesMut,
-    bulk: &mpsc::Sender<(Message, Option<u16>)>,
+    bulk: &mpsc::Sender<(Box<Message>, Option<u16>)>,
 ) -> bool {
     match packet {
         Packet::PingReq => {
@@ -304,7 +310,8 @@ async fn handle(
                 return true;
             }
             // Blocks (backpressure on this node only) when its worker is behind.
-            if bulk.send((msg, ack)).await.is_err() {
+            // Boxed: tokio allocates channel slots in blocks of 32, per connection.
+            if bulk.send((Box::new(msg), ack)).await.is_err() {
                 return false;
             }
         }
@@ -334,7 +341,7 @@ fn decode_reason(e: &verge_proto::ProtoError) -> &'static str {
 async fn bulk_worker(
     shared: Arc<Shared>,
     node: String,
-    mut rx: mpsc::Receiver<(Message, Option<u16>)>,
+    mut rx: mpsc::Receiver<(Box<Message>, Option<u16>)>,
     tx: mpsc::Sender<Outbound>,
 ) {
     let rate = shared.config.ingest_rate.max(0.1);
@@ -352,7 +359,7 @@ async fn bulk_worker(
             last = Instant::now();
         }
         tokens -= 1.0;
-        shared.inbound.message(&node, msg).await;
+        shared.inbound.message(&node, *msg).await;
         if let Some(id) = ack
             && tx.send(Outbound::PubAck(id)).await.is_err()
         {
