@@ -337,7 +337,10 @@ impl<'a> Session<'a> {
                 }
             }
             other => {
-                tracing::debug!(kind = other.type_name(), "message not handled yet");
+                tracing::warn!(
+                    kind = other.type_name(),
+                    "this agent version has no handler for this message; dropped"
+                );
                 None
             }
         }

@@ -317,7 +317,7 @@ impl Inbound for NodeManager {
             }
             Message::NodeStatus(s) => self.on_status(node, &s).await,
             other => {
-                tracing::debug!(%node, kind = other.type_name(), "message not handled yet");
+                tracing::warn!(%node, kind = other.type_name(), "this cloud version has no handler for this message; dropped");
             }
         }
     }
