@@ -413,12 +413,15 @@ async fn run_serves_the_local_api_and_get_configs_reads_it() -> Result<()> {
         assert_eq!(stdout(&out), "NAME   DATA-KEYS   REVISION\n");
         let out = edge(&["get", "configs", "nope"], &dir);
         assert_one_line_error(&out, "Config \"nope\" not found on this node");
-        let out = edge(&["get", "status"], &dir);
+        let out = edge(&["get", "status", "-o", "json"], &dir);
         assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(
             serde_json::from_str::<Value>(&stdout(&out))?["node"],
             "edge-run"
         );
+        let out = edge(&["get", "status"], &dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).starts_with("node:"), "{}", stdout(&out));
 
         // A second `run` on the same data dir is refused.
         let out = edge(&["run"], &dir);
