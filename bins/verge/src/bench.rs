@@ -88,7 +88,8 @@ async fn start_server() -> Result<Child> {
     bail!("verge cloud did not become ready")
 }
 
-fn rss_kib(pid: Option<u32>) -> Option<u64> {
+/// Resident set size of a process, from /proc.
+pub(crate) fn rss_kib(pid: Option<u32>) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
     status
         .lines()

@@ -119,17 +119,6 @@ struct NodeCreds {
     tls: Arc<rustls::ClientConfig>,
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 struct CloudChild {
     child: tokio::process::Child,
     dir: std::path::PathBuf,
@@ -213,7 +202,7 @@ pub async fn run(args: FleetArgs) -> Result<()> {
         args.heartbeat_interval.clone(),
     ];
     let (mut cloud, cfg, port) = CloudChild::start(dir.path(), cloud_args).await?;
-    let base_rss = rss_kib(cloud.pid()).unwrap_or(0);
+    let base_rss = crate::bench::rss_kib(Some(cloud.pid())).unwrap_or(0);
     println!(
         "cloud: {} (pid {}), mqtt port {port}, baseline RSS {} MiB",
         cfg.server,
@@ -284,7 +273,7 @@ pub async fn run(args: FleetArgs) -> Result<()> {
     let connect_secs = t.elapsed().as_secs_f64();
     println!("connected {} nodes in {:.1}s", agents.len(), connect_secs);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let rss = rss_kib(cloud.pid()).unwrap_or(0);
+    let rss = crate::bench::rss_kib(Some(cloud.pid())).unwrap_or(0);
     let per_node = (rss.saturating_sub(base_rss)) as f64 * 1024.0 / agents.len() as f64;
     println!(
         "cloud RSS {} MiB with {} nodes: {:.1} KB per node",

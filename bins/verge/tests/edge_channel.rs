@@ -13,35 +13,11 @@ use verge_testkit::{Cloud, Edge, eventually, workspace_bin};
 
 const BIN: &str = env!("CARGO_BIN_EXE_verge");
 
-async fn admin(
-    cloud: &Cloud,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Value> {
-    let mut r = cloud
-        .client()?
-        .request(method, format!("{}{path}", cloud.url))
-        .bearer_auth(&cloud.admin_token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await?;
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap_or(Value::Null);
-    anyhow::ensure!(status.is_success(), "{path}: {status} {v}");
-    Ok(v)
-}
-
 async fn phase(cloud: &Cloud, node: &str) -> Option<String> {
-    let v = admin(
-        cloud,
-        reqwest::Method::GET,
-        &format!("/api/v1/nodes/{node}"),
-        None,
-    )
-    .await
-    .ok()?;
+    let v = cloud
+        .api(reqwest::Method::GET, &format!("/api/v1/nodes/{node}"), None)
+        .await
+        .ok()?;
     v["status"]["phase"].as_str().map(str::to_string)
 }
 
@@ -63,13 +39,13 @@ async fn join_ready_sync_offline_and_reconnect() -> Result<()> {
         &["--heartbeat-interval", "1s", "--heartbeat-misses", "3"],
     )
     .await?;
-    let tok = admin(
-        &cloud,
-        reqwest::Method::POST,
-        "/api/v1/tokens",
-        Some(json!({"role": "bootstrap", "uses": 2})),
-    )
-    .await?;
+    let tok = cloud
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"role": "bootstrap", "uses": 2})),
+        )
+        .await?;
     let token = tok["token"].as_str().unwrap().to_string();
 
     let dirs = tempfile::tempdir()?;
@@ -98,7 +74,8 @@ async fn join_ready_sync_offline_and_reconnect() -> Result<()> {
     }
     // Status reports arrived too (through the store-and-forward queue).
     let node = eventually(Duration::from_secs(30), "nodeInfo", async || {
-        let v = admin(&cloud, reqwest::Method::GET, "/api/v1/nodes/node-a", None)
+        let v = cloud
+            .api(reqwest::Method::GET, "/api/v1/nodes/node-a", None)
             .await
             .ok()?;
         v["status"]["nodeInfo"]["arch"].is_string().then_some(v)
@@ -131,13 +108,13 @@ async fn join_ready_sync_offline_and_reconnect() -> Result<()> {
     );
 
     // A Config for site=a reaches node-a only.
-    admin(
-        &cloud,
-        reqwest::Method::POST,
-        "/api/v1/configs",
-        Some(config("cdn", "a", "https://o1.example")),
-    )
-    .await?;
+    cloud
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/configs",
+            Some(config("cdn", "a", "https://o1.example")),
+        )
+        .await?;
     eventually(Duration::from_secs(20), "config on node-a", async || {
         (local_origin(&a, "cdn").as_deref() == Some("https://o1.example")).then_some(())
     })
@@ -146,7 +123,8 @@ async fn join_ready_sync_offline_and_reconnect() -> Result<()> {
     assert_eq!(b_configs, json!([]), "node-b must not get site=a config");
     // The cloud shows the acked revision.
     eventually(Duration::from_secs(20), "sync status", async || {
-        let v = admin(&cloud, reqwest::Method::GET, "/api/v1/nodes/node-a", None)
+        let v = cloud
+            .api(reqwest::Method::GET, "/api/v1/nodes/node-a", None)
             .await
             .ok()?;
         (v["status"]["sync"]["ackedRevision"].as_i64()? > 0).then_some(())
@@ -182,13 +160,17 @@ async fn join_ready_sync_offline_and_reconnect() -> Result<()> {
     // Changed while node-a is down: arrives after reconnect.
     a.kill9()?;
     cloud.restart().await?;
-    let mut c = admin(&cloud, reqwest::Method::GET, "/api/v1/configs/cdn", None).await?;
+    let mut c = cloud
+        .api(reqwest::Method::GET, "/api/v1/configs/cdn", None)
+        .await?;
     c["spec"]["data"]["origin"] = "https://o2.example".into();
     c["metadata"]
         .as_object_mut()
         .unwrap()
         .remove("resourceVersion");
-    admin(&cloud, reqwest::Method::PUT, "/api/v1/configs/cdn", Some(c)).await?;
+    cloud
+        .api(reqwest::Method::PUT, "/api/v1/configs/cdn", Some(c))
+        .await?;
     a.restart()?;
     eventually(
         Duration::from_secs(60),

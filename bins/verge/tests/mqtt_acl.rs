@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::Result;
-use serde_json::{Value, json};
+use serde_json::json;
 use verge_testkit::{Cloud, Edge, eventually, workspace_bin};
 
 const BIN: &str = env!("CARGO_BIN_EXE_verge");
@@ -77,24 +77,6 @@ fn publish(cloud: &Cloud, dir: &Path, topic: &str, payload: &[u8]) -> Result<Out
         .output()?)
 }
 
-async fn api(
-    cloud: &Cloud,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Value> {
-    let mut r = cloud
-        .client()?
-        .request(method, format!("{}{path}", cloud.url))
-        .bearer_auth(&cloud.admin_token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await?;
-    anyhow::ensure!(resp.status().is_success(), "{path}: {}", resp.status());
-    Ok(resp.json().await.unwrap_or(Value::Null))
-}
-
 async fn dropped(cloud: &Cloud, reason: &str) -> Result<f64> {
     let text = cloud
         .client()?
@@ -124,13 +106,13 @@ fn text(o: &Output) -> String {
 async fn nodes_only_touch_their_own_topics() -> Result<()> {
     let edge_bin = workspace_bin("verge-edge-cli", "verge-edge")?;
     let cloud = Cloud::start(Path::new(BIN), &["--heartbeat-interval", "1s"]).await?;
-    let tok = api(
-        &cloud,
-        reqwest::Method::POST,
-        "/api/v1/tokens",
-        Some(json!({"role": "bootstrap", "uses": 2})),
-    )
-    .await?;
+    let tok = cloud
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"role": "bootstrap", "uses": 2})),
+        )
+        .await?;
     let token = tok["token"].as_str().unwrap().to_string();
     let dirs = tempfile::tempdir()?;
     let (da, db) = (dirs.path().join("a"), dirs.path().join("b"));
@@ -141,15 +123,11 @@ async fn nodes_only_touch_their_own_topics() -> Result<()> {
     // node-b is a real agent; it must stay unaffected by node-a's misbehaviour.
     let b = Edge::start(&edge_bin, &db, &["--heartbeat-interval", "1s"])?;
     let phase = async |n: &str| {
-        api(
-            &cloud,
-            reqwest::Method::GET,
-            &format!("/api/v1/nodes/{n}"),
-            None,
-        )
-        .await
-        .ok()
-        .and_then(|v| v["status"]["phase"].as_str().map(str::to_string))
+        cloud
+            .api(reqwest::Method::GET, &format!("/api/v1/nodes/{n}"), None)
+            .await
+            .ok()
+            .and_then(|v| v["status"]["phase"].as_str().map(str::to_string))
     };
     eventually(Duration::from_secs(30), "node-b Ready", async || {
         (phase("node-b").await.as_deref() == Some("Ready")).then_some(())
@@ -227,13 +205,9 @@ async fn nodes_only_touch_their_own_topics() -> Result<()> {
     assert!(b.get(&["status"]).is_some_and(|s| s["connected"] == true));
 
     // A deleted node's certificate is refused from then on.
-    api(
-        &cloud,
-        reqwest::Method::DELETE,
-        "/api/v1/nodes/node-a",
-        None,
-    )
-    .await?;
+    cloud
+        .api(reqwest::Method::DELETE, "/api/v1/nodes/node-a", None)
+        .await?;
     let out = publish(&cloud, &da, "verge/v1/node/node-a/ack", status)?;
     assert!(
         !out.status.success(),

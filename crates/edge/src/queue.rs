@@ -212,6 +212,19 @@ fn init_tables(db: &Database) -> Result<()> {
     Ok(())
 }
 
+/// Removes expired items `(seq, payload bytes)` and counts them as dropped, inside the
+/// caller's write transaction.
+fn drop_expired(txn: &redb::WriteTransaction, expired: Vec<(u64, u64)>) -> Result<()> {
+    let mut items = txn.open_table(ITEMS)?;
+    let mut meta = txn.open_table(META)?;
+    let mut c = Counters::read(&meta)?;
+    for (seq, size) in expired {
+        items.remove(seq)?;
+        c.drop_item(size);
+    }
+    c.write(&mut meta)
+}
+
 impl Queue {
     /// Opens (or creates, mode 0600) the queue at `path`.
     pub fn open(path: &Path, config: QueueConfig) -> Result<Queue> {
@@ -372,16 +385,7 @@ impl Queue {
                 txn.abort()?;
                 return Ok(out);
             }
-            {
-                let mut items = txn.open_table(ITEMS)?;
-                let mut meta = txn.open_table(META)?;
-                let mut c = Counters::read(&meta)?;
-                for (seq, size) in expired {
-                    items.remove(seq)?;
-                    c.drop_item(size);
-                }
-                c.write(&mut meta)?;
-            }
+            drop_expired(&txn, expired)?;
             txn.commit()?;
             Ok(out)
         })
@@ -441,16 +445,7 @@ impl Queue {
                 txn.abort()?;
                 return Ok(0);
             }
-            {
-                let mut items = txn.open_table(ITEMS)?;
-                let mut meta = txn.open_table(META)?;
-                let mut c = Counters::read(&meta)?;
-                for (seq, size) in expired {
-                    items.remove(seq)?;
-                    c.drop_item(size);
-                }
-                c.write(&mut meta)?;
-            }
+            drop_expired(&txn, expired)?;
             txn.commit()?;
             Ok(n)
         })

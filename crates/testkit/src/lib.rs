@@ -151,14 +151,7 @@ impl Cloud {
 
     /// SIGKILL, no chance to flush anything.
     pub fn kill9(&mut self) -> Result<()> {
-        if let Some(mut ch) = self.child.take() {
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(ch.id() as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            )?;
-            ch.wait()?;
-        }
-        Ok(())
+        sigkill(&mut self.child)
     }
 
     /// SIGTERM and wait for a clean exit.
@@ -177,6 +170,27 @@ impl Cloud {
         self.spawn().await
     }
 
+    /// An admin API call that must succeed; the JSON answer (`null` if none).
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let mut r = self
+            .client()?
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.admin_token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await?;
+        let status = resp.status();
+        let v: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+        anyhow::ensure!(status.is_success(), "{path}: {status} {v}");
+        Ok(v)
+    }
+
     /// A CLI config file for this cloud (the one the server wrote).
     pub fn admin_config(&self) -> PathBuf {
         self.dir.join("admin.config")
@@ -190,6 +204,18 @@ impl Drop for Cloud {
             let _ = ch.wait();
         }
     }
+}
+
+/// SIGKILL a child (no chance to flush anything) and reap it.
+fn sigkill(child: &mut Option<Child>) -> Result<()> {
+    if let Some(mut ch) = child.take() {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(ch.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        ch.wait()?;
+    }
+    Ok(())
 }
 
 /// Path to a binary built by cargo next to the test executable.
@@ -210,14 +236,18 @@ pub fn csr(cn: &str) -> Result<(String, String)> {
     Ok((key.serialize_pem(), csr.pem()?))
 }
 
-/// Path to a workspace binary of another package, built (once per test process) so
-/// it is never stale: `cargo test -p verge` alone would not rebuild `verge-edge`.
+/// Path to a workspace binary of another package, built once per test process so it
+/// is never stale (`cargo test -p verge` alone does not rebuild `verge-edge`). Under
+/// `scripts/test` (`cargo test --workspace`, which builds every binary with the
+/// workspace's features) `VERGE_TEST_BINS_BUILT=1` skips that build: rebuilding with
+/// one package's feature set would relink the binary for nothing (~1 min each).
 /// Serialized so parallel tests build once.
 pub fn workspace_bin(package: &str, bin: &str) -> Result<PathBuf> {
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let path = cargo_bin(bin);
+    let prebuilt = std::env::var_os("VERGE_TEST_BINS_BUILT").is_some() && path.exists();
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.iter().any(|b| b == bin) {
+    if !prebuilt && !built.iter().any(|b| b == bin) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "-q", "--locked", "-p", package, "--bin", bin])
@@ -297,14 +327,7 @@ impl Edge {
     }
 
     pub fn kill9(&mut self) -> Result<()> {
-        if let Some(mut ch) = self.child.take() {
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(ch.id() as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            )?;
-            ch.wait()?;
-        }
-        Ok(())
+        sigkill(&mut self.child)
     }
 
     pub fn restart(&mut self) -> Result<()> {
