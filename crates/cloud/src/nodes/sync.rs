@@ -32,7 +32,8 @@ const NODE_PREFIX: &str = "/registry/nodes/";
 #[derive(Default)]
 struct Cache {
     revision: i64,
-    configs: BTreeMap<String, (i64, Object)>,
+    /// name → (mod revision, object, its parsed spec: parsed once, matched per node).
+    configs: BTreeMap<String, (i64, Object, ConfigSpec)>,
     node_labels: HashMap<String, BTreeMap<String, String>>,
 }
 
@@ -59,10 +60,6 @@ pub struct Sync {
     nodes: Mutex<HashMap<String, NodeSync>>,
 }
 
-fn config_selects(obj: &Object, labels: &BTreeMap<String, String>) -> bool {
-    serde_json::from_value::<ConfigSpec>(obj.spec.clone()).is_ok_and(|s| s.selects(labels))
-}
-
 impl Sync {
     pub fn new(store: DynStore) -> Self {
         Self {
@@ -87,12 +84,8 @@ impl Sync {
         let set = cache
             .configs
             .iter()
-            .filter(|(_, (_, o))| config_selects(o, labels))
-            .map(|(name, (rev, o))| {
-                let mut o = o.clone();
-                o.metadata.resource_version = Some(rev.to_string());
-                (format!("Config/{name}"), (*rev, o))
-            })
+            .filter(|(_, (_, _, spec))| spec.selects(labels))
+            .map(|(name, (rev, o, _))| (format!("Config/{name}"), (*rev, o.clone())))
             .collect();
         (cache.revision, set)
     }
@@ -268,8 +261,18 @@ impl Sync {
                     cache.configs.remove(name);
                 }
                 EventKind::Put => {
-                    if let Ok(o) = serde_json::from_slice::<Object>(value) {
-                        cache.configs.insert(name.to_string(), (revision, o));
+                    // Parsed once here; a spec that does not parse (stored objects are
+                    // validated, so never) matches no node, as before.
+                    if let Ok(mut o) = serde_json::from_slice::<Object>(value) {
+                        match serde_json::from_value::<ConfigSpec>(o.spec.clone()) {
+                            Ok(spec) => {
+                                o.metadata.resource_version = Some(revision.to_string());
+                                cache.configs.insert(name.to_string(), (revision, o, spec));
+                            }
+                            Err(_) => {
+                                cache.configs.remove(name);
+                            }
+                        }
                     }
                 }
             }
