@@ -29,6 +29,24 @@ enum Command {
         #[command(subcommand)]
         what: GetWhat,
     },
+    /// Hand a task result to the running node; it reaches the cloud once, in order,
+    /// through the store-and-forward queue (also if the cloud is down right now).
+    Result(ResultArgs),
+}
+
+#[derive(clap::Args)]
+struct ResultArgs {
+    /// The task's id.
+    #[arg(long)]
+    id: String,
+    /// The output, as JSON (success).
+    #[arg(long, conflicts_with = "error")]
+    output: Option<String>,
+    /// What went wrong (failure).
+    #[arg(long)]
+    error: Option<String>,
+    #[arg(long, env = "VERGE_EDGE_DATA_DIR")]
+    data_dir: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -185,6 +203,24 @@ async fn dispatch(cmd: Command) -> Result<()> {
     match cmd {
         Command::Join(a) => join(a).await,
         Command::Run(a) => run(a).await,
+        Command::Result(a) => {
+            let mut body = serde_json::json!({ "id": a.id, "ok": a.error.is_none() });
+            if let Some(out) = &a.output {
+                body["output"] = serde_json::from_str(out)
+                    .map_err(|e| anyhow::anyhow!("--output: not JSON: {e}"))?;
+            }
+            if let Some(err) = a.error {
+                body["error"] = err.into();
+            }
+            let v = verge_edge::local_api::post(
+                &verge_edge::paths::socket(&a.data_dir),
+                "/v1/results",
+                &body,
+            )
+            .await?;
+            println!("queued result seq {}", v["seq"]);
+            Ok(())
+        }
         Command::Get { what } => match what {
             GetWhat::Configs {
                 name,

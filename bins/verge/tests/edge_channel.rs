@@ -2,8 +2,9 @@
 //! `verge-edge` nodes joined with bootstrap tokens, connected over mutual-TLS MQTT.
 //! Join → Ready; kill -9 → NotReady after the configured misses → restart → Ready;
 //! a Config reaches exactly the nodes its selector matches; with the cloud stopped an
-//! edge restarted twice still serves its desired state; a Config changed while a node
-//! was down reaches it after reconnect.
+//! edge restarted twice still serves its desired state; results queued while the cloud
+//! is down (across an edge restart) arrive once and in order; a Config changed while a
+//! node was down reaches it after reconnect.
 
 use std::time::Duration;
 
@@ -143,8 +144,21 @@ async fn join_ready_sync_offline_and_reconnect() -> Result<()> {
     })
     .await?;
 
-    // Offline: the cloud is gone; node-a restarted twice still serves its state.
+    // One result while online, as a baseline.
+    a.result("r0", &json!({"n": 0}))?;
+    eventually(Duration::from_secs(20), "online result", async || {
+        let v = cloud
+            .api(reqwest::Method::GET, "/api/v1/nodes/node-a/results", None)
+            .await
+            .ok()?;
+        (v["items"].as_array()?.len() == 1).then_some(())
+    })
+    .await?;
+
+    // Offline: the cloud is gone; node-a restarted twice still serves its state, and
+    // queues the results produced meanwhile (on disk, across its restarts).
     cloud.kill9()?;
+    let mut produced = 1;
     for _ in 0..2 {
         a.restart()?;
         eventually(
@@ -155,7 +169,16 @@ async fn join_ready_sync_offline_and_reconnect() -> Result<()> {
             },
         )
         .await?;
+        for _ in 0..10 {
+            a.result(&format!("r{produced}"), &json!({ "n": produced }))?;
+            produced += 1;
+        }
     }
+    let queued = a.get(&["status"]).unwrap_or(Value::Null);
+    assert!(
+        queued["queue"]["pendingItems"].as_u64().unwrap_or(0) >= 20,
+        "20 results wait in the queue while offline: {queued}"
+    );
 
     // Changed while node-a is down: arrives after reconnect.
     a.kill9()?;
@@ -178,5 +201,37 @@ async fn join_ready_sync_offline_and_reconnect() -> Result<()> {
         async || (local_origin(&a, "cdn").as_deref() == Some("https://o2.example")).then_some(()),
     )
     .await?;
+
+    // Every result arrived once, in the order it was produced.
+    let items = eventually(Duration::from_secs(60), "queued results", async || {
+        let v = cloud
+            .api(reqwest::Method::GET, "/api/v1/nodes/node-a/results", None)
+            .await
+            .ok()?;
+        let items = v["items"].as_array()?.clone();
+        (items.len() >= produced).then_some(items)
+    })
+    .await?;
+    let ids: Vec<&str> = items.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let want: Vec<String> = (0..produced).map(|i| format!("r{i}")).collect();
+    assert_eq!(ids, want, "once each, in order");
+    let arrival: Vec<i64> = items
+        .iter()
+        .map(|r| r["receivedRevision"].as_i64().unwrap())
+        .collect();
+    assert!(
+        arrival.windows(2).all(|w| w[0] < w[1]),
+        "arrival order is production order: {arrival:?}"
+    );
+    for (i, r) in items.iter().enumerate() {
+        assert_eq!(r["output"]["n"], i, "{r}");
+        assert_eq!(r["ok"], true);
+    }
+    let drained = eventually(Duration::from_secs(30), "queue drained", async || {
+        let v = a.get(&["status"])?;
+        (v["queue"]["pendingItems"].as_u64()? == 0).then_some(v)
+    })
+    .await?;
+    assert_eq!(drained["queue"]["droppedItems"], 0, "{drained}");
     Ok(())
 }

@@ -289,6 +289,27 @@ pub fn document() -> OpenApi {
     for (p, item) in token_paths() {
         paths = paths.path(p, item);
     }
+    let results = op(
+        "listNodeResults".into(),
+        "Task results a node reported, in seq order".into(),
+    )
+    .parameter(path_param("name"))
+    .response(
+        "200",
+        ok_response(
+            "{items: [ResultRecord]}",
+            ObjectBuilder::new().property(
+                "items",
+                utoipa::openapi::schema::ArrayBuilder::new()
+                    .items(Ref::from_schema_name("ResultRecord")),
+            ),
+        ),
+    )
+    .response("404", err_response("no such node"));
+    paths = paths.path(
+        "/api/v1/nodes/{name}/results",
+        PathItem::new(HttpMethod::Get, results.build()),
+    );
     let mut components = ComponentsBuilder::new();
     components = add_schema::<ObjectMeta>(components);
     components = add_schema::<ListMeta>(components);
@@ -303,6 +324,7 @@ pub fn document() -> OpenApi {
     components = add_schema::<TokenInfo>(components);
     components = add_schema::<TokenCreateRequest>(components);
     components = add_schema::<TokenList>(components);
+    components = add_schema::<crate::nodes::results::ResultRecord>(components);
     for kind in Kind::ALL {
         components = components
             .schema(kind.name(), object_schema(kind))

@@ -9,11 +9,17 @@
 //! | `GET /v1/objects/{kind}`       | JSON array of the stored objects of `kind`         |
 //! | `GET /v1/objects/{kind}/{name}`| one object                                         |
 //! | `GET /v1/status`               | `{node, appliedRevision, connected, queue, lastSync}` |
+//! | `POST /v1/results`             | queue a task result for the cloud: `202 {seq}`      |
 //!
 //! `{kind}` is a kind name (`Config`, `App`) or a plural/singular the API knows
 //! (`apps`). Objects are looked up by the kind *string*, so kinds this build does not
 //! know are served too. Errors are JSON `{reason, message}` (404 unknown route or
-//! object, 405 other methods, 413 any request body — the API takes none). Headers are
+//! object, 405 wrong method, 413 a body on a GET or a result body over
+//! [`MAX_RESULT_BODY`], 400 a malformed result naming the field, 507 the queue refused
+//! it). A result body is `{id, ok, output?, error?, startedAtMs?, finishedAtMs?}`; the
+//! node gives it the next per-node sequence number and the store-and-forward queue
+//! delivers it once the cloud is reachable (the cloud drops redeliveries by `seq`).
+//! Headers are
 //! capped at 16 KiB and must arrive within 10 s; at most [`MAX_CONNECTIONS`]
 //! connections are served at once.
 
@@ -26,7 +32,7 @@ use std::time::Duration;
 
 use http::header::{ALLOW, CONTENT_TYPE, HOST};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -45,6 +51,25 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest `POST /v1/results` body (leaves room under the `result` channel's cap for
+/// the envelope and the sequence number).
+pub const MAX_RESULT_BODY: usize = verge_proto::topics::MAX_RESULT_PAYLOAD - 4096;
+
+/// A task result handed to the node by a local program.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ResultReport {
+    id: String,
+    ok: bool,
+    #[serde(default)]
+    output: Option<serde_json::Value>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    started_at_ms: Option<i64>,
+    #[serde(default)]
+    finished_at_ms: Option<i64>,
+}
 
 /// The kind name of configuration objects.
 pub const CONFIG_KIND: &str = "Config";
@@ -224,12 +249,14 @@ enum Route {
     List(String),
     Get(String, String),
     Status,
+    Results,
 }
 
 fn route(path: &str) -> Option<Route> {
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     match segs.as_slice() {
         ["", "v1", "status"] => Some(Route::Status),
+        ["", "v1", "results"] => Some(Route::Results),
         ["", "v1", "configs"] => Some(Route::List(CONFIG_KIND.into())),
         ["", "v1", "configs", name] if !name.is_empty() => {
             Some(Route::Get(CONFIG_KIND.into(), (*name).into()))
@@ -243,36 +270,42 @@ fn route(path: &str) -> Option<Route> {
 }
 
 async fn handle(state: Arc<EdgeState>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let path = req.uri().path().to_owned();
+    let Some(route) = route(&path) else {
+        return Ok(not_found(format!(
+            "no route {path}; see GET /v1/status, /v1/configs, /v1/objects/{{kind}}, POST /v1/results"
+        )));
+    };
+    let (allowed, allow) = if matches!(route, Route::Results) {
+        (Method::POST, "POST")
+    } else {
+        (Method::GET, "GET")
+    };
+    if req.method() != allowed {
+        let mut resp = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{} {path}: use {allowed}", req.method()),
+        );
+        resp.headers_mut()
+            .insert(ALLOW, http::HeaderValue::from_static(allow));
+        return Ok(resp);
+    }
+    if matches!(route, Route::Results) {
+        return Ok(post_result(state, req).await);
+    }
     if !req.body().is_end_stream() {
         return Ok(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "PayloadTooLarge",
-            "the local API takes no request body".into(),
+            format!("GET {path} takes no request body"),
         ));
-    }
-    let path = req.uri().path().to_owned();
-    let Some(route) = route(&path) else {
-        return Ok(not_found(format!(
-            "no route {path}; see GET /v1/status, /v1/configs, /v1/objects/{{kind}}"
-        )));
-    };
-    if req.method() != Method::GET {
-        let mut resp = error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            format!(
-                "{} {path}: the local API is read-only; use GET",
-                req.method()
-            ),
-        );
-        resp.headers_mut()
-            .insert(ALLOW, http::HeaderValue::from_static("GET"));
-        return Ok(resp);
     }
     // The store and queue block on disk: off the async workers.
     let answer = tokio::task::spawn_blocking(move || -> Result<Resp> {
         Ok(match route {
             Route::Status => json_response(StatusCode::OK, &state.report()?),
+            Route::Results => unreachable_route(),
             Route::List(kind) => json_response(StatusCode::OK, &state.store().list(&kind)?),
             Route::Get(kind, name) => match state.store().get(&kind, &name)? {
                 Some(obj) => json_response(StatusCode::OK, &obj),
@@ -300,10 +333,119 @@ async fn handle(state: Arc<EdgeState>, req: Request<Incoming>) -> Result<Resp, I
     })
 }
 
+fn unreachable_route() -> Resp {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "InternalError",
+        "route handled elsewhere".into(),
+    )
+}
+
+fn bad_request(message: String) -> Resp {
+    error(StatusCode::BAD_REQUEST, "BadRequest", message)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `POST /v1/results`: checks the report, gives it the next sequence number and
+/// queues it for the cloud.
+async fn post_result(state: Arc<EdgeState>, req: Request<Incoming>) -> Resp {
+    let body = match Limited::new(req.into_body(), MAX_RESULT_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return if e.is::<http_body_util::LengthLimitError>() {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "PayloadTooLarge",
+                    format!("a result body may be at most {MAX_RESULT_BODY} bytes"),
+                )
+            } else {
+                bad_request(format!("reading the body: {e}"))
+            };
+        }
+    };
+    let report: ResultReport = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("result: {e}")),
+    };
+    let now = now_ms();
+    let started = report.started_at_ms.unwrap_or(now);
+    let result = verge_proto::TaskResult {
+        id: report.id,
+        ok: report.ok,
+        output: report.output,
+        error: report.error,
+        started_at_ms: started,
+        finished_at_ms: report.finished_at_ms.unwrap_or(now.max(started)),
+        seq: 0,
+    };
+    // Checked with seq 0; the real seq adds at most 19 digits, within the headroom
+    // MAX_RESULT_BODY leaves.
+    if let Err(e) = verge_proto::encode_checked(&verge_proto::Message::TaskResult(result.clone())) {
+        return bad_request(format!("result: {e}"));
+    }
+    let pushed = tokio::task::spawn_blocking(move || {
+        state
+            .queue()
+            .push_with(verge_proto::Channel::Result, now, |seq| {
+                let mut r = result;
+                r.seq = seq;
+                verge_proto::encode(&verge_proto::Message::TaskResult(r))
+            })
+    })
+    .await;
+    match pushed {
+        Ok(Ok(seq)) => json_response(StatusCode::ACCEPTED, &serde_json::json!({ "seq": seq })),
+        Ok(Err(e @ Error::QueueFull { .. })) => {
+            error(StatusCode::INSUFFICIENT_STORAGE, "QueueFull", e.to_string())
+        }
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("handler failed: {e}"),
+        ),
+    }
+}
+
 /// `GET path` on the local API at `socket`; the JSON answer, or the API's error
 /// message as [`Error::LocalApi`].
 pub async fn get(socket: &Path, path: &str) -> Result<serde_json::Value> {
-    tokio::time::timeout(CLIENT_TIMEOUT, get_inner(socket, path))
+    request(socket, Method::GET, path, None).await
+}
+
+/// `POST path` with a JSON body on the local API at `socket`.
+pub async fn post(
+    socket: &Path,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value> {
+    let bytes = serde_json::to_vec(body).map_err(|e| Error::Json {
+        what: format!("body for {path}"),
+        source: e,
+    })?;
+    request(socket, Method::POST, path, Some(Bytes::from(bytes))).await
+}
+
+async fn request(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<Bytes>,
+) -> Result<serde_json::Value> {
+    tokio::time::timeout(CLIENT_TIMEOUT, request_inner(socket, method, path, body))
         .await
         .map_err(|_| {
             Error::LocalApi(format!(
@@ -314,7 +456,12 @@ pub async fn get(socket: &Path, path: &str) -> Result<serde_json::Value> {
         })?
 }
 
-async fn get_inner(socket: &Path, path: &str) -> Result<serde_json::Value> {
+async fn request_inner(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<Bytes>,
+) -> Result<serde_json::Value> {
     let stream = UnixStream::connect(socket).await.map_err(|e| {
         Error::LocalApi(format!(
             "cannot connect to {}: {e} (is `verge-edge run` running with this --data-dir?)",
@@ -330,9 +477,15 @@ async fn get_inner(socket: &Path, path: &str) -> Result<serde_json::Value> {
     let conn = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = Request::get(path)
-        .header(HOST, "localhost")
-        .body(Empty::<Bytes>::new())
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(HOST, "localhost");
+    if body.is_some() {
+        builder = builder.header(CONTENT_TYPE, "application/json");
+    }
+    let req = builder
+        .body(Full::new(body.unwrap_or_default()))
         .map_err(|e| Error::Invalid(format!("local API path {path:?}: {e}")))?;
     let resp = sender.send_request(req).await.map_err(|e| api_err(&e))?;
     let status = resp.status();

@@ -291,7 +291,21 @@ impl Queue {
     /// (counted as dropped). On an I/O error the item is lost and counted as dropped
     /// (in memory).
     pub fn push(&self, channel: Channel, payload: &[u8], now_ms: i64) -> Result<u64> {
-        let size = payload.len() as u64;
+        self.push_with(channel, now_ms, |_| payload.to_vec())
+    }
+
+    /// Like [`push`](Queue::push), with the payload built from the `seq` the item gets,
+    /// in the same transaction: the way to give a message a per-node sequence number
+    /// that is unique and increasing (task results carry it so the cloud can drop
+    /// redeliveries). `build` is called once, inside the write transaction.
+    pub fn push_with(
+        &self,
+        channel: Channel,
+        now_ms: i64,
+        build: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<u64> {
+        let mut build = Some(build);
+        let mut size = 0u64;
         let cfg = self.inner.config;
         let out = self.with_db(|db| {
             let txn = db.begin_write()?;
@@ -300,6 +314,15 @@ impl Queue {
                 let mut items = txn.open_table(ITEMS)?;
                 let mut meta = txn.open_table(META)?;
                 let mut c = Counters::read(&meta)?;
+                let payload = match build.take() {
+                    Some(b) => b(c.next_seq),
+                    None => {
+                        return Err(Error::Invalid(
+                            "queue push retried after its payload was consumed".into(),
+                        ));
+                    }
+                };
+                size = payload.len() as u64;
                 if size > cfg.max_bytes {
                     c.dropped_items += 1;
                     c.dropped_bytes += size;
@@ -327,7 +350,7 @@ impl Queue {
                         c.drop_item(sz);
                     }
                     let seq = c.next_seq;
-                    items.insert(seq, encode_item(channel, payload, now_ms).as_slice())?;
+                    items.insert(seq, encode_item(channel, &payload, now_ms).as_slice())?;
                     c.next_seq += 1;
                     c.pending_items += 1;
                     c.pending_bytes += size;

@@ -335,6 +335,29 @@ impl Edge {
         self.spawn()
     }
 
+    /// `verge-edge result --id ID --output JSON`: hands a task result to the running
+    /// node. `Err` (with its stderr) if the node did not take it.
+    pub fn result(&self, id: &str, output: &serde_json::Value) -> Result<()> {
+        let out = Command::new(&self.bin)
+            .args([
+                "result",
+                "--id",
+                id,
+                "--output",
+                &output.to_string(),
+                "--data-dir",
+            ])
+            .arg(&self.data_dir)
+            .env("RUST_LOG", "off")
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "verge-edge result: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
     /// `verge-edge get ARGS -o json --data-dir DIR` as JSON (None while it fails, e.g.
     /// before the local API is up).
     pub fn get(&self, what: &[&str]) -> Option<serde_json::Value> {

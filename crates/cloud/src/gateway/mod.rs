@@ -40,7 +40,17 @@ pub trait Inbound: Send + Sync + 'static {
     /// Called inline on the connection's read path: keep it cheap.
     fn heartbeat(&self, node: &str, hb: &Heartbeat);
     /// Bulk messages (hello, status, ack, result, log); the PUBACK waits for this.
-    async fn message(&self, node: &str, msg: Message);
+    async fn message(&self, node: &str, msg: Message) -> Handled;
+}
+
+/// What an [`Inbound`] handler made of a bulk message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// Taken (or deliberately dropped): acknowledge it.
+    Done,
+    /// Could not be taken now (e.g. the store failed): do not acknowledge; the
+    /// connection is closed so the node re-sends it, in order, after reconnecting.
+    Retry,
 }
 
 /// Counters the gateway keeps (registered in the cloud's metrics registry).

@@ -359,7 +359,13 @@ async fn bulk_worker(
             last = Instant::now();
         }
         tokens -= 1.0;
-        shared.inbound.message(&node, *msg).await;
+        if shared.inbound.message(&node, *msg).await == super::Handled::Retry {
+            // No PUBACK: acknowledging a later message would release this one from the
+            // node's queue too (acks are cumulative there). Close; the node re-sends.
+            shared.metrics.drop("retry");
+            let _ = tx.send(Outbound::Close).await;
+            return;
+        }
         if let Some(id) = ack
             && tx.send(Outbound::PubAck(id)).await.is_err()
         {

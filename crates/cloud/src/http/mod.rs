@@ -42,6 +42,10 @@ pub fn router(st: SharedState) -> Router {
             "/api/v1/{plural}/{name}/status",
             put(resources::update_status),
         )
+        .route(
+            "/api/v1/{plural}/{name}/results",
+            get(resources::node_results),
+        )
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(st.clone(), authenticate));
     let public = Router::new()

@@ -437,7 +437,37 @@ pub async fn delete(
         if let Some(nodes) = &st.nodes {
             nodes.forget(&name);
             nodes.sync.drop_record(&name).await;
+            if let Err(e) = nodes.results.forget(&name).await {
+                tracing::warn!(node = %name, error = %e, "could not delete the node's results");
+            }
         }
     }
     Ok(Json(obj))
+}
+
+/// `GET /api/v1/nodes/{name}/results`: the task results the node reported, in `seq`
+/// order, each with the store revision it arrived at (`receivedRevision`).
+pub async fn node_results(
+    State(st): State<SharedState>,
+    Path((plural, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let kind = kind_from_plural(&plural)?;
+    if kind != Kind::Node {
+        return Err(ApiError::not_found(format!(
+            "{plural}/{name}/results: only nodes have results"
+        )));
+    }
+    if st.store.get(&object_key(kind, &name)).await?.is_none() {
+        return Err(not_found(kind, &name));
+    }
+    let nodes = st
+        .nodes
+        .as_ref()
+        .ok_or_else(|| ApiError::new(Reason::Unavailable, "node manager not running"))?;
+    let items = nodes
+        .results
+        .list(&name)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(serde_json::json!({ "items": items })).into_response())
 }

@@ -9,6 +9,7 @@
 //! The cloud's own clock decides liveness (receive time), so a node whose clock is
 //! skewed is still judged correctly; the skew is reported in its status.
 
+pub mod results;
 pub mod sync;
 
 use std::collections::HashMap;
@@ -21,7 +22,7 @@ use verge_api::Kind;
 use verge_proto::{Heartbeat, Message, NodeStatus};
 use verge_store::DynStore;
 
-use crate::gateway::{Gateway, Inbound};
+use crate::gateway::{Gateway, Handled, Inbound};
 use crate::http::resources::{modify, object_key};
 
 #[derive(Debug, Clone)]
@@ -59,6 +60,7 @@ pub struct NodeManager {
     cfg: LifecycleConfig,
     runtime: Mutex<HashMap<String, Runtime>>,
     pub sync: Arc<sync::Sync>,
+    pub results: results::Results,
     gateway: OnceLock<Gateway>,
 }
 
@@ -74,6 +76,7 @@ impl NodeManager {
     pub fn new(store: DynStore, cfg: LifecycleConfig) -> Arc<Self> {
         Arc::new(Self {
             sync: Arc::new(sync::Sync::new(store.clone())),
+            results: results::Results::new(store.clone()),
             store,
             cfg,
             runtime: Mutex::new(HashMap::new()),
@@ -304,7 +307,7 @@ impl Inbound for NodeManager {
         }
     }
 
-    async fn message(&self, node: &str, msg: Message) {
+    async fn message(&self, node: &str, msg: Message) -> Handled {
         match msg {
             Message::Hello(h) => self.sync.hello(node, h.last_applied_revision).await,
             Message::Ack(a) => {
@@ -316,10 +319,21 @@ impl Inbound for NodeManager {
                 }
             }
             Message::NodeStatus(s) => self.on_status(node, &s).await,
+            Message::TaskResult(r) => match self.results.record(node, &r).await {
+                Ok(results::Recorded::New) => {}
+                Ok(results::Recorded::Duplicate) => {
+                    tracing::debug!(%node, seq = r.seq, "duplicate result acknowledged again");
+                }
+                Err(e) => {
+                    tracing::warn!(%node, seq = r.seq, error = %e, "could not record a result; the node will re-send it");
+                    return Handled::Retry;
+                }
+            },
             other => {
                 tracing::warn!(%node, kind = other.type_name(), "this cloud version has no handler for this message; dropped");
             }
         }
+        Handled::Done
     }
 }
 

@@ -242,3 +242,80 @@ async fn client_names_the_socket_when_nothing_listens() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn results_are_queued_with_increasing_seq_and_bad_reports_are_refused() {
+    let r = start().await;
+    let a = post(
+        &r.sock,
+        "/v1/results",
+        &serde_json::json!({"id": "t1", "ok": true, "output": {"n": 1}}),
+    )
+    .await
+    .unwrap();
+    let b = post(
+        &r.sock,
+        "/v1/results",
+        &serde_json::json!({"id": "t2", "ok": false, "error": "boom"}),
+    )
+    .await
+    .unwrap();
+    let (sa, sb) = (a["seq"].as_u64().unwrap(), b["seq"].as_u64().unwrap());
+    assert!(sb > sa, "{sa} then {sb}");
+    let items = r.state.queue().peek(10, now_ms()).unwrap();
+    assert_eq!(items.len(), 2);
+    let (_, first) =
+        verge_proto::decode_any("verge/v1/node/edge-1/result", &items[0].payload).unwrap();
+    match first {
+        verge_proto::Message::TaskResult(t) => {
+            assert_eq!(t.id, "t1");
+            assert_eq!(t.seq, sa);
+            assert_eq!(t.seq, items[0].seq, "the result carries its queue seq");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Bad reports: a clear 400 naming the field, nothing queued.
+    for (body, needle) in [
+        (serde_json::json!({"id": "t3", "ok": false}), "error"),
+        (
+            serde_json::json!({"id": "t3", "ok": true, "error": "x"}),
+            "error",
+        ),
+        (serde_json::json!({"id": "", "ok": true}), "id"),
+        (
+            serde_json::json!({"id": "t3", "ok": true, "bogus": 1}),
+            "bogus",
+        ),
+        (serde_json::json!({"ok": true}), "id"),
+        (
+            serde_json::json!({"id": "t3", "ok": true, "startedAtMs": 10, "finishedAtMs": 5}),
+            "finishedAtMs",
+        ),
+    ] {
+        let e = post(&r.sock, "/v1/results", &body)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle), "{body}: {e}");
+    }
+    let big = "x".repeat(MAX_RESULT_BODY + 1);
+    let e = post(
+        &r.sock,
+        "/v1/results",
+        &serde_json::json!({"id": "t4", "ok": true, "output": big}),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("at most"), "{e}");
+    let (status, _) = raw(
+        &r.sock,
+        "GET /v1/results HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 405);
+    assert_eq!(r.state.queue().peek(10, now_ms()).unwrap().len(), 2);
+    r.stop.send(()).unwrap();
+    r.task.await.unwrap().unwrap();
+}
