@@ -2,6 +2,7 @@
 //! (`mosquitto_sub` / `mosquitto_pub` from Debian `mosquitto-clients`) holding a
 //! joined node's certificate: other nodes' topics, wildcards and the wrong direction are
 //! refused; malformed, wrong-version and oversized payloads are dropped and counted;
+//! a heartbeat with a skewed clock is reported but liveness follows the cloud's clock;
 //! a deleted node's certificate and a certificate from another CA are refused; a real
 //! `verge-edge` node stays Ready throughout.
 
@@ -203,6 +204,42 @@ async fn nodes_only_touch_their_own_topics() -> Result<()> {
     // node-b never noticed.
     assert_eq!(phase("node-b").await.as_deref(), Some("Ready"));
     assert!(b.get(&["status"]).is_some_and(|s| s["connected"] == true));
+
+    // Clock skew: a heartbeat stamped an hour ahead makes node-a Ready and is
+    // reported, but liveness follows the cloud's clock: with no further heartbeats it
+    // goes NotReady after the misses, not an hour later.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let hb = format!(
+        r#"{{"v":1,"type":"heartbeat","body":{{"seq":1,"sentAtMs":{},"ready":true}}}}"#,
+        now_ms + 3_600_000
+    );
+    let out = publish(&cloud, &da, "verge/v1/node/node-a/heartbeat", hb.as_bytes())?;
+    assert!(out.status.success(), "{}", text(&out));
+    let skewed = eventually(
+        Duration::from_secs(10),
+        "skewed heartbeat seen",
+        async || {
+            let v = cloud
+                .api(reqwest::Method::GET, "/api/v1/nodes/node-a", None)
+                .await
+                .ok()?;
+            (v["status"]["clockSkewMs"].as_i64()? > 3_500_000).then_some(v)
+        },
+    )
+    .await?;
+    assert_eq!(skewed["status"]["phase"], "Ready", "{skewed}");
+    assert!(
+        skewed["status"]["clockSkewMs"].as_i64() <= Some(3_700_000),
+        "clock skew reported: {skewed}"
+    );
+    eventually(
+        Duration::from_secs(20),
+        "NotReady by the cloud's clock",
+        async || (phase("node-a").await.as_deref() == Some("NotReady")).then_some(()),
+    )
+    .await?;
 
     // A deleted node's certificate is refused from then on.
     cloud

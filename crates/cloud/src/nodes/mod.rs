@@ -53,7 +53,13 @@ struct Runtime {
     ready: Option<bool>,
     seen_since_flush: bool,
     clock_skew_ms: i64,
+    /// What the store says of the skew (as far as we wrote it).
+    reported_skew_ms: i64,
 }
+
+/// A skew change larger than this is written to the Node's status at once (smaller
+/// ones ride along with the periodic `lastSeen` flush).
+const SKEW_REPORT_STEP_MS: i64 = 1000;
 
 pub struct NodeManager {
     store: DynStore,
@@ -166,9 +172,12 @@ impl NodeManager {
                         .last_seen_wall
                         .and_then(|t| t.replace_nanosecond(0).ok())
                         .and_then(|t| t.format(&Rfc3339).ok());
-                    if r.ready != Some(alive) || (flush_due && r.seen_since_flush) {
+                    let skew_moved =
+                        (r.clock_skew_ms - r.reported_skew_ms).abs() > SKEW_REPORT_STEP_MS;
+                    if r.ready != Some(alive) || (flush_due && r.seen_since_flush) || skew_moved {
                         r.ready = Some(alive);
                         r.seen_since_flush = false;
+                        r.reported_skew_ms = r.clock_skew_ms;
                         changes.push((name.clone(), alive, seen, r.clock_skew_ms));
                     }
                 }
