@@ -65,12 +65,36 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Cmd {
-    /// Run the control plane.
-    Cloud {
-        /// Data directory (store, CA, admin token).
+enum CloudAction {
+    /// Write certificates, ACL and CRL for an external Mosquitto broker into
+    /// DATA_DIR/mosquitto/ and print its mosquitto.conf (then run
+    /// `mosquitto -c DATA_DIR/mosquitto/mosquitto.conf` and `verge cloud --mqtt-url`).
+    PrintMosquittoConfig {
+        /// The cloud's data directory (its cluster CA signs the broker certificate).
         #[arg(long)]
         data_dir: PathBuf,
+        /// Where the broker listens.
+        #[arg(long, default_value = "0.0.0.0:8883")]
+        listen: SocketAddr,
+        /// Extra DNS name or IP nodes use to reach the broker (repeatable).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Account Mosquitto switches to when started as root (must read broker.key).
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the control plane.
+    #[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
+    Cloud {
+        #[command(subcommand)]
+        action: Option<CloudAction>,
+        /// Data directory (store, CA, admin token).
+        #[arg(long, required = true)]
+        data_dir: Option<PathBuf>,
         /// API listen address.
         #[arg(long, default_value = "0.0.0.0:7443")]
         listen: SocketAddr,
@@ -95,6 +119,10 @@ enum Cmd {
         /// MQTT (mutual TLS) listen address for edge nodes; "off" disables it.
         #[arg(long, default_value = "0.0.0.0:8883")]
         mqtt_listen: String,
+        /// Use an external Mosquitto broker (`mqtts://HOST:PORT`, configured with
+        /// `verge cloud print-mosquitto-config`) instead of the embedded gateway.
+        #[arg(long, conflicts_with = "mqtt_listen")]
+        mqtt_url: Option<String>,
         /// Expected node heartbeat period, e.g. 15s.
         #[arg(long, default_value = "15s")]
         heartbeat_interval: String,
@@ -209,6 +237,28 @@ fn client(cli: &Cli) -> Result<client::Client> {
 async fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
         Cmd::Cloud {
+            action:
+                Some(CloudAction::PrintMosquittoConfig {
+                    data_dir,
+                    listen,
+                    sans,
+                    user,
+                }),
+            ..
+        } => {
+            let conf =
+                verge_cloud::mosquitto::generate(&verge_cloud::mosquitto::MosquittoOptions {
+                    data_dir: data_dir.clone(),
+                    listen: *listen,
+                    sans: sans.clone(),
+                    run_as: user.clone(),
+                })
+                .map_err(|e| anyhow!("{e}"))?;
+            out!("{conf}");
+            Ok(())
+        }
+        Cmd::Cloud {
+            action: None,
             data_dir,
             listen,
             insecure_http,
@@ -220,7 +270,11 @@ async fn run(cli: Cli) -> Result<()> {
             mqtt_listen,
             heartbeat_interval,
             heartbeat_misses,
+            mqtt_url,
         } => {
+            let data_dir = data_dir
+                .as_ref()
+                .ok_or_else(|| anyhow!("--data-dir is required"))?;
             if !(join_rate.is_finite() && *join_rate > 0.0) {
                 anyhow::bail!("--join-rate must be a positive number");
             }
@@ -238,6 +292,11 @@ async fn run(cli: Cli) -> Result<()> {
                         .map_err(|_| anyhow!("--mqtt-listen {a:?}: expected ADDR:PORT or off"))?,
                 ),
             };
+            if let Some(url) = mqtt_url {
+                verge_cloud::gateway::external::parse_mqtts_url(url).map_err(|e| anyhow!("{e}"))?;
+                cfg.mqtt_url = Some(url.clone());
+                cfg.mqtt_listen = None;
+            }
             cfg.lifecycle.heartbeat_interval = commands::parse_duration(heartbeat_interval)?;
             if cfg.lifecycle.heartbeat_interval.is_zero() || *heartbeat_misses == 0 {
                 anyhow::bail!("--heartbeat-interval and --heartbeat-misses must be positive");

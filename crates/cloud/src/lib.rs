@@ -11,6 +11,7 @@ mod error;
 pub mod gateway;
 pub mod http;
 pub mod metrics;
+pub mod mosquitto;
 pub mod nodes;
 pub mod openapi;
 mod pki;
@@ -59,6 +60,9 @@ pub struct CloudConfig {
     pub join_rate_per_sec: f64,
     /// MQTT gateway listen address for edge nodes (`None`: no gateway).
     pub mqtt_listen: Option<SocketAddr>,
+    /// Use this external broker (`mqtts://HOST:PORT`, set up with
+    /// `print-mosquitto-config`) instead of the embedded gateway.
+    pub mqtt_url: Option<String>,
     /// Node heartbeat period and misses before NotReady.
     pub lifecycle: nodes::LifecycleConfig,
     pub gateway: gateway::GatewayConfig,
@@ -78,6 +82,7 @@ impl CloudConfig {
             node_cert_validity: Duration::from_secs(30 * 86400),
             join_rate_per_sec: 20.0,
             mqtt_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8883))),
+            mqtt_url: None,
             lifecycle: nodes::LifecycleConfig::default(),
             gateway: gateway::GatewayConfig::default(),
         }
@@ -211,8 +216,40 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     // Edge nodes: lifecycle + sync, and the MQTT gateway they connect to.
     let node_manager = nodes::NodeManager::new(store.clone(), cfg.lifecycle.clone());
     let mut background = Vec::new();
-    let (gateway, mqtt_url) = match cfg.mqtt_listen {
-        Some(addr) => {
+    let ca = Arc::new(ca);
+    let (gateway, mqtt_url) = match (&cfg.mqtt_url, cfg.mqtt_listen) {
+        (Some(url), _) => {
+            let mut revoked = Vec::new();
+            for kv in store.list(http::join::REVOKED_PREFIX, None).await?.items {
+                if let Some(serial) = kv.key.strip_prefix(http::join::REVOKED_PREFIX) {
+                    revoked.push(serial.to_string());
+                }
+            }
+            let mdir = mosquitto::dir(&cfg.data_dir);
+            ensure_private_dir(&mdir)?;
+            let (broker, events) = gateway::external::ExternalBroker::connect(
+                url,
+                ca.clone(),
+                mdir.join(mosquitto::CRL_FILE),
+                revoked,
+            )?;
+            node_manager.set_gateway(broker.clone());
+            secure_fs::write_public(
+                &cfg.data_dir.join(files::MQTT_ADDR),
+                format!("{url}\n").as_bytes(),
+            )?;
+            let inbound: Arc<dyn gateway::Inbound> = node_manager.clone();
+            background.push(tokio::spawn(broker.clone().run(
+                events,
+                inbound,
+                metrics.gateway.clone(),
+                cfg.gateway.clone(),
+                shutdown_rx.clone(),
+            )));
+            tracing::info!(%url, "using the external MQTT broker");
+            (Some(broker as gateway::DynDownlink), Some(url.clone()))
+        }
+        (None, Some(addr)) => {
             let gw = gateway::Gateway::new(
                 node_manager.clone(),
                 metrics.gateway.clone(),
@@ -220,10 +257,10 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
             );
             for kv in store.list(http::join::REVOKED_PREFIX, None).await?.items {
                 if let Some(serial) = kv.key.strip_prefix(http::join::REVOKED_PREFIX) {
-                    gw.revoke_serial(serial);
+                    gw.revoke(serial);
                 }
             }
-            node_manager.set_gateway(gw.clone());
+            node_manager.set_gateway(Arc::new(gw.clone()));
             let listener = TcpListener::bind(addr).await.map_err(|e| {
                 Error::Config(format!("cannot listen on {addr} (--mqtt-listen): {e}"))
             })?;
@@ -242,9 +279,9 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
                 serve_gw.serve(listener, mqtt_tls, rx).await;
             }));
             tracing::info!(%url, "mqtt gateway listening");
-            (Some(gw), Some(url))
+            (Some(Arc::new(gw) as gateway::DynDownlink), Some(url))
         }
-        None => (None, None),
+        (None, None) => (None, None),
     };
     background.push(tokio::spawn(
         node_manager.clone().lifecycle_loop(shutdown_rx.clone()),
@@ -267,7 +304,7 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         shutdown: shutdown_rx.clone(),
         openapi_json,
         ca_pem: ca.cert_pem.clone(),
-        ca: Arc::new(ca),
+        ca,
         join_limiter: http::join::RateLimiter::new(
             cfg.join_rate_per_sec,
             cfg.join_rate_per_sec * 4.0,

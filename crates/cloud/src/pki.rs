@@ -124,6 +124,71 @@ impl ClusterCa {
     }
 }
 
+impl ClusterCa {
+    /// A client certificate for `cn` (the cloud's identity towards an external broker,
+    /// whose ACL keys on the CN), valid 1 year, as a rustls client config trusting
+    /// only the cluster CA. The key lives in memory only.
+    pub fn client_tls_config(&self, cn: &str) -> Result<Arc<rustls::ClientConfig>> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        dn.push(DnType::OrganizationName, CA_ORG);
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(365);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer, &self.key)?;
+        let mut chain = pem_certs(&cert.pem())?;
+        chain.extend(pem_certs(&self.cert_pem)?);
+        let mut roots = rustls::RootCertStore::empty();
+        for c in pem_certs(&self.cert_pem)? {
+            roots.add(c).map_err(|e| Error::Tls(e.to_string()))?;
+        }
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| Error::Tls(e.to_string()))?;
+        Ok(Arc::new(cfg))
+    }
+
+    /// A CRL (PEM) listing these certificate serials (hex), valid 30 days, numbered
+    /// by the current time so a newer CRL always has a larger number.
+    pub fn crl_pem(&self, serials: &[String]) -> Result<String> {
+        let now = time::OffsetDateTime::now_utc();
+        let revoked = serials
+            .iter()
+            .map(|s| {
+                let bytes = hex::decode(s)
+                    .map_err(|_| Error::Config(format!("revoked serial {s:?} is not hex")))?;
+                Ok(rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(&bytes),
+                    revocation_time: now,
+                    reason_code: Some(rcgen::RevocationReason::CessationOfOperation),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let number = (now.unix_timestamp_nanos() / 1_000_000) as u64;
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(5),
+            next_update: now + time::Duration::days(30),
+            crl_number: rcgen::SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer, &self.key)?.pem()?)
+    }
+}
+
 /// A node certificate issued from a CSR.
 pub struct NodeCert {
     pub cert_pem: String,

@@ -61,14 +61,18 @@ impl Cloud {
         install_provider();
         let addr_file = self.dir.join("api.addr");
         let _ = std::fs::remove_file(&addr_file);
-        let child = Command::new(&self.bin)
-            .arg("cloud")
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("cloud")
             .arg("--data-dir")
             .arg(&self.dir)
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--mqtt-listen")
-            .arg(format!("127.0.0.1:{}", self.mqtt_port))
+            .arg(format!("127.0.0.1:{}", self.port));
+        // With an external broker there is no gateway listener.
+        if !self.extra_args.iter().any(|a| a == "--mqtt-url") {
+            cmd.arg("--mqtt-listen")
+                .arg(format!("127.0.0.1:{}", self.mqtt_port));
+        }
+        let child = cmd
             .args(&self.extra_args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

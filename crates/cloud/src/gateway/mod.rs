@@ -15,6 +15,7 @@
 //!
 //! Why not rumqttd: see `docs/decisions/003-embedded-mqtt-gateway.md`.
 
+pub mod external;
 mod session;
 
 use std::collections::{HashMap, HashSet};
@@ -32,6 +33,21 @@ use verge_proto::{Channel, Heartbeat, Message};
 
 pub use session::MAX_PACKET;
 
+/// How the cloud reaches nodes: the embedded [`Gateway`], or an external broker
+/// ([`external::ExternalBroker`]). What the node manager, sync and the API hold.
+pub trait Downlink: Send + Sync + 'static {
+    /// Queues a message to a node. `false` if it cannot be sent now (the sync
+    /// protocol recovers: the node re-sends `hello` when it connects).
+    fn send(&self, node: &str, channel: Channel, payload: Bytes) -> bool;
+    /// Closes a node's session (after deletion), where the transport can.
+    fn kick(&self, node: &str);
+    /// Refuses this certificate serial (hex) from now on.
+    fn revoke_serial(&self, serial: &str);
+}
+
+/// Shared handle to the downlink.
+pub type DynDownlink = Arc<dyn Downlink>;
+
 /// What the gateway hands over.
 #[async_trait::async_trait]
 pub trait Inbound: Send + Sync + 'static {
@@ -41,6 +57,10 @@ pub trait Inbound: Send + Sync + 'static {
     fn heartbeat(&self, node: &str, hb: &Heartbeat);
     /// Bulk messages (hello, status, ack, result, log); the PUBACK waits for this.
     async fn message(&self, node: &str, msg: Message) -> Handled;
+    /// A node is alive but its `hello` was not seen (an external broker does not
+    /// replay it to a cloud that subscribed later): resynchronise it from what the
+    /// cloud last knew it acknowledged.
+    async fn resync(&self, node: &str);
 }
 
 /// What an [`Inbound`] handler made of a bulk message.
@@ -157,7 +177,7 @@ impl Gateway {
 
     /// Queues a message to a connected node. `false` if it is not connected or its
     /// outbound queue is full (the sync protocol recovers: the node re-sends `hello`).
-    pub fn send(&self, node: &str, channel: Channel, payload: Bytes) -> bool {
+    pub fn send_to(&self, node: &str, channel: Channel, payload: Bytes) -> bool {
         let conns = match self.shared.conns.lock() {
             Ok(c) => c,
             Err(_) => return false,
@@ -190,14 +210,14 @@ impl Gateway {
     }
 
     /// Refuses this certificate serial (hex) from now on.
-    pub fn revoke_serial(&self, serial: &str) {
+    pub fn revoke(&self, serial: &str) {
         if let Ok(mut r) = self.shared.revoked.write() {
             r.insert(serial.to_ascii_lowercase());
         }
     }
 
     /// Closes a node's session (after deletion).
-    pub fn kick(&self, node: &str) {
+    pub fn close_session(&self, node: &str) {
         if let Ok(mut conns) = self.shared.conns.lock()
             && let Some(c) = conns.remove(node)
         {
@@ -233,6 +253,20 @@ impl Gateway {
                 session::run(shared, acceptor, tcp, peer, shutdown).await;
             });
         }
+    }
+}
+
+impl Downlink for Gateway {
+    fn send(&self, node: &str, channel: Channel, payload: Bytes) -> bool {
+        self.send_to(node, channel, payload)
+    }
+
+    fn kick(&self, node: &str) {
+        self.close_session(node);
+    }
+
+    fn revoke_serial(&self, serial: &str) {
+        self.revoke(serial);
     }
 }
 

@@ -326,7 +326,7 @@ async fn handle(
     true
 }
 
-fn decode_reason(e: &verge_proto::ProtoError) -> &'static str {
+pub(super) fn decode_reason(e: &verge_proto::ProtoError) -> &'static str {
     use verge_proto::ProtoError as P;
     match e {
         P::TooLarge { .. } => "oversize",

@@ -31,7 +31,7 @@ pub struct AppState {
     pub mqtt_url: Option<String>,
     /// Node lifecycle and sync (told about node deletions).
     pub nodes: Option<Arc<crate::nodes::NodeManager>>,
-    pub gateway: Option<crate::gateway::Gateway>,
+    pub gateway: Option<crate::gateway::DynDownlink>,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -22,7 +22,7 @@ use verge_api::Kind;
 use verge_proto::{Heartbeat, Message, NodeStatus};
 use verge_store::DynStore;
 
-use crate::gateway::{Gateway, Handled, Inbound};
+use crate::gateway::{DynDownlink, Handled, Inbound};
 use crate::http::resources::{modify, object_key};
 
 #[derive(Debug, Clone)]
@@ -67,7 +67,7 @@ pub struct NodeManager {
     runtime: Mutex<HashMap<String, Runtime>>,
     pub sync: Arc<sync::Sync>,
     pub results: results::Results,
-    gateway: OnceLock<Gateway>,
+    gateway: OnceLock<DynDownlink>,
 }
 
 fn now_rfc3339() -> String {
@@ -90,7 +90,7 @@ impl NodeManager {
         })
     }
 
-    pub fn set_gateway(&self, gw: Gateway) {
+    pub fn set_gateway(&self, gw: DynDownlink) {
         let _ = self.gateway.set(gw.clone());
         self.sync.set_gateway(gw);
     }
@@ -343,6 +343,10 @@ impl Inbound for NodeManager {
             }
         }
         Handled::Done
+    }
+
+    async fn resync(&self, node: &str) {
+        self.sync.implicit_hello(node).await;
     }
 }
 

@@ -23,7 +23,7 @@ use verge_api::specs::ConfigSpec;
 use verge_proto::{Channel, Desired, Message, ObjectRef};
 use verge_store::{DynStore, EventKind, Expect};
 
-use crate::gateway::Gateway;
+use crate::gateway::DynDownlink;
 
 const RECORD_PREFIX: &str = "/system/nodesync/";
 const CONFIG_PREFIX: &str = "/registry/configs/";
@@ -55,7 +55,7 @@ struct NodeSync {
 
 pub struct Sync {
     store: DynStore,
-    gateway: OnceLock<Gateway>,
+    gateway: OnceLock<DynDownlink>,
     cache: RwLock<Cache>,
     nodes: Mutex<HashMap<String, NodeSync>>,
 }
@@ -70,7 +70,7 @@ impl Sync {
         }
     }
 
-    pub fn set_gateway(&self, gw: Gateway) {
+    pub fn set_gateway(&self, gw: DynDownlink) {
         let _ = self.gateway.set(gw);
     }
 
@@ -97,6 +97,26 @@ impl Sync {
             .await
             .ok()??;
         serde_json::from_slice(&kv.value).ok()
+    }
+
+    /// A node is alive but its hello was missed: acts as if it said it holds what it
+    /// last acknowledged. If it holds something else, the delta does not apply there
+    /// and the node answers with a real hello (`NeedsResync`), so this self-corrects.
+    pub async fn implicit_hello(&self, node: &str) {
+        let connected = self
+            .nodes
+            .lock()
+            .ok()
+            .and_then(|n| n.get(node).map(|s| s.connected))
+            .unwrap_or(false);
+        if connected {
+            return;
+        }
+        let acked = match self.load_record(node).await {
+            Some(r) => r.acked_revision,
+            None => 0,
+        };
+        self.hello(node, acked).await;
     }
 
     /// A node connected and told us its applied revision.
