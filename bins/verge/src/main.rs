@@ -85,6 +85,8 @@ enum CloudAction {
     },
 }
 
+// Parsed once per process; boxing the `cloud` flags would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the control plane.
@@ -129,6 +131,9 @@ enum Cmd {
         /// Missed heartbeats before a node is NotReady.
         #[arg(long, default_value_t = 3)]
         heartbeat_misses: u32,
+        /// Lifetime of node certificates; nodes renew theirs after two thirds of it.
+        #[arg(long, default_value = "30d")]
+        node_cert_validity: String,
     },
     /// Run a local control plane with embedded defaults ($VERGE_HOME or ~/.verge/dev).
     Dev {
@@ -271,6 +276,7 @@ async fn run(cli: Cli) -> Result<()> {
             heartbeat_interval,
             heartbeat_misses,
             mqtt_url,
+            node_cert_validity,
         } => {
             let data_dir = data_dir
                 .as_ref()
@@ -302,6 +308,12 @@ async fn run(cli: Cli) -> Result<()> {
                 anyhow::bail!("--heartbeat-interval and --heartbeat-misses must be positive");
             }
             cfg.lifecycle.misses = *heartbeat_misses;
+            cfg.node_cert_validity = commands::parse_duration(node_cert_validity)?;
+            if cfg.node_cert_validity < std::time::Duration::from_secs(30)
+                || cfg.node_cert_validity > std::time::Duration::from_secs(5 * 365 * 86400)
+            {
+                anyhow::bail!("--node-cert-validity must be between 30s and 5y (1825d)");
+            }
             verge_cloud::run(cfg, shutdown_signal())
                 .await
                 .map_err(|e| anyhow!("{e}"))

@@ -217,6 +217,10 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     let node_manager = nodes::NodeManager::new(store.clone(), cfg.lifecycle.clone());
     let mut background = Vec::new();
     let ca = Arc::new(ca);
+    node_manager.set_issuer(
+        ca.clone(),
+        time::Duration::try_from(cfg.node_cert_validity).unwrap_or(time::Duration::days(30)),
+    );
     let (gateway, mqtt_url) = match (&cfg.mqtt_url, cfg.mqtt_listen) {
         (Some(url), _) => {
             let mut revoked = Vec::new();

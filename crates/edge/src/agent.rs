@@ -12,6 +12,11 @@
 //!
 //! While the cloud is unreachable nothing here blocks the node: the local store keeps
 //! serving the last desired state (see `local_api`), across restarts too.
+//!
+//! Certificate rotation: two thirds into its certificate's life
+//! ([`Identity::renew_at`]) the node sends a CSR for a fresh key on `renew`; the cloud
+//! answers on `cert`; the node checks the certificate is for that key and its name,
+//! installs both (keeping the previous pair) and reconnects with them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
@@ -100,6 +105,23 @@ fn parse_mqtt_url(url: &str) -> Result<(String, u16)> {
     Ok((host, port))
 }
 
+/// How a session ended.
+struct SessionEnd {
+    /// It got connected at all.
+    connected: bool,
+    /// A renewed identity to reconnect with.
+    renewed: Option<Identity>,
+}
+
+/// A renewal asked for and not answered yet.
+struct PendingRenewal {
+    key_pem: String,
+    asked: std::time::Instant,
+}
+
+/// How long to wait for the cloud's answer before asking again.
+const RENEW_RETRY: Duration = Duration::from_secs(60);
+
 /// What a publish request was for, matched with rumqttc's `Outgoing::Publish` events
 /// (which come in request order) to learn packet ids.
 enum Tag {
@@ -118,10 +140,11 @@ pub async fn run(
         Error::Invalid("the cloud gave no MQTT URL at join; cannot start the uplink".into())
     })?;
     let (host, port) = parse_mqtt_url(&url)?;
-    let tls = Arc::new(identity.tls_client_config()?);
+    let mut identity = identity;
     tokio::pin!(shutdown);
     let mut attempt: u32 = 0;
     loop {
+        let tls = Arc::new(identity.tls_client_config()?);
         let mut opts = MqttOptions::new(identity.name.clone(), host.clone(), port);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_clean_session(true);
@@ -133,7 +156,7 @@ pub async fn run(
             tls.clone(),
         )));
         let session = Session::new(&identity, &state, &cfg, opts);
-        let connected = tokio::select! {
+        let end = tokio::select! {
             c = session.run() => c,
             _ = &mut shutdown => {
                 state.set_connected(false);
@@ -141,8 +164,13 @@ pub async fn run(
             }
         };
         state.set_connected(false);
-        if connected {
+        if end.connected {
             attempt = 0;
+        }
+        if let Some(next) = end.renewed {
+            tracing::info!(expires = %next.cert_expires_at, "node certificate renewed; reconnecting with it");
+            identity = next;
+            continue;
         }
         let wait = backoff(attempt, cfg.backoff_base, cfg.backoff_cap);
         attempt = attempt.saturating_add(1);
@@ -202,8 +230,65 @@ impl<'a> Session<'a> {
         })
     }
 
-    /// One connection; returns whether it got connected at all.
-    async fn run(self) -> bool {
+    /// A CSR for a fresh key, if the certificate is due for renewal and no request is
+    /// outstanding: `(request, pending state to keep once it is published)`.
+    fn renewal_request(
+        &self,
+        pending: &Option<PendingRenewal>,
+    ) -> Option<(Message, PendingRenewal)> {
+        let due = self
+            .identity
+            .renew_at()
+            .is_some_and(|t| time::OffsetDateTime::now_utc() >= t);
+        if !due
+            || pending
+                .as_ref()
+                .is_some_and(|p| p.asked.elapsed() < RENEW_RETRY)
+        {
+            return None;
+        }
+        match self.identity.new_key_and_csr() {
+            Ok((key_pem, csr_pem)) => Some((
+                Message::CertRequest(verge_proto::CertRequest { csr_pem }),
+                PendingRenewal {
+                    key_pem,
+                    asked: std::time::Instant::now(),
+                },
+            )),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create a key for certificate renewal");
+                None
+            }
+        }
+    }
+
+    /// Installs a renewed certificate answering `pending`.
+    async fn install(
+        &self,
+        pending: &mut Option<PendingRenewal>,
+        c: verge_proto::CertIssued,
+    ) -> Option<Identity> {
+        let Some(p) = pending.take() else {
+            tracing::warn!("a certificate arrived that this node did not ask for; ignored");
+            return None;
+        };
+        let id = self.identity.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            id.install_renewed(&p.key_pem, &c.cert_pem, c.not_after_ms)
+        })
+        .await;
+        match r {
+            Ok(Ok(next)) => Some(next),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "renewed certificate refused");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// One connection.
+    async fn run(self) -> SessionEnd {
         let (client, mut events) = AsyncClient::new(self.opts.clone(), 128);
         let mut connected = false;
         let mut tags: VecDeque<Tag> = VecDeque::new();
@@ -213,15 +298,22 @@ impl<'a> Session<'a> {
         let mut heartbeat = tokio::time::interval(self.cfg.heartbeat_interval);
         let mut status = tokio::time::interval(self.cfg.status_interval);
         let mut flush = tokio::time::interval(Duration::from_millis(200));
+        let mut renew_check = tokio::time::interval(Duration::from_secs(5));
+        let mut pending: Option<PendingRenewal> = None;
+        let end = |connected: bool| SessionEnd {
+            connected,
+            renewed: None,
+        };
         let publish =
             |tags: &mut VecDeque<Tag>, tag: Tag, channel: Channel, msg: &Message, qos: QoS| {
                 let payload = verge_proto::encode(msg);
-                if client
+                let ok = client
                     .try_publish(self.topic(channel), qos, false, payload)
-                    .is_ok()
-                {
+                    .is_ok();
+                if ok {
                     tags.push_back(tag);
                 }
+                ok
             };
         loop {
             tokio::select! {
@@ -229,13 +321,13 @@ impl<'a> Session<'a> {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         if ack.code != ConnectReturnCode::Success {
                             tracing::warn!(code = ?ack.code, "the cloud refused the connection");
-                            return connected;
+                            return end(connected);
                         }
                         connected = true;
                         self.state.set_connected(true);
                         tracing::info!(node = %self.identity.name, "uplink connected");
-                        for c in [Channel::Desired, Channel::Task] {
-                            let _ = client.try_subscribe(self.topic(c), QoS::AtLeastOnce);
+                        for topic in verge_proto::edge_subscriptions(&self.identity.name) {
+                            let _ = client.try_subscribe(topic, QoS::AtLeastOnce);
                         }
                         publish(&mut tags, Tag::Other, Channel::Hello, &self.hello(), QoS::AtLeastOnce);
                         let hb = Message::Heartbeat(Heartbeat { seq: hb_seq, sent_at_ms: now_ms(), ready: true });
@@ -246,8 +338,17 @@ impl<'a> Session<'a> {
                         sent_upto = 0;
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if let Some(reply) = self.on_publish(&p.topic, &p.payload).await {
-                            publish(&mut tags, Tag::Other, reply.channel(), &reply, QoS::AtLeastOnce);
+                        match self.on_publish(&p.topic, &p.payload).await {
+                            Some(Message::CertIssued(c)) => {
+                                if let Some(next) = self.install(&mut pending, c).await {
+                                    let _ = client.try_disconnect();
+                                    return SessionEnd { connected, renewed: Some(next) };
+                                }
+                            }
+                            Some(reply) => {
+                                publish(&mut tags, Tag::Other, reply.channel(), &reply, QoS::AtLeastOnce);
+                            }
+                            None => {}
                         }
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
@@ -264,9 +365,17 @@ impl<'a> Session<'a> {
                     Ok(_) => {}
                     Err(e) => {
                         tracing::debug!(error = %e, "uplink connection ended");
-                        return connected;
+                        return end(connected);
                     }
                 },
+                _ = renew_check.tick(), if connected => {
+                    if let Some((msg, p)) = self.renewal_request(&pending)
+                        && publish(&mut tags, Tag::Other, Channel::Renew, &msg, QoS::AtLeastOnce)
+                    {
+                        tracing::info!("asking the cloud to renew the node certificate");
+                        pending = Some(p);
+                    }
+                }
                 _ = heartbeat.tick(), if connected => {
                     let hb = Message::Heartbeat(Heartbeat { seq: hb_seq, sent_at_ms: now_ms(), ready: true });
                     hb_seq += 1;
@@ -336,6 +445,8 @@ impl<'a> Session<'a> {
                     Err(_) => None,
                 }
             }
+            // Handled by the session loop (it ends the session).
+            Message::CertIssued(c) => Some(Message::CertIssued(c)),
             other => {
                 tracing::warn!(
                     kind = other.type_name(),

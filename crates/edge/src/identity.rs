@@ -56,6 +56,11 @@ pub mod files {
     pub const CERT: &str = "node.crt";
     pub const CA: &str = "ca.crt";
     pub const IDENTITY: &str = "identity.json";
+    /// The pair before the last rotation, kept until the next one: what
+    /// [`super::Identity::load`] falls back to if a crash left a new key with an old
+    /// certificate.
+    pub const PREV_KEY: &str = "node.key.prev";
+    pub const PREV_CERT: &str = "node.crt.prev";
 }
 
 /// Largest CA PEM accepted from the cloud.
@@ -109,6 +114,8 @@ pub struct Identity {
     pub cert_expires_at: String,
     /// RFC 3339.
     pub joined_at: String,
+    /// RFC 3339: when the certificate was last renewed (None: never).
+    pub renewed_at: Option<String>,
     pub data_dir: PathBuf,
 }
 
@@ -136,6 +143,8 @@ struct IdentityFile {
     mqtt_url: Option<String>,
     certificate_expires_at: String,
     joined_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    renewed_at: Option<String>,
 }
 
 /// The cloud's `201` answer to `POST /api/v1/join`.
@@ -165,9 +174,30 @@ impl Identity {
         let text = fsutil::read_required(&id_path)?;
         let file: IdentityFile =
             serde_json::from_str(&text).map_err(json_err(id_path.display().to_string()))?;
-        let cert_pem = fsutil::read_required(&data_dir.join(files::CERT))?;
-        let key_pem = fsutil::read_required(&data_dir.join(files::KEY))?;
+        let mut cert_pem = fsutil::read_required(&data_dir.join(files::CERT))?;
+        let mut key_pem = fsutil::read_required(&data_dir.join(files::KEY))?;
         let ca_pem = fsutil::read_required(&data_dir.join(files::CA))?;
+        if !key_matches_cert(&key_pem, &cert_pem) {
+            // A rotation was interrupted between writing the key and the certificate:
+            // the previous pair is still valid.
+            let prev_key = std::fs::read_to_string(data_dir.join(files::PREV_KEY));
+            let prev_cert = std::fs::read_to_string(data_dir.join(files::PREV_CERT));
+            match (prev_key, prev_cert) {
+                (Ok(k), Ok(c)) if key_matches_cert(&k, &c) => {
+                    tracing::warn!(
+                        "node.key does not match node.crt (interrupted rotation); using the previous pair"
+                    );
+                    key_pem = k;
+                    cert_pem = c;
+                }
+                _ => {
+                    return Err(Error::Tls(format!(
+                        "{}: node.key does not match node.crt and no previous pair does; join again",
+                        data_dir.display()
+                    )));
+                }
+            }
+        }
         Ok(Identity {
             name: file.name,
             cloud: file.cloud,
@@ -177,8 +207,84 @@ impl Identity {
             ca_pem,
             cert_expires_at: file.certificate_expires_at,
             joined_at: file.joined_at,
+            renewed_at: file.renewed_at,
             data_dir: data_dir.to_path_buf(),
         })
+    }
+
+    /// When to renew: two thirds into the certificate's life as this node saw it
+    /// (from its join or last renewal to its expiry), like kubelet's rotation. `None`
+    /// if the times cannot be parsed.
+    pub fn renew_at(&self) -> Option<OffsetDateTime> {
+        let from = self.renewed_at.as_deref().unwrap_or(&self.joined_at);
+        let from = OffsetDateTime::parse(from, &Rfc3339).ok()?;
+        let until = self.cert_expires_at_time()?;
+        Some(from + (until - from) * 2 / 3)
+    }
+
+    /// A fresh key and a CSR for this node's name: `(key PEM, CSR PEM)`.
+    pub fn new_key_and_csr(&self) -> Result<(String, String)> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, self.name.as_str());
+        let csr = params.serialize_request(&key)?.pem()?;
+        Ok((key.serialize_pem(), csr))
+    }
+
+    /// Installs a renewed certificate for `key_pem` (from [`Identity::new_key_and_csr`]):
+    /// checks it is for this node and this key, keeps the current pair as
+    /// `node.{key,crt}.prev`, then writes the new key, certificate and identity.json
+    /// (each atomically). Returns the new identity.
+    pub fn install_renewed(
+        &self,
+        key_pem: &str,
+        cert_pem: &str,
+        not_after_ms: i64,
+    ) -> Result<Identity> {
+        if !key_matches_cert(key_pem, cert_pem) {
+            return Err(Error::Tls(
+                "the renewed certificate is not for the key this node asked with".into(),
+            ));
+        }
+        if cert_common_name(cert_pem).as_deref() != Some(self.name.as_str()) {
+            return Err(Error::Tls(format!(
+                "the renewed certificate is not for node {:?}",
+                self.name
+            )));
+        }
+        let expires =
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(not_after_ms) * 1_000_000)
+                .ok()
+                .and_then(|t| t.format(&Rfc3339).ok())
+                .ok_or_else(|| {
+                    Error::Invalid(format!("renewed certificate expiry {not_after_ms}"))
+                })?;
+        let now = OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .map_err(|e| Error::Invalid(format!("formatting the time: {e}")))?;
+        let dir = &self.data_dir;
+        fsutil::write_atomic(
+            &dir.join(files::PREV_KEY),
+            self.key_pem.as_bytes(),
+            fsutil::PRIVATE_MODE,
+        )?;
+        fsutil::write_atomic(
+            &dir.join(files::PREV_CERT),
+            self.cert_pem.as_bytes(),
+            fsutil::PUBLIC_MODE,
+        )?;
+        let next = Identity {
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+            cert_expires_at: expires,
+            renewed_at: Some(now),
+            ..self.clone()
+        };
+        write_identity(&next)?;
+        Ok(next)
     }
 
     /// The certificate's expiry, parsed; `None` if the cloud sent something unparsable.
@@ -201,6 +307,38 @@ impl Identity {
             .with_client_auth_cert(chain, key)
             .map_err(|e| Error::Tls(format!("node certificate and key: {e}")))
     }
+}
+
+/// Whether the private key (PEM) is the one the certificate (PEM) was issued for.
+fn key_matches_cert(key_pem: &str, cert_pem: &str) -> bool {
+    let Ok(key) = rcgen::KeyPair::from_pem(key_pem) else {
+        return false;
+    };
+    let Some(der) = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .next()
+        .and_then(|c| c.ok())
+    else {
+        return false;
+    };
+    match x509_parser::parse_x509_certificate(der.as_ref()) {
+        Ok((_, cert)) => cert.tbs_certificate.subject_pki.raw == key.public_key_der().as_slice(),
+        Err(_) => false,
+    }
+}
+
+fn cert_common_name(cert_pem: &str) -> Option<String> {
+    let der = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .next()?
+        .ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    Some(cn)
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -461,6 +599,7 @@ pub async fn join(opts: JoinOptions) -> Result<Identity> {
         ca_pem: answer.ca_certificate,
         cert_expires_at: answer.certificate_expires_at,
         joined_at,
+        renewed_at: None,
         data_dir: opts.data_dir.clone(),
     };
     write_identity(&identity)?;
@@ -491,6 +630,7 @@ fn write_identity(id: &Identity) -> Result<()> {
         mqtt_url: id.mqtt_url.clone(),
         certificate_expires_at: id.cert_expires_at.clone(),
         joined_at: id.joined_at.clone(),
+        renewed_at: id.renewed_at.clone(),
     };
     let mut json = serde_json::to_vec_pretty(&file).map_err(json_err("identity.json"))?;
     json.push(b'\n');
@@ -739,6 +879,7 @@ mod tests {
             ca_pem: ca.pem(),
             cert_expires_at: "2030-01-01T00:00:00Z".into(),
             joined_at: "2025-01-01T00:00:00Z".into(),
+            renewed_at: None,
             data_dir: dir.path().join("d"),
         };
         write_identity(&id).unwrap();
@@ -768,5 +909,126 @@ mod tests {
                 & 0o777,
             0o700
         );
+    }
+
+    /// A CA and an identity for `name` signed by it, written to a temp dir.
+    fn signed_identity(
+        name: &str,
+    ) -> (
+        tempfile::TempDir,
+        rcgen::Certificate,
+        rcgen::KeyPair,
+        Identity,
+    ) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let node_key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let node = p.signed_by(&node_key, &ca, &ca_key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity {
+            name: name.into(),
+            cloud: "https://127.0.0.1:1".into(),
+            mqtt_url: None,
+            cert_pem: node.pem(),
+            key_pem: node_key.serialize_pem(),
+            ca_pem: ca.pem(),
+            cert_expires_at: "2030-01-01T00:00:00Z".into(),
+            joined_at: "2024-01-01T00:00:00Z".into(),
+            renewed_at: None,
+            data_dir: dir.path().join("d"),
+        };
+        write_identity(&id).unwrap();
+        (dir, ca, ca_key, id)
+    }
+
+    fn sign_csr(csr: &str, ca: &rcgen::Certificate, ca_key: &rcgen::KeyPair) -> String {
+        rcgen::CertificateSigningRequestParams::from_pem(csr)
+            .unwrap()
+            .signed_by(ca, ca_key)
+            .unwrap()
+            .pem()
+    }
+
+    #[test]
+    fn renewal_is_due_two_thirds_in() {
+        let (_d, _, _, mut id) = signed_identity("edge-1");
+        id.joined_at = "2030-01-01T00:00:00Z".into();
+        id.cert_expires_at = "2030-01-31T00:00:00Z".into();
+        assert_eq!(
+            id.renew_at().unwrap().format(&Rfc3339).unwrap(),
+            "2030-01-21T00:00:00Z"
+        );
+        id.renewed_at = Some("2030-01-21T00:00:00Z".into());
+        id.cert_expires_at = "2030-02-20T00:00:00Z".into();
+        assert_eq!(
+            id.renew_at().unwrap().format(&Rfc3339).unwrap(),
+            "2030-02-10T00:00:00Z"
+        );
+        id.cert_expires_at = "garbage".into();
+        assert!(id.renew_at().is_none());
+    }
+
+    #[test]
+    fn renewed_certificate_is_checked_installed_and_survives_an_interrupted_write() {
+        let (_d, ca, ca_key, id) = signed_identity("edge-1");
+        let (key, csr) = id.new_key_and_csr().unwrap();
+        let cert = sign_csr(&csr, &ca, &ca_key);
+
+        // Not for the key we asked with: refused, nothing written.
+        let (other_key, _) = id.new_key_and_csr().unwrap();
+        let e = id
+            .install_renewed(&other_key, &cert, 1_900_000_000_000)
+            .unwrap_err();
+        assert!(e.to_string().contains("not for the key"), "{e}");
+        // For another node's name: refused.
+        let mut other = id.clone();
+        other.name = "edge-2".into();
+        let (k2, csr2) = other.new_key_and_csr().unwrap();
+        let e = id
+            .install_renewed(&k2, &sign_csr(&csr2, &ca, &ca_key), 1_900_000_000_000)
+            .unwrap_err();
+        assert!(e.to_string().contains("edge-1"), "{e}");
+        assert_eq!(Identity::load(&id.data_dir).unwrap().cert_pem, id.cert_pem);
+
+        let next = id.install_renewed(&key, &cert, 1_900_000_000_000).unwrap();
+        let loaded = Identity::load(&id.data_dir).unwrap();
+        assert_eq!(loaded.cert_pem, cert);
+        assert_eq!(loaded.key_pem, key);
+        assert!(loaded.renewed_at.is_some());
+        assert_eq!(loaded.cert_expires_at, next.cert_expires_at);
+        assert!(loaded.tls_client_config().is_ok());
+
+        // A crash between the key and the certificate write: the new key with the
+        // old certificate. Load falls back to the previous (still valid) pair.
+        let (newer_key, _) = loaded.new_key_and_csr().unwrap();
+        fsutil::write_atomic(
+            &id.data_dir.join(files::KEY),
+            newer_key.as_bytes(),
+            fsutil::PRIVATE_MODE,
+        )
+        .unwrap();
+        fsutil::write_atomic(
+            &id.data_dir.join(files::PREV_KEY),
+            key.as_bytes(),
+            fsutil::PRIVATE_MODE,
+        )
+        .unwrap();
+        fsutil::write_atomic(
+            &id.data_dir.join(files::PREV_CERT),
+            cert.as_bytes(),
+            fsutil::PUBLIC_MODE,
+        )
+        .unwrap();
+        let recovered = Identity::load(&id.data_dir).unwrap();
+        assert_eq!(recovered.key_pem, key);
+        assert_eq!(recovered.cert_pem, cert);
+        // No matching pair at all: a clear error.
+        std::fs::remove_file(id.data_dir.join(files::PREV_KEY)).unwrap();
+        let e = Identity::load(&id.data_dir).unwrap_err().to_string();
+        assert!(e.contains("does not match"), "{e}");
     }
 }

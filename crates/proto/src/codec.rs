@@ -71,6 +71,8 @@ pub fn encode(msg: &Message) -> Vec<u8> {
         Message::Task(m) => envelope(kind, m),
         Message::TaskResult(m) => envelope(kind, m),
         Message::LogBatch(m) => envelope(kind, m),
+        Message::CertRequest(m) => envelope(kind, m),
+        Message::CertIssued(m) => envelope(kind, m),
     };
     // Not input-dependent: an invariant of the types (see above).
     result.expect("protocol messages always serialize")
@@ -162,6 +164,8 @@ pub fn decode(channel: Channel, payload: &[u8]) -> Result<Message, ProtoError> {
         Channel::Task => Message::Task(body_as(&body)?),
         Channel::Result => Message::TaskResult(body_as(&body)?),
         Channel::Log => Message::LogBatch(body_as(&body)?),
+        Channel::Renew => Message::CertRequest(body_as(&body)?),
+        Channel::Cert => Message::CertIssued(body_as(&body)?),
     };
     msg.validate()?;
     Ok(msg)

@@ -232,6 +232,50 @@ pub enum LogStream {
     Stderr,
 }
 
+/// Longest PEM in [`CertRequest`] / [`CertIssued`], in bytes.
+pub const MAX_PEM: usize = 8 * 1024;
+
+/// Edge→cloud on `renew`: a CSR (PEM) for the node's next key. The CN must be the
+/// node's name; the cloud signs it only for the node whose certificate authenticated
+/// the session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CertRequest {
+    pub csr_pem: String,
+}
+
+/// Cloud→edge on `cert`: the node's new certificate (PEM) and its expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CertIssued {
+    pub cert_pem: String,
+    pub not_after_ms: i64,
+}
+
+fn pem_field(field: &str, value: &str, label: &str) -> Check {
+    required(field, value, MAX_PEM)?;
+    if !value
+        .trim_start()
+        .starts_with(&format!("-----BEGIN {label}-----"))
+    {
+        return Err(format!("body.{field}: must be a PEM {label}"));
+    }
+    Ok(())
+}
+
+impl CertRequest {
+    fn validate(&self) -> Check {
+        pem_field("csrPem", &self.csr_pem, "CERTIFICATE REQUEST")
+    }
+}
+
+impl CertIssued {
+    fn validate(&self) -> Check {
+        pem_field("certPem", &self.cert_pem, "CERTIFICATE")?;
+        not_negative("notAfterMs", self.not_after_ms)
+    }
+}
+
 /// Any protocol message. Each variant travels on exactly one [`Channel`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
@@ -243,6 +287,8 @@ pub enum Message {
     Task(Task),
     TaskResult(TaskResult),
     LogBatch(LogBatch),
+    CertRequest(CertRequest),
+    CertIssued(CertIssued),
 }
 
 impl Message {
@@ -257,11 +303,13 @@ impl Message {
             Message::Task(_) => Channel::Task,
             Message::TaskResult(_) => Channel::Result,
             Message::LogBatch(_) => Channel::Log,
+            Message::CertRequest(_) => Channel::Renew,
+            Message::CertIssued(_) => Channel::Cert,
         }
     }
 
     /// The envelope `type`: `hello`, `heartbeat`, `nodeStatus`, `desired`, `ack`, `task`,
-    /// `taskResult`, `logBatch`.
+    /// `taskResult`, `logBatch`, `certRequest`, `certIssued`.
     pub fn type_name(&self) -> &'static str {
         self.channel().message_type()
     }
@@ -278,6 +326,8 @@ impl Message {
             Message::Task(m) => m.validate(),
             Message::TaskResult(m) => m.validate(),
             Message::LogBatch(m) => m.validate(),
+            Message::CertRequest(m) => m.validate(),
+            Message::CertIssued(m) => m.validate(),
         }
         .map_err(ProtoError::Invalid)
     }

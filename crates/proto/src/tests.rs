@@ -991,3 +991,54 @@ proptest! {
         prop_assert!(matches!(decode(Channel::Ack, &encode(&msg)), Err(ProtoError::Invalid(_))));
     }
 }
+
+#[test]
+fn cert_messages_need_pem_of_the_right_kind() {
+    let ok = Message::CertRequest(CertRequest {
+        csr_pem: "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"
+            .into(),
+    });
+    let bytes = encode_checked(&ok).unwrap();
+    assert_eq!(decode(Channel::Renew, &bytes).unwrap(), ok);
+    for (msg, field) in [
+        (
+            Message::CertRequest(CertRequest {
+                csr_pem: String::new(),
+            }),
+            "body.csrPem",
+        ),
+        (
+            Message::CertRequest(CertRequest {
+                csr_pem: "-----BEGIN CERTIFICATE-----\n".into(),
+            }),
+            "body.csrPem",
+        ),
+        (
+            Message::CertRequest(CertRequest {
+                csr_pem: format!("-----BEGIN CERTIFICATE REQUEST-----{}", "A".repeat(9000)),
+            }),
+            "body.csrPem",
+        ),
+        (
+            Message::CertIssued(CertIssued {
+                cert_pem: "-----BEGIN CERTIFICATE-----\n".into(),
+                not_after_ms: -1,
+            }),
+            "body.notAfterMs",
+        ),
+    ] {
+        let err = encode_checked(&msg).unwrap_err().to_string();
+        assert!(err.contains(field), "{err}");
+        // The receiver refuses it too.
+        assert!(decode(msg.channel(), &encode(&msg)).is_err());
+    }
+    // A cert on the renew channel is the wrong type.
+    let issued = Message::CertIssued(CertIssued {
+        cert_pem: "-----BEGIN CERTIFICATE-----\n".into(),
+        not_after_ms: 1,
+    });
+    assert!(matches!(
+        decode(Channel::Renew, &encode(&issued)),
+        Err(ProtoError::WrongChannel { .. })
+    ));
+}

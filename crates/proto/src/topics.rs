@@ -13,7 +13,7 @@
 //! - publish only to its own edge→cloud topics, exactly (no wildcards: MQTT forbids
 //!   them in topic names and [`parse_topic`] rejects them);
 //! - subscribe only to exactly its own cloud→edge topics
-//!   (`verge/v1/node/{node}/desired` and `verge/v1/node/{node}/task`). **Any filter
+//!   (`verge/v1/node/{node}/desired`, `…/task` and `…/cert`). **Any filter
 //!   containing `+` or `#` is rejected**, even `verge/v1/node/{node}/+`: a wildcard
 //!   buys the edge nothing (it knows both topics) and would widen what a compromised
 //!   node can observe if the topic tree ever grows.
@@ -44,6 +44,10 @@ pub const MAX_LOG_PAYLOAD: usize = 64 * 1024;
 pub const MAX_RESULT_PAYLOAD: usize = 1024 * 1024;
 /// Largest `task` payload (1 MiB).
 pub const MAX_TASK_PAYLOAD: usize = 1024 * 1024;
+/// Largest `renew` payload (16 KiB: a CSR).
+pub const MAX_RENEW_PAYLOAD: usize = 16 * 1024;
+/// Largest `cert` payload (16 KiB: a certificate).
+pub const MAX_CERT_PAYLOAD: usize = 16 * 1024;
 /// Largest `desired` payload (4 MiB). The cloud splits larger deltas.
 pub const MAX_DESIRED_PAYLOAD: usize = 4 * 1024 * 1024;
 
@@ -76,35 +80,43 @@ pub enum Channel {
     Result,
     /// Edge→cloud: log lines ([`crate::LogBatch`]).
     Log,
+    /// Edge→cloud: a certificate signing request for the node's next key
+    /// ([`crate::CertRequest`]); the session's certificate authenticates it.
+    Renew,
+    /// Cloud→edge: the renewed certificate ([`crate::CertIssued`]).
+    Cert,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 8] = [
+    pub const ALL: [Channel; 10] = [
         Channel::Desired,
         Channel::Task,
+        Channel::Cert,
         Channel::Ack,
         Channel::Hello,
         Channel::Heartbeat,
         Channel::Status,
         Channel::Result,
         Channel::Log,
+        Channel::Renew,
     ];
 
     /// The channels the cloud publishes and nodes subscribe to.
-    pub const CLOUD_TO_EDGE: [Channel; 2] = [Channel::Desired, Channel::Task];
+    pub const CLOUD_TO_EDGE: [Channel; 3] = [Channel::Desired, Channel::Task, Channel::Cert];
 
     /// The channels nodes publish and the cloud subscribes to.
-    pub const EDGE_TO_CLOUD: [Channel; 6] = [
+    pub const EDGE_TO_CLOUD: [Channel; 7] = [
         Channel::Ack,
         Channel::Hello,
         Channel::Heartbeat,
         Channel::Status,
         Channel::Result,
         Channel::Log,
+        Channel::Renew,
     ];
 
-    /// The topic level: `desired`, `task`, `ack`, `hello`, `heartbeat`, `status`,
-    /// `result`, `log`.
+    /// The topic level: `desired`, `task`, `cert`, `ack`, `hello`, `heartbeat`,
+    /// `status`, `result`, `log`, `renew`.
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Desired => "desired",
@@ -115,6 +127,8 @@ impl Channel {
             Channel::Status => "status",
             Channel::Result => "result",
             Channel::Log => "log",
+            Channel::Renew => "renew",
+            Channel::Cert => "cert",
         }
     }
 
@@ -125,13 +139,14 @@ impl Channel {
 
     pub fn direction(self) -> Direction {
         match self {
-            Channel::Desired | Channel::Task => Direction::CloudToEdge,
+            Channel::Desired | Channel::Task | Channel::Cert => Direction::CloudToEdge,
             Channel::Ack
             | Channel::Hello
             | Channel::Heartbeat
             | Channel::Status
             | Channel::Result
-            | Channel::Log => Direction::EdgeToCloud,
+            | Channel::Log
+            | Channel::Renew => Direction::EdgeToCloud,
         }
     }
 
@@ -146,6 +161,8 @@ impl Channel {
             Channel::Status => MAX_STATUS_PAYLOAD,
             Channel::Result => MAX_RESULT_PAYLOAD,
             Channel::Log => MAX_LOG_PAYLOAD,
+            Channel::Renew => MAX_RENEW_PAYLOAD,
+            Channel::Cert => MAX_CERT_PAYLOAD,
         }
     }
 
@@ -160,6 +177,8 @@ impl Channel {
             Channel::Status => "nodeStatus",
             Channel::Result => "taskResult",
             Channel::Log => "logBatch",
+            Channel::Renew => "certRequest",
+            Channel::Cert => "certIssued",
         }
     }
 }
@@ -242,7 +261,7 @@ pub fn node_may_publish(node: &str, topic: &str) -> bool {
 }
 
 /// Whether `node` may subscribe to `filter`: only exactly
-/// `verge/v1/node/{node}/desired` or `verge/v1/node/{node}/task`. Every filter with a
+/// its own cloud→edge topics (`desired`, `task`, `cert`). Every filter with a
 /// wildcard (`+`, `#`) is rejected, as are shared subscriptions (`$share/...`).
 pub fn node_may_subscribe(node: &str, filter: &str) -> bool {
     !filter.contains(['+', '#'])
@@ -444,6 +463,7 @@ mod tests {
                 "verge/v1/node/+/status",
                 "verge/v1/node/+/result",
                 "verge/v1/node/+/log",
+                "verge/v1/node/+/renew",
             ]
         );
         for f in cloud_subscriptions() {
@@ -451,7 +471,11 @@ mod tests {
         }
         assert_eq!(
             edge_subscriptions("edge-1"),
-            ["verge/v1/node/edge-1/desired", "verge/v1/node/edge-1/task"]
+            [
+                "verge/v1/node/edge-1/desired",
+                "verge/v1/node/edge-1/task",
+                "verge/v1/node/edge-1/cert"
+            ]
         );
         for f in edge_subscriptions("edge-1") {
             assert!(node_may_subscribe("edge-1", &f), "{f}");
@@ -552,12 +576,14 @@ mod tests {
             [
                 "pattern read verge/v1/node/%u/desired",
                 "pattern read verge/v1/node/%u/task",
+                "pattern read verge/v1/node/%u/cert",
                 "pattern write verge/v1/node/%u/ack",
                 "pattern write verge/v1/node/%u/hello",
                 "pattern write verge/v1/node/%u/heartbeat",
                 "pattern write verge/v1/node/%u/status",
                 "pattern write verge/v1/node/%u/result",
                 "pattern write verge/v1/node/%u/log",
+                "pattern write verge/v1/node/%u/renew",
                 "user verge:cloud",
                 "topic read verge/v1/node/+/ack",
                 "topic read verge/v1/node/+/hello",
@@ -565,8 +591,10 @@ mod tests {
                 "topic read verge/v1/node/+/status",
                 "topic read verge/v1/node/+/result",
                 "topic read verge/v1/node/+/log",
+                "topic read verge/v1/node/+/renew",
                 "topic write verge/v1/node/+/desired",
                 "topic write verge/v1/node/+/task",
+                "topic write verge/v1/node/+/cert",
             ]
         );
         // No rights for anonymous clients: nothing before the first `user` line but

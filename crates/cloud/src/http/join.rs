@@ -31,6 +31,9 @@ pub const MAX_JOIN_BODY: usize = 16 * 1024;
 /// Annotation holding the serial of the node's current certificate.
 pub const CERT_SERIAL_ANNOTATION: &str = "verge.dev/cert-serial";
 pub const CERT_EXPIRES_ANNOTATION: &str = "verge.dev/cert-not-after";
+/// The serial the node's certificate had before its last rotation (still valid until
+/// it expires, so it is revoked with the node too).
+pub const PREVIOUS_CERT_SERIAL_ANNOTATION: &str = "verge.dev/previous-cert-serial";
 /// Store prefix of revoked certificate serials.
 pub const REVOKED_PREFIX: &str = "/system/revoked-certs/";
 
@@ -235,25 +238,33 @@ pub async fn join(
     ))
 }
 
-/// Records a deleted node's certificate serial as revoked.
+/// The serials of a node's certificates that may still be valid: the current one and
+/// the one before the last rotation.
+pub fn node_serials(node: &Object) -> Vec<String> {
+    [CERT_SERIAL_ANNOTATION, PREVIOUS_CERT_SERIAL_ANNOTATION]
+        .iter()
+        .filter_map(|a| node.metadata.annotations.get(*a).cloned())
+        .collect()
+}
+
+/// Records a deleted node's certificate serials as revoked.
 pub async fn revoke_node_cert(st: &SharedState, node: &Object) -> Result<(), ApiError> {
-    let Some(serial) = node.metadata.annotations.get(CERT_SERIAL_ANNOTATION) else {
-        return Ok(());
-    };
-    let rec = serde_json::json!({"node": node.metadata.name, "serial": serial, "revokedAt": now_rfc3339()});
-    match st
-        .store
-        .create(
-            &format!("{REVOKED_PREFIX}{serial}"),
-            serde_json::to_vec(&rec).map_err(ApiError::internal)?.into(),
-            Default::default(),
-        )
-        .await
-    {
-        Ok(_) | Err(verge_store::Error::AlreadyExists { .. }) => {
-            tracing::info!(node = %node.metadata.name, %serial, "node certificate revoked");
-            Ok(())
+    for serial in node_serials(node) {
+        let rec = serde_json::json!({"node": node.metadata.name, "serial": serial, "revokedAt": now_rfc3339()});
+        match st
+            .store
+            .create(
+                &format!("{REVOKED_PREFIX}{serial}"),
+                serde_json::to_vec(&rec).map_err(ApiError::internal)?.into(),
+                Default::default(),
+            )
+            .await
+        {
+            Ok(_) | Err(verge_store::Error::AlreadyExists { .. }) => {
+                tracing::info!(node = %node.metadata.name, %serial, "node certificate revoked");
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => Err(e.into()),
     }
+    Ok(())
 }

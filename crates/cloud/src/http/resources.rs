@@ -426,13 +426,10 @@ pub async fn delete(
     if kind == Kind::Node {
         // A deleted node's certificate is refused from now on, and its session closed.
         super::join::revoke_node_cert(&st, &obj).await?;
-        if let (Some(gw), Some(serial)) = (
-            &st.gateway,
-            obj.metadata
-                .annotations
-                .get(super::join::CERT_SERIAL_ANNOTATION),
-        ) {
-            gw.revoke_serial(serial);
+        if let Some(gw) = &st.gateway {
+            for serial in super::join::node_serials(&obj) {
+                gw.revoke_serial(&serial);
+            }
         }
         if let Some(nodes) = &st.nodes {
             nodes.forget(&name);

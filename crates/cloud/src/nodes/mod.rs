@@ -68,7 +68,19 @@ pub struct NodeManager {
     pub sync: Arc<sync::Sync>,
     pub results: results::Results,
     gateway: OnceLock<DynDownlink>,
+    issuer: OnceLock<Issuer>,
+    /// Last certificate renewal per node (at most one per [`RENEW_MIN_INTERVAL`]).
+    renewed: Mutex<HashMap<String, Instant>>,
 }
+
+/// What signs renewed node certificates.
+struct Issuer {
+    ca: Arc<crate::pki::ClusterCa>,
+    validity: time::Duration,
+}
+
+/// A node may renew its certificate at most this often.
+pub const RENEW_MIN_INTERVAL: Duration = Duration::from_secs(10);
 
 fn now_rfc3339() -> String {
     OffsetDateTime::now_utc()
@@ -83,11 +95,92 @@ impl NodeManager {
         Arc::new(Self {
             sync: Arc::new(sync::Sync::new(store.clone())),
             results: results::Results::new(store.clone()),
+            issuer: OnceLock::new(),
+            renewed: Mutex::new(HashMap::new()),
             store,
             cfg,
             runtime: Mutex::new(HashMap::new()),
             gateway: OnceLock::new(),
         })
+    }
+
+    /// Enables certificate renewal over the node channel.
+    pub fn set_issuer(&self, ca: Arc<crate::pki::ClusterCa>, validity: time::Duration) {
+        let _ = self.issuer.set(Issuer { ca, validity });
+    }
+
+    /// Signs a node's CSR for its next key (the session's certificate authenticated
+    /// the node), records the new serial (keeping the previous one, revoked with the
+    /// node) and sends the certificate back. Refused, with a warning, for unknown nodes,
+    /// a CSR naming another node, or more than one renewal per
+    /// [`RENEW_MIN_INTERVAL`].
+    async fn renew(&self, node: &str, req: &verge_proto::CertRequest) -> Handled {
+        use crate::http::join::{
+            CERT_EXPIRES_ANNOTATION, CERT_SERIAL_ANNOTATION, PREVIOUS_CERT_SERIAL_ANNOTATION,
+        };
+        let Some(issuer) = self.issuer.get() else {
+            tracing::warn!(%node, "certificate renewal is not enabled; request dropped");
+            return Handled::Done;
+        };
+        {
+            let mut last = self.renewed.lock().unwrap_or_else(|e| e.into_inner());
+            if last
+                .get(node)
+                .is_some_and(|t| t.elapsed() < RENEW_MIN_INTERVAL)
+            {
+                tracing::warn!(%node, "certificate renewal requested again too soon; dropped");
+                return Handled::Done;
+            }
+            last.insert(node.to_string(), Instant::now());
+        }
+        let cert = match issuer.ca.sign_node_csr(&req.csr_pem, node, issuer.validity) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%node, error = %e, "certificate renewal refused");
+                return Handled::Done;
+            }
+        };
+        let expires = cert.not_after.format(&Rfc3339).unwrap_or_default();
+        let key = object_key(Kind::Node, node);
+        let serial = cert.serial.clone();
+        let r = modify(&self.store, Kind::Node, &key, node, None, |cur| {
+            let mut next = cur.clone();
+            let ann = &mut next.metadata.annotations;
+            if let Some(old) = ann.get(CERT_SERIAL_ANNOTATION).cloned() {
+                ann.insert(PREVIOUS_CERT_SERIAL_ANNOTATION.into(), old);
+            }
+            ann.insert(CERT_SERIAL_ANNOTATION.into(), serial.clone());
+            ann.insert(CERT_EXPIRES_ANNOTATION.into(), expires.clone());
+            Ok(next)
+        })
+        .await;
+        match r {
+            Ok(_) => {}
+            Err(e) if e.reason == verge_api::Reason::NotFound => {
+                tracing::warn!(%node, "certificate renewal for a node that does not exist; refused");
+                return Handled::Done;
+            }
+            Err(e) => {
+                tracing::warn!(%node, error = %e.message, "could not record the renewed certificate");
+                if let Ok(mut last) = self.renewed.lock() {
+                    last.remove(node);
+                }
+                return Handled::Retry;
+            }
+        }
+        let msg = Message::CertIssued(verge_proto::CertIssued {
+            cert_pem: cert.cert_pem,
+            not_after_ms: (cert.not_after.unix_timestamp_nanos() / 1_000_000) as i64,
+        });
+        let sent = self.gateway.get().is_some_and(|gw| {
+            gw.send(
+                node,
+                verge_proto::Channel::Cert,
+                bytes::Bytes::from(verge_proto::encode(&msg)),
+            )
+        });
+        tracing::info!(%node, serial = %cert.serial, sent, "node certificate renewed");
+        Handled::Done
     }
 
     pub fn set_gateway(&self, gw: DynDownlink) {
@@ -328,6 +421,7 @@ impl Inbound for NodeManager {
                 }
             }
             Message::NodeStatus(s) => self.on_status(node, &s).await,
+            Message::CertRequest(req) => return self.renew(node, &req).await,
             Message::TaskResult(r) => match self.results.record(node, &r).await {
                 Ok(results::Recorded::New) => {}
                 Ok(results::Recorded::Duplicate) => {
