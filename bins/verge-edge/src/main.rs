@@ -30,7 +30,8 @@ enum Command {
         what: GetWhat,
     },
     /// Hand a task result to the running node; it reaches the cloud once, in order,
-    /// through the store-and-forward queue (also if the cloud is down right now).
+    /// through the store-and-forward queue (also if the cloud is down right now) —
+    /// unless the queue's byte bound or TTL drops it first (counted in `get status`).
     Result(ResultArgs),
 }
 

@@ -114,7 +114,8 @@ pub fn generate(opts: &MosquittoOptions) -> Result<String> {
          persistence_location {data}/\n\
          autosave_interval 10\n\
          max_queued_messages 100000\n\
-         max_inflight_messages 100\n",
+         # The cloud acks after handling (and paces busy nodes): a wide window for it.\n\
+         max_inflight_messages 1000\n",
         port = opts.listen.port(),
         ca = p("ca.crt"),
         crt = p("broker.crt"),

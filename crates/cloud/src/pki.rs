@@ -159,8 +159,10 @@ impl ClusterCa {
         Ok(Arc::new(cfg))
     }
 
-    /// A CRL (PEM) listing these certificate serials (hex), valid 30 days, numbered
-    /// by the current time so a newer CRL always has a larger number.
+    /// A CRL (PEM) listing these certificate serials (hex), numbered by the current
+    /// time so a newer CRL always has a larger number. Its `nextUpdate` is ten years
+    /// out: Mosquitto rejects every client once a loaded CRL is past it, and it only
+    /// rereads the file at start.
     pub fn crl_pem(&self, serials: &[String]) -> Result<String> {
         let now = time::OffsetDateTime::now_utc();
         let revoked = serials
@@ -179,7 +181,7 @@ impl ClusterCa {
         let number = (now.unix_timestamp_nanos() / 1_000_000) as u64;
         let params = rcgen::CertificateRevocationListParams {
             this_update: now - time::Duration::minutes(5),
-            next_update: now + time::Duration::days(30),
+            next_update: now + time::Duration::days(3650),
             crl_number: rcgen::SerialNumber::from_slice(&number.to_be_bytes()),
             issuing_distribution_point: None,
             revoked_certs: revoked,

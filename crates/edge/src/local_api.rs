@@ -1,4 +1,4 @@
-//! The node's local API: read-only HTTP/1.1 on the unix socket `DATA_DIR/edge.sock`
+//! The node's local API: HTTP/1.1 on the unix socket `DATA_DIR/edge.sock`
 //! (mode 0600, in the 0700 data dir: only the node's own user can reach it), served
 //! with hyper directly (no framework), plus the client ([`get`]) the CLI uses.
 //!

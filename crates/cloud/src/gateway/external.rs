@@ -37,6 +37,11 @@ use super::{Downlink, GatewayConfig, GatewayMetrics, Handled, Inbound};
 use crate::error::{Error, Result};
 use crate::pki::ClusterCa;
 
+/// Per-node workers. Sends happen with the map locked, and a worker leaves only with
+/// the map locked and its queue empty, so a node never has two workers at once (its
+/// messages stay in order).
+type Workers = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Publish>>>>;
+
 /// MQTT client id of the cloud (one cloud per broker).
 pub const CLOUD_CLIENT_ID: &str = "verge-cloud";
 /// A node's worker ends after this long without messages.
@@ -127,7 +132,7 @@ impl ExternalBroker {
         config: GatewayConfig,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let workers: Arc<Mutex<HashMap<String, mpsc::Sender<Publish>>>> = Arc::default();
+        let workers: Workers = Arc::default();
         let mut failures: u32 = 0;
         loop {
             let ev = tokio::select! {
@@ -159,8 +164,7 @@ impl ExternalBroker {
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    self.on_publish(p, &workers, &inbound, &metrics, &config)
-                        .await;
+                    self.on_publish(p, &workers, &inbound, &metrics, &config);
                 }
                 Ok(Event::Incoming(Packet::SubAck(s))) => {
                     if s.return_codes
@@ -187,17 +191,17 @@ impl ExternalBroker {
         }
     }
 
-    async fn on_publish(
+    fn on_publish(
         &self,
         p: Publish,
-        workers: &Arc<Mutex<HashMap<String, mpsc::Sender<Publish>>>>,
+        workers: &Workers,
         inbound: &Arc<dyn Inbound>,
         metrics: &GatewayMetrics,
         config: &GatewayConfig,
     ) {
         let Ok((node, channel)) = verge_proto::parse_topic(&p.topic) else {
             metrics.drop("topic");
-            let _ = self.client.ack(&p).await;
+            let _ = self.client.try_ack(&p);
             return;
         };
         if channel == Channel::Heartbeat {
@@ -219,7 +223,7 @@ impl ExternalBroker {
                 Ok(_) => metrics.drop("malformed"),
                 Err(e) => metrics.drop(super::session::decode_reason(&e)),
             }
-            let _ = self.client.ack(&p).await;
+            let _ = self.client.try_ack(&p);
             return;
         }
         if channel == Channel::Hello
@@ -229,40 +233,28 @@ impl ExternalBroker {
             // does not trigger a needless resync.
             g.insert(node.clone());
         }
-        // Per-node worker: in order, rate-limited, acked after handling. A worker
-        // that has gone idle is replaced.
-        let mut p = Some(p);
-        for _ in 0..2 {
-            let tx = {
-                let mut w = workers.lock().unwrap_or_else(|e| e.into_inner());
-                w.entry(node.clone())
-                    .or_insert_with(|| {
-                        let (tx, rx) = mpsc::channel(config.ingest_queue.max(1));
-                        tokio::spawn(worker(
-                            node.clone(),
-                            rx,
-                            self.client.clone(),
-                            inbound.clone(),
-                            metrics.clone(),
-                            config.ingest_rate,
-                            workers.clone(),
-                        ));
-                        tx
-                    })
-                    .clone()
-            };
-            let Some(msg) = p.take() else { return };
-            match tx.send(msg).await {
-                Ok(()) => return,
-                Err(mpsc::error::SendError(back)) => {
-                    p = Some(back);
-                    if let Ok(mut w) = workers.lock()
-                        && w.get(&node).is_some_and(|t| t.same_channel(&tx))
-                    {
-                        w.remove(&node);
-                    }
-                }
-            }
+        // Per-node worker: in order, rate-limited, acked after handling. Never awaited
+        // here: the poll loop must keep running (heartbeats, pings, acks of all other
+        // nodes). The queue is bounded by the broker's in-flight window for the cloud.
+        let mut w = workers.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = w.entry(node.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(worker(
+                node.clone(),
+                rx,
+                self.client.clone(),
+                inbound.clone(),
+                metrics.clone(),
+                config.ingest_rate,
+                workers.clone(),
+            ));
+            tx
+        });
+        if tx.send(p).is_err() {
+            // Cannot happen while the entry exists (the worker removes it before it
+            // drops the receiver); the broker redelivers unacked messages anyway.
+            metrics.drop("worker-gone");
+            w.remove(&node);
         }
     }
 }
@@ -284,12 +276,12 @@ pub fn retry_wait(failures: u32) -> Duration {
 
 async fn worker(
     node: String,
-    mut rx: mpsc::Receiver<Publish>,
+    mut rx: mpsc::UnboundedReceiver<Publish>,
     client: AsyncClient,
     inbound: Arc<dyn Inbound>,
     metrics: GatewayMetrics,
     rate: f64,
-    workers: Arc<Mutex<HashMap<String, mpsc::Sender<Publish>>>>,
+    workers: Workers,
 ) {
     let rate = rate.max(0.1);
     let burst = rate * 4.0;
@@ -300,15 +292,13 @@ async fn worker(
             Ok(Some(p)) => p,
             Ok(None) => return,
             Err(_) => {
-                // Idle: deregister, then drain what raced in.
-                if let Ok(mut w) = workers.lock() {
+                // Idle: leave only if nothing arrived meanwhile (sends hold the lock).
+                let mut w = workers.lock().unwrap_or_else(|e| e.into_inner());
+                if rx.is_empty() {
                     w.remove(&node);
+                    return;
                 }
-                rx.close();
-                match rx.recv().await {
-                    Some(p) => p,
-                    None => return,
-                }
+                continue;
             }
         };
         let now = Instant::now();

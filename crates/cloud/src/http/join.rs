@@ -225,6 +225,7 @@ pub async fn join(
             st.store.create(&key, value.into(), labels).await?;
         }
     }
+    record_node_cert(&st.store, &req.name, &cert.serial, &expires).await?;
     tracing::info!(node = %req.name, token_id = %token.id, serial = %cert.serial, "node joined");
     Ok((
         StatusCode::CREATED,
@@ -238,18 +239,57 @@ pub async fn join(
     ))
 }
 
-/// The serials of a node's certificates that may still be valid: the current one and
-/// the one before the last rotation.
-pub fn node_serials(node: &Object) -> Vec<String> {
-    [CERT_SERIAL_ANNOTATION, PREVIOUS_CERT_SERIAL_ANNOTATION]
-        .iter()
-        .filter_map(|a| node.metadata.annotations.get(*a).cloned())
-        .collect()
+/// Store prefix of every certificate issued to a node (join and each renewal), so
+/// deleting the node revokes all of them, also ones whose delivery was lost.
+pub const NODE_CERTS_PREFIX: &str = "/system/node-certs/";
+
+/// Records a certificate issued to `node`.
+pub async fn record_node_cert(
+    store: &verge_store::DynStore,
+    node: &str,
+    serial: &str,
+    not_after: &str,
+) -> Result<(), ApiError> {
+    let rec = serde_json::json!({"node": node, "serial": serial, "notAfter": not_after});
+    match store
+        .create(
+            &format!("{NODE_CERTS_PREFIX}{node}/{serial}"),
+            serde_json::to_vec(&rec).map_err(ApiError::internal)?.into(),
+            Default::default(),
+        )
+        .await
+    {
+        Ok(_) | Err(verge_store::Error::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
-/// Records a deleted node's certificate serials as revoked.
-pub async fn revoke_node_cert(st: &SharedState, node: &Object) -> Result<(), ApiError> {
-    for serial in node_serials(node) {
+/// The serials of every certificate issued to a node: the recorded ones, and the
+/// annotations (nodes joined before the records existed).
+pub async fn node_serials(
+    store: &verge_store::DynStore,
+    node: &Object,
+) -> Result<Vec<String>, ApiError> {
+    let mut out: Vec<String> = [CERT_SERIAL_ANNOTATION, PREVIOUS_CERT_SERIAL_ANNOTATION]
+        .iter()
+        .filter_map(|a| node.metadata.annotations.get(*a).cloned())
+        .collect();
+    let prefix = format!("{NODE_CERTS_PREFIX}{}/", node.metadata.name);
+    for kv in store.list(&prefix, None).await?.items {
+        if let Some(serial) = kv.key.strip_prefix(&prefix)
+            && !out.iter().any(|s| s == serial)
+        {
+            out.push(serial.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Records a deleted node's certificate serials as revoked (and forgets the issue
+/// records). Returns the serials.
+pub async fn revoke_node_cert(st: &SharedState, node: &Object) -> Result<Vec<String>, ApiError> {
+    let serials = node_serials(&st.store, node).await?;
+    for serial in &serials {
         let rec = serde_json::json!({"node": node.metadata.name, "serial": serial, "revokedAt": now_rfc3339()});
         match st
             .store
@@ -266,5 +306,9 @@ pub async fn revoke_node_cert(st: &SharedState, node: &Object) -> Result<(), Api
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+    let prefix = format!("{NODE_CERTS_PREFIX}{}/", node.metadata.name);
+    for kv in st.store.list(&prefix, None).await?.items {
+        let _ = st.store.delete(&kv.key, verge_store::Expect::Any).await;
+    }
+    Ok(serials)
 }

@@ -425,10 +425,10 @@ pub async fn delete(
     let obj = kv_to_object(&kv)?;
     if kind == Kind::Node {
         // A deleted node's certificate is refused from now on, and its session closed.
-        super::join::revoke_node_cert(&st, &obj).await?;
+        let serials = super::join::revoke_node_cert(&st, &obj).await?;
         if let Some(gw) = &st.gateway {
-            for serial in super::join::node_serials(&obj) {
-                gw.revoke_serial(&serial);
+            for serial in &serials {
+                gw.revoke_serial(serial);
             }
         }
         if let Some(nodes) = &st.nodes {

@@ -143,17 +143,26 @@ impl NodeManager {
         let expires = cert.not_after.format(&Rfc3339).unwrap_or_default();
         let key = object_key(Kind::Node, node);
         let serial = cert.serial.clone();
-        let r = modify(&self.store, Kind::Node, &key, node, None, |cur| {
-            let mut next = cur.clone();
-            let ann = &mut next.metadata.annotations;
-            if let Some(old) = ann.get(CERT_SERIAL_ANNOTATION).cloned() {
-                ann.insert(PREVIOUS_CERT_SERIAL_ANNOTATION.into(), old);
+        // Recorded before anything else, so deleting the node revokes it even if the
+        // rest fails or the answer never reaches the node.
+        let recorded =
+            crate::http::join::record_node_cert(&self.store, node, &serial, &expires).await;
+        let r = match recorded {
+            Err(e) => Err(e),
+            Ok(()) => {
+                modify(&self.store, Kind::Node, &key, node, None, |cur| {
+                    let mut next = cur.clone();
+                    let ann = &mut next.metadata.annotations;
+                    if let Some(old) = ann.get(CERT_SERIAL_ANNOTATION).cloned() {
+                        ann.insert(PREVIOUS_CERT_SERIAL_ANNOTATION.into(), old);
+                    }
+                    ann.insert(CERT_SERIAL_ANNOTATION.into(), serial.clone());
+                    ann.insert(CERT_EXPIRES_ANNOTATION.into(), expires.clone());
+                    Ok(next)
+                })
+                .await
             }
-            ann.insert(CERT_SERIAL_ANNOTATION.into(), serial.clone());
-            ann.insert(CERT_EXPIRES_ANNOTATION.into(), expires.clone());
-            Ok(next)
-        })
-        .await;
+        };
         match r {
             Ok(_) => {}
             Err(e) if e.reason == verge_api::Reason::NotFound => {
@@ -424,6 +433,9 @@ impl Inbound for NodeManager {
             Message::CertRequest(req) => return self.renew(node, &req).await,
             Message::TaskResult(r) => match self.results.record(node, &r).await {
                 Ok(results::Recorded::New) => {}
+                Ok(results::Recorded::UnknownNode) => {
+                    tracing::warn!(%node, seq = r.seq, "result from a node that does not exist; dropped");
+                }
                 Ok(results::Recorded::Duplicate) => {
                     tracing::debug!(%node, seq = r.seq, "duplicate result acknowledged again");
                 }
@@ -449,6 +461,9 @@ impl NodeManager {
     pub fn forget(&self, node: &str) {
         if let Ok(mut rt) = self.runtime.lock() {
             rt.remove(node);
+        }
+        if let Ok(mut r) = self.renewed.lock() {
+            r.remove(node);
         }
         self.sync.forget(node);
         if let Some(gw) = self.gateway.get() {

@@ -63,6 +63,8 @@ pub struct ResultRecord {
 pub enum Recorded {
     New,
     Duplicate,
+    /// No such Node (deleted while the result was in flight).
+    UnknownNode,
 }
 
 /// Records results and prunes old ones.
@@ -82,6 +84,11 @@ impl Results {
     /// Stores `r` once. An `Err` means it was not stored: the caller must not
     /// acknowledge it, so the node sends it again.
     pub async fn record(&self, node: &str, r: &TaskResult) -> Result<Recorded> {
+        let node_key = crate::http::resources::object_key(verge_api::Kind::Node, node);
+        if self.store.get(&node_key).await?.is_none() {
+            // Deleted (or never joined): nothing to attach it to. Acked, not kept.
+            return Ok(Recorded::UnknownNode);
+        }
         let rec = ResultRecord {
             node: node.to_owned(),
             seq: r.seq,
@@ -106,7 +113,9 @@ impl Results {
         }
         let prune = {
             let mut m = self.since_prune.lock().unwrap_or_else(|e| e.into_inner());
-            let n = m.entry(node.to_owned()).or_default();
+            // The first record per node after a start prunes (the counter is not
+            // persisted), so a node reporting rarely is still bounded.
+            let n = m.entry(node.to_owned()).or_insert(PRUNE_EVERY - 1);
             *n += 1;
             if *n >= PRUNE_EVERY {
                 *n = 0;
@@ -189,6 +198,16 @@ mod tests {
                 .await
                 .unwrap(),
         );
+        for n in ["n1", "n10"] {
+            store
+                .create(
+                    &format!("/registry/nodes/{n}"),
+                    "{}".into(),
+                    Default::default(),
+                )
+                .await
+                .unwrap();
+        }
         (dir, Results::new(store))
     }
 
@@ -202,6 +221,12 @@ mod tests {
             Recorded::Duplicate
         );
         assert_eq!(r.record("n10", &result(1)).await.unwrap(), Recorded::New);
+        assert_eq!(
+            r.record("gone", &result(1)).await.unwrap(),
+            Recorded::UnknownNode,
+            "results of deleted nodes are not kept"
+        );
+        assert!(r.list("gone").await.unwrap().is_empty());
         let got = r.list("n1").await.unwrap();
         assert_eq!(got.iter().map(|x| x.seq).collect::<Vec<_>>(), [1, 2]);
         assert!(got[0].received_revision < got[1].received_revision);
@@ -218,7 +243,8 @@ mod tests {
     #[tokio::test]
     async fn old_records_are_pruned_to_the_bound() {
         let (_d, r) = results().await;
-        let n = MAX_RESULTS_PER_NODE as u64 + PRUNE_EVERY;
+        // Prunes run at the 1st record after a start and every PRUNE_EVERY after.
+        let n = MAX_RESULTS_PER_NODE as u64 + PRUNE_EVERY + 1;
         for seq in 1..=n {
             r.record("n1", &result(seq)).await.unwrap();
         }

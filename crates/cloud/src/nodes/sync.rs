@@ -102,16 +102,9 @@ impl Sync {
     /// A node is alive but its hello was missed: acts as if it said it holds what it
     /// last acknowledged. If it holds something else, the delta does not apply there
     /// and the node answers with a real hello (`NeedsResync`), so this self-corrects.
+    /// The caller knows the hello was missed (see `ExternalBroker`), so this does not
+    /// look at the `connected` flag, which an external broker never clears.
     pub async fn implicit_hello(&self, node: &str) {
-        let connected = self
-            .nodes
-            .lock()
-            .ok()
-            .and_then(|n| n.get(node).map(|s| s.connected))
-            .unwrap_or(false);
-        if connected {
-            return;
-        }
         let acked = match self.load_record(node).await {
             Some(r) => r.acked_revision,
             None => 0,
