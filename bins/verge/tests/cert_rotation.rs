@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use serde_json::{Value, json};
+use serde_json::Value;
 use verge_testkit::{Cloud, Edge, eventually, workspace_bin};
 
 const BIN: &str = env!("CARGO_BIN_EXE_verge");
@@ -35,23 +35,10 @@ async fn nodes_renew_their_certificates_before_expiry() -> Result<()> {
         &["--heartbeat-interval", "1s", "--node-cert-validity", "30s"],
     )
     .await?;
-    let tok = cloud
-        .api(
-            reqwest::Method::POST,
-            "/api/v1/tokens",
-            Some(json!({"role": "bootstrap", "uses": 1})),
-        )
-        .await?;
+    let token = cloud.bootstrap_token(1).await?;
     let dirs = tempfile::tempdir()?;
     let dir = dirs.path().join("r");
-    let out = Edge::join(
-        &edge_bin,
-        &cloud,
-        tok["token"].as_str().unwrap(),
-        "node-r",
-        &[],
-        &dir,
-    )?;
+    let out = Edge::join(&edge_bin, &cloud, &token, "node-r", &[], &dir)?;
     assert!(
         out.status.success(),
         "{}",

@@ -10,22 +10,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use verge_testkit::{Cloud, Edge, eventually, workspace_bin};
+use verge_testkit::{Cloud, Edge, eventually, site_config, workspace_bin};
 
 const BIN: &str = env!("CARGO_BIN_EXE_verge");
-
-async fn phase(cloud: &Cloud, node: &str) -> Option<String> {
-    let v = cloud
-        .api(reqwest::Method::GET, &format!("/api/v1/nodes/{node}"), None)
-        .await
-        .ok()?;
-    v["status"]["phase"].as_str().map(str::to_string)
-}
-
-fn config(name: &str, site: &str, value: &str) -> Value {
-    json!({"apiVersion": "verge.dev/v1", "kind": "Config", "metadata": {"name": name},
-        "spec": {"data": {"origin": value}, "placement": {"nodeSelector": {"site": site}}}})
-}
 
 fn local_origin(edge: &Edge, name: &str) -> Option<String> {
     let v = edge.get(&["configs", name])?;
@@ -40,14 +27,7 @@ async fn join_ready_sync_offline_and_reconnect() -> Result<()> {
         &["--heartbeat-interval", "1s", "--heartbeat-misses", "3"],
     )
     .await?;
-    let tok = cloud
-        .api(
-            reqwest::Method::POST,
-            "/api/v1/tokens",
-            Some(json!({"role": "bootstrap", "uses": 2})),
-        )
-        .await?;
-    let token = tok["token"].as_str().unwrap().to_string();
+    let token = cloud.bootstrap_token(2).await?;
 
     let dirs = tempfile::tempdir()?;
     let (da, db) = (dirs.path().join("a"), dirs.path().join("b"));
@@ -69,7 +49,7 @@ async fn join_ready_sync_offline_and_reconnect() -> Result<()> {
     let _b = Edge::start(&edge_bin, &db, &args)?;
     for n in ["node-a", "node-b"] {
         eventually(Duration::from_secs(30), "node Ready", async || {
-            (phase(&cloud, n).await.as_deref() == Some("Ready")).then_some(())
+            (cloud.node_phase(n).await.as_deref() == Some("Ready")).then_some(())
         })
         .await?;
     }
@@ -113,7 +93,7 @@ async fn join_ready_sync_offline_and_reconnect() -> Result<()> {
         .api(
             reqwest::Method::POST,
             "/api/v1/configs",
-            Some(config("cdn", "a", "https://o1.example")),
+            Some(site_config("cdn", "a", "https://o1.example")),
         )
         .await?;
     eventually(Duration::from_secs(20), "config on node-a", async || {
@@ -135,12 +115,12 @@ async fn join_ready_sync_offline_and_reconnect() -> Result<()> {
     // kill -9 the edge: NotReady after the misses; back: Ready.
     a.kill9()?;
     eventually(Duration::from_secs(30), "NotReady", async || {
-        (phase(&cloud, "node-a").await.as_deref() == Some("NotReady")).then_some(())
+        (cloud.node_phase("node-a").await.as_deref() == Some("NotReady")).then_some(())
     })
     .await?;
     a.restart()?;
     eventually(Duration::from_secs(30), "Ready again", async || {
-        (phase(&cloud, "node-a").await.as_deref() == Some("Ready")).then_some(())
+        (cloud.node_phase("node-a").await.as_deref() == Some("Ready")).then_some(())
     })
     .await?;
 

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
-use verge_testkit::{Cloud, Edge, eventually, workspace_bin};
+use serde_json::json;
+use verge_testkit::{Cloud, Edge, eventually, site_config, workspace_bin};
 
 const BIN: &str = env!("CARGO_BIN_EXE_verge");
 
@@ -116,19 +116,6 @@ fn text(o: &Output) -> String {
     )
 }
 
-async fn phase(cloud: &Cloud, node: &str) -> Option<String> {
-    let v = cloud
-        .api(reqwest::Method::GET, &format!("/api/v1/nodes/{node}"), None)
-        .await
-        .ok()?;
-    v["status"]["phase"].as_str().map(str::to_string)
-}
-
-fn config(name: &str, site: &str, value: &str) -> Value {
-    json!({"apiVersion": "verge.dev/v1", "kind": "Config", "metadata": {"name": name},
-        "spec": {"data": {"origin": value}, "placement": {"nodeSelector": {"site": site}}}})
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_work_through_an_external_mosquitto() -> Result<()> {
     let edge_bin = workspace_bin("verge-edge-cli", "verge-edge")?;
@@ -157,14 +144,7 @@ async fn nodes_work_through_an_external_mosquitto() -> Result<()> {
     assert_eq!(std::fs::read_to_string(&conf)?, conf_text);
     let mut broker = Broker::start(&conf, port)?;
 
-    let tok = cloud
-        .api(
-            reqwest::Method::POST,
-            "/api/v1/tokens",
-            Some(json!({"role": "bootstrap", "uses": 2})),
-        )
-        .await?;
-    let token = tok["token"].as_str().unwrap().to_string();
+    let token = cloud.bootstrap_token(2).await?;
     let dirs = tempfile::tempdir()?;
     let (da, db) = (dirs.path().join("a"), dirs.path().join("b"));
     for (name, dir, label) in [("node-a", &da, "site=a"), ("node-b", &db, "site=b")] {
@@ -176,7 +156,7 @@ async fn nodes_work_through_an_external_mosquitto() -> Result<()> {
     let mut b = Edge::start(&edge_bin, &db, &args)?;
     for n in ["node-a", "node-b"] {
         eventually(Duration::from_secs(30), "node Ready", async || {
-            (phase(&cloud, n).await.as_deref() == Some("Ready")).then_some(())
+            (cloud.node_phase(n).await.as_deref() == Some("Ready")).then_some(())
         })
         .await?;
     }
@@ -201,7 +181,7 @@ async fn nodes_work_through_an_external_mosquitto() -> Result<()> {
         .api(
             reqwest::Method::POST,
             "/api/v1/configs",
-            Some(config("cdn", "a", "https://o1.example")),
+            Some(site_config("cdn", "a", "https://o1.example")),
         )
         .await?;
     eventually(Duration::from_secs(20), "config on node-a", async || {
@@ -275,6 +255,6 @@ async fn nodes_work_through_an_external_mosquitto() -> Result<()> {
         },
     )
     .await?;
-    assert_eq!(phase(&cloud, "node-a").await.as_deref(), Some("Ready"));
+    assert_eq!(cloud.node_phase("node-a").await.as_deref(), Some("Ready"));
     Ok(())
 }

@@ -11,7 +11,6 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::Result;
-use serde_json::json;
 use verge_testkit::{Cloud, Edge, eventually, workspace_bin};
 
 const BIN: &str = env!("CARGO_BIN_EXE_verge");
@@ -107,14 +106,7 @@ fn text(o: &Output) -> String {
 async fn nodes_only_touch_their_own_topics() -> Result<()> {
     let edge_bin = workspace_bin("verge-edge-cli", "verge-edge")?;
     let cloud = Cloud::start(Path::new(BIN), &["--heartbeat-interval", "1s"]).await?;
-    let tok = cloud
-        .api(
-            reqwest::Method::POST,
-            "/api/v1/tokens",
-            Some(json!({"role": "bootstrap", "uses": 2})),
-        )
-        .await?;
-    let token = tok["token"].as_str().unwrap().to_string();
+    let token = cloud.bootstrap_token(2).await?;
     let dirs = tempfile::tempdir()?;
     let (da, db) = (dirs.path().join("a"), dirs.path().join("b"));
     for (name, dir, label) in [("node-a", &da, "site=a"), ("node-b", &db, "site=b")] {
@@ -123,15 +115,8 @@ async fn nodes_only_touch_their_own_topics() -> Result<()> {
     }
     // node-b is a real agent; it must stay unaffected by node-a's misbehaviour.
     let b = Edge::start(&edge_bin, &db, &["--heartbeat-interval", "1s"])?;
-    let phase = async |n: &str| {
-        cloud
-            .api(reqwest::Method::GET, &format!("/api/v1/nodes/{n}"), None)
-            .await
-            .ok()
-            .and_then(|v| v["status"]["phase"].as_str().map(str::to_string))
-    };
     eventually(Duration::from_secs(30), "node-b Ready", async || {
-        (phase("node-b").await.as_deref() == Some("Ready")).then_some(())
+        (cloud.node_phase("node-b").await.as_deref() == Some("Ready")).then_some(())
     })
     .await?;
 
@@ -202,7 +187,7 @@ async fn nodes_only_touch_their_own_topics() -> Result<()> {
     }
 
     // node-b never noticed.
-    assert_eq!(phase("node-b").await.as_deref(), Some("Ready"));
+    assert_eq!(cloud.node_phase("node-b").await.as_deref(), Some("Ready"));
     assert!(b.get(&["status"]).is_some_and(|s| s["connected"] == true));
 
     // Clock skew: a heartbeat stamped an hour ahead makes node-a Ready and is
@@ -237,7 +222,7 @@ async fn nodes_only_touch_their_own_topics() -> Result<()> {
     eventually(
         Duration::from_secs(20),
         "NotReady by the cloud's clock",
-        async || (phase("node-a").await.as_deref() == Some("NotReady")).then_some(()),
+        async || (cloud.node_phase("node-a").await.as_deref() == Some("NotReady")).then_some(()),
     )
     .await?;
 
@@ -275,6 +260,6 @@ async fn nodes_only_touch_their_own_topics() -> Result<()> {
         "foreign certificate accepted: {}",
         text(&out)
     );
-    assert_eq!(phase("node-b").await.as_deref(), Some("Ready"));
+    assert_eq!(cloud.node_phase("node-b").await.as_deref(), Some("Ready"));
     Ok(())
 }

@@ -221,14 +221,17 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         ca.clone(),
         time::Duration::try_from(cfg.node_cert_validity).unwrap_or(time::Duration::days(30)),
     );
+    // Certificates of deleted nodes: refused by either transport.
+    let revoked: Vec<String> = store
+        .list(http::join::REVOKED_PREFIX, None)
+        .await?
+        .items
+        .iter()
+        .filter_map(|kv| kv.key.strip_prefix(http::join::REVOKED_PREFIX))
+        .map(str::to_owned)
+        .collect();
     let (gateway, mqtt_url) = match (&cfg.mqtt_url, cfg.mqtt_listen) {
         (Some(url), _) => {
-            let mut revoked = Vec::new();
-            for kv in store.list(http::join::REVOKED_PREFIX, None).await?.items {
-                if let Some(serial) = kv.key.strip_prefix(http::join::REVOKED_PREFIX) {
-                    revoked.push(serial.to_string());
-                }
-            }
             let mdir = mosquitto::dir(&cfg.data_dir);
             ensure_private_dir(&mdir)?;
             let (broker, events) = gateway::external::ExternalBroker::connect(
@@ -259,10 +262,8 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
                 metrics.gateway.clone(),
                 cfg.gateway.clone(),
             );
-            for kv in store.list(http::join::REVOKED_PREFIX, None).await?.items {
-                if let Some(serial) = kv.key.strip_prefix(http::join::REVOKED_PREFIX) {
-                    gw.revoke(serial);
-                }
+            for serial in &revoked {
+                gw.revoke(serial);
             }
             node_manager.set_gateway(Arc::new(gw.clone()));
             let listener = TcpListener::bind(addr).await.map_err(|e| {

@@ -65,7 +65,7 @@ pub fn generate(opts: &MosquittoOptions) -> Result<String> {
         }
     }
     let issued = ca.issue_server_cert(&dns, &ips)?;
-    let key_pem = pem_encode("PRIVATE KEY", &issued.key_der);
+    let key_pem = rcgen::KeyPair::try_from(issued.key_der.as_slice())?.serialize_pem();
     let acl = verge_proto::mosquitto_acl(verge_proto::DEFAULT_CLOUD_USER)
         .map_err(|e| Error::Config(e.to_string()))?;
     let paths = |f: &str| out.join(f);
@@ -126,18 +126,6 @@ pub fn generate(opts: &MosquittoOptions) -> Result<String> {
     );
     write_public(&paths("mosquitto.conf"), conf.as_bytes())?;
     Ok(conf)
-}
-
-fn pem_encode(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 #[cfg(test)]

@@ -141,12 +141,8 @@ impl ClusterCa {
         params.not_after = now + time::Duration::days(365);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer, &self.key)?;
-        let mut chain = pem_certs(&cert.pem())?;
-        chain.extend(pem_certs(&self.cert_pem)?);
-        let mut roots = rustls::RootCertStore::empty();
-        for c in pem_certs(&self.cert_pem)? {
-            roots.add(c).map_err(|e| Error::Tls(e.to_string()))?;
-        }
+        let chain = self.chain(&cert.pem())?;
+        let roots = self.roots()?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -188,6 +184,24 @@ impl ClusterCa {
             key_identifier_method: rcgen::KeyIdMethod::Sha256,
         };
         Ok(params.signed_by(&self.issuer, &self.key)?.pem()?)
+    }
+}
+
+impl ClusterCa {
+    /// `cert_pem`'s certificates followed by the CA: what a TLS peer presents.
+    fn chain(&self, cert_pem: &str) -> Result<Vec<CertificateDer<'static>>> {
+        let mut chain = pem_certs(cert_pem)?;
+        chain.extend(pem_certs(&self.cert_pem)?);
+        Ok(chain)
+    }
+
+    /// A root store trusting only this CA.
+    fn roots(&self) -> Result<rustls::RootCertStore> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in pem_certs(&self.cert_pem)? {
+            roots.add(c).map_err(|e| Error::Tls(e.to_string()))?;
+        }
+        Ok(roots)
     }
 }
 
@@ -258,14 +272,10 @@ pub struct IssuedCert {
 /// rustls config for the MQTT gateway: the server certificate, and client certificates
 /// required and verified against the cluster CA.
 pub fn mqtt_tls_config(ca: &ClusterCa, issued: &IssuedCert) -> Result<Arc<rustls::ServerConfig>> {
-    let mut chain = pem_certs(&issued.cert_pem)?;
-    chain.extend(pem_certs(&ca.cert_pem)?);
+    let chain = ca.chain(&issued.cert_pem)?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.key_der.clone()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in pem_certs(&ca.cert_pem)? {
-        roots.add(c).map_err(|e| Error::Tls(e.to_string()))?;
-    }
+    let roots = ca.roots()?;
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
@@ -304,8 +314,7 @@ pub fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
 /// rustls server config for the API: the issued certificate chained to the CA, ALPN h2
 /// and http/1.1, ring as the one crypto provider.
 pub fn server_tls_config(ca: &ClusterCa, issued: &IssuedCert) -> Result<Arc<rustls::ServerConfig>> {
-    let mut chain = pem_certs(&issued.cert_pem)?;
-    chain.extend(pem_certs(&ca.cert_pem)?);
+    let chain = ca.chain(&issued.cert_pem)?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.key_der.clone()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)

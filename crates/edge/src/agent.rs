@@ -32,6 +32,7 @@ use verge_proto::{Ack, Channel, Heartbeat, Hello, Message};
 
 use crate::error::{Error, Result};
 use crate::identity::Identity;
+use crate::now_ms;
 use crate::state::EdgeState;
 use crate::store::ApplyOutcome;
 use crate::sysinfo::{self, Thresholds};
@@ -77,13 +78,6 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     } else {
         rand::thread_rng().gen_range(0..=ms)
     })
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// `mqtts://host:port` → (host, port).

@@ -224,13 +224,7 @@ impl Identity {
 
     /// A fresh key and a CSR for this node's name: `(key PEM, CSR PEM)`.
     pub fn new_key_and_csr(&self) -> Result<(String, String)> {
-        let key = rcgen::KeyPair::generate()?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, self.name.as_str());
-        let csr = params.serialize_request(&key)?.pem()?;
+        let (key, csr) = key_and_csr(&self.name)?;
         Ok((key.serialize_pem(), csr))
     }
 
@@ -265,16 +259,10 @@ impl Identity {
         let now = OffsetDateTime::now_utc()
             .format(&Rfc3339)
             .map_err(|e| Error::Invalid(format!("formatting the time: {e}")))?;
-        let dir = &self.data_dir;
-        fsutil::write_atomic(
-            &dir.join(files::PREV_KEY),
-            self.key_pem.as_bytes(),
-            fsutil::PRIVATE_MODE,
-        )?;
-        fsutil::write_atomic(
-            &dir.join(files::PREV_CERT),
-            self.cert_pem.as_bytes(),
-            fsutil::PUBLIC_MODE,
+        write_pair(
+            &self.data_dir,
+            (files::PREV_KEY, &self.key_pem),
+            (files::PREV_CERT, &self.cert_pem),
         )?;
         let next = Identity {
             cert_pem: cert_pem.to_owned(),
@@ -307,6 +295,18 @@ impl Identity {
             .with_client_auth_cert(chain, key)
             .map_err(|e| Error::Tls(format!("node certificate and key: {e}")))
     }
+}
+
+/// A fresh ECDSA key and a CSR (PEM) whose subject is just `CN=name`.
+fn key_and_csr(name: &str) -> Result<(rcgen::KeyPair, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let csr = params.serialize_request(&key)?.pem()?;
+    Ok((key, csr))
 }
 
 /// Whether the private key (PEM) is the one the certificate (PEM) was issued for.
@@ -526,13 +526,7 @@ pub async fn join(opts: JoinOptions) -> Result<Identity> {
     let client = http_client(pinned_tls_config(&ca_pem)?, &join_url)?;
 
     // (d): key and CSR.
-    let key = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name.as_str());
-    let csr = params.serialize_request(&key)?.pem()?;
+    let (key, csr) = key_and_csr(&name)?;
 
     // (e): join.
     let body = serde_json::json!({
@@ -606,19 +600,16 @@ pub async fn join(opts: JoinOptions) -> Result<Identity> {
     Ok(identity)
 }
 
+/// Writes a key (0600) then its certificate, each atomically: `(file name, PEM)`.
+fn write_pair(dir: &Path, key: (&str, &str), cert: (&str, &str)) -> Result<()> {
+    fsutil::write_atomic(&dir.join(key.0), key.1.as_bytes(), fsutil::PRIVATE_MODE)?;
+    fsutil::write_atomic(&dir.join(cert.0), cert.1.as_bytes(), fsutil::PUBLIC_MODE)
+}
+
 fn write_identity(id: &Identity) -> Result<()> {
     let dir = &id.data_dir;
     fsutil::ensure_private_dir(dir)?;
-    fsutil::write_atomic(
-        &dir.join(files::KEY),
-        id.key_pem.as_bytes(),
-        fsutil::PRIVATE_MODE,
-    )?;
-    fsutil::write_atomic(
-        &dir.join(files::CERT),
-        id.cert_pem.as_bytes(),
-        fsutil::PUBLIC_MODE,
-    )?;
+    write_pair(dir, (files::KEY, &id.key_pem), (files::CERT, &id.cert_pem))?;
     fsutil::write_atomic(
         &dir.join(files::CA),
         id.ca_pem.as_bytes(),

@@ -27,6 +27,14 @@ pub mod store;
 pub mod sysinfo;
 
 pub use error::{Error, Result};
+
+/// Wall-clock Unix time in milliseconds (0 before 1970, saturating far in the future).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
 pub use identity::{Identity, JoinOptions, join};
 pub use local_api::LocalApi;
 pub use queue::{Queue, QueueConfig, QueuedItem};

@@ -41,6 +41,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result, chain, io_err};
+use crate::now_ms;
 use crate::state::EdgeState;
 
 /// Most connections served at once; more are closed on accept.
@@ -246,24 +247,32 @@ fn kind_name(segment: &str) -> String {
 }
 
 enum Route {
+    /// `GET` routes, answered from the store and state.
+    Read(Read),
+    /// `POST /v1/results`.
+    Results,
+}
+
+enum Read {
     List(String),
     Get(String, String),
     Status,
-    Results,
 }
 
 fn route(path: &str) -> Option<Route> {
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     match segs.as_slice() {
-        ["", "v1", "status"] => Some(Route::Status),
         ["", "v1", "results"] => Some(Route::Results),
-        ["", "v1", "configs"] => Some(Route::List(CONFIG_KIND.into())),
+        ["", "v1", "status"] => Some(Route::Read(Read::Status)),
+        ["", "v1", "configs"] => Some(Route::Read(Read::List(CONFIG_KIND.into()))),
         ["", "v1", "configs", name] if !name.is_empty() => {
-            Some(Route::Get(CONFIG_KIND.into(), (*name).into()))
+            Some(Route::Read(Read::Get(CONFIG_KIND.into(), (*name).into())))
         }
-        ["", "v1", "objects", kind] if !kind.is_empty() => Some(Route::List(kind_name(kind))),
+        ["", "v1", "objects", kind] if !kind.is_empty() => {
+            Some(Route::Read(Read::List(kind_name(kind))))
+        }
         ["", "v1", "objects", kind, name] if !kind.is_empty() && !name.is_empty() => {
-            Some(Route::Get(kind_name(kind), (*name).into()))
+            Some(Route::Read(Read::Get(kind_name(kind), (*name).into())))
         }
         _ => None,
     }
@@ -276,10 +285,9 @@ async fn handle(state: Arc<EdgeState>, req: Request<Incoming>) -> Result<Resp, I
             "no route {path}; see GET /v1/status, /v1/configs, /v1/objects/{{kind}}, POST /v1/results"
         )));
     };
-    let (allowed, allow) = if matches!(route, Route::Results) {
-        (Method::POST, "POST")
-    } else {
-        (Method::GET, "GET")
+    let (allowed, read) = match route {
+        Route::Results => (Method::POST, None),
+        Route::Read(r) => (Method::GET, Some(r)),
     };
     if req.method() != allowed {
         let mut resp = error(
@@ -287,13 +295,14 @@ async fn handle(state: Arc<EdgeState>, req: Request<Incoming>) -> Result<Resp, I
             "MethodNotAllowed",
             format!("{} {path}: use {allowed}", req.method()),
         );
-        resp.headers_mut()
-            .insert(ALLOW, http::HeaderValue::from_static(allow));
+        if let Ok(v) = http::HeaderValue::from_str(allowed.as_str()) {
+            resp.headers_mut().insert(ALLOW, v);
+        }
         return Ok(resp);
     }
-    if matches!(route, Route::Results) {
+    let Some(read) = read else {
         return Ok(post_result(state, req).await);
-    }
+    };
     if !req.body().is_end_stream() {
         return Ok(error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -303,11 +312,10 @@ async fn handle(state: Arc<EdgeState>, req: Request<Incoming>) -> Result<Resp, I
     }
     // The store and queue block on disk: off the async workers.
     let answer = tokio::task::spawn_blocking(move || -> Result<Resp> {
-        Ok(match route {
-            Route::Status => json_response(StatusCode::OK, &state.report()?),
-            Route::Results => unreachable_route(),
-            Route::List(kind) => json_response(StatusCode::OK, &state.store().list(&kind)?),
-            Route::Get(kind, name) => match state.store().get(&kind, &name)? {
+        Ok(match read {
+            Read::Status => json_response(StatusCode::OK, &state.report()?),
+            Read::List(kind) => json_response(StatusCode::OK, &state.store().list(&kind)?),
+            Read::Get(kind, name) => match state.store().get(&kind, &name)? {
                 Some(obj) => json_response(StatusCode::OK, &obj),
                 None => not_found(format!("{kind} {name:?} not found on this node")),
             },
@@ -333,23 +341,8 @@ async fn handle(state: Arc<EdgeState>, req: Request<Incoming>) -> Result<Resp, I
     })
 }
 
-fn unreachable_route() -> Resp {
-    error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "InternalError",
-        "route handled elsewhere".into(),
-    )
-}
-
 fn bad_request(message: String) -> Resp {
     error(StatusCode::BAD_REQUEST, "BadRequest", message)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// `POST /v1/results`: checks the report, gives it the next sequence number and

@@ -10,9 +10,9 @@
 //!
 //! The parsers take `&str` so they are tested on sample files.
 
+use crate::now_ms;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use verge_proto::messages::MAX_SHORT_STRING;
 use verge_proto::{Condition, ConditionType, NodeStatus, QueueStats};
@@ -111,13 +111,6 @@ fn bounded(s: String, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_owned()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn percent(part: u64, whole: u64) -> f64 {

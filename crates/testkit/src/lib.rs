@@ -195,6 +195,30 @@ impl Cloud {
         Ok(v)
     }
 
+    /// A bootstrap token (`id.secret`) good for `uses` joins.
+    pub async fn bootstrap_token(&self, uses: u32) -> Result<String> {
+        let tok = self
+            .api(
+                reqwest::Method::POST,
+                "/api/v1/tokens",
+                Some(serde_json::json!({"role": "bootstrap", "uses": uses})),
+            )
+            .await?;
+        tok["token"]
+            .as_str()
+            .map(str::to_owned)
+            .context("token in the answer")
+    }
+
+    /// A Node's `status.phase` (None while it cannot be read).
+    pub async fn node_phase(&self, node: &str) -> Option<String> {
+        let v = self
+            .api(reqwest::Method::GET, &format!("/api/v1/nodes/{node}"), None)
+            .await
+            .ok()?;
+        v["status"]["phase"].as_str().map(str::to_string)
+    }
+
     /// A CLI config file for this cloud (the one the server wrote).
     pub fn admin_config(&self) -> PathBuf {
         self.dir.join("admin.config")
@@ -387,6 +411,13 @@ impl Drop for Edge {
             let _ = ch.wait();
         }
     }
+}
+
+/// A `Config` named `name` holding `{origin: value}`, placed on nodes labelled
+/// `site=SITE`.
+pub fn site_config(name: &str, site: &str, value: &str) -> serde_json::Value {
+    serde_json::json!({"apiVersion": "verge.dev/v1", "kind": "Config", "metadata": {"name": name},
+        "spec": {"data": {"origin": value}, "placement": {"nodeSelector": {"site": site}}}})
 }
 
 /// `sha256:<hex>` of the first certificate in a PEM.

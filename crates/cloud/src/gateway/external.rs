@@ -23,7 +23,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::{
@@ -40,7 +40,7 @@ use crate::pki::ClusterCa;
 /// Per-node workers. Sends happen with the map locked, and a worker leaves only with
 /// the map locked and its queue empty, so a node never has two workers at once (its
 /// messages stay in order).
-type Workers = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Publish>>>>;
+type Workers = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<(Channel, Publish)>>>>;
 
 /// MQTT client id of the cloud (one cloud per broker).
 pub const CLOUD_CLIENT_ID: &str = "verge-cloud";
@@ -207,7 +207,7 @@ impl ExternalBroker {
         if channel == Channel::Heartbeat {
             match verge_proto::decode(channel, &p.payload) {
                 Ok(Message::Heartbeat(hb)) => {
-                    count(metrics, channel);
+                    metrics.message(channel);
                     inbound.heartbeat(&node, &hb);
                     let unseen = self
                         .greeted
@@ -250,22 +250,13 @@ impl ExternalBroker {
             ));
             tx
         });
-        if tx.send(p).is_err() {
+        if tx.send((channel, p)).is_err() {
             // Cannot happen while the entry exists (the worker removes it before it
             // drops the receiver); the broker redelivers unacked messages anyway.
             metrics.drop("worker-gone");
             w.remove(&node);
         }
     }
-}
-
-fn count(metrics: &GatewayMetrics, channel: Channel) {
-    metrics
-        .messages
-        .get_or_create(&super::ChannelLabel {
-            channel: channel.as_str().to_string(),
-        })
-        .inc();
 }
 
 /// Backoff between reconnect attempts to the broker: 0.5 s doubling to 30 s.
@@ -276,20 +267,17 @@ pub fn retry_wait(failures: u32) -> Duration {
 
 async fn worker(
     node: String,
-    mut rx: mpsc::UnboundedReceiver<Publish>,
+    mut rx: mpsc::UnboundedReceiver<(Channel, Publish)>,
     client: AsyncClient,
     inbound: Arc<dyn Inbound>,
     metrics: GatewayMetrics,
     rate: f64,
     workers: Workers,
 ) {
-    let rate = rate.max(0.1);
-    let burst = rate * 4.0;
-    let mut tokens = burst;
-    let mut last = Instant::now();
+    let mut pacer = super::Pacer::new(rate);
     loop {
-        let p = match tokio::time::timeout(WORKER_IDLE, rx.recv()).await {
-            Ok(Some(p)) => p,
+        let (channel, p) = match tokio::time::timeout(WORKER_IDLE, rx.recv()).await {
+            Ok(Some(x)) => x,
             Ok(None) => return,
             Err(_) => {
                 // Idle: leave only if nothing arrived meanwhile (sends hold the lock).
@@ -301,23 +289,7 @@ async fn worker(
                 continue;
             }
         };
-        let now = Instant::now();
-        tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(burst);
-        last = now;
-        if tokens < 1.0 {
-            metrics.drop("rate-delayed");
-            tokio::time::sleep(Duration::from_secs_f64((1.0 - tokens) / rate)).await;
-            tokens = 1.0;
-            last = Instant::now();
-        }
-        tokens -= 1.0;
-        let channel = match verge_proto::parse_topic(&p.topic) {
-            Ok((_, c)) => c,
-            Err(_) => {
-                let _ = client.ack(&p).await;
-                continue;
-            }
-        };
+        pacer.pace(&metrics).await;
         let msg = match verge_proto::decode(channel, &p.payload) {
             Ok(m) => m,
             Err(e) => {
@@ -327,7 +299,7 @@ async fn worker(
                 continue;
             }
         };
-        count(&metrics, channel);
+        metrics.message(channel);
         if matches!(msg, Message::Hello(_)) {
             // The broker does not tell the cloud about connects; hello is the first
             // thing a node sends on each one.

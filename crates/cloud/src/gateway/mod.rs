@@ -101,12 +101,58 @@ impl GatewayMetrics {
             .inc();
     }
 
+    /// Counts a decoded message on `channel`.
+    pub fn message(&self, channel: Channel) {
+        self.messages
+            .get_or_create(&ChannelLabel {
+                channel: channel.as_str().to_string(),
+            })
+            .inc();
+    }
+
     pub fn refuse(&self, reason: &str) {
         self.refused
             .get_or_create(&DropLabel {
                 reason: reason.to_string(),
             })
             .inc();
+    }
+}
+
+/// Per-node ingest pacing: a token bucket (`rate` per second, burst 4×) that waits
+/// instead of refusing, so a busy node is slowed without losing anything. Shared by
+/// the embedded gateway's and the external broker's per-node workers.
+pub(crate) struct Pacer {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl Pacer {
+    pub(crate) fn new(rate: f64) -> Self {
+        let rate = rate.max(0.1);
+        Self {
+            rate,
+            burst: rate * 4.0,
+            tokens: rate * 4.0,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Takes a token, first sleeping until one is there (counted as `rate-delayed`).
+    pub(crate) async fn pace(&mut self, metrics: &GatewayMetrics) {
+        let now = std::time::Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens < 1.0 {
+            metrics.drop("rate-delayed");
+            tokio::time::sleep(Duration::from_secs_f64((1.0 - self.tokens) / self.rate)).await;
+            self.tokens = 1.0;
+            self.last = std::time::Instant::now();
+        }
+        self.tokens -= 1.0;
     }
 }
 

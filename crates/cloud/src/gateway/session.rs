@@ -292,13 +292,7 @@ async fn handle(
                     return true;
                 }
             };
-            shared
-                .metrics
-                .messages
-                .get_or_create(&super::ChannelLabel {
-                    channel: channel.as_str().to_string(),
-                })
-                .inc();
+            shared.metrics.message(channel);
             if let Message::Heartbeat(hb) = &msg {
                 shared.inbound.heartbeat(node, hb);
                 if let Some(id) = ack {
@@ -344,21 +338,9 @@ async fn bulk_worker(
     mut rx: mpsc::Receiver<(Box<Message>, Option<u16>)>,
     tx: mpsc::Sender<Outbound>,
 ) {
-    let rate = shared.config.ingest_rate.max(0.1);
-    let burst = rate * 4.0;
-    let mut tokens = burst;
-    let mut last = Instant::now();
+    let mut pacer = super::Pacer::new(shared.config.ingest_rate);
     while let Some((msg, ack)) = rx.recv().await {
-        let now = Instant::now();
-        tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(burst);
-        last = now;
-        if tokens < 1.0 {
-            shared.metrics.drop("rate-delayed");
-            tokio::time::sleep(Duration::from_secs_f64((1.0 - tokens) / rate)).await;
-            tokens = 1.0;
-            last = Instant::now();
-        }
-        tokens -= 1.0;
+        pacer.pace(&shared.metrics).await;
         if shared.inbound.message(&node, *msg).await == super::Handled::Retry {
             // No PUBACK: acknowledging a later message would release this one from the
             // node's queue too (acks are cumulative there). Close; the node re-sends.

@@ -306,9 +306,9 @@ pub async fn revoke_node_cert(st: &SharedState, node: &Object) -> Result<Vec<Str
             Err(e) => return Err(e.into()),
         }
     }
-    let prefix = format!("{NODE_CERTS_PREFIX}{}/", node.metadata.name);
-    for kv in st.store.list(&prefix, None).await?.items {
-        let _ = st.store.delete(&kv.key, verge_store::Expect::Any).await;
+    for serial in &serials {
+        let key = format!("{NODE_CERTS_PREFIX}{}/{serial}", node.metadata.name);
+        let _ = st.store.delete(&key, verge_store::Expect::Any).await;
     }
     Ok(serials)
 }

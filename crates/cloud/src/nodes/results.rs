@@ -134,12 +134,7 @@ impl Results {
     pub async fn prune(&self, node: &str) -> Result<usize> {
         let items = self.store.list(&node_prefix(node), None).await?.items;
         let excess = items.len().saturating_sub(MAX_RESULTS_PER_NODE);
-        for kv in &items[..excess] {
-            match self.store.delete(&kv.key, Expect::Any).await {
-                Ok(_) | Err(verge_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.delete(&items[..excess]).await?;
         Ok(excess)
     }
 
@@ -161,7 +156,13 @@ impl Results {
         if let Ok(mut m) = self.since_prune.lock() {
             m.remove(node);
         }
-        for kv in self.store.list(&node_prefix(node), None).await?.items {
+        let items = self.store.list(&node_prefix(node), None).await?.items;
+        self.delete(&items).await
+    }
+
+    /// Deletes these keys; ones already gone are fine.
+    async fn delete(&self, items: &[verge_store::KeyValue]) -> Result<()> {
+        for kv in items {
             match self.store.delete(&kv.key, Expect::Any).await {
                 Ok(_) | Err(verge_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),

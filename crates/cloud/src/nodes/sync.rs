@@ -105,15 +105,16 @@ impl Sync {
     /// The caller knows the hello was missed (see `ExternalBroker`), so this does not
     /// look at the `connected` flag, which an external broker never clears.
     pub async fn implicit_hello(&self, node: &str) {
-        let acked = match self.load_record(node).await {
-            Some(r) => r.acked_revision,
-            None => 0,
-        };
-        self.hello(node, acked).await;
+        self.greet(node, None).await;
     }
 
     /// A node connected and told us its applied revision.
     pub async fn hello(&self, node: &str, last_applied: i64) {
+        self.greet(node, Some(last_applied)).await;
+    }
+
+    /// `last_applied: None`: take what the node last acknowledged.
+    async fn greet(&self, node: &str, last_applied: Option<i64>) {
         let known = self
             .nodes
             .lock()
@@ -134,6 +135,8 @@ impl Sync {
             if record.is_some() {
                 st.acked = record;
             }
+            let last_applied =
+                last_applied.unwrap_or_else(|| st.acked.as_ref().map_or(0, |r| r.acked_revision));
             match &st.acked {
                 Some(r) if last_applied > 0 && r.acked_revision == last_applied => {
                     Some((last_applied, r.objects.clone()))
