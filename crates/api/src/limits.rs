@@ -76,3 +76,7 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 pub const MAX_TASK_TIMEOUT_SECONDS: u32 = 86_400;
 /// Task `maxAttempts`.
 pub const MAX_TASK_ATTEMPTS: u32 = 100;
+/// Most entries in an App's `dependsOn`.
+pub const MAX_DEPENDENCIES: usize = 32;
+/// Most steps in an App's `rollout.steps`.
+pub const MAX_ROLLOUT_STEPS: usize = 20;

@@ -269,6 +269,7 @@ pub fn collect(data_dir: &Path, thresholds: &Thresholds) -> NodeStatus {
         queue: QueueStats::default(),
         applied_revision: 0,
         sent_at_ms: now,
+        apps: Vec::new(),
     }
 }
 

@@ -72,7 +72,7 @@ mod tests;
 pub use codec::{PROTOCOL_VERSION, decode, decode_any, encode, encode_checked};
 pub use error::{MAX_ECHO_LEN, ProtoError};
 pub use messages::{
-    Ack, CertIssued, CertRequest, Condition, ConditionType, Desired, Heartbeat, Hello, LogBatch,
+    Ack, CertIssued, CertRequest, Condition, ConditionType, Desired, Heartbeat, Hello, InstanceState, InstanceStatus, MAX_INSTANCES, LogBatch,
     LogLine, LogStream, Message, NodeStatus, ObjectRef, QueueStats, Task, TaskResult,
 };
 pub use topics::{

@@ -89,6 +89,68 @@ pub struct NodeStatus {
     pub queue: QueueStats,
     pub applied_revision: i64,
     pub sent_at_ms: i64,
+    /// Every app instance on the node (at most [`MAX_INSTANCES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apps: Vec<InstanceStatus>,
+}
+
+/// Most app instances in one [`NodeStatus`].
+pub const MAX_INSTANCES: usize = 256;
+
+/// One app instance on a node, as its supervisor sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstanceStatus {
+    pub app: String,
+    pub replica: u32,
+    pub version: String,
+    pub state: InstanceState,
+    /// `None` until the first probe (or when the app has no health check and is not
+    /// running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// The last failure, one line (at most [`MAX_CONDITION_MESSAGE`] bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// How limits are enforced (`cgroup v1: ...`, `rlimit: ...`, `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<i64>,
+}
+
+/// Lifecycle of an instance on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum InstanceState {
+    /// Pulling the image, or downloading and unpacking the artifact.
+    Preparing,
+    /// Held back until its `dependsOn` apps are healthy on this node.
+    WaitingForDependency,
+    Running,
+    /// Exited; restarting after a backoff.
+    Backoff,
+    /// Will not be restarted (restart policy), or cannot be prepared.
+    Failed,
+    /// Exited successfully and not restarted (`OnFailure` / `Never`).
+    Completed,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Preparing => "Preparing",
+            InstanceState::WaitingForDependency => "WaitingForDependency",
+            InstanceState::Running => "Running",
+            InstanceState::Backoff => "Backoff",
+            InstanceState::Failed => "Failed",
+            InstanceState::Completed => "Completed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -426,6 +488,25 @@ impl NodeStatus {
             )?;
         }
         not_negative("appliedRevision", self.applied_revision)?;
+        if self.apps.len() > MAX_INSTANCES {
+            return Err(format!(
+                "body.apps: at most {MAX_INSTANCES} instances (got {})",
+                self.apps.len()
+            ));
+        }
+        for (i, a) in self.apps.iter().enumerate() {
+            dns_label(&format!("apps[{i}].app"), &a.app)?;
+            required(&format!("apps[{i}].version"), &a.version, MAX_SHORT_STRING)?;
+            if let Some(e) = &a.last_error {
+                bounded(&format!("apps[{i}].lastError"), e, MAX_CONDITION_MESSAGE)?;
+            }
+            if let Some(l) = &a.limits {
+                bounded(&format!("apps[{i}].limits"), l, MAX_CONDITION_MESSAGE)?;
+            }
+            if let Some(t) = a.started_at_ms {
+                not_negative(&format!("apps[{i}].startedAtMs"), t)?;
+            }
+        }
         not_negative("sentAtMs", self.sent_at_ms)
     }
 }

@@ -69,6 +69,7 @@ fn node_status() -> NodeStatus {
         },
         applied_revision: 41,
         sent_at_ms: 1_700_000_000_000,
+        apps: Vec::new(),
     }
 }
 

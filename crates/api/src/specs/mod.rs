@@ -14,8 +14,9 @@ mod task;
 mod trigger;
 
 pub use app::{
-    AppSpec, DockerWorkload, FunctionWorkload, NativeWorkload, Placement, PortSpec, Protocol,
-    Resources, RestartPolicy, VolumeMount, Workload,
+    AppSpec, Autoscale, Dependency, DockerWorkload, ExecProbe, FunctionWorkload, HealthCheck,
+    HttpProbe, NativeWorkload, Pause, Placement, PortSpec, Protocol, Resources, RestartPolicy,
+    RolloutStep, RolloutStrategy, ScaleMetric, TcpProbe, VolumeMount, Workload, parse_duration,
 };
 pub use common::{ArtifactRef, SecretRef, TaskTarget};
 pub use config::{ConfigPlacement, ConfigSpec};

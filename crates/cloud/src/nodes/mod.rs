@@ -67,6 +67,8 @@ pub struct NodeManager {
     runtime: Mutex<HashMap<String, Runtime>>,
     pub sync: Arc<sync::Sync>,
     pub results: results::Results,
+    /// App instances the nodes report, for the App controller.
+    pub apps: Arc<crate::apps::Reports>,
     gateway: OnceLock<DynDownlink>,
     issuer: OnceLock<Issuer>,
     /// Last certificate renewal per node (at most one per [`RENEW_MIN_INTERVAL`]).
@@ -95,6 +97,7 @@ impl NodeManager {
         Arc::new(Self {
             sync: Arc::new(sync::Sync::new(store.clone())),
             results: results::Results::new(store.clone()),
+            apps: Arc::new(crate::apps::Reports::default()),
             issuer: OnceLock::new(),
             renewed: Mutex::new(HashMap::new()),
             store,
@@ -323,6 +326,7 @@ impl NodeManager {
     }
 
     async fn on_status(&self, node: &str, s: &NodeStatus) {
+        self.apps.report(node, &s.apps);
         let info = serde_json::json!({
             "arch": s.arch, "os": s.os, "kernel": s.kernel, "cpus": s.cpus,
             "memoryBytes": s.memory_bytes, "diskBytes": s.disk_bytes,

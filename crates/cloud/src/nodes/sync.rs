@@ -10,7 +10,8 @@
 //! delta only if it starts at its applied revision and persists before acking, so a lost
 //! message just leads to a `hello` and a resync.
 //!
-//! Today the synced kind is `Config` (placed by `spec.placement.nodeSelector`).
+//! Synced kinds: `Config` (placed by `spec.placement.nodeSelector`) and `App` (the
+//! version the App controller assigned to the node, see [`AppDesired`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, OnceLock, RwLock};
@@ -28,12 +29,66 @@ use crate::gateway::DynDownlink;
 const RECORD_PREFIX: &str = "/system/nodesync/";
 const CONFIG_PREFIX: &str = "/registry/configs/";
 const NODE_PREFIX: &str = "/registry/nodes/";
+const APP_PREFIX: &str = "/registry/apps/";
+
+/// What the nodes should hold of one App: the version each placed node runs (from
+/// `status.rollout.nodes`, written by the App controller) and, per version, the object
+/// sent (spec of that version, no status), keyed by a content hash so a status-only
+/// change resends nothing.
+#[derive(Default, PartialEq)]
+struct AppDesired {
+    nodes: BTreeMap<String, String>,
+    versions: BTreeMap<String, (i64, Object)>,
+}
+
+impl AppDesired {
+    fn from_object(o: &Object) -> Self {
+        let Ok(state) = serde_json::from_value::<crate::apps::rollout::RolloutState>(
+            o.status["rollout"].clone(),
+        ) else {
+            return Self::default();
+        };
+        let mut versions = BTreeMap::new();
+        let mut add = |version: &str, spec: Option<&serde_json::Value>| {
+            let Some(spec) = spec else { return };
+            let mut obj = Object {
+                api_version: o.api_version.clone(),
+                kind: o.kind.clone(),
+                metadata: verge_api::ObjectMeta {
+                    name: o.metadata.name.clone(),
+                    labels: o.metadata.labels.clone(),
+                    ..Default::default()
+                },
+                spec: spec.clone(),
+                status: serde_json::Value::Null,
+            };
+            let bytes = serde_json::to_vec(&obj).unwrap_or_default();
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
+            let mut h = [0u8; 8];
+            h.copy_from_slice(&digest[..8]);
+            let hash = (u64::from_be_bytes(h) >> 1) as i64;
+            obj.metadata.resource_version = Some(hash.to_string());
+            versions.insert(version.to_string(), (hash, obj));
+        };
+        add(&state.target_version, state.target_spec.as_ref().or(Some(&o.spec)));
+        if let Some(v) = &state.stable_version {
+            add(v, state.stable_spec.as_ref());
+        }
+        let nodes = state
+            .nodes
+            .into_iter()
+            .filter(|(_, v)| versions.contains_key(v))
+            .collect();
+        Self { nodes, versions }
+    }
+}
 
 #[derive(Default)]
 struct Cache {
     revision: i64,
     /// name → (mod revision, object, its parsed spec: parsed once, matched per node).
     configs: BTreeMap<String, (i64, Object, ConfigSpec)>,
+    apps: BTreeMap<String, AppDesired>,
     node_labels: HashMap<String, BTreeMap<String, String>>,
 }
 
@@ -81,12 +136,17 @@ impl Sync {
         };
         let empty = BTreeMap::new();
         let labels = cache.node_labels.get(node).unwrap_or(&empty);
-        let set = cache
+        let mut set: BTreeMap<String, (i64, Object)> = cache
             .configs
             .iter()
             .filter(|(_, (_, _, spec))| spec.selects(labels))
             .map(|(name, (rev, o, _))| (format!("Config/{name}"), (*rev, o.clone())))
             .collect();
+        for (name, app) in &cache.apps {
+            if let Some(entry) = app.nodes.get(node).and_then(|v| app.versions.get(v)) {
+                set.insert(format!("App/{name}"), entry.clone());
+            }
+        }
         (cache.revision, set)
     }
 
@@ -293,6 +353,19 @@ impl Sync {
                 }
             }
             return true;
+        }
+        if let Some(name) = key.strip_prefix(APP_PREFIX) {
+            let next = match kind {
+                EventKind::Delete => None,
+                EventKind::Put => serde_json::from_slice::<Object>(value)
+                    .ok()
+                    .map(|o| AppDesired::from_object(&o)),
+            };
+            let prev = match next {
+                Some(n) => cache.apps.insert(name.to_string(), n),
+                None => cache.apps.remove(name),
+            };
+            return prev.as_ref() != cache.apps.get(name);
         }
         if let Some(name) = key.strip_prefix(NODE_PREFIX) {
             match kind {
