@@ -85,6 +85,15 @@ struct RunArgs {
     /// Longest wait between reconnect attempts (exponential backoff, full jitter).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     reconnect_max: Duration,
+    /// The Docker engine's unix socket (default: `DOCKER_HOST`, else
+    /// /var/run/docker.sock). Without a reachable engine, Docker apps fail with the
+    /// reason; native apps run regardless.
+    #[arg(long, env = "VERGE_EDGE_DOCKER_SOCKET")]
+    docker_socket: Option<PathBuf>,
+    /// Network mode for containers (`host`, `bridge`, a network name); default:
+    /// Docker's.
+    #[arg(long, env = "VERGE_EDGE_DOCKER_NETWORK")]
+    docker_network: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -308,9 +317,36 @@ async fn run(a: RunArgs) -> Result<()> {
         },
     ));
 
+    // Workloads: Docker and native apps from the local store, with or without the cloud.
+    let native = verge_edge::engine::native::NativeEngine::new(
+        a.data_dir.join("apps"),
+        verge_edge::engine::native::Cgroups::detect(&identity.name),
+        Some(verge_edge::engine::native::Fetcher {
+            cloud: identity.cloud.clone(),
+            client: verge_edge::artifact::node_https_client(&identity)?,
+        }),
+    );
+    if let verge_edge::engine::native::Cgroups::Unavailable(why) = native.cgroups() {
+        tracing::warn!(%why, "cgroups unavailable: native apps get rlimits instead");
+    }
+    let docker =
+        match verge_edge::engine::docker::DockerEngine::connect(a.docker_socket.as_deref()).await {
+            Ok(d) => Ok(match &a.docker_network {
+                Some(n) => d.with_network(n.clone()),
+                None => d,
+            }),
+            Err(e) => {
+                tracing::info!(error = %e, "no Docker engine: Docker apps will fail on this node");
+                Err(e.to_string())
+            }
+        };
+    let workloads = verge_edge::workloads::Workloads::new(state.clone(), native, docker);
+    let workloads_task = tokio::spawn(workloads.run(stop_rx.clone()));
+
     wait_for_signal().await?;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
+    let _ = workloads_task.await;
     api_task.await.context("local API task")??;
     match uplink.await {
         Ok(Err(e)) => tracing::error!(error = %e, "uplink stopped"),

@@ -27,12 +27,14 @@ macro_rules! out {
     }};
 }
 
+mod artifact;
 mod bench;
 mod bench_fleet;
 mod client;
 mod commands;
 mod dev;
 mod output;
+mod rollout;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -109,6 +111,9 @@ enum Cmd {
         /// Request body limit in bytes.
         #[arg(long, default_value_t = 1024 * 1024)]
         max_body_bytes: usize,
+        /// Largest artifact accepted (POST /api/v1/artifacts), in bytes.
+        #[arg(long, default_value_t = verge_cloud::artifacts::DEFAULT_MAX_BYTES)]
+        artifact_max_bytes: u64,
         /// Revisions of history kept for watches.
         #[arg(long, default_value_t = 100_000)]
         history_revisions: i64,
@@ -162,6 +167,16 @@ enum Cmd {
     Describe { kind: String, name: String },
     /// Delete an object.
     Delete { kind: String, name: String },
+    /// Follow and steer an App's gray release.
+    Rollout {
+        #[command(subcommand)]
+        cmd: rollout::RolloutCmd,
+    },
+    /// The artifact store: push files native apps run from, list them.
+    Artifact {
+        #[command(subcommand)]
+        cmd: artifact::ArtifactCmd,
+    },
     /// Manage API tokens (admin).
     Token {
         #[command(subcommand)]
@@ -269,6 +284,7 @@ async fn run(cli: Cli) -> Result<()> {
             insecure_http,
             tls_san,
             max_body_bytes,
+            artifact_max_bytes,
             history_revisions,
             compact_interval,
             join_rate,
@@ -288,6 +304,7 @@ async fn run(cli: Cli) -> Result<()> {
             cfg.insecure_http = *insecure_http;
             cfg.tls_sans = tls_san.clone();
             cfg.max_body_bytes = *max_body_bytes;
+            cfg.artifact_max_bytes = *artifact_max_bytes;
             cfg.history_revisions = (*history_revisions).max(1);
             cfg.compact_interval = std::time::Duration::from_secs((*compact_interval).max(1));
             cfg.join_rate_per_sec = *join_rate;
@@ -344,6 +361,8 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Delete { kind, name } => {
             commands::delete(&client(&cli)?, commands::parse_kind(kind)?, name).await
         }
+        Cmd::Artifact { cmd } => artifact::run(&client(&cli)?, cmd).await,
+        Cmd::Rollout { cmd } => rollout::run(&client(&cli)?, cmd).await,
         Cmd::Token { cmd } => {
             let c = client(&cli)?;
             match cmd {

@@ -51,11 +51,22 @@ fn columns(kind: Kind, obj: &Object) -> (Vec<&'static str>, Vec<String>) {
     let age = age(obj.metadata.creation_timestamp.as_deref());
     match kind {
         Kind::App => (
-            vec!["NAME", "VERSION", "WORKLOAD", "AGE"],
+            vec![
+                "NAME", "VERSION", "WORKLOAD", "READY", "STEP", "PHASE", "AGE",
+            ],
             vec![
                 name,
                 str_at(&obj.spec, &["version"]).unwrap_or("-").into(),
                 workload_kind(obj),
+                match (
+                    obj.status.get("readyReplicas").and_then(|v| v.as_u64()),
+                    obj.status.get("replicas").and_then(|v| v.as_u64()),
+                ) {
+                    (Some(r), Some(d)) => format!("{r}/{d}"),
+                    _ => "-".into(),
+                },
+                str_at(&obj.status, &["step"]).unwrap_or("-").into(),
+                str_at(&obj.status, &["phase"]).unwrap_or("-").into(),
                 age,
             ],
         ),

@@ -5,6 +5,8 @@
 //! Entry point: [`run`], which takes its shutdown signal as an input. The `verge`
 //! binary only parses flags and calls it.
 
+pub mod apps;
+pub mod artifacts;
 pub mod auth;
 mod client_config;
 mod error;
@@ -48,6 +50,8 @@ pub struct CloudConfig {
     pub tls_sans: Vec<String>,
     /// Request body cap in bytes.
     pub max_body_bytes: usize,
+    /// Largest artifact accepted by `POST /api/v1/artifacts`, in bytes.
+    pub artifact_max_bytes: u64,
     /// Revisions of history kept for watches; older ones are compacted.
     pub history_revisions: i64,
     /// How often the compactor runs.
@@ -76,6 +80,7 @@ impl CloudConfig {
             insecure_http: false,
             tls_sans: Vec::new(),
             max_body_bytes: 1024 * 1024,
+            artifact_max_bytes: artifacts::DEFAULT_MAX_BYTES,
             history_revisions: 100_000,
             compact_interval: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
@@ -132,6 +137,10 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         metrics.clone(),
     ));
     let auth = Authenticator::load(store.clone()).await?;
+    let artifact_store = Arc::new(artifacts::ArtifactStore::open(
+        &cfg.data_dir,
+        cfg.artifact_max_bytes,
+    )?);
 
     let token_path = cfg.data_dir.join(files::ADMIN_TOKEN);
     if !token_path.exists() {
@@ -292,6 +301,11 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         node_manager.clone().lifecycle_loop(shutdown_rx.clone()),
     ));
     {
+        let apps = apps::AppController::new(store.clone(), node_manager.apps.clone());
+        let rx = shutdown_rx.clone();
+        background.push(tokio::spawn(async move { apps.run(rx).await }));
+    }
+    {
         let sync = node_manager.sync.clone();
         let rx = shutdown_rx.clone();
         background.push(tokio::spawn(async move {
@@ -319,6 +333,7 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         mqtt_url,
         nodes: Some(node_manager.clone()),
         gateway,
+        artifacts: artifact_store,
     });
     let app = http::router(state);
     let compactor = tokio::spawn(compact_loop(

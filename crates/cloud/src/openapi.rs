@@ -270,6 +270,94 @@ fn token_paths() -> [(String, PathItem); 2] {
     ]
 }
 
+/// `/api/v1/artifacts[/{sha256}]` (`http::artifacts`).
+fn artifact_paths() -> [(String, PathItem); 2] {
+    let list = op("listArtifacts".into(), "List stored artifacts".into()).response(
+        "200",
+        ok_response("artifacts", Ref::from_schema_name("ArtifactList")),
+    );
+    let upload = op(
+        "uploadArtifact".into(),
+        "Store an artifact under its SHA-256 (operator or admin)".into(),
+    )
+    .parameter(query_param(
+        "sha256",
+        "expected SHA-256 (64 hex digits); a body hashing to anything else is refused (422)",
+    ))
+    .request_body(Some(
+        RequestBodyBuilder::new()
+            .required(Some(Required::True))
+            .content(
+                "application/octet-stream",
+                ContentBuilder::new()
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::String).format(
+                        Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                            utoipa::openapi::KnownFormat::Binary,
+                        )),
+                    )))
+                    .build(),
+            )
+            .build(),
+    ))
+    .response(
+        "201",
+        ok_response("stored", Ref::from_schema_name("ArtifactInfo")),
+    )
+    .response(
+        "200",
+        ok_response("already stored", Ref::from_schema_name("ArtifactInfo")),
+    )
+    .response("403", err_response("role may not write"))
+    .response("413", err_response("larger than --artifact-max-bytes"))
+    .response("422", err_response("the body does not hash to `sha256`"));
+    let download = op(
+        "getArtifact".into(),
+        "Download an artifact (a single Range is honoured); HEAD for its size".into(),
+    )
+    .security(SecurityRequirement::new(
+        "nodeCertificate",
+        Vec::<String>::new(),
+    ))
+    .parameter(path_param("sha256"))
+    .parameter(
+        ParameterBuilder::new()
+            .name("Range")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some("bytes=N-, bytes=N-M or bytes=-N"))
+            .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+            .build(),
+    )
+    .response(
+        "200",
+        ResponseBuilder::new()
+            .description("the content (application/octet-stream); ETag is the quoted sha256")
+            .build(),
+    )
+    .response(
+        "206",
+        ResponseBuilder::new()
+            .description("the requested range, with Content-Range")
+            .build(),
+    )
+    .response("400", err_response("sha256 is not 64 hex digits"))
+    .response("404", err_response("no such artifact"))
+    .response("416", err_response("range not satisfiable"));
+    [
+        (
+            "/api/v1/artifacts".into(),
+            PathItemBuilder::new()
+                .operation(HttpMethod::Get, list.build())
+                .operation(HttpMethod::Post, upload.build())
+                .build(),
+        ),
+        (
+            "/api/v1/artifacts/{sha256}".into(),
+            PathItem::new(HttpMethod::Get, download.build()),
+        ),
+    ]
+}
+
 fn add_schema<T: ToSchema>(mut c: ComponentsBuilder) -> ComponentsBuilder {
     let mut deps = Vec::new();
     T::schemas(&mut deps);
@@ -287,6 +375,9 @@ pub fn document() -> OpenApi {
         }
     }
     for (p, item) in token_paths() {
+        paths = paths.path(p, item);
+    }
+    for (p, item) in artifact_paths() {
         paths = paths.path(p, item);
     }
     let results = op(
@@ -325,6 +416,8 @@ pub fn document() -> OpenApi {
     components = add_schema::<TokenCreateRequest>(components);
     components = add_schema::<TokenList>(components);
     components = add_schema::<crate::nodes::results::ResultRecord>(components);
+    components = add_schema::<crate::artifacts::ArtifactInfo>(components);
+    components = add_schema::<crate::artifacts::ArtifactList>(components);
     for kind in Kind::ALL {
         components = components
             .schema(kind.name(), object_schema(kind))
@@ -333,6 +426,13 @@ pub fn document() -> OpenApi {
     components = components.security_scheme(
         "bearer",
         SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+    );
+    components = components.security_scheme(
+        "nodeCertificate",
+        SecurityScheme::MutualTls {
+            description: Some("an edge node's client certificate, issued at join".into()),
+            extensions: None,
+        },
     );
     OpenApiBuilder::new()
         .info(

@@ -312,15 +312,25 @@ pub fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
 }
 
 /// rustls server config for the API: the issued certificate chained to the CA, ALPN h2
-/// and http/1.1, ring as the one crypto provider.
+/// and http/1.1, ring as the one crypto provider. Client certificates are asked for
+/// but optional (token clients send none); one that is sent must chain to the cluster
+/// CA. Revocation is not checked here but per request, against the store (the set
+/// changes while the server runs): see `http::artifacts::authenticate_token_or_node`.
 pub fn server_tls_config(ca: &ClusterCa, issued: &IssuedCert) -> Result<Arc<rustls::ServerConfig>> {
     let chain = ca.chain(&issued.cert_pem)?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.key_der.clone()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(ca.roots()?),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| Error::Tls(e.to_string()))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| Error::Tls(e.to_string()))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -211,6 +211,7 @@ impl<'a> Session<'a> {
         s.labels = self.cfg.labels.clone();
         s.applied_revision = self.state.store().applied_revision().unwrap_or(0);
         s.queue = self.state.queue().stats().unwrap_or_default();
+        s.apps = self.state.apps();
         Message::NodeStatus(Box::new(s))
     }
 
@@ -376,6 +377,11 @@ impl<'a> Session<'a> {
                     publish(&mut tags, Tag::Other, Channel::Heartbeat, &hb, QoS::AtMostOnce);
                 }
                 _ = status.tick(), if connected => self.enqueue_status(),
+                _ = self.state.apps_changed(), if connected => {
+                    // Coalesce a burst of instance changes into one report.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    self.enqueue_status();
+                }
                 _ = flush.tick(), if connected && in_flight.len() < self.cfg.max_in_flight => {
                     let room = self.cfg.max_in_flight - in_flight.len();
                     let q = self.state.queue().clone();
@@ -422,6 +428,7 @@ impl<'a> Session<'a> {
                 match outcome {
                     Ok(Ok(ApplyOutcome::Applied { revision })) => {
                         self.state.set_last_sync(now_ms());
+                        self.state.notify_desired();
                         tracing::info!(revision, "desired state applied");
                         Some(Message::Ack(Ack { revision }))
                     }

@@ -65,6 +65,41 @@ pub enum Error {
     /// The local API answered with an error, or could not be reached.
     #[error("local API: {0}")]
     LocalApi(String),
+    /// The registry has no such image (repository or tag): `message` is the daemon's.
+    #[error("image {image} not found: {message}")]
+    ImageNotFound { image: String, message: String },
+    /// The image's registry could not be reached (refused, timed out, no such host).
+    #[error("pulling {image}: registry unreachable: {message}")]
+    RegistryUnreachable { image: String, message: String },
+    /// The Docker engine could not be reached, or answered with an error (its words).
+    #[error("docker: {0}")]
+    Docker(String),
+    /// A downloaded artifact does not hash to the digest it was fetched by; the
+    /// download was removed.
+    #[error(
+        "{url}: the download hashes to sha256:{got}, not the expected sha256:{expected}; removed it"
+    )]
+    ArtifactDigest {
+        url: String,
+        expected: String,
+        got: String,
+    },
+    /// An artifact larger than the node accepts.
+    #[error("{url}: the artifact exceeds the limit of {max} bytes")]
+    ArtifactTooLarge { url: String, max: u64 },
+    /// `artifact::unpack` of a file that is neither a tar nor a gzip-compressed tar.
+    #[error("{}: not a tar or tar.gz archive", path.display())]
+    NotAnArchive { path: PathBuf },
+    /// An archive `artifact::unpack` refuses (absolute or `..` paths, device files,
+    /// links leaving it, too large, too many entries) or cannot read.
+    #[error("{}: {message}", path.display())]
+    UnsafeArchive { path: PathBuf, message: String },
+    /// A native app's `command` is not in its artifact nor on `PATH`.
+    #[error("app {app}: command not found: {command}")]
+    CommandNotFound { app: String, command: String },
+    /// Starting or stopping a process failed (the OS's words).
+    #[error("app {app}: {message}")]
+    Process { app: String, message: String },
 }
 
 /// `Result` with [`Error`].

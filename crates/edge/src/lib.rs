@@ -4,6 +4,7 @@
 //! | module        | owns                                                              |
 //! |---------------|-------------------------------------------------------------------|
 //! | [`identity`]  | joining (CA pinning, CSR), the node key/cert/CA, mTLS config       |
+//! | [`artifact`]  | resumable, verified artifact downloads; safe tar/tar.gz unpacking |
 //! | [`store`]     | the local desired-state store (redb) and the apply rules          |
 //! | [`queue`]     | the disk-backed store-and-forward queue (byte bound, TTL, drops)  |
 //! | [`sysinfo`]   | system facts and pressure conditions for `NodeStatus`             |
@@ -17,6 +18,8 @@
 //! (see [`identity`]), `store.redb` ([`store`]), `queue.redb` ([`queue`]), `edge.sock`
 //! ([`local_api`]).
 
+pub mod artifact;
+pub mod engine;
 mod error;
 mod fsutil;
 pub mod identity;
@@ -25,6 +28,7 @@ pub mod queue;
 pub mod state;
 pub mod store;
 pub mod sysinfo;
+pub mod workloads;
 
 pub use error::{Error, Result};
 

@@ -5,7 +5,11 @@
 //! queue when asked, so it is never stale; only what exists in memory alone (whether
 //! the uplink is connected, when it last synced) lives here, in atomics.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use tokio::sync::Notify;
+use verge_proto::InstanceStatus;
 
 use serde::Serialize;
 use verge_proto::QueueStats;
@@ -23,6 +27,12 @@ pub struct EdgeState {
     connected: AtomicBool,
     /// Unix ms of the last desired-state sync; 0 = never.
     last_sync_ms: AtomicI64,
+    /// App instances, as the workload manager last published them.
+    apps: Mutex<Vec<InstanceStatus>>,
+    /// Desired state was applied (wakes the workload manager).
+    desired: Notify,
+    /// The instances changed (wakes the uplink to report).
+    apps_changed: Notify,
 }
 
 /// The body of `GET /v1/status`.
@@ -45,6 +55,9 @@ impl EdgeState {
             queue,
             connected: AtomicBool::new(false),
             last_sync_ms: AtomicI64::new(0),
+            apps: Mutex::new(Vec::new()),
+            desired: Notify::new(),
+            apps_changed: Notify::new(),
         }
     }
 
@@ -80,6 +93,36 @@ impl EdgeState {
             0 => None,
             ms => Some(ms),
         }
+    }
+
+    /// The uplink applied new desired state.
+    pub fn notify_desired(&self) {
+        self.desired.notify_one();
+    }
+
+    /// Resolves after the next [`Self::notify_desired`].
+    pub async fn desired_changed(&self) {
+        self.desired.notified().await
+    }
+
+    /// The workload manager publishes the instances; a change wakes the uplink.
+    pub fn set_apps(&self, apps: Vec<InstanceStatus>) {
+        if let Ok(mut cur) = self.apps.lock()
+            && *cur != apps
+        {
+            *cur = apps;
+            self.apps_changed.notify_one();
+        }
+    }
+
+    /// The instances as last published.
+    pub fn apps(&self) -> Vec<InstanceStatus> {
+        self.apps.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// Resolves after the instances change.
+    pub async fn apps_changed(&self) {
+        self.apps_changed.notified().await
     }
 
     /// The status report (reads the store and the queue: blocking, briefly).

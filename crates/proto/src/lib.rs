@@ -72,8 +72,9 @@ mod tests;
 pub use codec::{PROTOCOL_VERSION, decode, decode_any, encode, encode_checked};
 pub use error::{MAX_ECHO_LEN, ProtoError};
 pub use messages::{
-    Ack, CertIssued, CertRequest, Condition, ConditionType, Desired, Heartbeat, Hello, InstanceState, InstanceStatus, MAX_INSTANCES, LogBatch,
-    LogLine, LogStream, Message, NodeStatus, ObjectRef, QueueStats, Task, TaskResult,
+    Ack, CertIssued, CertRequest, Condition, ConditionType, Desired, Heartbeat, Hello,
+    InstanceState, InstanceStatus, LogBatch, LogLine, LogStream, MAX_INSTANCES, Message,
+    NodeStatus, ObjectRef, QueueStats, Task, TaskResult,
 };
 pub use topics::{
     Channel, DEFAULT_CLOUD_USER, Direction, cloud_may_publish, cloud_may_subscribe,

@@ -450,3 +450,418 @@ pub async fn eventually<T>(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Docker: a private `dockerd` and a `docker-registry`, each on its own temp dir, and a
+// busybox image built locally (nothing is pulled from the internet).
+
+/// The Debian package that provides a missing component, as an error. Under `CI=true` a
+/// missing component fails the run like anywhere else; the message says so.
+fn missing(what: &str, package: &str) -> anyhow::Error {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    anyhow::anyhow!(
+        "{what} not found: install Debian's {package} (`apt-get install {package}`; \
+         scripts/test does it when run as root){}",
+        if ci { " — required in CI" } else { "" }
+    )
+}
+
+/// `name` on PATH or in one of `dirs`.
+fn find_program(name: &str, dirs: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(dirs.iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A free loopback TCP port (bound, then released).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The last `n` lines of a log file, for error messages.
+fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// SIGTERM, up to `grace` for a clean exit, then SIGKILL; reaped either way.
+fn terminate(child: &mut Option<Child>, grace: Duration) {
+    let Some(mut ch) = child.take() else { return };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(ch.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = ch.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = ch.kill();
+    let _ = ch.wait();
+}
+
+/// A private Docker engine: `dockerd` with its own data root, exec root and unix socket
+/// in a short temp dir under `/tmp` (unix socket paths are limited to 108 bytes), `vfs`
+/// storage, no bridge and no iptables rules (containers use `--network host`). Stopped
+/// (SIGTERM, then SIGKILL) on drop. Needs root and Debian's `docker.io`.
+pub struct Dockerd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Dockerd {
+    /// Starts the daemon and waits until `/_ping` answers (60 s at most).
+    pub async fn start() -> Result<Dockerd> {
+        let bin = find_program("dockerd", &["/usr/sbin", "/sbin", "/usr/bin"])
+            .ok_or_else(|| missing("dockerd", "docker.io"))?;
+        find_program("docker", &["/usr/bin", "/usr/local/bin"])
+            .ok_or_else(|| missing("the docker CLI", "docker.io"))?;
+        let dir = tempfile::Builder::new().prefix("vd").tempdir_in("/tmp")?;
+        let d = dir.path();
+        let socket = d.join("docker.sock");
+        // Our own (empty) config: the host's /etc/docker/daemon.json may set `hosts`.
+        std::fs::write(d.join("daemon.json"), "{}")?;
+        let log_path = d.join("dockerd.log");
+        let log = std::fs::File::create(&log_path)?;
+        let child = Command::new(&bin)
+            .arg("--config-file")
+            .arg(d.join("daemon.json"))
+            .arg("--data-root")
+            .arg(d.join("root"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("docker.pid"))
+            .arg("--host")
+            .arg(format!("unix://{}", socket.display()))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--iptables=false",
+                "--bridge=none",
+                "--shutdown-timeout",
+                "3",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let mut dockerd = Dockerd {
+            child: Some(child),
+            dir,
+            socket,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(ch) = dockerd.child.as_mut()
+                && let Some(status) = ch.try_wait()?
+            {
+                dockerd.child = None;
+                bail!(
+                    "dockerd exited during start-up ({status}); its log ends:\n{}",
+                    log_tail(&log_path, 20)
+                );
+            }
+            if ping(&dockerd.socket).await {
+                return Ok(dockerd);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "dockerd did not answer /_ping in 60s; its log ends:\n{}",
+                    log_tail(&log_path, 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The daemon's unix socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `unix://SOCKET`, for `DOCKER_HOST`.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// Runs the docker CLI against this daemon; its stdout (trimmed), or an error with
+    /// its stderr.
+    pub async fn docker(&self, args: &[&str]) -> Result<String> {
+        let cli = find_program("docker", &["/usr/bin", "/usr/local/bin"])
+            .ok_or_else(|| missing("the docker CLI", "docker.io"))?;
+        let out = tokio::process::Command::new(cli)
+            .args(args)
+            .env("DOCKER_HOST", self.host())
+            // Not the user's config (credential helpers, contexts).
+            .env("DOCKER_CONFIG", self.dir.path().join("cli"))
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .context("running docker")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// `docker import TAR TAG`: an image from a root file system tarball.
+    pub async fn build_image(&self, tag: &str, tar: &Path) -> Result<()> {
+        let tar = tar.to_str().context("tarball path is not UTF-8")?;
+        self.docker(&["import", tar, tag]).await.map(drop)
+    }
+
+    /// `docker push TAG` (a registry on 127.0.0.0/8 is insecure by default: plain HTTP).
+    pub async fn push(&self, tag: &str) -> Result<()> {
+        self.docker(&["push", tag]).await.map(drop)
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // dockerd stops its containers (--shutdown-timeout) and its containerd.
+        terminate(&mut self.child, Duration::from_secs(20));
+        // It leaves mounts behind (exec/netns/default): unmounted so the temp dir goes.
+        unmount_under(self.dir.path());
+    }
+}
+
+/// Lazily unmounts everything mounted below `dir`, deepest first.
+fn unmount_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = Command::new("umount")
+            .args(["--lazy", p])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// `GET /_ping` on a Docker socket answers 200.
+async fn ping(socket: &Path) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::UnixStream::connect(socket).await.ok()?;
+        s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let head = String::from_utf8_lossy(&buf);
+        Some(head.starts_with("HTTP/1.") && head.lines().next()?.contains(" 200 "))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), attempt).await,
+        Ok(Some(true))
+    )
+}
+
+/// A `docker-registry` (Docker's distribution registry, v2 API) on a free loopback port
+/// with its storage in a temp dir. Killed on drop. Needs Debian's `docker-registry`.
+pub struct Registry {
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Registry {
+    /// Starts the registry and waits until `/v2/` answers (20 s at most).
+    pub async fn start() -> Result<Registry> {
+        let bin = find_program("docker-registry", &["/usr/bin"])
+            .ok_or_else(|| missing("docker-registry", "docker-registry"))?;
+        let dir = tempfile::Builder::new().prefix("vreg").tempdir()?;
+        let log_path = dir.path().join("registry.log");
+        // A port taken between our probe and the registry's bind: try another.
+        let mut last_err = anyhow::anyhow!("docker-registry did not start");
+        for _ in 0..3 {
+            let port = free_port()?;
+            let config = dir.path().join("config.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    \
+                     rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                    dir.path().join("data").display()
+                ),
+            )?;
+            let log = std::fs::File::create(&log_path)?;
+            let mut child = Some(
+                Command::new(&bin)
+                    .arg("serve")
+                    .arg(&config)
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .spawn()
+                    .with_context(|| format!("spawning {}", bin.display()))?,
+            );
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(ch) = child.as_mut()
+                    && let Some(status) = ch.try_wait()?
+                {
+                    last_err = anyhow::anyhow!(
+                        "docker-registry exited during start-up ({status}); its log ends:\n{}",
+                        log_tail(&log_path, 20)
+                    );
+                    break;
+                }
+                if registry_answers(port).await {
+                    return Ok(Registry {
+                        child,
+                        _dir: dir,
+                        port,
+                    });
+                }
+                if Instant::now() > deadline {
+                    terminate(&mut child, Duration::from_secs(1));
+                    bail!(
+                        "docker-registry did not answer on 127.0.0.1:{port} in 20s; its log ends:\n{}",
+                        log_tail(&log_path, 20)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Err(last_err)
+    }
+
+    /// `127.0.0.1:PORT`, the registry part of an image reference.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        terminate(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+/// `GET /v2/` on a loopback port answers 200 (the registry's API check).
+async fn registry_answers(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: registry\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let head = String::from_utf8_lossy(&buf);
+        Some(head.lines().next()?.contains(" 200 "))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), attempt).await,
+        Ok(Some(true))
+    )
+}
+
+/// Builds `dir/busybox.tar`: a root file system holding the host's static busybox
+/// (`/usr/bin/busybox`, Debian's busybox-static) as `/bin/busybox` with a symlink per
+/// applet (`sh`, `sleep`, `cat`, `dd`, `httpd` ...), for `docker import`.
+pub fn busybox_image_tar(dir: &Path) -> Result<PathBuf> {
+    let busybox = ["/usr/bin/busybox", "/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .or_else(|| find_program("busybox", &[]))
+        .ok_or_else(|| missing("busybox", "busybox-static"))?;
+    anyhow::ensure!(
+        !elf_is_dynamic(&busybox)?,
+        "{} is dynamically linked: it cannot run alone in an image; install Debian's \
+         busybox-static",
+        busybox.display()
+    );
+    let root = dir.join("busybox-rootfs");
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    for d in ["dev", "proc", "sys", "etc", "root", "tmp", "var/tmp"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy(&busybox, bin.join("busybox"))
+        .with_context(|| format!("copying {}", busybox.display()))?;
+    let list = Command::new(&busybox)
+        .arg("--list")
+        .output()
+        .with_context(|| format!("{} --list", busybox.display()))?;
+    anyhow::ensure!(list.status.success(), "{} --list failed", busybox.display());
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let applet = applet.trim();
+        if applet.is_empty() || applet == "busybox" || applet.contains('/') {
+            continue;
+        }
+        let link = bin.join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", &link)?;
+        }
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    std::fs::write(root.join("etc/group"), "root:x:0:\n")?;
+    let tar = dir.join("busybox.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .context("running tar")?;
+    anyhow::ensure!(status.success(), "tar of {} failed", root.display());
+    Ok(tar)
+}
+
+/// A 64-bit little-endian ELF file with a `PT_INTERP` segment (a dynamic loader).
+/// Anything else counts as static.
+fn elf_is_dynamic(path: &Path) -> Result<bool> {
+    let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 || b[5] != 1 {
+        return Ok(false);
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(b[0x20..0x28].try_into()?) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    const PT_INTERP: u32 = 3;
+    Ok((0..phnum).any(|i| {
+        let o = phoff + i * phentsize;
+        b.get(o..o + 4)
+            .is_some_and(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) == PT_INTERP)
+    }))
+}
+
+#[cfg(test)]
+mod docker_tests {
+    use super::*;
+
+    #[test]
+    fn tells_static_from_dynamic_executables() {
+        // A Rust test binary on glibc has a loader.
+        let me = std::env::current_exe().unwrap();
+        assert!(elf_is_dynamic(&me).unwrap());
+        if Path::new("/usr/bin/busybox").is_file() {
+            assert!(!elf_is_dynamic(Path::new("/usr/bin/busybox")).unwrap());
+        }
+        assert!(!elf_is_dynamic(Path::new("/etc/hostname")).unwrap_or(false));
+    }
+}

@@ -531,14 +531,24 @@ impl AppSpec {
         }
         if let Some(auto) = &self.autoscale {
             let path = "spec.autoscale";
-            check_range(auto.min_replicas, &format!("{path}.minReplicas"), 0, MAX_REPLICAS)?;
+            check_range(
+                auto.min_replicas,
+                &format!("{path}.minReplicas"),
+                0,
+                MAX_REPLICAS,
+            )?;
             check_range(
                 auto.max_replicas,
                 &format!("{path}.maxReplicas"),
                 auto.min_replicas.max(1),
                 MAX_REPLICAS,
             )?;
-            check_range(auto.target_percent, &format!("{path}.targetPercent"), 1, 100)?;
+            check_range(
+                auto.target_percent,
+                &format!("{path}.targetPercent"),
+                1,
+                100,
+            )?;
             if let Some(s) = auto.stabilization_seconds {
                 check_range(s, &format!("{path}.stabilizationSeconds"), 0, 3600)?;
             }

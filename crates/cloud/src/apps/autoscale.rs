@@ -36,7 +36,12 @@ pub fn recommend(
 }
 
 /// Applies the stabilization window and returns the new state.
-pub fn stabilize(prev: &ScaleState, recommendation: u32, now_ms: i64, window_ms: i64) -> ScaleState {
+pub fn stabilize(
+    prev: &ScaleState,
+    recommendation: u32,
+    now_ms: i64,
+    window_ms: i64,
+) -> ScaleState {
     let mut history: Vec<(i64, u32)> = prev
         .history
         .iter()
@@ -52,7 +57,11 @@ pub fn stabilize(prev: &ScaleState, recommendation: u32, now_ms: i64, window_ms:
         recommendation
     } else {
         // Down only as far as the highest recent recommendation.
-        history.iter().map(|(_, r)| *r).max().unwrap_or(recommendation)
+        history
+            .iter()
+            .map(|(_, r)| *r)
+            .max()
+            .unwrap_or(recommendation)
     };
     ScaleState { replicas, history }
 }

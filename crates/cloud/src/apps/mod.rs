@@ -151,7 +151,10 @@ pub fn dependency_problems(
         if let Some(cycle) = find_cycle(apps, start, &mut path, &mut BTreeSet::new()) {
             out.insert(
                 start.clone(),
-                ("DependencyCycle", format!("dependsOn cycle: {}", cycle.join(" -> "))),
+                (
+                    "DependencyCycle",
+                    format!("dependsOn cycle: {}", cycle.join(" -> ")),
+                ),
             );
         }
     }
@@ -266,8 +269,10 @@ impl AppController {
             .filter_map(|kv| serde_json::from_slice::<Object>(&kv.value).ok())
             .map(|o| node_info(&o))
             .collect();
-        let specs: BTreeMap<String, AppSpec> =
-            apps.iter().map(|(k, (_, s))| (k.clone(), s.clone())).collect();
+        let specs: BTreeMap<String, AppSpec> = apps
+            .iter()
+            .map(|(k, (_, s))| (k.clone(), s.clone()))
+            .collect();
         let deps = dependency_problems(&specs);
         let reports = self.reports.by_app();
         let empty = BTreeMap::new();
@@ -306,21 +311,36 @@ impl AppController {
             // Autoscaling decides the replica count for `replicas` placement.
             let placement = spec.placement.clone().unwrap_or_default();
             let mut scale = None;
-            let count = match (placement.replicas, placement.replicas_per_node, &spec.autoscale) {
+            let count = match (
+                placement.replicas,
+                placement.replicas_per_node,
+                &spec.autoscale,
+            ) {
                 (_, _, Some(a)) => {
                     let res = spec.resources.clone().unwrap_or_default();
                     let (request, samples): (u64, Vec<u64>) = match a.metric {
                         ScaleMetric::Cpu => (
                             res.cpu_millis().unwrap_or(0),
-                            reports.values().flatten().filter_map(|i| i.cpu_millis).collect(),
+                            reports
+                                .values()
+                                .flatten()
+                                .filter_map(|i| i.cpu_millis)
+                                .collect(),
                         ),
                         ScaleMetric::Memory => (
                             res.memory_bytes().unwrap_or(0),
-                            reports.values().flatten().filter_map(|i| i.memory_bytes).collect(),
+                            reports
+                                .values()
+                                .flatten()
+                                .filter_map(|i| i.memory_bytes)
+                                .collect(),
                         ),
                     };
                     let current = if prev_scale.replicas == 0 {
-                        placement.replicas.unwrap_or(a.min_replicas).clamp(a.min_replicas, a.max_replicas)
+                        placement
+                            .replicas
+                            .unwrap_or(a.min_replicas)
+                            .clamp(a.min_replicas, a.max_replicas)
                     } else {
                         prev_scale.replicas
                     };
@@ -393,7 +413,10 @@ impl AppController {
             for (node, list) in reports {
                 for i in list {
                     let ok = i.state == InstanceState::Running && i.healthy != Some(false);
-                    if ok && i.version == st.target_version && st.nodes.get(node) == Some(&i.version) {
+                    if ok
+                        && i.version == st.target_version
+                        && st.nodes.get(node) == Some(&i.version)
+                    {
                         ready += 1;
                     }
                     instances.push(json!({
@@ -408,7 +431,12 @@ impl AppController {
             }
             let desired: u32 = assignment.values().sum();
             let mut conditions = vec![match &unschedulable {
-                None => condition("Scheduled", true, "Scheduled", &format!("{} nodes", assignment.len())),
+                None => condition(
+                    "Scheduled",
+                    true,
+                    "Scheduled",
+                    &format!("{} nodes", assignment.len()),
+                ),
                 Some(u) => condition("Unschedulable", true, u.reason, &u.message),
             }];
             match deps.get(name) {
@@ -420,14 +448,14 @@ impl AppController {
             conditions.push(condition(
                 "Available",
                 desired > 0 && ready >= desired,
-                if st.phase == Phase::Complete { "Complete" } else { st.phase.as_str() },
+                if st.phase == Phase::Complete {
+                    "Complete"
+                } else {
+                    st.phase.as_str()
+                },
                 &st.message,
             ));
-            let steps = spec
-                .rollout
-                .clone()
-                .unwrap_or_default()
-                .effective_steps();
+            let steps = spec.rollout.clone().unwrap_or_default().effective_steps();
             let percent = steps.get(st.step).map_or(100, |s| s.percent);
             let mut status = json!({
                 "observedGeneration": o.metadata.generation,
@@ -474,7 +502,9 @@ impl AppController {
                     }
                 }
                 Err(e) if e.reason == verge_api::Reason::NotFound => {}
-                Err(e) => tracing::warn!(app = %name, error = %e.message, "app status update failed"),
+                Err(e) => {
+                    tracing::warn!(app = %name, error = %e.message, "app status update failed")
+                }
             }
         }
         Ok(())
@@ -516,8 +546,17 @@ mod tests {
         let p = dependency_problems(&apps);
         assert!(!p.contains_key("web") && !p.contains_key("db"));
         assert_eq!(p["api"].0, "VersionMismatch");
-        assert_eq!(p["orphan"], ("MissingDependency", "dependsOn ghost: no such app".into()));
-        assert_eq!(p["a"], ("DependencyCycle", "dependsOn cycle: a -> b -> c -> a".into()));
+        assert_eq!(
+            p["orphan"],
+            ("MissingDependency", "dependsOn ghost: no such app".into())
+        );
+        assert_eq!(
+            p["a"],
+            (
+                "DependencyCycle",
+                "dependsOn cycle: a -> b -> c -> a".into()
+            )
+        );
         assert_eq!(p["b"].0, "DependencyCycle");
         assert_eq!(p["c"].0, "DependencyCycle");
     }

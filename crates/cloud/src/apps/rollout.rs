@@ -155,10 +155,7 @@ fn node_health(
                 });
             return (
                 NodeHealth::Failing,
-                Some(format!(
-                    "{node}: {}-{} v{version}: {why}",
-                    i.app, i.replica
-                )),
+                Some(format!("{node}: {}-{} v{version}: {why}", i.app, i.replica)),
             );
         }
     }
@@ -372,9 +369,8 @@ pub fn reconcile(prev: Option<&RolloutState>, inp: &Inputs<'_>) -> Decision {
             }
         } else {
             st.phase = Phase::Failed;
-            st.message = format!(
-                "health gate failed ({why}); holding (verge rollout resume | rollback)"
-            );
+            st.message =
+                format!("health gate failed ({why}); holding (verge rollout resume | rollback)");
         }
         return Decision {
             state: st,
@@ -489,15 +485,15 @@ mod tests {
     }
 
     /// Every node reports what it was told to run, healthy (or as `bad` says).
-    fn obey(
-        st: &RolloutState,
-        bad: Option<&str>,
-    ) -> BTreeMap<String, Vec<InstanceStatus>> {
+    fn obey(st: &RolloutState, bad: Option<&str>) -> BTreeMap<String, Vec<InstanceStatus>> {
         st.nodes
             .iter()
             .map(|(n, v)| {
                 let healthy = bad != Some(v.as_str());
-                (n.clone(), vec![inst(v, Some(healthy), InstanceState::Running)])
+                (
+                    n.clone(),
+                    vec![inst(v, Some(healthy), InstanceState::Running)],
+                )
             })
             .collect()
     }
@@ -521,7 +517,11 @@ mod tests {
             }
         }
 
-        fn step(&mut self, version: &str, reports: &BTreeMap<String, Vec<InstanceStatus>>) -> Decision {
+        fn step(
+            &mut self,
+            version: &str,
+            reports: &BTreeMap<String, Vec<InstanceStatus>>,
+        ) -> Decision {
             let spec = serde_json::json!({ "version": version });
             let d = reconcile(
                 self.state.as_ref(),
@@ -545,7 +545,11 @@ mod tests {
         fn settle(&mut self, version: &str, bad: Option<&str>) -> Vec<usize> {
             let mut seen = Vec::new();
             for _ in 0..50 {
-                let reports = self.state.as_ref().map(|s| obey(s, bad)).unwrap_or_default();
+                let reports = self
+                    .state
+                    .as_ref()
+                    .map(|s| obey(s, bad))
+                    .unwrap_or_default();
                 let before = self.state.clone();
                 let d = self.step(version, &reports);
                 let on = d.state.nodes.values().filter(|v| *v == version).count();
@@ -596,7 +600,11 @@ mod tests {
         let st = sim.state.clone().unwrap();
         assert_eq!(st.phase, Phase::RolledBack);
         assert!(st.nodes.values().all(|v| v == "2.0.0"), "{:?}", st.nodes);
-        assert!(st.message.contains("rolled back to 2.0.0"), "{}", st.message);
+        assert!(
+            st.message.contains("rolled back to 2.0.0"),
+            "{}",
+            st.message
+        );
         // Nothing more happens until the version changes.
         sim.settle("3.0.0", Some("3.0.0"));
         assert_eq!(sim.phase(), Phase::RolledBack);
@@ -626,14 +634,24 @@ mod tests {
         sim.settle("1.0.0", None);
         let _ = sim.step("2.0.0", &BTreeMap::new());
         let st = sim.state.clone().unwrap();
-        let canary = st.nodes.iter().find(|(_, v)| *v == "2.0.0").unwrap().0.clone();
+        let canary = st
+            .nodes
+            .iter()
+            .find(|(_, v)| *v == "2.0.0")
+            .unwrap()
+            .0
+            .clone();
         let mut i = inst("2.0.0", None, InstanceState::Backoff);
         i.restarts = CRASH_RESTARTS;
         i.last_error = Some("OOM-killed".into());
         let reports = BTreeMap::from([(canary, vec![i])]);
         let d = sim.step("2.0.0", &reports);
         assert_eq!(d.state.phase, Phase::RolledBack);
-        assert!(d.state.message.contains("OOM-killed"), "{}", d.state.message);
+        assert!(
+            d.state.message.contains("OOM-killed"),
+            "{}",
+            d.state.message
+        );
     }
 
     #[test]
@@ -650,10 +668,19 @@ mod tests {
 
     #[test]
     fn manual_pause_waits_for_promote_and_timed_pause_waits() {
-        let mut sim = Sim::new(4, strategy(&[(25, Some("manual")), (50, Some("10s"))], true));
+        let mut sim = Sim::new(
+            4,
+            strategy(&[(25, Some("manual")), (50, Some("10s"))], true),
+        );
         sim.settle("1.0.0", None);
         assert_eq!(sim.settle("2.0.0", None), vec![1]);
-        assert!(sim.state.as_ref().unwrap().message.contains("verge rollout promote"));
+        assert!(
+            sim.state
+                .as_ref()
+                .unwrap()
+                .message
+                .contains("verge rollout promote")
+        );
         sim.commands.promoted_step = Some(0);
         let seen = sim.settle("2.0.0", None);
         assert_eq!(seen.last(), Some(&4));
@@ -667,7 +694,14 @@ mod tests {
         sim.commands.paused = true;
         sim.settle("2.0.0", None);
         assert_eq!(sim.phase(), Phase::Paused);
-        assert!(sim.state.as_ref().unwrap().nodes.values().all(|v| v == "1.0.0"));
+        assert!(
+            sim.state
+                .as_ref()
+                .unwrap()
+                .nodes
+                .values()
+                .all(|v| v == "1.0.0")
+        );
         sim.commands.paused = false;
         assert_eq!(sim.settle("2.0.0", None).last(), Some(&4));
         assert_eq!(sim.phase(), Phase::Complete);
@@ -700,13 +734,26 @@ mod tests {
         let mut sim = Sim::new(10, strategy(&[(10, None), (50, None)], true));
         sim.settle("1.0.0", None);
         let _ = sim.step("2.0.0", &BTreeMap::new());
-        let first: Vec<String> = sim.state.as_ref().unwrap().nodes.iter()
-            .filter(|(_, v)| *v == "2.0.0").map(|(n, _)| n.clone()).collect();
+        let first: Vec<String> = sim
+            .state
+            .as_ref()
+            .unwrap()
+            .nodes
+            .iter()
+            .filter(|(_, v)| *v == "2.0.0")
+            .map(|(n, _)| n.clone())
+            .collect();
         assert_eq!(first.len(), 1);
         let reports = obey(sim.state.as_ref().unwrap(), None);
         let _ = sim.step("2.0.0", &reports);
         let d = sim.step("2.0.0", &reports);
-        let now: Vec<&String> = d.state.nodes.iter().filter(|(_, v)| *v == "2.0.0").map(|(n, _)| n).collect();
+        let now: Vec<&String> = d
+            .state
+            .nodes
+            .iter()
+            .filter(|(_, v)| *v == "2.0.0")
+            .map(|(n, _)| n)
+            .collect();
         assert_eq!(now.len(), 5);
         assert!(now.contains(&&first[0]));
     }

@@ -66,10 +66,7 @@ pub struct Unschedulable {
 
 /// Places an app. `Ok` when every wanted replica found a node; otherwise the partial
 /// assignment is still returned with the reason, so what fits keeps running.
-pub fn schedule(
-    rule: &PlacementRule,
-    nodes: &[NodeInfo],
-) -> (Assignment, Option<Unschedulable>) {
+pub fn schedule(rule: &PlacementRule, nodes: &[NodeInfo]) -> (Assignment, Option<Unschedulable>) {
     let mut counts = NodeCounts::default();
     let mut feasible: Vec<&NodeInfo> = Vec::new();
     for n in nodes {
@@ -187,16 +184,19 @@ fn fits_count(req: Request, n: &NodeInfo, want: u32) -> u32 {
             Some(c) => c.saturating_sub(used) / each,
         }
     };
-    let n_fit = by(n.cpu_millis, n.used_cpu_millis, req.cpu_millis)
-        .min(by(n.memory_bytes, n.used_memory_bytes, req.memory_bytes));
+    let n_fit = by(n.cpu_millis, n.used_cpu_millis, req.cpu_millis).min(by(
+        n.memory_bytes,
+        n.used_memory_bytes,
+        req.memory_bytes,
+    ));
     u32::try_from(n_fit.min(u64::from(want))).unwrap_or(want)
 }
 
 /// Free capacity, for preferring the least loaded node (memory in MiB plus CPU).
 fn free_score(n: &NodeInfo) -> u64 {
-    let mem = n
-        .memory_bytes
-        .map_or(u64::MAX / 4, |c| c.saturating_sub(n.used_memory_bytes) >> 20);
+    let mem = n.memory_bytes.map_or(u64::MAX / 4, |c| {
+        c.saturating_sub(n.used_memory_bytes) >> 20
+    });
     let cpu = n
         .cpu_millis
         .map_or(u64::MAX / 4, |c| c.saturating_sub(n.used_cpu_millis));
@@ -323,7 +323,11 @@ mod tests {
     fn spread_balances_then_prefers_free_capacity() {
         let mut busy = node("a", "sh", 4000, 4096);
         busy.used_cpu_millis = 3000;
-        let nodes = [busy, node("b", "sh", 4000, 4096), node("c", "sh", 4000, 4096)];
+        let nodes = [
+            busy,
+            node("b", "sh", 4000, 4096),
+            node("c", "sh", 4000, 4096),
+        ];
         let (a, why) = schedule(&rule(Count::Spread(4)), &nodes);
         assert_eq!(why, None);
         assert_eq!(

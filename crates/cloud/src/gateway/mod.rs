@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, watch};
 use verge_proto::{Channel, Heartbeat, Message};
 
 pub use session::MAX_PACKET;
+pub(crate) use session::identity as node_identity;
 
 /// How the cloud reaches nodes: the embedded [`Gateway`], or an external broker
 /// ([`external::ExternalBroker`]). What the node manager, sync and the API hold.

@@ -23,8 +23,11 @@ pub const MAX_PACKET: usize = 1024 * 1024 + 4096;
 /// Keep-alive used when a client asks for none.
 const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(300);
 
-/// Node name and certificate serial (hex) from the client certificate.
-fn identity(certs: &[rustls::pki_types::CertificateDer<'_>]) -> Option<(String, String)> {
+/// Node name and certificate serial (hex) from the client certificate (also used by
+/// the HTTPS listener, `http::serve`).
+pub(crate) fn identity(
+    certs: &[rustls::pki_types::CertificateDer<'_>],
+) -> Option<(String, String)> {
     let der = certs.first()?;
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
     let cn = cert

@@ -67,7 +67,7 @@ pub async fn read_limited(
 const DISCARD_MAX: u64 = 64 * 1024 * 1024;
 const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
-async fn discard(mut body: Body, announced: u64) {
+pub(super) async fn discard(mut body: Body, announced: u64) {
     if announced > DISCARD_MAX {
         return;
     }

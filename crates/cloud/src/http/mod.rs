@@ -1,6 +1,7 @@
 //! The HTTP API: routes, authentication and metrics middleware, and the accept loop
 //! (TLS by default). Handlers live in one module per area.
 
+pub mod artifacts;
 mod body;
 pub mod join;
 pub mod resources;
@@ -29,6 +30,10 @@ pub fn router(st: SharedState) -> Router {
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route(
+            "/api/v1/artifacts",
+            get(artifacts::list).post(artifacts::upload),
+        )
+        .route(
             "/api/v1/{plural}",
             get(resources::list).post(resources::create),
         )
@@ -54,7 +59,15 @@ pub fn router(st: SharedState) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/api/v1/join", axum::routing::post(join::join))
         .route("/api/v1/cluster/ca", get(join::cluster_ca));
+    // Readable with a token or a node's client certificate.
+    let node_readable = Router::new()
+        .route("/api/v1/artifacts/{sha256}", get(artifacts::download))
+        .route_layer(middleware::from_fn_with_state(
+            st.clone(),
+            artifacts::authenticate_token_or_node,
+        ));
     api.merge(public)
+        .merge(node_readable)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(st.clone(), track))

@@ -262,6 +262,9 @@ pub async fn update(
     };
     let key = object_key(kind, &name);
     modify(&st.store, kind, &key, &name, expected, |current| {
+        if kind == Kind::App {
+            check_version_forward(current, &obj)?;
+        }
         let mut next = obj.clone();
         next.metadata.uid = current.metadata.uid.clone();
         next.metadata.creation_timestamp = current.metadata.creation_timestamp.clone();
@@ -276,6 +279,36 @@ pub async fn update(
     })
     .await
     .map(Json)
+}
+
+/// An App's `spec.version` may only go backwards as an explicit rollback (the
+/// `rollout.verge.io/rollback: "true"` annotation `verge rollout rollback` sets).
+fn check_version_forward(current: &Object, next: &Object) -> Result<(), ApiError> {
+    let version = |o: &Object| {
+        o.spec
+            .get("version")
+            .and_then(|v| v.as_str())
+            .and_then(|v| semver::Version::parse(v).ok())
+    };
+    let (Some(old), Some(new)) = (version(current), version(next)) else {
+        return Ok(());
+    };
+    let explicit = next
+        .metadata
+        .annotations
+        .get(crate::apps::ANNOTATION_ROLLBACK)
+        .is_some_and(|v| v == "true");
+    if new < old && !explicit {
+        return Err(ApiError::invalid(
+            "spec.version",
+            format!(
+                "spec.version: {new} is older than the current {old}; going back is only \
+                 allowed as an explicit rollback (`verge rollout rollback app/{}`)",
+                next.metadata.name
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Read-modify-write with compare-and-swap. With `expected`, a stale version is a 409;
@@ -434,6 +467,7 @@ pub async fn delete(
         if let Some(nodes) = &st.nodes {
             nodes.forget(&name);
             nodes.sync.drop_record(&name).await;
+            nodes.apps.forget(&name);
             if let Err(e) = nodes.results.forget(&name).await {
                 tracing::warn!(node = %name, error = %e, "could not delete the node's results");
             }

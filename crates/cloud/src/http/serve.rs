@@ -1,6 +1,11 @@
 //! The accept loop: plain TCP or TLS (rustls), HTTP/1.1 and HTTP/2 (hyper-util auto),
 //! graceful shutdown as an input (first signal: stop accepting, let connections finish
 //! for up to `drain`; then return).
+//!
+//! The TLS listener asks for an optional client certificate (verified against the
+//! cluster CA, see `pki::server_tls_config`); when a node presents one, its identity is
+//! attached to every request of the connection as a [`PeerNode`] extension. Clients
+//! without a certificate (bearer tokens) are served as before.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +17,20 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The node whose client certificate (signed by the cluster CA, organization
+/// `verge:nodes`) the connection presented. Proves the CA issued it, not that it is
+/// still valid: handlers that accept it check revocation and the Node's existence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerNode {
+    /// The certificate's CN: the node name.
+    pub name: String,
+    /// Hex serial number (what revocation records).
+    pub serial: String,
+}
 
 pub async fn serve(
     listener: TcpListener,
@@ -47,12 +64,20 @@ pub async fn serve(
             match acceptor {
                 Some(acc) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acc.accept(tcp)).await {
-                        Ok(Ok(tls)) => drive(tls, app, conn_shutdown).await,
+                        Ok(Ok(tls)) => {
+                            let node = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(crate::gateway::node_identity)
+                                .map(|(name, serial)| PeerNode { name, serial });
+                            drive(tls, app, node, conn_shutdown).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
                         Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
                     }
                 }
-                None => drive(tcp, app, conn_shutdown).await,
+                None => drive(tcp, app, None, conn_shutdown).await,
             }
         });
     }
@@ -63,11 +88,19 @@ pub async fn serve(
     }
 }
 
-/// Serves one connection until it ends or shutdown asks it to drain.
-async fn drive<I>(io: I, app: Router, mut shutdown: watch::Receiver<bool>)
+/// Serves one connection until it ends or shutdown asks it to drain; `node` (the
+/// client certificate's identity) goes into every request's extensions.
+async fn drive<I>(io: I, app: Router, node: Option<PeerNode>, mut shutdown: watch::Receiver<bool>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let node = node.map(Arc::new);
+    let app = app.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+        if let Some(n) = &node {
+            req.extensions_mut().insert(PeerNode::clone(n));
+        }
+        req
+    });
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app));

@@ -32,6 +32,8 @@ pub struct AppState {
     /// Node lifecycle and sync (told about node deletions).
     pub nodes: Option<Arc<crate::nodes::NodeManager>>,
     pub gateway: Option<crate::gateway::DynDownlink>,
+    /// The content-addressed artifact store (`/api/v1/artifacts`).
+    pub artifacts: Arc<crate::artifacts::ArtifactStore>,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -37,9 +37,14 @@ const APP_PREFIX: &str = "/registry/apps/";
 /// change resends nothing.
 #[derive(Default, PartialEq)]
 struct AppDesired {
-    nodes: BTreeMap<String, String>,
-    versions: BTreeMap<String, (i64, Object)>,
+    /// node → (version, replicas there).
+    nodes: BTreeMap<String, (String, u32)>,
+    /// (version, replicas) → the object sent, by content hash.
+    objects: BTreeMap<(String, u32), (i64, Object)>,
 }
+
+/// Annotation on an App sent to a node: how many replicas run there.
+pub const ANNOTATION_REPLICAS: &str = "verge.io/replicas";
 
 impl AppDesired {
     fn from_object(o: &Object) -> Self {
@@ -48,38 +53,53 @@ impl AppDesired {
         ) else {
             return Self::default();
         };
-        let mut versions = BTreeMap::new();
-        let mut add = |version: &str, spec: Option<&serde_json::Value>| {
-            let Some(spec) = spec else { return };
-            let mut obj = Object {
-                api_version: o.api_version.clone(),
-                kind: o.kind.clone(),
-                metadata: verge_api::ObjectMeta {
-                    name: o.metadata.name.clone(),
-                    labels: o.metadata.labels.clone(),
-                    ..Default::default()
-                },
-                spec: spec.clone(),
-                status: serde_json::Value::Null,
-            };
-            let bytes = serde_json::to_vec(&obj).unwrap_or_default();
-            let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
-            let mut h = [0u8; 8];
-            h.copy_from_slice(&digest[..8]);
-            let hash = (u64::from_be_bytes(h) >> 1) as i64;
-            obj.metadata.resource_version = Some(hash.to_string());
-            versions.insert(version.to_string(), (hash, obj));
+        let spec_of = |version: &str| {
+            if version == state.target_version {
+                state.target_spec.as_ref().or(Some(&o.spec))
+            } else if state.stable_version.as_deref() == Some(version) {
+                state.stable_spec.as_ref()
+            } else {
+                None
+            }
         };
-        add(&state.target_version, state.target_spec.as_ref().or(Some(&o.spec)));
-        if let Some(v) = &state.stable_version {
-            add(v, state.stable_spec.as_ref());
+        let mut nodes = BTreeMap::new();
+        let mut objects = BTreeMap::new();
+        for (node, version) in &state.nodes {
+            let Some(spec) = spec_of(version) else {
+                continue;
+            };
+            let replicas = o.status["placement"][node]
+                .as_u64()
+                .and_then(|r| u32::try_from(r).ok())
+                .unwrap_or(1);
+            let k = (version.clone(), replicas);
+            if !objects.contains_key(&k) {
+                let mut obj = Object {
+                    api_version: o.api_version.clone(),
+                    kind: o.kind.clone(),
+                    metadata: verge_api::ObjectMeta {
+                        name: o.metadata.name.clone(),
+                        labels: o.metadata.labels.clone(),
+                        annotations: BTreeMap::from([(
+                            ANNOTATION_REPLICAS.to_string(),
+                            replicas.to_string(),
+                        )]),
+                        ..Default::default()
+                    },
+                    spec: spec.clone(),
+                    status: serde_json::Value::Null,
+                };
+                let bytes = serde_json::to_vec(&obj).unwrap_or_default();
+                let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
+                let mut h = [0u8; 8];
+                h.copy_from_slice(&digest[..8]);
+                let hash = (u64::from_be_bytes(h) >> 1) as i64;
+                obj.metadata.resource_version = Some(hash.to_string());
+                objects.insert(k.clone(), (hash, obj));
+            }
+            nodes.insert(node.clone(), k);
         }
-        let nodes = state
-            .nodes
-            .into_iter()
-            .filter(|(_, v)| versions.contains_key(v))
-            .collect();
-        Self { nodes, versions }
+        Self { nodes, objects }
     }
 }
 
@@ -143,7 +163,7 @@ impl Sync {
             .map(|(name, (rev, o, _))| (format!("Config/{name}"), (*rev, o.clone())))
             .collect();
         for (name, app) in &cache.apps {
-            if let Some(entry) = app.nodes.get(node).and_then(|v| app.versions.get(v)) {
+            if let Some(entry) = app.nodes.get(node).and_then(|k| app.objects.get(k)) {
                 set.insert(format!("App/{name}"), entry.clone());
             }
         }

@@ -1,0 +1,929 @@
+//! The node's workload manager: turns the `App` objects in the local store into
+//! running instances and keeps them so, with or without the cloud.
+//!
+//! - [`plan`] (pure) compares what the store wants with what runs and says what to
+//!   start and stop; [`dependency_gate`] (pure) holds an instance back until its
+//!   `dependsOn` apps are healthy *on this node* in the required version range.
+//! - Each instance has a supervisor task ([`supervise`]): prepare (pull / download),
+//!   start, probe health, sample usage, and restart per `restartPolicy` with
+//!   exponential backoff (1 s doubling to 60 s; reset after 60 s of running). A
+//!   health check failing `failureThreshold` times in a row marks the instance
+//!   unhealthy and restarts it, like a liveness probe.
+//! - Instances found running when the agent starts are adopted (see each engine), so an
+//!   agent restart never duplicates them.
+//! - Every change is published to [`crate::EdgeState`], which the uplink reports in
+//!   `NodeStatus.apps` (through the store-and-forward queue: offline changes catch up).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+use verge_api::Object;
+use verge_api::specs::{AppSpec, ConfigSpec, HealthCheck, RestartPolicy};
+use verge_proto::{InstanceState, InstanceStatus};
+
+use crate::EdgeState;
+use crate::engine::docker::DockerEngine;
+use crate::engine::native::NativeEngine;
+use crate::engine::{
+    Enforcement, Engine, InstanceKey, InstanceSpec, Limits, Payload, RegistryCredentials,
+};
+
+/// Annotation the cloud puts on an App sent to a node: how many replicas run here.
+pub const ANNOTATION_REPLICAS: &str = "verge.io/replicas";
+/// How long `stop` waits after SIGTERM before SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// A run this long resets the backoff.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// One instance the store wants.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wanted {
+    pub spec: InstanceSpec,
+    pub app: AppSpec,
+    /// Hash of the App spec: a change with the same version replaces the instance.
+    pub spec_hash: u64,
+}
+
+/// What runs now, as [`plan`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    pub version: String,
+    /// `None` for adopted instances (their spec hash is unknown: same version = same).
+    pub spec_hash: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Start(InstanceKey),
+    Stop(InstanceKey),
+    /// Stop, then start the new spec.
+    Replace(InstanceKey),
+}
+
+/// What to do so that `running` becomes `wanted`. Stops come first.
+pub fn plan(
+    wanted: &BTreeMap<InstanceKey, Wanted>,
+    running: &BTreeMap<InstanceKey, Running>,
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for (k, r) in running {
+        match wanted.get(k) {
+            None => steps.push(Step::Stop(k.clone())),
+            Some(w) => {
+                let same =
+                    w.spec.version == r.version && r.spec_hash.is_none_or(|h| h == w.spec_hash);
+                if !same {
+                    steps.push(Step::Replace(k.clone()));
+                }
+            }
+        }
+    }
+    for k in wanted.keys() {
+        if !running.contains_key(k) {
+            steps.push(Step::Start(k.clone()));
+        }
+    }
+    steps
+}
+
+/// `Ok` when every dependency has a healthy instance on this node whose version is in
+/// range; otherwise what is missing, for the instance's status.
+pub fn dependency_gate(app: &AppSpec, statuses: &[InstanceStatus]) -> Result<(), String> {
+    let mut missing = Vec::new();
+    for d in &app.depends_on {
+        let req = d.requirement();
+        let ok = statuses.iter().any(|s| {
+            s.app == d.app
+                && s.state == InstanceState::Running
+                && s.healthy != Some(false)
+                && semver::Version::parse(&s.version).is_ok_and(|v| req.matches(&v))
+        });
+        if !ok {
+            missing.push(format!("{} {}", d.app, req));
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "waiting for {} to be healthy on this node",
+            missing.join(", ")
+        ))
+    }
+}
+
+/// Backoff before restart number `restarts` (1-based): 1 s, 2 s, 4 s ... 60 s.
+pub fn restart_backoff(restarts: u32) -> Duration {
+    let exp = restarts.saturating_sub(1).min(16);
+    BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_CAP)
+}
+
+/// Whether `policy` restarts after `exit`.
+pub fn should_restart(policy: RestartPolicy, success: bool) -> bool {
+    match policy {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => !success,
+        RestartPolicy::Never => false,
+    }
+}
+
+fn hash_json(v: &serde_json::Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    h.finish()
+}
+
+/// The instances the App objects in the store ask for on `node`.
+pub fn wanted_instances(
+    node: &str,
+    apps: &[Object],
+    configs: &[Object],
+) -> (BTreeMap<InstanceKey, Wanted>, Vec<InstanceStatus>) {
+    let mut out = BTreeMap::new();
+    let mut invalid = Vec::new();
+    for o in apps {
+        let Ok(app) = serde_json::from_value::<AppSpec>(o.spec.clone()) else {
+            continue;
+        };
+        let payload = match (&app.workload.docker, &app.workload.native) {
+            (Some(d), _) => Payload::Docker(d.clone()),
+            (None, Some(n)) => Payload::Native(n.clone()),
+            _ => continue, // function-backed apps are the function runtime's
+        };
+        let replicas: u32 = o
+            .metadata
+            .annotations
+            .get(ANNOTATION_REPLICAS)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
+            .min(verge_api::limits::MAX_REPLICAS_PER_NODE);
+        let res = app.resources.clone().unwrap_or_default();
+        let limits = Limits {
+            cpu_millis: res.cpu_millis(),
+            memory_bytes: res.memory_bytes(),
+        };
+        let mut registry_auth = None;
+        if let Some(d) = &app.workload.docker
+            && let Some(r) = &d.registry_auth
+        {
+            let found = configs
+                .iter()
+                .find(|c| c.metadata.name == r.name)
+                .and_then(|c| serde_json::from_value::<ConfigSpec>(c.spec.clone()).ok());
+            match found {
+                Some(c) => {
+                    registry_auth = Some(RegistryCredentials {
+                        username: c.data.get("username").cloned().unwrap_or_default(),
+                        password: c.data.get("password").cloned().unwrap_or_default(),
+                    });
+                }
+                None => {
+                    invalid.push(InstanceStatus {
+                        app: o.metadata.name.clone(),
+                        replica: 0,
+                        version: app.version.clone(),
+                        state: InstanceState::Failed,
+                        healthy: None,
+                        restarts: 0,
+                        cpu_millis: None,
+                        memory_bytes: None,
+                        last_error: Some(format!(
+                            "registryAuth: Config {} (with username and password) is not on this node",
+                            r.name
+                        )),
+                        limits: None,
+                        started_at_ms: None,
+                    });
+                    continue;
+                }
+            }
+        }
+        let spec_hash = hash_json(&o.spec);
+        for replica in 0..replicas {
+            let key = InstanceKey {
+                app: o.metadata.name.clone(),
+                replica,
+            };
+            out.insert(
+                key.clone(),
+                Wanted {
+                    spec: InstanceSpec {
+                        key,
+                        node: node.to_string(),
+                        version: app.version.clone(),
+                        payload: payload.clone(),
+                        limits,
+                        registry_auth: registry_auth.clone(),
+                    },
+                    app: app.clone(),
+                    spec_hash,
+                },
+            );
+        }
+    }
+    (out, invalid)
+}
+
+/// A supervised instance.
+struct Slot {
+    version: String,
+    spec_hash: Option<u64>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    status: Arc<Mutex<InstanceStatus>>,
+}
+
+/// Shared between the manager and the supervisors.
+struct Shared {
+    state: Arc<EdgeState>,
+    changed: Notify,
+}
+
+impl Shared {
+    fn publish(&self) {
+        self.changed.notify_one();
+    }
+}
+
+pub struct Workloads {
+    node: String,
+    state: Arc<EdgeState>,
+    native: Arc<NativeEngine>,
+    docker: Result<Arc<DockerEngine>, String>,
+    shared: Arc<Shared>,
+}
+
+fn blank_status(spec: &InstanceSpec) -> InstanceStatus {
+    InstanceStatus {
+        app: spec.key.app.clone(),
+        replica: spec.key.replica,
+        version: spec.version.clone(),
+        state: InstanceState::Preparing,
+        healthy: None,
+        restarts: 0,
+        cpu_millis: None,
+        memory_bytes: None,
+        last_error: None,
+        limits: None,
+        started_at_ms: None,
+    }
+}
+
+fn enforcement_text(e: &Enforcement) -> String {
+    match e {
+        Enforcement::None => "none".into(),
+        Enforcement::Cgroup(paths) => format!("cgroup: {}", paths.join(", ")),
+        Enforcement::Rlimit(why) => format!("rlimit: {why}"),
+    }
+}
+
+impl Workloads {
+    /// `docker`: the engine, or why there is none (docker apps then fail with it).
+    pub fn new(
+        state: Arc<EdgeState>,
+        native: NativeEngine,
+        docker: Result<DockerEngine, String>,
+    ) -> Self {
+        Self {
+            node: state.node().to_string(),
+            shared: Arc::new(Shared {
+                state: state.clone(),
+                changed: Notify::new(),
+            }),
+            state,
+            native: Arc::new(native),
+            docker: docker.map(Arc::new),
+        }
+    }
+
+    /// Runs until `shutdown`; running instances are left running (a new agent adopts
+    /// them).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut slots: BTreeMap<InstanceKey, Slot> = BTreeMap::new();
+        // Adopt what runs from before.
+        match self.native.adopt(&self.node).await {
+            Ok(list) => {
+                for a in list {
+                    tracing::info!(app = %a.key, version = %a.version, "adopted a running native instance");
+                    self.spawn_adopted_native(&mut slots, a);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not look for native instances to adopt"),
+        }
+        if let Ok(docker) = &self.docker {
+            match docker.adopt(&self.node).await {
+                Ok(list) => {
+                    for a in list {
+                        tracing::info!(app = %a.key, version = %a.version, "adopted a running container");
+                        self.spawn_adopted_docker(&mut slots, a);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not look for containers to adopt"),
+            }
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.state.desired_changed() => {}
+                _ = self.shared.changed.notified() => {}
+                _ = shutdown.changed() => break,
+            }
+            let store = self.state.store().clone();
+            let read = tokio::task::spawn_blocking(move || {
+                Ok::<_, crate::Error>((store.list("App")?, store.list("Config")?))
+            })
+            .await;
+            let (apps, configs) = match read {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not read apps from the local store");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let (wanted, invalid) = wanted_instances(&self.node, &apps, &configs);
+            let running: BTreeMap<InstanceKey, Running> = slots
+                .iter()
+                .map(|(k, s)| {
+                    (
+                        k.clone(),
+                        Running {
+                            version: s.version.clone(),
+                            spec_hash: s.spec_hash,
+                        },
+                    )
+                })
+                .collect();
+            for step in plan(&wanted, &running) {
+                match step {
+                    Step::Stop(k) => self.stop_slot(&mut slots, &k).await,
+                    Step::Replace(k) => {
+                        self.stop_slot(&mut slots, &k).await;
+                        if let Some(w) = wanted.get(&k) {
+                            self.spawn(&mut slots, w.clone());
+                        }
+                    }
+                    Step::Start(k) => {
+                        if let Some(w) = wanted.get(&k) {
+                            self.spawn(&mut slots, w.clone());
+                        }
+                    }
+                }
+            }
+            // Reap supervisors that ended (e.g. a policy that does not restart) only
+            // when their app is gone; otherwise they stay as the record of the exit.
+            let mut statuses: Vec<InstanceStatus> = slots
+                .values()
+                .filter_map(|s| s.status.lock().ok().map(|g| g.clone()))
+                .collect();
+            statuses.extend(invalid.iter().cloned());
+            statuses.truncate(verge_proto::MAX_INSTANCES);
+            self.state.set_apps(statuses);
+        }
+        for (_, s) in slots {
+            let _ = s.stop.send(true);
+            s.task.abort();
+        }
+    }
+
+    async fn stop_slot(&self, slots: &mut BTreeMap<InstanceKey, Slot>, k: &InstanceKey) {
+        if let Some(s) = slots.remove(k) {
+            tracing::info!(instance = %k, version = %s.version, "stopping");
+            let _ = s.stop.send(true);
+            // The supervisor stops the instance and then ends.
+            let _ = tokio::time::timeout(STOP_GRACE + Duration::from_secs(10), s.task).await;
+        }
+    }
+
+    fn spawn(&self, slots: &mut BTreeMap<InstanceKey, Slot>, w: Wanted) {
+        let status = Arc::new(Mutex::new(blank_status(&w.spec)));
+        let (tx, rx) = watch::channel(false);
+        let key = w.spec.key.clone();
+        let version = w.spec.version.clone();
+        let hash = w.spec_hash;
+        let shared = self.shared.clone();
+        let st = status.clone();
+        let task = match (&w.spec.payload, &self.docker) {
+            (Payload::Native(_), _) => {
+                let e = self.native.clone();
+                tokio::spawn(supervise(e, w, None, st, shared, rx))
+            }
+            (Payload::Docker(_), Ok(d)) => {
+                let e = d.clone();
+                tokio::spawn(supervise(e, w, None, st, shared, rx))
+            }
+            (Payload::Docker(_), Err(why)) => {
+                if let Ok(mut s) = status.lock() {
+                    s.state = InstanceState::Failed;
+                    s.last_error = Some(format!("no Docker engine on this node: {why}"));
+                }
+                tokio::spawn(async {})
+            }
+        };
+        slots.insert(
+            key,
+            Slot {
+                version,
+                spec_hash: Some(hash),
+                stop: tx,
+                task,
+                status,
+            },
+        );
+    }
+
+    fn spawn_adopted_native(
+        &self,
+        slots: &mut BTreeMap<InstanceKey, Slot>,
+        a: crate::engine::Adopted<crate::engine::native::NativeHandle>,
+    ) {
+        self.spawn_adopted(slots, self.native.clone(), a);
+    }
+
+    fn spawn_adopted_docker(
+        &self,
+        slots: &mut BTreeMap<InstanceKey, Slot>,
+        a: crate::engine::Adopted<crate::engine::docker::ContainerHandle>,
+    ) {
+        if let Ok(d) = &self.docker {
+            self.spawn_adopted(slots, d.clone(), a);
+        }
+    }
+
+    /// An adopted instance is supervised with its spec once the store's App is read;
+    /// until then (and if the App is gone) `plan` stops or replaces it.
+    fn spawn_adopted<E: Engine>(
+        &self,
+        slots: &mut BTreeMap<InstanceKey, Slot>,
+        engine: Arc<E>,
+        a: crate::engine::Adopted<E::Handle>,
+    ) {
+        let store = self.state.store().clone();
+        let app = store.get("App", &a.key.app).ok().flatten();
+        let configs = store.list("Config").unwrap_or_default();
+        let wanted = app
+            .map(|o| wanted_instances(&self.node, &[o], &configs).0)
+            .and_then(|mut m| m.remove(&a.key))
+            .filter(|w| w.spec.version == a.version);
+        let status = Arc::new(Mutex::new(InstanceStatus {
+            state: InstanceState::Running,
+            ..blank_status(&InstanceSpec {
+                key: a.key.clone(),
+                node: self.node.clone(),
+                version: a.version.clone(),
+                payload: Payload::Native(verge_api::specs::NativeWorkload {
+                    artifact: verge_api::specs::ArtifactRef {
+                        sha256: String::new(),
+                        url: None,
+                    },
+                    command: String::new(),
+                    args: vec![],
+                    env: BTreeMap::new(),
+                    workdir: None,
+                }),
+                limits: Limits::default(),
+                registry_auth: None,
+            })
+        }));
+        let (tx, rx) = watch::channel(false);
+        let shared = self.shared.clone();
+        let task = match wanted {
+            Some(w) => tokio::spawn(supervise(
+                engine,
+                w,
+                Some(a.handle),
+                status.clone(),
+                shared,
+                rx,
+            )),
+            None => {
+                // Not wanted (any more): stop it now.
+                let h = a.handle;
+                tokio::spawn(async move {
+                    let _ = engine.stop(&h, STOP_GRACE).await;
+                })
+            }
+        };
+        slots.insert(
+            a.key,
+            Slot {
+                version: a.version,
+                spec_hash: None,
+                stop: tx,
+                task,
+                status,
+            },
+        );
+    }
+}
+
+fn now_ms() -> i64 {
+    crate::now_ms()
+}
+
+/// Runs one health probe.
+async fn probe<E: Engine>(engine: &E, h: &E::Handle, hc: &HealthCheck) -> Result<(), String> {
+    let timeout = Duration::from_secs(u64::from(hc.timeout()));
+    if let Some(http) = &hc.http {
+        let url = format!(
+            "http://127.0.0.1:{}{}",
+            http.port,
+            http.path.as_deref().unwrap_or("/")
+        );
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string())?;
+        return match client.get(&url).send().await {
+            Ok(r) if r.status().as_u16() < 400 => Ok(()),
+            Ok(r) => Err(format!("GET {url}: HTTP {}", r.status().as_u16())),
+            Err(e) => Err(format!("GET {url}: {}", crate::error::chain(&e))),
+        };
+    }
+    if let Some(tcp) = &hc.tcp {
+        let addr = format!("127.0.0.1:{}", tcp.port);
+        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("tcp {addr}: {e}")),
+            Err(_) => Err(format!("tcp {addr}: timed out")),
+        };
+    }
+    if let Some(exec) = &hc.exec {
+        return match engine.exec(h, &exec.command, timeout).await {
+            Ok(0) => Ok(()),
+            Ok(code) => Err(format!("exec {:?}: exit code {code}", exec.command)),
+            Err(e) => Err(e.to_string()),
+        };
+    }
+    Ok(())
+}
+
+/// Supervises one instance until told to stop (then stops it).
+async fn supervise<E: Engine>(
+    engine: Arc<E>,
+    w: Wanted,
+    adopted: Option<E::Handle>,
+    status: Arc<Mutex<InstanceStatus>>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let set = |f: &dyn Fn(&mut InstanceStatus)| {
+        if let Ok(mut s) = status.lock() {
+            f(&mut s);
+        }
+        shared.publish();
+    };
+    let policy = w.app.restart_policy.unwrap_or(RestartPolicy::Always);
+    let mut adopted = adopted;
+    let mut restarts: u32 = 0;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let handle = if let Some(h) = adopted.take() {
+            set(&|s| {
+                s.state = InstanceState::Running;
+                s.started_at_ms.get_or_insert(now_ms());
+            });
+            h
+        } else {
+            // Dependencies first.
+            loop {
+                let statuses = shared.state.apps();
+                match dependency_gate(&w.app, &statuses) {
+                    Ok(()) => break,
+                    Err(why) => set(&|s| {
+                        s.state = InstanceState::WaitingForDependency;
+                        s.last_error = Some(why.clone());
+                    }),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+            set(&|s| s.state = InstanceState::Preparing);
+            let prepared = tokio::select! {
+                r = engine.prepare(&w.spec) => r,
+                _ = stop.changed() => return,
+            };
+            let started = match prepared {
+                Ok(()) => engine.start(&w.spec).await,
+                Err(e) => Err(e),
+            };
+            match started {
+                Ok((h, enforcement)) => {
+                    let text = enforcement_text(&enforcement);
+                    set(&|s| {
+                        s.state = InstanceState::Running;
+                        s.healthy = None;
+                        s.started_at_ms = Some(now_ms());
+                        s.limits = Some(text.clone());
+                    });
+                    h
+                }
+                Err(e) => {
+                    restarts += 1;
+                    let msg = e.to_string();
+                    tracing::warn!(instance = %w.spec.key, error = %msg, "could not start");
+                    set(&|s| {
+                        s.state = InstanceState::Failed;
+                        s.restarts = restarts;
+                        s.last_error = Some(msg.clone());
+                    });
+                    tokio::select! {
+                        _ = tokio::time::sleep(restart_backoff(restarts)) => continue,
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+        };
+        let started = Instant::now();
+        let hc = w.app.health.clone();
+        let mut failures = 0u32;
+        let mut next_probe = hc.as_ref().map(|h| {
+            tokio::time::Instant::now() + Duration::from_secs(u64::from(h.initial_delay()))
+        });
+        let mut usage_tick = tokio::time::interval(Duration::from_secs(2));
+        let exit = loop {
+            let probe_at = next_probe
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                e = engine.wait(&handle) => break Some(e),
+                _ = tokio::time::sleep_until(probe_at), if next_probe.is_some() => {
+                    let Some(h) = &hc else { continue };
+                    match probe(engine.as_ref(), &handle, h).await {
+                        Ok(()) => {
+                            failures = 0;
+                            set(&|s| { s.healthy = Some(true); });
+                        }
+                        Err(why) => {
+                            failures += 1;
+                            if failures >= h.failure_threshold() {
+                                set(&|s| {
+                                    s.healthy = Some(false);
+                                    s.last_error = Some(format!("health check failed {failures} times: {why}"));
+                                });
+                                break None;
+                            }
+                        }
+                    }
+                    next_probe = Some(tokio::time::Instant::now() + Duration::from_secs(u64::from(h.interval())));
+                }
+                _ = usage_tick.tick() => {
+                    if let Some(u) = engine.usage(&handle).await
+                        && let Ok(mut s) = status.lock()
+                    {
+                        s.cpu_millis = Some(u.cpu_millis);
+                        s.memory_bytes = Some(u.memory_bytes);
+                    }
+                }
+                _ = stop.changed() => {
+                    let _ = engine.stop(&handle, STOP_GRACE).await;
+                    return;
+                }
+            }
+        };
+        let success = match &exit {
+            Some(e) => {
+                let msg = e.message.clone();
+                tracing::info!(instance = %w.spec.key, exit = %msg, "instance exited");
+                set(&|s| {
+                    s.last_error = (!msg.starts_with("exit code 0"))
+                        .then(|| msg.clone())
+                        .or(s.last_error.clone())
+                });
+                e.success()
+            }
+            None => false,
+        };
+        // Unhealthy, or exited: clean up the old one either way.
+        let _ = engine.stop(&handle, STOP_GRACE).await;
+        if started.elapsed() >= HEALTHY_RUN {
+            restarts = 0;
+        }
+        if !should_restart(policy, success) {
+            set(&|s| {
+                s.state = if success {
+                    InstanceState::Completed
+                } else {
+                    InstanceState::Failed
+                };
+            });
+            let _ = stop.changed().await;
+            return;
+        }
+        restarts += 1;
+        let wait = restart_backoff(restarts);
+        set(&|s| {
+            s.state = InstanceState::Backoff;
+            s.restarts = s.restarts.saturating_add(1);
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// The set of apps with an instance on this node (for tests and the local API).
+pub fn app_names(statuses: &[InstanceStatus]) -> BTreeSet<String> {
+    statuses.iter().map(|s| s.app.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use verge_api::specs::Dependency;
+
+    fn key(app: &str, r: u32) -> InstanceKey {
+        InstanceKey {
+            app: app.into(),
+            replica: r,
+        }
+    }
+
+    fn app(version: &str, deps: &[(&str, &str)]) -> AppSpec {
+        let mut a: AppSpec = serde_json::from_value(serde_json::json!({
+            "version": version, "workload": {"docker": {"image": "x"}}
+        }))
+        .unwrap();
+        a.depends_on = deps
+            .iter()
+            .map(|(n, v)| Dependency {
+                app: n.to_string(),
+                version: Some(v.to_string()),
+            })
+            .collect();
+        a
+    }
+
+    fn wanted(app_name: &str, r: u32, version: &str, hash: u64) -> (InstanceKey, Wanted) {
+        let spec = InstanceSpec {
+            key: key(app_name, r),
+            node: "n".into(),
+            version: version.into(),
+            payload: Payload::Docker(
+                serde_json::from_value(serde_json::json!({"image": "x"})).unwrap(),
+            ),
+            limits: Limits::default(),
+            registry_auth: None,
+        };
+        (
+            key(app_name, r),
+            Wanted {
+                spec,
+                app: app(version, &[]),
+                spec_hash: hash,
+            },
+        )
+    }
+
+    fn status(
+        app: &str,
+        version: &str,
+        state: InstanceState,
+        healthy: Option<bool>,
+    ) -> InstanceStatus {
+        InstanceStatus {
+            app: app.into(),
+            replica: 0,
+            version: version.into(),
+            state,
+            healthy,
+            restarts: 0,
+            cpu_millis: None,
+            memory_bytes: None,
+            last_error: None,
+            limits: None,
+            started_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn plan_starts_stops_and_replaces() {
+        let want: BTreeMap<_, _> = [
+            wanted("a", 0, "1.0.0", 1),
+            wanted("b", 0, "2.0.0", 2),
+            wanted("c", 0, "1.0.0", 3),
+        ]
+        .into();
+        let running: BTreeMap<_, _> = [
+            (
+                key("a", 0),
+                Running {
+                    version: "1.0.0".into(),
+                    spec_hash: Some(1),
+                },
+            ),
+            (
+                key("b", 0),
+                Running {
+                    version: "1.0.0".into(),
+                    spec_hash: Some(2),
+                },
+            ),
+            (
+                key("c", 0),
+                Running {
+                    version: "1.0.0".into(),
+                    spec_hash: Some(9),
+                },
+            ),
+            (
+                key("d", 0),
+                Running {
+                    version: "1.0.0".into(),
+                    spec_hash: None,
+                },
+            ),
+        ]
+        .into();
+        let steps = plan(&want, &running);
+        assert_eq!(
+            steps,
+            vec![
+                Step::Replace(key("b", 0)),
+                Step::Replace(key("c", 0)),
+                Step::Stop(key("d", 0))
+            ]
+        );
+        // Adopted (hash unknown) with the same version is kept.
+        let running: BTreeMap<_, _> = [(
+            key("a", 0),
+            Running {
+                version: "1.0.0".into(),
+                spec_hash: None,
+            },
+        )]
+        .into();
+        let want: BTreeMap<_, _> = [wanted("a", 0, "1.0.0", 1), wanted("a", 1, "1.0.0", 1)].into();
+        assert_eq!(plan(&want, &running), vec![Step::Start(key("a", 1))]);
+    }
+
+    #[test]
+    fn dependency_gate_needs_a_healthy_instance_in_range() {
+        let web = app("1.0.0", &[("db", "^1.2")]);
+        assert!(dependency_gate(&web, &[]).unwrap_err().contains("db ^1.2"));
+        let old = status("db", "1.1.0", InstanceState::Running, Some(true));
+        assert!(dependency_gate(&web, &[old]).is_err());
+        let sick = status("db", "1.3.0", InstanceState::Running, Some(false));
+        assert!(dependency_gate(&web, &[sick]).is_err());
+        let starting = status("db", "1.3.0", InstanceState::Preparing, None);
+        assert!(dependency_gate(&web, &[starting]).is_err());
+        let good = status("db", "1.3.0", InstanceState::Running, Some(true));
+        assert!(dependency_gate(&web, &[good]).is_ok());
+        assert!(dependency_gate(&app("1.0.0", &[]), &[]).is_ok());
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_policy_decides() {
+        assert_eq!(restart_backoff(1), Duration::from_secs(1));
+        assert_eq!(restart_backoff(2), Duration::from_secs(2));
+        assert_eq!(restart_backoff(4), Duration::from_secs(8));
+        assert_eq!(restart_backoff(30), Duration::from_secs(60));
+        assert!(should_restart(RestartPolicy::Always, true));
+        assert!(should_restart(RestartPolicy::OnFailure, false));
+        assert!(!should_restart(RestartPolicy::OnFailure, true));
+        assert!(!should_restart(RestartPolicy::Never, false));
+    }
+
+    #[test]
+    fn replicas_come_from_the_annotation_and_auth_from_a_config() {
+        let mut o: Object = serde_json::from_value(serde_json::json!({
+            "apiVersion": "verge.io/v1", "kind": "App", "metadata": {"name": "web",
+              "annotations": {"verge.io/replicas": "2"}},
+            "spec": {"version": "1.0.0", "workload": {"docker": {"image": "r/x:1", "registryAuth": {"name": "creds"}}}}
+        }))
+        .unwrap();
+        let (w, bad) = wanted_instances("n1", std::slice::from_ref(&o), &[]);
+        assert!(w.is_empty());
+        assert!(bad[0].last_error.as_ref().unwrap().contains("Config creds"));
+        let creds: Object = serde_json::from_value(serde_json::json!({
+            "apiVersion": "verge.io/v1", "kind": "Config", "metadata": {"name": "creds"},
+            "spec": {"data": {"username": "u", "password": "p"}}
+        }))
+        .unwrap();
+        let (w, bad) = wanted_instances("n1", std::slice::from_ref(&o), &[creds]);
+        assert!(bad.is_empty());
+        assert_eq!(w.len(), 2);
+        assert_eq!(
+            w[&key("web", 1)]
+                .spec
+                .registry_auth
+                .as_ref()
+                .unwrap()
+                .username,
+            "u"
+        );
+        o.metadata.annotations.clear();
+        assert_eq!(wanted_instances("n1", &[o], &[]).1.len(), 1);
+    }
+}
