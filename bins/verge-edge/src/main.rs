@@ -318,29 +318,13 @@ async fn run(a: RunArgs) -> Result<()> {
     ));
 
     // Workloads: Docker and native apps from the local store, with or without the cloud.
-    let native = verge_edge::engine::native::NativeEngine::new(
-        a.data_dir.join("apps"),
-        verge_edge::engine::native::Cgroups::detect(&identity.name),
-        Some(verge_edge::engine::native::Fetcher {
-            cloud: identity.cloud.clone(),
-            client: verge_edge::artifact::node_https_client(&identity)?,
-        }),
-    );
-    if let verge_edge::engine::native::Cgroups::Unavailable(why) = native.cgroups() {
-        tracing::warn!(%why, "cgroups unavailable: native apps get rlimits instead");
-    }
-    let docker =
-        match verge_edge::engine::docker::DockerEngine::connect(a.docker_socket.as_deref()).await {
-            Ok(d) => Ok(match &a.docker_network {
-                Some(n) => d.with_network(n.clone()),
-                None => d,
-            }),
-            Err(e) => {
-                tracing::info!(error = %e, "no Docker engine: Docker apps will fail on this node");
-                Err(e.to_string())
-            }
-        };
-    let workloads = verge_edge::workloads::Workloads::new(state.clone(), native, docker);
+    let workloads = verge_edge::workloads::Workloads::for_node(
+        state.clone(),
+        &identity,
+        a.docker_socket.as_deref(),
+        a.docker_network.clone(),
+    )
+    .await?;
     let workloads_task = tokio::spawn(workloads.run(stop_rx.clone()));
 
     wait_for_signal().await?;

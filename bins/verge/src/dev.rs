@@ -119,14 +119,34 @@ async fn dev_edge(
         dir.display()
     );
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
-    let (api_r, up_r) = tokio::join!(
+    // Same environment variables as `verge-edge run`.
+    let socket = std::env::var_os("VERGE_EDGE_DOCKER_SOCKET").map(PathBuf::from);
+    let network = std::env::var("VERGE_EDGE_DOCKER_NETWORK").ok();
+    let workloads = verge_edge::workloads::Workloads::for_node(
+        state.clone(),
+        &identity,
+        socket.as_deref(),
+        network,
+    )
+    .await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_workloads = {
+        let s = shutdown.clone();
+        async move {
+            s.await;
+            let _ = stop_tx.send(true);
+        }
+    };
+    let (api_r, up_r, _, _) = tokio::join!(
         api.serve(shutdown.clone()),
         verge_edge::agent::run(
             identity,
             state,
             verge_edge::agent::AgentConfig::default(),
             shutdown
-        )
+        ),
+        workloads.run(stop_rx),
+        stop_workloads,
     );
     api_r?;
     up_r?;

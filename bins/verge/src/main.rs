@@ -29,6 +29,7 @@ macro_rules! out {
 
 mod artifact;
 mod bench;
+mod bench_app;
 mod bench_fleet;
 mod client;
 mod commands;
@@ -229,6 +230,8 @@ enum BenchCmd {
     Api(bench::ApiBenchArgs),
     /// N simulated edge nodes against one cloud: connect, memory, heartbeats, sync, restart.
     Fleet(bench_fleet::FleetArgs),
+    /// Time from `apply` to running and healthy for an App (a new version per run).
+    App(bench_app::AppBenchArgs),
 }
 
 /// First Ctrl-C or SIGTERM: graceful shutdown. Second Ctrl-C: exit at once.
@@ -406,6 +409,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Bench { cmd } => match cmd {
+            BenchCmd::App(args) => bench_app::run(&client(&cli)?, args).await,
             BenchCmd::Api(args) => {
                 let cfg = client::load_config(
                     cli.config.as_deref(),

@@ -301,6 +301,42 @@ impl Workloads {
         }
     }
 
+    /// The engines for a joined node: native apps under `DATA_DIR/apps` (artifacts
+    /// fetched from the cloud with the node's certificate, cgroups detected), and the
+    /// Docker engine on `docker_socket` (default `DOCKER_HOST`, else
+    /// /var/run/docker.sock) — or, when none answers, the reason Docker apps fail.
+    pub async fn for_node(
+        state: Arc<EdgeState>,
+        identity: &crate::Identity,
+        docker_socket: Option<&std::path::Path>,
+        docker_network: Option<String>,
+    ) -> crate::Result<Self> {
+        use crate::engine::native::{Cgroups, Fetcher};
+        let cgroups = Cgroups::detect(&identity.name);
+        if let Cgroups::Unavailable(why) = &cgroups {
+            tracing::warn!(%why, "cgroups unavailable: native apps get rlimits instead");
+        }
+        let native = NativeEngine::new(
+            identity.data_dir.join("apps"),
+            cgroups,
+            Some(Fetcher {
+                cloud: identity.cloud.clone(),
+                client: crate::artifact::node_https_client(identity)?,
+            }),
+        );
+        let docker = match DockerEngine::connect(docker_socket).await {
+            Ok(d) => Ok(match docker_network {
+                Some(n) => d.with_network(n),
+                None => d,
+            }),
+            Err(e) => {
+                tracing::info!(error = %e, "no Docker engine: Docker apps will fail on this node");
+                Err(e.to_string())
+            }
+        };
+        Ok(Self::new(state, native, docker))
+    }
+
     /// Runs until `shutdown`; running instances are left running (a new agent adopts
     /// them).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {

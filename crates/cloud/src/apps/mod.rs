@@ -233,19 +233,45 @@ impl AppController {
         }
     }
 
-    /// Reconciles every app every second, and soon after a node reports a change.
+    /// Reconciles every app every second, and at once after an App changes (its spec
+    /// or annotations; not the status this controller writes) or a node reports a
+    /// change.
     pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        use futures::StreamExt;
+        let mut events = None;
+        let mut generations: HashMap<String, String> = HashMap::new();
         loop {
+            if events.is_none() {
+                // (Re)opened after a compaction or an error; polling covers the gap.
+                let prefix = kind_prefix(Kind::App);
+                if let Ok(list) = self.store.list(&prefix, None).await {
+                    events = self.store.watch(&prefix, list.revision).await.ok();
+                }
+            }
             if let Err(e) = self.pass().await {
                 tracing::warn!(error = %e, "app controller pass failed");
             }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
-                _ = self.reports.changed.notified() => {
-                    // Coalesce a burst of reports.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(1000)) => break,
+                    _ = self.reports.changed.notified() => {
+                        // Coalesce a burst of reports.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        break;
+                    }
+                    ev = async { match events.as_mut() { Some(w) => w.next().await, None => std::future::pending().await } } => {
+                        let Some(Ok(ev)) = ev else { events = None; continue };
+                        // Only spec and metadata changes wake us (not our own status writes).
+                        let key = ev.kv.key.clone();
+                        let fingerprint = serde_json::from_slice::<Object>(&ev.kv.value)
+                            .map(|o| format!("{}{:?}", o.spec, o.metadata.annotations))
+                            .unwrap_or_default();
+                        if generations.insert(key, fingerprint.clone()).as_ref() != Some(&fingerprint) {
+                            break;
+                        }
+                    }
+                    _ = shutdown.changed() => return,
                 }
-                _ = shutdown.changed() => return,
             }
         }
     }

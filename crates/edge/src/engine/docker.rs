@@ -645,6 +645,10 @@ pub(crate) fn create_body(
         binds: (!binds.is_empty()).then_some(binds),
         port_bindings: (!bindings.is_empty()).then_some(bindings),
         network_mode: network.map(str::to_string),
+        // A minimal init (Docker's docker-init) as PID 1: signals reach the app, so
+        // a stop takes as long as the app needs, not the whole grace period, and
+        // zombies are reaped.
+        init: Some(true),
         // The supervisor restarts instances, never Docker.
         restart_policy: Some(RestartPolicy {
             name: Some(RestartPolicyNameEnum::NO),

@@ -1,0 +1,541 @@
+//! Docker apps end to end: a real cloud, three real `verge-edge` nodes with different
+//! labels, all driving one private `dockerd`; images pulled from a private
+//! `docker-registry` (busybox from the host, imported and pushed: nothing comes from
+//! the internet). v1 on every node with its limits in the container's `HostConfig` and
+//! cgroup; gray release v1 → v2 (a new image) in steps 33% → 100% observed in order; v3
+//! with a failing health check (an exec probe inside the container) rolled back
+//! automatically with `verge rollout status` exiting non-zero; agent kill -9 and restart
+//! adopts the running container (same id, never duplicated); with the cloud stopped a
+//! killed container is restarted by its agent and the restart is reported once the
+//! cloud is back. Bad input: an image the registry does not have, a registry nothing
+//! listens on. Needs root and Debian's docker.io, docker-registry and busybox-static.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use reqwest::Method;
+use serde_json::{Value, json};
+use verge_testkit::{Cloud, Dockerd, Edge, Registry, busybox_image_tar, eventually, workspace_bin};
+
+const BIN: &str = env!("CARGO_BIN_EXE_verge");
+
+fn verge(cloud: &Cloud, args: &[&str]) -> Result<Output> {
+    Ok(Command::new(BIN)
+        .args(args)
+        .env("VERGE_CONFIG", cloud.admin_config())
+        .env("RUST_LOG", "off")
+        .output()?)
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The container's command: a sleeper that exits on SIGTERM. (A bare `sleep` as PID 1
+/// ignores SIGTERM, so every stop would wait out the agent's 10 s grace.)
+const SLEEPER: &str = "trap 'exit 0' TERM; sleep 100000 & wait";
+
+/// An App running `image` (a sleeper) with `extra` merged into its spec.
+fn app(name: &str, version: &str, image: &str, extra: Value) -> Value {
+    let mut spec = json!({
+        "version": version,
+        "workload": {"docker": {"image": image, "command": ["/bin/sh", "-c", SLEEPER]}},
+    });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    json!({"apiVersion": "verge.dev/v1", "kind": "App", "metadata": {"name": name}, "spec": spec})
+}
+
+async fn apply(cloud: &Cloud, obj: &Value) -> Result<()> {
+    let name = obj["metadata"]["name"].as_str().unwrap();
+    let path = format!("/api/v1/apps/{name}");
+    let cur = cloud
+        .client()?
+        .get(format!("{}{path}", cloud.url))
+        .bearer_auth(&cloud.admin_token)
+        .send()
+        .await?;
+    if cur.status() == 404 {
+        cloud
+            .api(Method::POST, "/api/v1/apps", Some(obj.clone()))
+            .await?;
+    } else {
+        cloud.api(Method::PUT, &path, Some(obj.clone())).await?;
+    }
+    Ok(())
+}
+
+async fn get_app(cloud: &Cloud, name: &str) -> Result<Value> {
+    cloud
+        .api(Method::GET, &format!("/api/v1/apps/{name}"), None)
+        .await
+}
+
+fn instances<'a>(app: &'a Value, node: &str) -> Vec<&'a Value> {
+    app["status"]["instances"]
+        .as_array()
+        .map(|l| l.iter().filter(|i| i["node"] == node).collect())
+        .unwrap_or_default()
+}
+
+/// Full ids of the running containers of `app` on `node`.
+async fn containers(dockerd: &Dockerd, node: &str, app: &str) -> Result<Vec<String>> {
+    let out = dockerd
+        .docker(&[
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("label=io.verge.node={node}"),
+            "--filter",
+            &format!("label=io.verge.app={app}"),
+        ])
+        .await?;
+    Ok(out.lines().map(str::to_string).collect())
+}
+
+/// `docker inspect -f FORMAT ID`.
+async fn inspect(dockerd: &Dockerd, id: &str, format: &str) -> Result<String> {
+    dockerd.docker(&["inspect", "-f", format, id]).await
+}
+
+/// Removes every container labelled for the test's nodes (containers outlive a killed
+/// agent on purpose). Dropped before the `Dockerd` (declared after it) and after the
+/// edges (declared before them), so no agent starts them again.
+struct Cleanup {
+    docker_host: String,
+    config: tempfile::TempDir,
+    nodes: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for node in &self.nodes {
+            let ids = Command::new("docker")
+                .args([
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=io.verge.node={node}"),
+                ])
+                .env("DOCKER_HOST", &self.docker_host)
+                .env("DOCKER_CONFIG", self.config.path())
+                .stdin(Stdio::null())
+                .output();
+            let Ok(ids) = ids else { continue };
+            let ids: Vec<String> = String::from_utf8_lossy(&ids.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .env("DOCKER_HOST", &self.docker_host)
+                .env("DOCKER_CONFIG", self.config.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// `Dockerd::start` / `Registry::start`, or `None` (skip) when a component is not
+/// installed outside CI.
+fn skip_if_missing<T>(r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e)
+            if std::env::var("CI").as_deref() != Ok("true")
+                && e.to_string().contains(" not found: install ") =>
+        {
+            eprintln!("skipping: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> {
+    let t0 = Instant::now();
+    let Some(dockerd) = skip_if_missing(Dockerd::start().await)? else {
+        return Ok(());
+    };
+    let Some(registry) = skip_if_missing(Registry::start().await)? else {
+        return Ok(());
+    };
+    let dirs = tempfile::tempdir()?;
+    let tag = std::process::id();
+    let names: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| format!("dkr-{n}-{tag}"))
+        .collect();
+    let _cleanup = Cleanup {
+        docker_host: dockerd.host(),
+        config: tempfile::tempdir()?,
+        nodes: names.clone(),
+    };
+
+    // Images: bb:1 and bb:2 (another image: its own ENV), pushed, then removed locally
+    // so that the agents must pull them.
+    let Some(tar) = skip_if_missing(busybox_image_tar(dirs.path()))? else {
+        return Ok(());
+    };
+    let tar = tar.to_str().unwrap();
+    let reg = registry.addr();
+    let bb1 = format!("{reg}/bb:1");
+    let bb2 = format!("{reg}/bb:2");
+    dockerd.build_image(&bb1, Path::new(tar)).await?;
+    dockerd
+        .docker(&["import", "--change", "ENV IMAGE_VERSION=2", tar, &bb2])
+        .await?;
+    for image in [&bb1, &bb2] {
+        dockerd.push(image).await?;
+    }
+    dockerd.docker(&["rmi", &bb1, &bb2]).await?;
+    assert_eq!(dockerd.docker(&["images", "-q"]).await?, "");
+    eprintln!("dockerd, registry and images ready in {:?}", t0.elapsed());
+
+    // The cloud and three edges on the one dockerd (containers labelled per node).
+    let edge_bin = workspace_bin("verge-edge-cli", "verge-edge")?;
+    let mut cloud = Cloud::start(
+        Path::new(BIN),
+        &["--heartbeat-interval", "1s", "--heartbeat-misses", "5"],
+    )
+    .await?;
+    let token = cloud.bootstrap_token(3).await?;
+    let socket = dockerd.socket().to_str().unwrap().to_string();
+    let mut edges = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let d = dirs.path().join(n);
+        let site = format!("site={}", ["sh", "bj", "gz"][i]);
+        let out = Edge::join(&edge_bin, &cloud, &token, n, &["tier=edge", &site], &d)?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        edges.push(Edge::start(
+            &edge_bin,
+            &d,
+            &[
+                "--heartbeat-interval",
+                "1s",
+                "--status-interval",
+                "5s",
+                "--docker-socket",
+                &socket,
+                "--docker-network",
+                "host",
+            ],
+        )?);
+    }
+    for n in &names {
+        eventually(Duration::from_secs(30), "node Ready", async || {
+            (cloud.node_phase(n).await.as_deref() == Some("Ready")).then_some(())
+        })
+        .await?;
+    }
+
+    let healthy =
+        json!({"exec": {"command": ["/bin/true"]}, "intervalSeconds": 1, "failureThreshold": 1});
+    let rollout = json!({"steps": [{"percent": 33, "pause": "2s"}], "autoRollback": true,
+        "maxUnavailable": 1, "progressDeadlineSeconds": 90});
+    let extra = json!({"resources": {"cpu": "500m", "memory": "64Mi"}, "health": healthy,
+        "rollout": rollout, "placement": {"nodeSelector": {"tier": "edge"}}});
+
+    // 1. v1 everywhere: pulled from the registry, one container per node, limited.
+    let t = Instant::now();
+    apply(&cloud, &app("web", "1.0.0", &bb1, extra.clone())).await?;
+    ok(&verge(
+        &cloud,
+        &["rollout", "status", "app/web", "--timeout", "120s"],
+    )?);
+    let web = eventually(Duration::from_secs(30), "v1 Running on all", async || {
+        let a = get_app(&cloud, "web").await.ok()?;
+        names
+            .iter()
+            .all(|n| {
+                let i = instances(&a, n);
+                i.len() == 1 && i[0]["version"] == "1.0.0" && i[0]["state"] == "Running"
+            })
+            .then_some(a)
+    })
+    .await?;
+    for n in &names {
+        let inst = instances(&web, n);
+        assert!(
+            inst[0]["limits"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("cgroup"),
+            "{n}: {web}"
+        );
+        let ids = containers(&dockerd, n, "web").await?;
+        assert_eq!(ids.len(), 1, "{n}: one web container: {ids:?}");
+        let id = &ids[0];
+        assert_eq!(
+            inspect(
+                &dockerd,
+                id,
+                "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.RestartPolicy.Name}} \
+                 {{.HostConfig.NetworkMode}} {{.Config.Image}} {{index .Config.Labels \"io.verge.version\"}}"
+            )
+            .await?,
+            format!("67108864 500000000 no host {bb1} 1.0.0"),
+            "{n}"
+        );
+        // The limit as the kernel sees it, from inside the container.
+        let mem = dockerd
+            .docker(&[
+                "exec",
+                id,
+                "sh",
+                "-c",
+                "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null \
+                 || cat /sys/fs/cgroup/memory.max",
+            ])
+            .await?;
+        assert_eq!(mem, "67108864", "{n}");
+    }
+    let table = ok(&verge(&cloud, &["get", "apps"])?);
+    assert!(table.contains("3/3"), "{table}");
+    eprintln!("v1 on 3 nodes in {:?}", t.elapsed());
+
+    // 2. v2 (another image): gray release, 33% (1 node) then 100%, observed in order.
+    let t = Instant::now();
+    apply(&cloud, &app("web", "2.0.0", &bb2, extra.clone())).await?;
+    let mut seen: Vec<usize> = Vec::new();
+    let mut steps: Vec<(String, usize)> = Vec::new();
+    eventually(Duration::from_secs(120), "v2 on every node", async || {
+        let a = get_app(&cloud, "web").await.ok()?;
+        let on = a["status"]["rollout"]["nodes"]
+            .as_object()?
+            .values()
+            .filter(|v| *v == "2.0.0")
+            .count();
+        if on > 0 && seen.last() != Some(&on) {
+            seen.push(on);
+        }
+        let step = a["status"]["step"].as_str()?.to_string();
+        if a["status"]["version"] == "2.0.0" && steps.last().map(|s| &s.0) != Some(&step) {
+            steps.push((step, on));
+        }
+        (a["status"]["phase"] == "Complete" && a["status"]["version"] == "2.0.0" && on == 3)
+            .then_some(())
+    })
+    .await?;
+    assert_eq!(
+        seen.first(),
+        Some(&1),
+        "the first step has one canary: {seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&3), "{seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "never narrows: {seen:?}"
+    );
+    let order: Vec<&str> = steps.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(order, ["1/2 (33%)", "2/2 (100%)"], "{steps:?}");
+    ok(&verge(
+        &cloud,
+        &["rollout", "status", "app/web", "--timeout", "60s"],
+    )?);
+    for n in &names {
+        let ids = eventually(Duration::from_secs(30), "one v2 container", async || {
+            let ids = containers(&dockerd, n, "web").await.ok()?;
+            (ids.len() == 1).then_some(ids)
+        })
+        .await?;
+        assert_eq!(
+            inspect(
+                &dockerd,
+                &ids[0],
+                "{{.Config.Image}} {{index .Config.Labels \"io.verge.version\"}}"
+            )
+            .await?,
+            format!("{bb2} 2.0.0"),
+            "{n}"
+        );
+        let env = dockerd
+            .docker(&["exec", &ids[0], "sh", "-c", "echo $IMAGE_VERSION"])
+            .await?;
+        assert_eq!(env, "2", "{n}: the v2 image runs");
+    }
+    eprintln!("v2 gray release in {:?}: {steps:?}", t.elapsed());
+
+    // 3. v3 fails its health check: rolled back automatically; rollout status fails.
+    let t = Instant::now();
+    let mut v3 = app("web", "3.0.0", &bb2, extra.clone());
+    v3["spec"]["health"] =
+        json!({"exec": {"command": ["/bin/false"]}, "intervalSeconds": 1, "failureThreshold": 2});
+    apply(&cloud, &v3).await?;
+    let out = verge(
+        &cloud,
+        &["rollout", "status", "app/web", "--timeout", "120s"],
+    )?;
+    assert!(
+        !out.status.success(),
+        "rollout status must fail on rollback: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rolled back"), "{err}");
+    let web = eventually(
+        Duration::from_secs(60),
+        "all back on v2 and running",
+        async || {
+            let a = get_app(&cloud, "web").await.ok()?;
+            let all = names.iter().all(|n| {
+                let i = instances(&a, n);
+                i.len() == 1 && i[0]["version"] == "2.0.0" && i[0]["state"] == "Running"
+            });
+            (a["status"]["phase"] == "RolledBack" && all).then_some(a)
+        },
+    )
+    .await?;
+    assert!(
+        web["status"]["rollout"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("health"),
+        "{web}"
+    );
+    for n in &names {
+        let ids = eventually(Duration::from_secs(30), "one v2 container", async || {
+            let ids = containers(&dockerd, n, "web").await.ok()?;
+            (ids.len() == 1).then_some(ids)
+        })
+        .await?;
+        assert_eq!(
+            inspect(
+                &dockerd,
+                &ids[0],
+                "{{.State.Running}} {{index .Config.Labels \"io.verge.version\"}}"
+            )
+            .await?,
+            "true 2.0.0",
+            "{n}"
+        );
+    }
+    eprintln!("v3 rolled back in {:?}", t.elapsed());
+
+    // 4. Agent kill -9 and restart: the container is adopted, never duplicated.
+    let node_a = &names[0];
+    let before = containers(&dockerd, node_a, "web").await?;
+    assert_eq!(before.len(), 1);
+    edges[0].kill9()?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        containers(&dockerd, node_a, "web").await?,
+        before,
+        "the container outlives its agent"
+    );
+    edges[0].restart()?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        containers(&dockerd, node_a, "web").await?,
+        before,
+        "adopted: same container, no duplicate"
+    );
+    let all = dockerd
+        .docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=io.verge.node={node_a}"),
+        ])
+        .await?;
+    assert_eq!(all.lines().count(), 1, "nothing else on the node: {all}");
+    eventually(
+        Duration::from_secs(30),
+        "web reported Running after the restart",
+        async || {
+            let a = get_app(&cloud, "web").await.ok()?;
+            let i = instances(&a, node_a);
+            (i.len() == 1 && i[0]["state"] == "Running" && i[0]["version"] == "2.0.0").then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(containers(&dockerd, node_a, "web").await?, before);
+
+    // 5. Cloud stopped: a killed container is restarted by its agent, once.
+    let t = Instant::now();
+    cloud.kill9()?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let old = before[0].clone();
+    dockerd.docker(&["kill", &old]).await?;
+    let restarted = eventually(Duration::from_secs(30), "restarted offline", async || {
+        let ids = containers(&dockerd, node_a, "web").await.ok()?;
+        (ids.len() == 1 && ids[0] != old).then(|| ids[0].clone())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        containers(&dockerd, node_a, "web").await?,
+        std::slice::from_ref(&restarted)
+    );
+    eprintln!("restarted offline in {:?}", t.elapsed());
+    // Status catches up after the cloud is back.
+    cloud.restart().await?;
+    eventually(
+        Duration::from_secs(60),
+        "restart reported after reconnect",
+        async || {
+            let a = get_app(&cloud, "web").await.ok()?;
+            let i = instances(&a, node_a);
+            (i.len() == 1 && i[0]["restarts"].as_u64()? >= 1 && i[0]["state"] == "Running")
+                .then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(containers(&dockerd, node_a, "web").await?, [restarted]);
+
+    // 6. Bad input: no such image in the registry; a registry nothing listens on.
+    let t = Instant::now();
+    let gz = json!({"placement": {"nodeSelector": {"site": "gz"}}});
+    let missing = format!("{reg}/does-not-exist:1");
+    apply(&cloud, &app("ghost", "1.0.0", &missing, gz.clone())).await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let nowhere = format!("127.0.0.1:{port}/bb:1");
+    apply(&cloud, &app("offline", "1.0.0", &nowhere, gz.clone())).await?;
+    let node_c = &names[2];
+    for (name, image, needle) in [
+        ("ghost", &missing, "not found"),
+        ("offline", &nowhere, "unreachable"),
+    ] {
+        let i = eventually(Duration::from_secs(60), name, async || {
+            let a = get_app(&cloud, name).await.ok()?;
+            let i = instances(&a, node_c).first().cloned().cloned()?;
+            (i["state"] == "Failed" && i["lastError"].as_str()?.contains(needle)).then_some(i)
+        })
+        .await?;
+        let last = i["lastError"].as_str().unwrap();
+        assert!(last.contains(image.as_str()), "{name}: {last}");
+        assert!(
+            containers(&dockerd, node_c, name).await?.is_empty(),
+            "{name}: no container"
+        );
+    }
+    eprintln!("bad inputs reported in {:?}", t.elapsed());
+    eprintln!("total {:?}", t0.elapsed());
+    Ok(())
+}
