@@ -25,7 +25,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use verge_api::Kind;
 use verge_cloud::ClientConfig;
-use verge_proto::{Ack, Channel, Heartbeat, Hello, Message};
+use verge_proto::{
+    Ack, Channel, Heartbeat, Hello, InstanceState, InstanceStatus, Message, NodeStatus,
+};
 
 use crate::client::Client;
 
@@ -52,6 +54,11 @@ pub struct FleetArgs {
     /// Skip the cloud restart phase.
     #[arg(long)]
     pub skip_restart: bool,
+    /// Also time a gray release (an App v1 to every node, then v2 in steps
+    /// 10% → 50% → 100%); the simulated nodes report the version they are told to run
+    /// as Running and healthy, as real agents do.
+    #[arg(long)]
+    pub gray_release: bool,
 }
 
 fn now_ms() -> i64 {
@@ -336,7 +343,12 @@ pub async fn run(args: FleetArgs) -> Result<()> {
         lat.last().copied().unwrap_or(0)
     );
 
-    // 5. Cloud restart: reconnect storm.
+    // 5. Gray release of an App across the fleet.
+    if args.gray_release {
+        gray_release(&client, agents.len()).await?;
+    }
+
+    // 6. Cloud restart: reconnect storm.
     if !args.skip_restart {
         let before = stats.connacks.load(Ordering::Relaxed);
         let t = Instant::now();
@@ -374,6 +386,104 @@ pub async fn run(args: FleetArgs) -> Result<()> {
     }
     cloud.kill9().await;
     Ok(())
+}
+
+/// Applies `fleet-app` v1, waits until every node runs it, then v2 in steps, and
+/// prints how long each took.
+async fn gray_release(client: &Client, nodes: usize) -> Result<()> {
+    let app = |version: &str| {
+        serde_json::json!({"apiVersion": "verge.dev/v1", "kind": "App",
+            "metadata": {"name": "fleet-app"},
+            "spec": {"version": version,
+                "workload": {"docker": {"image": "registry.local/fleet-app:1"}},
+                "rollout": {"steps": [{"percent": 10}, {"percent": 50}],
+                    "maxUnavailable": 1000, "progressDeadlineSeconds": 600}}})
+    };
+    let wait = async |version: &str| -> Result<Vec<(String, f64)>> {
+        let t = Instant::now();
+        let mut steps: Vec<(String, f64)> = Vec::new();
+        loop {
+            let o = client.get(Kind::App, "fleet-app").await?;
+            let s = &o.status;
+            if s["version"] == version {
+                let step = s["step"].as_str().unwrap_or("-").to_string();
+                if steps.last().map(|x| &x.0) != Some(&step) {
+                    steps.push((step, t.elapsed().as_secs_f64()));
+                }
+                if s["phase"] == "Complete" && s["readyReplicas"].as_u64() == Some(nodes as u64) {
+                    steps.push(("complete".into(), t.elapsed().as_secs_f64()));
+                    return Ok(steps);
+                }
+            }
+            if t.elapsed() > Duration::from_secs(600) {
+                bail!(
+                    "gray release of {version} not complete after 600s: {}",
+                    s["rollout"]["message"]
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let _: serde_json::Value = client
+        .send_json(reqwest::Method::POST, "/api/v1/apps", Some(&app("1.0.0")))
+        .await?;
+    let v1 = wait("1.0.0").await?;
+    println!(
+        "app v1 to {nodes} nodes: running and healthy everywhere after {:.1}s",
+        v1.last().map_or(0.0, |x| x.1)
+    );
+    let _: serde_json::Value = client
+        .send_json(
+            reqwest::Method::PUT,
+            "/api/v1/apps/fleet-app",
+            Some(&app("2.0.0")),
+        )
+        .await?;
+    let v2 = wait("2.0.0").await?;
+    let line: Vec<String> = v2.iter().map(|(s, t)| format!("{s} at {t:.1}s")).collect();
+    println!(
+        "gray release v1 → v2 (10% → 50% → 100%) on {nodes} nodes: {}",
+        line.join(", ")
+    );
+    Ok(())
+}
+
+/// What a simulated node reports for the apps it was told to run: each Running and
+/// healthy at its version.
+fn app_status(apps: &std::collections::BTreeMap<String, String>) -> Message {
+    Message::NodeStatus(Box::new(NodeStatus {
+        arch: "x86_64".into(),
+        os: "bench".into(),
+        kernel: "bench".into(),
+        cpus: 4,
+        memory_bytes: 1 << 30,
+        disk_bytes: 1 << 34,
+        disk_free_bytes: 1 << 33,
+        memory_free_bytes: 1 << 29,
+        agent_version: "bench".into(),
+        labels: Default::default(),
+        capacity: Default::default(),
+        conditions: Vec::new(),
+        queue: Default::default(),
+        applied_revision: 0,
+        sent_at_ms: now_ms(),
+        apps: apps
+            .iter()
+            .map(|(app, version)| InstanceStatus {
+                app: app.clone(),
+                replica: 0,
+                version: version.clone(),
+                state: InstanceState::Running,
+                healthy: Some(true),
+                restarts: 0,
+                cpu_millis: None,
+                memory_bytes: None,
+                last_error: None,
+                limits: None,
+                started_at_ms: Some(now_ms()),
+            })
+            .collect(),
+    }))
 }
 
 async fn collect_not_ready(client: &Client, seen: &mut HashSet<String>) {
@@ -472,6 +582,7 @@ async fn join_all(
 /// One simulated node: the protocol part of `verge-edge`, state in memory.
 async fn agent(creds: NodeCreds, addr: SocketAddr, hb: Duration, stats: Arc<Stats>) {
     let mut applied: i64 = 0;
+    let mut apps: std::collections::BTreeMap<String, String> = Default::default();
     let mut attempt: u32 = 0;
     let mut seq: u64 = 0;
     loop {
@@ -529,6 +640,24 @@ async fn agent(creds: NodeCreds, addr: SocketAddr, hb: Duration, stats: Arc<Stat
                         }
                         let ack = Message::Ack(Ack { revision: applied });
                         let _ = client.try_publish(topic(Channel::Ack), QoS::AtLeastOnce, false, verge_proto::encode(&ack));
+                        // Apps: run what we are told (instantly) and report it.
+                        let before = apps.clone();
+                        if d.snapshot {
+                            apps.clear();
+                        }
+                        for r in &d.deletes {
+                            if r.kind == "App" {
+                                apps.remove(&r.name);
+                            }
+                        }
+                        for o in d.upserts.iter().filter(|o| o.kind == "App") {
+                            if let Some(v) = o.spec["version"].as_str() {
+                                apps.insert(o.metadata.name.clone(), v.to_string());
+                            }
+                        }
+                        if apps != before {
+                            let _ = client.try_publish(topic(Channel::Status), QoS::AtLeastOnce, false, verge_proto::encode(&app_status(&apps)));
+                        }
                     }
                     Ok(_) => {}
                     Err(_) => break,
