@@ -105,13 +105,15 @@ impl EdgeState {
         self.desired.notified().await
     }
 
-    /// The workload manager publishes the instances; a change wakes the uplink.
+    /// The workload manager publishes the instances; a change other than usage
+    /// wakes the uplink (usage travels with the periodic status report).
     pub fn set_apps(&self, apps: Vec<InstanceStatus>) {
-        if let Ok(mut cur) = self.apps.lock()
-            && *cur != apps
-        {
+        if let Ok(mut cur) = self.apps.lock() {
+            let significant = !verge_proto::same_but_usage(&cur, &apps);
             *cur = apps;
-            self.apps_changed.notify_one();
+            if significant {
+                self.apps_changed.notify_one();
+            }
         }
     }
 

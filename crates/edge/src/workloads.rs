@@ -420,6 +420,12 @@ impl Workloads {
                 .collect();
             statuses.extend(invalid.iter().cloned());
             statuses.truncate(verge_proto::MAX_INSTANCES);
+            // Within the protocol's bounds, or the cloud would drop the whole report.
+            for st in &mut statuses {
+                for text in [&mut st.last_error, &mut st.limits].into_iter().flatten() {
+                    truncate_utf8(text, verge_proto::messages::MAX_CONDITION_MESSAGE);
+                }
+            }
             self.state.set_apps(statuses);
         }
         for (_, s) in slots {
@@ -669,8 +675,14 @@ async fn supervise<E: Engine>(
                     restarts += 1;
                     let msg = e.to_string();
                     tracing::warn!(instance = %w.spec.key, error = %msg, "could not start");
+                    // Retried on the backoff either way; Failed once it keeps failing
+                    // (a blip must not fail a rollout's health gate).
                     set(&|s| {
-                        s.state = InstanceState::Failed;
+                        s.state = if restarts >= 3 {
+                            InstanceState::Failed
+                        } else {
+                            InstanceState::Backoff
+                        };
                         s.restarts = restarts;
                         s.last_error = Some(msg.clone());
                     });
@@ -714,6 +726,7 @@ async fn supervise<E: Engine>(
                     next_probe = Some(tokio::time::Instant::now() + Duration::from_secs(u64::from(h.interval())));
                 }
                 _ = usage_tick.tick() => {
+                    engine.maintain(&handle).await;
                     if let Some(u) = engine.usage(&handle).await
                         && let Ok(mut s) = status.lock()
                     {
@@ -767,6 +780,19 @@ async fn supervise<E: Engine>(
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Cuts `s` to at most `max` bytes at a character boundary, marking the cut.
+pub fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push_str("...");
 }
 
 /// The set of apps with an instance on this node (for tests and the local API).
@@ -917,6 +943,16 @@ mod tests {
         let good = status("db", "1.3.0", InstanceState::Running, Some(true));
         assert!(dependency_gate(&web, &[good]).is_ok());
         assert!(dependency_gate(&app("1.0.0", &[]), &[]).is_ok());
+    }
+
+    #[test]
+    fn long_errors_are_cut_within_the_protocol_bound() {
+        let mut s = "é".repeat(1000);
+        truncate_utf8(&mut s, 1024);
+        assert!(s.len() <= 1024 && s.ends_with("..."));
+        let mut short = "ok".to_string();
+        truncate_utf8(&mut short, 1024);
+        assert_eq!(short, "ok");
     }
 
     #[test]

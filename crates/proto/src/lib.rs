@@ -74,7 +74,7 @@ pub use error::{MAX_ECHO_LEN, ProtoError};
 pub use messages::{
     Ack, CertIssued, CertRequest, Condition, ConditionType, Desired, Heartbeat, Hello,
     InstanceState, InstanceStatus, LogBatch, LogLine, LogStream, MAX_INSTANCES, Message,
-    NodeStatus, ObjectRef, QueueStats, Task, TaskResult,
+    NodeStatus, ObjectRef, QueueStats, Task, TaskResult, same_but_usage,
 };
 pub use topics::{
     Channel, DEFAULT_CLOUD_USER, Direction, cloud_may_publish, cloud_may_subscribe,

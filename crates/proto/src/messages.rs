@@ -140,6 +140,18 @@ pub enum InstanceState {
     Completed,
 }
 
+/// Whether two instance lists differ at most in usage (`cpuMillis`, `memoryBytes`).
+pub fn same_but_usage(a: &[InstanceStatus], b: &[InstanceStatus]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            InstanceStatus {
+                cpu_millis: y.cpu_millis,
+                memory_bytes: y.memory_bytes,
+                ..x.clone()
+            } == *y
+        })
+}
+
 impl InstanceState {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -43,7 +43,7 @@ impl Reports {
     pub fn report(&self, node: &str, apps: &[InstanceStatus]) {
         if let Ok(mut m) = self.by_node.lock() {
             let prev = m.insert(node.to_string(), apps.to_vec());
-            if prev.as_deref() != Some(apps) {
+            if !prev.is_some_and(|p| verge_proto::same_but_usage(&p, apps)) {
                 self.changed.notify_one();
             }
         }
@@ -79,7 +79,13 @@ pub struct AppController {
     pub reports: std::sync::Arc<Reports>,
     /// App → unix ms of its last status write.
     written: Mutex<HashMap<String, i64>>,
+    /// Until then, node reports may not all be in (after a cloud restart).
+    warm_at: std::time::Instant,
 }
+
+/// How long after start the controller waits for node reports before a missing one
+/// can fail a rollout's deadline.
+const WARM_UP: Duration = Duration::from_secs(30);
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -230,6 +236,7 @@ impl AppController {
             store,
             reports,
             written: Mutex::new(HashMap::new()),
+            warm_at: std::time::Instant::now() + WARM_UP,
         }
     }
 
@@ -415,7 +422,15 @@ impl AppController {
                 count,
                 request: request_of(spec),
             };
-            let (assignment, unschedulable) = scheduler::schedule(&rule, &infos);
+            let current: scheduler::Assignment = o.status["placement"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), u32::try_from(v.as_u64()?).ok()?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let (assignment, unschedulable) = scheduler::schedule(&rule, &infos, &current);
             let cmds = commands(o);
             let seen_resume: u64 = o.status["rolloutResumeSeen"].as_u64().unwrap_or(0);
             let decision = rollout::reconcile(
@@ -428,6 +443,8 @@ impl AppController {
                     reports,
                     commands: cmds,
                     seen_resume_seq: seen_resume,
+                    probed: spec.health.is_some(),
+                    warming_up: std::time::Instant::now() < self.warm_at,
                     now_ms: now,
                 },
             );

@@ -83,6 +83,10 @@ pub struct RolloutState {
     /// When the current step's gate passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate_passed_ms: Option<i64>,
+    /// Canary nodes healthy at the last look (more = progress, which restarts the
+    /// deadline).
+    #[serde(default)]
+    pub healthy_nodes: usize,
     /// Node → version it is told to run.
     #[serde(default)]
     pub nodes: BTreeMap<String, String>,
@@ -114,6 +118,11 @@ pub struct Inputs<'a> {
     pub commands: Commands,
     /// The `resume_seq` the state last acted on.
     pub seen_resume_seq: u64,
+    /// The target spec has a health check: canaries must pass a probe.
+    pub probed: bool,
+    /// Node reports may still be missing (the controller just started): no deadline
+    /// failures yet.
+    pub warming_up: bool,
     pub now_ms: i64,
 }
 
@@ -137,6 +146,7 @@ fn node_health(
     node: &str,
     version: &str,
     replicas: u32,
+    probed: bool,
 ) -> (NodeHealth, Option<String>) {
     let Some(list) = reports.get(node) else {
         return (NodeHealth::Pending, None);
@@ -159,10 +169,17 @@ fn node_health(
             );
         }
     }
+    // With a health check, healthy means a probe passed; without one, running.
     let ok = mine
         .iter()
-        .filter(|i| i.state == InstanceState::Running && i.healthy != Some(false))
-        .filter(|i| i.healthy.is_some() || i.state == InstanceState::Running)
+        .filter(|i| i.state == InstanceState::Running)
+        .filter(|i| {
+            if probed {
+                i.healthy == Some(true)
+            } else {
+                i.healthy != Some(false)
+            }
+        })
         .count();
     if ok >= replicas as usize {
         (NodeHealth::Healthy, None)
@@ -198,12 +215,6 @@ pub fn reconcile(prev: Option<&RolloutState>, inp: &Inputs<'_>) -> Decision {
     // A version change starts over.
     if st.target_version != inp.version {
         let back = st.stable_version.as_deref() == Some(inp.version) || inp.commands.rollback;
-        if st.phase == Phase::Complete && st.stable_version.as_deref() != Some(inp.version) {
-            st.previous_version = st.stable_version.take();
-            st.previous_spec = st.stable_spec.take();
-            st.stable_version = Some(st.target_version.clone());
-            st.stable_spec = st.target_spec.take();
-        }
         st.target_version = inp.version.to_string();
         st.phase = Phase::Progressing;
         st.step = if st.stable_version.is_some() && !back {
@@ -218,13 +229,9 @@ pub fn reconcile(prev: Option<&RolloutState>, inp: &Inputs<'_>) -> Decision {
         };
         st.step_started_ms = inp.now_ms;
         st.gate_passed_ms = None;
+        st.healthy_nodes = 0;
     }
     st.target_spec = Some(inp.spec.clone());
-    if st.stable_version.as_deref() == Some(inp.version) {
-        // Rolled back to the stable version: it is the target now.
-        st.stable_version = None;
-        st.stable_spec = None;
-    }
 
     let stable = st.stable_version.clone();
     let target = inp.version.to_string();
@@ -317,6 +324,7 @@ pub fn reconcile(prev: Option<&RolloutState>, inp: &Inputs<'_>) -> Decision {
     };
     let max_unavailable = inp.strategy.max_unavailable() as usize;
     let mut switching = 0usize;
+    let mut healthy_nodes = 0usize;
     let mut all_healthy = true;
     let mut failure: Option<String> = None;
     for (i, n) in order.iter().enumerate() {
@@ -325,9 +333,9 @@ pub fn reconcile(prev: Option<&RolloutState>, inp: &Inputs<'_>) -> Decision {
         if i < want {
             if already {
                 nodes.insert((*n).clone(), target.clone());
-                let (h, why) = node_health(inp.reports, n, &target, replicas);
+                let (h, why) = node_health(inp.reports, n, &target, replicas, inp.probed);
                 match h {
-                    NodeHealth::Healthy => {}
+                    NodeHealth::Healthy => healthy_nodes += 1,
                     NodeHealth::Pending => {
                         all_healthy = false;
                         switching += 1;
@@ -351,8 +359,18 @@ pub fn reconcile(prev: Option<&RolloutState>, inp: &Inputs<'_>) -> Decision {
     }
     st.nodes = nodes;
 
+    // Progress (one more healthy node) restarts the deadline.
+    if healthy_nodes > st.healthy_nodes {
+        st.step_started_ms = inp.now_ms;
+    }
+    st.healthy_nodes = healthy_nodes;
     let deadline = inp.strategy.progress_deadline().as_millis() as i64;
-    if failure.is_none() && !all_healthy && inp.now_ms - st.step_started_ms > deadline {
+    if failure.is_none()
+        && !all_healthy
+        && !inp.warming_up
+        && st.gate_passed_ms.is_none()
+        && inp.now_ms - st.step_started_ms > deadline
+    {
         failure = Some(format!(
             "step {} not healthy within {}s",
             st.step + 1,
@@ -428,6 +446,14 @@ pub fn reconcile(prev: Option<&RolloutState>, inp: &Inputs<'_>) -> Decision {
     }
     if st.step + 1 >= steps.len() || stable.is_none() {
         st.phase = Phase::Complete;
+        // The target is the stable version now; the one before is kept for
+        // `verge rollout rollback`.
+        if st.stable_version.as_deref() != Some(target.as_str()) {
+            st.previous_version = st.stable_version.take();
+            st.previous_spec = st.stable_spec.take();
+        }
+        st.stable_version = Some(target.clone());
+        st.stable_spec = st.target_spec.clone();
         st.message = format!("{target} on all {} nodes", order.len());
         return Decision {
             state: st,
@@ -437,6 +463,7 @@ pub fn reconcile(prev: Option<&RolloutState>, inp: &Inputs<'_>) -> Decision {
     st.step += 1;
     st.step_started_ms = inp.now_ms;
     st.gate_passed_ms = None;
+    st.healthy_nodes = 0;
     st.message = format!("step {}/{} started", st.step + 1, steps.len());
     Decision {
         state: st,
@@ -533,6 +560,8 @@ mod tests {
                     reports,
                     commands: self.commands,
                     seen_resume_seq: 0,
+                    probed: true,
+                    warming_up: false,
                     now_ms: self.now,
                 },
             );
@@ -570,6 +599,58 @@ mod tests {
     }
 
     #[test]
+    fn an_unprobed_canary_does_not_pass_the_gate() {
+        let mut sim = Sim::new(2, strategy(&[(50, None)], true));
+        sim.settle("1.0.0", None);
+        let _ = sim.step("2.0.0", &BTreeMap::new());
+        let st = sim.state.clone().unwrap();
+        // Running but never probed yet: still waiting.
+        let reports: BTreeMap<_, _> = st
+            .nodes
+            .iter()
+            .map(|(n, v)| (n.clone(), vec![inst(v, None, InstanceState::Running)]))
+            .collect();
+        for _ in 0..5 {
+            sim.now += 1000;
+            let d = sim.step("2.0.0", &reports);
+            assert_eq!(d.state.phase, Phase::Progressing);
+            assert_eq!(d.state.step, 0);
+        }
+    }
+
+    #[test]
+    fn no_deadline_failure_while_warming_up_or_after_the_gate_passed() {
+        let mut sim = Sim::new(2, strategy(&[(50, Some("manual"))], true));
+        sim.settle("1.0.0", None);
+        sim.settle("2.0.0", None);
+        assert!(sim.state.as_ref().unwrap().gate_passed_ms.is_some());
+        // Long wait for promote, then (cloud restart) no reports at all.
+        sim.now += 3_600_000;
+        let d = sim.step("2.0.0", &BTreeMap::new());
+        assert_eq!(d.state.phase, Phase::Progressing, "{}", d.state.message);
+    }
+
+    #[test]
+    fn rollback_targets_after_completion() {
+        let mut sim = Sim::new(2, strategy(&[], true));
+        sim.settle("1.0.0", None);
+        sim.settle("1.1.0", None);
+        let st = sim.state.clone().unwrap();
+        assert_eq!(st.phase, Phase::Complete);
+        assert_eq!(st.previous_version.as_deref(), Some("1.0.0"));
+        sim.settle("1.2.0", None);
+        let st = sim.state.clone().unwrap();
+        assert_eq!(st.previous_version.as_deref(), Some("1.1.0"));
+        assert_eq!(st.stable_version.as_deref(), Some("1.2.0"));
+        // Explicit rollback to the previous version: at once, then it is stable.
+        sim.commands.rollback = true;
+        assert_eq!(sim.settle("1.1.0", None).last(), Some(&2));
+        let st = sim.state.clone().unwrap();
+        assert_eq!(st.phase, Phase::Complete);
+        assert_eq!(st.stable_version.as_deref(), Some("1.1.0"));
+    }
+
+    #[test]
     fn canary_counts() {
         assert_eq!(canaries(3, 33), 1);
         assert_eq!(canaries(3, 34), 2);
@@ -587,7 +668,8 @@ mod tests {
         assert_eq!(sim.settle("2.0.0", None), vec![1, 3]);
         assert_eq!(sim.phase(), Phase::Complete);
         let st = sim.state.clone().unwrap();
-        assert_eq!(st.stable_version.as_deref(), Some("1.0.0"));
+        assert_eq!(st.stable_version.as_deref(), Some("2.0.0"));
+        assert_eq!(st.previous_version.as_deref(), Some("1.0.0"));
         assert_eq!(st.target_version, "2.0.0");
     }
 

@@ -6,7 +6,13 @@
 //! capacity (after the other apps placed there) fits one replica's `resources`.
 //! Score: `replicasPerNode` puts that many on every node that passes; `replicas`
 //! spreads them one at a time onto the node with the fewest replicas of this app, then
-//! the most free capacity, then by name (stable).
+//! the most free capacity, then by name.
+//!
+//! Placement is sticky: a node in the app's `current` assignment keeps it while it
+//! fits, also while it is NotReady (a node that lost its uplink keeps running its apps
+//! offline; taking them away would stop them the moment it reconnects), and spread
+//! replicas stay where they are before new ones are placed, so two apps never chase
+//! each other's capacity from one pass to the next.
 
 use std::collections::BTreeMap;
 
@@ -66,11 +72,15 @@ pub struct Unschedulable {
 
 /// Places an app. `Ok` when every wanted replica found a node; otherwise the partial
 /// assignment is still returned with the reason, so what fits keeps running.
-pub fn schedule(rule: &PlacementRule, nodes: &[NodeInfo]) -> (Assignment, Option<Unschedulable>) {
+pub fn schedule(
+    rule: &PlacementRule,
+    nodes: &[NodeInfo],
+    current: &Assignment,
+) -> (Assignment, Option<Unschedulable>) {
     let mut counts = NodeCounts::default();
     let mut feasible: Vec<&NodeInfo> = Vec::new();
     for n in nodes {
-        let verdict = filter(rule, n);
+        let verdict = filter(rule, n, current.contains_key(&n.name));
         counts.add(verdict);
         if verdict == Verdict::Fits {
             feasible.push(n);
@@ -109,6 +119,17 @@ pub fn schedule(rule: &PlacementRule, nodes: &[NodeInfo]) -> (Assignment, Option
                 return (out, None);
             }
             let mut placed = 0;
+            // Replicas stay where they are first.
+            for n in &feasible {
+                let Some(&had) = current.get(&n.name) else {
+                    continue;
+                };
+                let keep = fits_count(rule.request, n, had).min(total - placed);
+                if keep > 0 {
+                    out.insert(n.name.clone(), keep);
+                    placed += keep;
+                }
+            }
             while placed < total {
                 let best = feasible
                     .iter()
@@ -155,7 +176,7 @@ enum Verdict {
     Capacity,
 }
 
-fn filter(rule: &PlacementRule, n: &NodeInfo) -> Verdict {
+fn filter(rule: &PlacementRule, n: &NodeInfo, placed_here: bool) -> Verdict {
     if !rule
         .node_selector
         .iter()
@@ -166,7 +187,7 @@ fn filter(rule: &PlacementRule, n: &NodeInfo) -> Verdict {
     if !rule.architectures.is_empty() && !rule.architectures.iter().any(|a| a == &n.arch) {
         return Verdict::Arch;
     }
-    if !n.ready {
+    if !n.ready && !placed_here {
         return Verdict::NotReady;
     }
     if fits_count(rule.request, n, 1) == 0 {
@@ -285,7 +306,7 @@ mod tests {
         let nodes = [node("a", "sh", 1000, 512), node("b", "bj", 1000, 512)];
         let mut r = rule(Count::PerNode(2));
         r.node_selector.insert("site".into(), "sh".into());
-        let (a, why) = schedule(&r, &nodes);
+        let (a, why) = schedule(&r, &nodes, &Assignment::new());
         assert_eq!(a, Assignment::from([("a".into(), 2)]));
         assert_eq!(why, None);
     }
@@ -295,7 +316,7 @@ mod tests {
         let nodes = [node("a", "sh", 1000, 512), node("b", "bj", 1000, 512)];
         let mut r = rule(Count::PerNode(1));
         r.node_selector.insert("site".into(), "gz".into());
-        let (a, why) = schedule(&r, &nodes);
+        let (a, why) = schedule(&r, &nodes, &Assignment::new());
         assert!(a.is_empty());
         let why = why.unwrap();
         assert_eq!(why.reason, "NoMatchingNodes");
@@ -309,12 +330,12 @@ mod tests {
         let nodes = [full, node("b", "sh", 1000, 512)];
         let mut r = rule(Count::PerNode(1));
         r.request.memory_bytes = 64 << 20;
-        let (a, why) = schedule(&r, &nodes);
+        let (a, why) = schedule(&r, &nodes, &Assignment::new());
         assert_eq!(a, Assignment::from([("b".into(), 1)]));
         assert_eq!(why, None);
 
         r.request.memory_bytes = 1 << 30;
-        let (a, why) = schedule(&r, &nodes);
+        let (a, why) = schedule(&r, &nodes, &Assignment::new());
         assert!(a.is_empty());
         assert_eq!(why.unwrap().reason, "InsufficientCapacity");
     }
@@ -328,7 +349,7 @@ mod tests {
             node("b", "sh", 4000, 4096),
             node("c", "sh", 4000, 4096),
         ];
-        let (a, why) = schedule(&rule(Count::Spread(4)), &nodes);
+        let (a, why) = schedule(&rule(Count::Spread(4)), &nodes, &Assignment::new());
         assert_eq!(why, None);
         assert_eq!(
             a,
@@ -341,9 +362,41 @@ mod tests {
         let nodes = [node("a", "sh", 1000, 512)];
         let mut r = rule(Count::Spread(3));
         r.request.cpu_millis = 400;
-        let (a, why) = schedule(&r, &nodes);
+        let (a, why) = schedule(&r, &nodes, &Assignment::new());
         assert_eq!(a, Assignment::from([("a".into(), 2)]));
         assert_eq!(why.unwrap().reason, "InsufficientCapacity");
+    }
+
+    #[test]
+    fn placement_is_sticky_and_survives_not_ready() {
+        let mut down = node("a", "sh", 4000, 4096);
+        down.ready = false;
+        let nodes = [
+            down,
+            node("b", "sh", 4000, 4096),
+            node("c", "sh", 4000, 4096),
+        ];
+        // A NotReady node keeps what it runs (per node and spread)...
+        let current = Assignment::from([("a".into(), 1)]);
+        let (a, _) = schedule(&rule(Count::PerNode(1)), &nodes, &current);
+        assert_eq!(
+            a,
+            Assignment::from([("a".into(), 1), ("b".into(), 1), ("c".into(), 1)])
+        );
+        // ...but gets nothing new.
+        let (a, _) = schedule(&rule(Count::PerNode(1)), &nodes, &Assignment::new());
+        assert!(!a.contains_key("a"));
+        // Spread replicas stay put even where another node has more room.
+        let mut busy = node("b", "sh", 4000, 4096);
+        busy.used_cpu_millis = 3000;
+        let nodes = [busy, node("c", "sh", 4000, 4096)];
+        let current = Assignment::from([("b".into(), 1)]);
+        let (a, _) = schedule(&rule(Count::Spread(1)), &nodes, &current);
+        assert_eq!(a, Assignment::from([("b".into(), 1)]));
+        // Scaling down keeps the earliest nodes' replicas.
+        let current = Assignment::from([("b".into(), 1), ("c".into(), 1)]);
+        let (a, _) = schedule(&rule(Count::Spread(1)), &nodes, &current);
+        assert_eq!(a.values().sum::<u32>(), 1);
     }
 
     #[test]
@@ -355,10 +408,10 @@ mod tests {
         let nodes = [arm, down, node("c", "sh", 1000, 512)];
         let mut r = rule(Count::PerNode(1));
         r.architectures = vec!["x86_64".into()];
-        let (a, _) = schedule(&r, &nodes);
+        let (a, _) = schedule(&r, &nodes, &Assignment::new());
         assert_eq!(a, Assignment::from([("c".into(), 1)]));
         r.architectures = vec!["mips".into()];
-        let (_, why) = schedule(&r, &nodes);
+        let (_, why) = schedule(&r, &nodes, &Assignment::new());
         assert_eq!(
             why.unwrap().message,
             "0 of 3 nodes fit: 3 have another architecture"

@@ -150,6 +150,12 @@ pub trait Engine: Send + Sync + 'static {
     /// adopted rather than duplicated. Exited leftovers are removed.
     fn adopt(&self, node: &str) -> impl Future<Output = Result<Vec<Adopted<Self::Handle>>>> + Send;
 
+    /// Periodic housekeeping while the instance runs (the native engine rotates its
+    /// log files here).
+    fn maintain(&self, _handle: &Self::Handle) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// The last `lines` lines of the instance's output.
     fn logs(
         &self,

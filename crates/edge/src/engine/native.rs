@@ -849,10 +849,15 @@ impl Engine for NativeEngine {
         Ok(out)
     }
 
-    async fn logs(&self, h: &NativeHandle, lines: usize) -> Result<Vec<String>> {
+    async fn maintain(&self, h: &NativeHandle) {
         for p in &h.logs {
-            let _ = rotate_if_large(p, LOG_ROTATE_BYTES);
+            if let Err(e) = rotate_if_large(p, LOG_ROTATE_BYTES) {
+                tracing::warn!(path = %p.display(), error = %e, "log rotation failed");
+            }
         }
+    }
+
+    async fn logs(&self, h: &NativeHandle, lines: usize) -> Result<Vec<String>> {
         let mut out = tail(&h.logs[0], lines);
         out.extend(tail(&h.logs[1], lines));
         Ok(out)
