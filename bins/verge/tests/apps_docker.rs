@@ -3,13 +3,15 @@
 //! `docker-registry` (busybox from the host, imported and pushed: nothing comes from
 //! the internet). v1 on every node with its limits in the container's `HostConfig` and
 //! cgroup; gray release v1 → v2 (a new image) in steps 33% → 100% observed in order; v3
-//! with a failing health check (an exec probe inside the container) rolled back
-//! automatically with `verge rollout status` exiting non-zero; agent kill -9 and restart
-//! adopts the running container (same id, never duplicated); with the cloud stopped a
-//! killed container is restarted by its agent and the restart is reported once the
-//! cloud is back. Bad input: an image the registry does not have, a registry nothing
+//! with a failing health check (an exec probe inside the container, first run 5 s after
+//! the start) rolled back automatically in its first step, never past the canary (the
+//! gate waits for a passed probe), with `verge rollout status` exiting non-zero; agent
+//! kill -9 and restart adopts the running container (same id, never duplicated); with
+//! the cloud stopped a killed container is restarted by its agent and the restart is
+//! reported once the cloud is back. Bad input: an image the registry does not have, a registry nothing
 //! listens on. Needs root and Debian's docker.io, docker-registry and busybox-static.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -239,6 +241,9 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
                 "1s",
                 "--status-interval",
                 "5s",
+                // Back soon after the cloud restarts (the default waits up to 60 s).
+                "--reconnect-max",
+                "2s",
                 "--docker-socket",
                 &socket,
                 "--docker-network",
@@ -259,6 +264,9 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
         "maxUnavailable": 1, "progressDeadlineSeconds": 90});
     let extra = json!({"resources": {"cpu": "500m", "memory": "64Mi"}, "health": healthy,
         "rollout": rollout, "placement": {"nodeSelector": {"tier": "edge"}}});
+
+    // Gate failures that leave the rest testable: reported at the end, after the rest ran.
+    let mut bugs: Vec<String> = Vec::new();
 
     // 1. v1 everywhere: pulled from the registry, one container per node, limited.
     let t = Instant::now();
@@ -381,23 +389,114 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
     eprintln!("v2 gray release in {:?}: {steps:?}", t.elapsed());
 
     // 3. v3 fails its health check: rolled back automatically; rollout status fails.
+    // Its first probe runs 5 s after the start, so for 5 s the canary's health is
+    // Unknown: the step-1 gate must wait for it ("Running and healthy"), and v3 must
+    // never get past the canary. Watched while `verge rollout status` runs.
     let t = Instant::now();
     let mut v3 = app("web", "3.0.0", &bb2, extra.clone());
-    v3["spec"]["health"] =
-        json!({"exec": {"command": ["/bin/false"]}, "intervalSeconds": 1, "failureThreshold": 2});
+    v3["spec"]["health"] = json!({"exec": {"command": ["/bin/false"]}, "intervalSeconds": 1,
+        "failureThreshold": 2, "initialDelaySeconds": 5});
     apply(&cloud, &v3).await?;
-    let out = verge(
-        &cloud,
-        &["rollout", "status", "app/web", "--timeout", "120s"],
-    )?;
+    let admin = cloud.admin_config();
+    let rollout_status = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["rollout", "status", "app/web", "--timeout", "120s"])
+            .env("VERGE_CONFIG", admin)
+            .env("RUST_LOG", "off")
+            .output()
+    });
+    let mut timeline: Vec<String> = Vec::new();
+    let mut last = String::new();
+    let mut assigned_v3: BTreeSet<String> = BTreeSet::new();
+    let mut ran_v3: BTreeSet<String> = BTreeSet::new();
+    let mut v3_healthy = false;
+    let mut rolled_back_at: Option<String> = None;
+    while !rollout_status.is_finished() {
+        if let Ok(a) = get_app(&cloud, "web").await {
+            let st = &a["status"];
+            if let Some(nodes) = st["rollout"]["nodes"].as_object() {
+                for (n, v) in nodes {
+                    if v == "3.0.0" {
+                        assigned_v3.insert(n.clone());
+                    }
+                }
+            }
+            let insts = st["instances"].as_array().cloned().unwrap_or_default();
+            v3_healthy |= insts
+                .iter()
+                .any(|i| i["version"] == "3.0.0" && i["health"] == "Healthy");
+            if st["phase"] == "RolledBack" && rolled_back_at.is_none() {
+                rolled_back_at = st["step"].as_str().map(str::to_string);
+            }
+            let line = format!(
+                "{} {} {} {}",
+                st["phase"], st["step"], st["rollout"]["nodes"], st["rollout"]["message"]
+            );
+            if line != last {
+                timeline.push(format!("{:>6.1?} {line}", t.elapsed()));
+                last = line;
+            }
+        }
+        let on_v3 = dockerd
+            .docker(&[
+                "ps",
+                "-a",
+                "--filter",
+                "label=io.verge.version=3.0.0",
+                "--format",
+                "{{.Label \"io.verge.node\"}}",
+            ])
+            .await
+            .unwrap_or_default();
+        ran_v3.extend(on_v3.lines().map(str::to_string));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = rollout_status.await??;
+    if rolled_back_at.is_none() {
+        let a = get_app(&cloud, "web").await?;
+        if a["status"]["phase"] == "RolledBack" {
+            rolled_back_at = a["status"]["step"].as_str().map(str::to_string);
+        }
+    }
     assert!(
-        !out.status.success(),
-        "rollout status must fail on rollback: {}",
-        String::from_utf8_lossy(&out.stdout)
+        !v3_healthy,
+        "/bin/false never reports Healthy: {timeline:#?}"
     );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("rolled back"), "{err}");
-    let web = eventually(
+    // With the canary's health still Unknown the gate may even let v3 through every
+    // step: a failing version "rolled out" everywhere. Recorded, and undone with
+    // `verge rollout rollback` so that the rest still runs.
+    let completed_v3 = out.status.success();
+    if completed_v3 {
+        bugs.push(format!(
+            "v3 (health check /bin/false) was declared rolled out: `verge rollout status` \
+             exited 0 with {:?}; the gates passed while the canaries' health was Unknown; \
+             timeline:\n{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            timeline.join("\n")
+        ));
+        // After a completed rollout, rollback goes to the version before it.
+        let said = ok(&verge(&cloud, &["rollout", "rollback", "app/web"])?);
+        assert!(said.contains("rolling back to 2.0.0"), "{said}");
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("rolled back"), "{err}");
+        // Checked at the end, so that the rest still runs (see `bugs`).
+        if assigned_v3.len() != 1
+            || ran_v3.len() > 1
+            || rolled_back_at.as_deref() != Some("1/2 (33%)")
+        {
+            bugs.push(format!(
+                "v3 went past its canary before the canary's first health probe: nodes \
+                 assigned 3.0.0 {assigned_v3:?}, nodes that ran a 3.0.0 container {ran_v3:?}, \
+                 rolled back at step {rolled_back_at:?} (want exactly one node and \
+                 \"1/2 (33%)\"); the step-1 gate passed while the canary's health was \
+                 Unknown; timeline:\n{}",
+                timeline.join("\n")
+            ));
+        }
+    }
+    let mut seen = Value::Null;
+    let back = eventually(
         Duration::from_secs(60),
         "all back on v2 and running",
         async || {
@@ -406,17 +505,26 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
                 let i = instances(&a, n);
                 i.len() == 1 && i[0]["version"] == "2.0.0" && i[0]["state"] == "Running"
             });
-            (a["status"]["phase"] == "RolledBack" && all).then_some(a)
+            let phase = if completed_v3 {
+                "Complete"
+            } else {
+                "RolledBack"
+            };
+            seen = a["status"].clone();
+            (a["status"]["phase"] == phase && all).then_some(a)
         },
     )
-    .await?;
-    assert!(
-        web["status"]["rollout"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("health"),
-        "{web}"
-    );
+    .await;
+    let web = back.map_err(|e| {
+        anyhow::anyhow!(
+            "{e}; completed_v3={completed_v3}; last status: {seen:#}\ntimeline:\n{}",
+            timeline.join("\n")
+        )
+    })?;
+    if !completed_v3 {
+        let msg = web["status"]["rollout"]["message"].as_str().unwrap_or("");
+        assert!(msg.contains("health check failed"), "{web}");
+    }
     for n in &names {
         let ids = eventually(Duration::from_secs(30), "one v2 container", async || {
             let ids = containers(&dockerd, n, "web").await.ok()?;
@@ -537,5 +645,6 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
     }
     eprintln!("bad inputs reported in {:?}", t.elapsed());
     eprintln!("total {:?}", t0.elapsed());
+    assert!(bugs.is_empty(), "{}", bugs.join("\n\n"));
     Ok(())
 }

@@ -363,6 +363,8 @@ impl Workloads {
             }
         }
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        // Supervisors told to stop, until their instance is gone.
+        let mut stopping: BTreeMap<InstanceKey, tokio::task::JoinHandle<()>> = BTreeMap::new();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -396,16 +398,22 @@ impl Workloads {
                     )
                 })
                 .collect();
+            // Stops run in the background; an instance's replacement starts once its
+            // predecessor is gone (same cgroup, same ports), others do not wait.
+            stopping.retain(|_, task: &mut tokio::task::JoinHandle<()>| !task.is_finished());
             for step in plan(&wanted, &running) {
                 match step {
-                    Step::Stop(k) => self.stop_slot(&mut slots, &k).await,
-                    Step::Replace(k) => {
-                        self.stop_slot(&mut slots, &k).await;
-                        if let Some(w) = wanted.get(&k) {
-                            self.spawn(&mut slots, w.clone());
+                    Step::Stop(k) | Step::Replace(k) => {
+                        if let Some(s) = slots.remove(&k) {
+                            tracing::info!(instance = %k, version = %s.version, "stopping");
+                            let _ = s.stop.send(true);
+                            stopping.insert(k, s.task);
                         }
                     }
                     Step::Start(k) => {
+                        if stopping.contains_key(&k) {
+                            continue;
+                        }
                         if let Some(w) = wanted.get(&k) {
                             self.spawn(&mut slots, w.clone());
                         }
@@ -428,18 +436,13 @@ impl Workloads {
             }
             self.state.set_apps(statuses);
         }
+        // The agent is going away, not the apps: supervision ends, instances keep
+        // running for the next agent to adopt (stops already under way finish first).
         for (_, s) in slots {
-            let _ = s.stop.send(true);
             s.task.abort();
         }
-    }
-
-    async fn stop_slot(&self, slots: &mut BTreeMap<InstanceKey, Slot>, k: &InstanceKey) {
-        if let Some(s) = slots.remove(k) {
-            tracing::info!(instance = %k, version = %s.version, "stopping");
-            let _ = s.stop.send(true);
-            // The supervisor stops the instance and then ends.
-            let _ = tokio::time::timeout(STOP_GRACE + Duration::from_secs(10), s.task).await;
+        for (_, task) in stopping {
+            let _ = tokio::time::timeout(STOP_GRACE + Duration::from_secs(5), task).await;
         }
     }
 
@@ -454,11 +457,11 @@ impl Workloads {
         let task = match (&w.spec.payload, &self.docker) {
             (Payload::Native(_), _) => {
                 let e = self.native.clone();
-                tokio::spawn(supervise(e, w, None, st, shared, rx))
+                tokio::spawn(supervised(e, w, None, st, shared, rx))
             }
             (Payload::Docker(_), Ok(d)) => {
                 let e = d.clone();
-                tokio::spawn(supervise(e, w, None, st, shared, rx))
+                tokio::spawn(supervised(e, w, None, st, shared, rx))
             }
             (Payload::Docker(_), Err(why)) => {
                 if let Ok(mut s) = status.lock() {
@@ -536,7 +539,7 @@ impl Workloads {
         let (tx, rx) = watch::channel(false);
         let shared = self.shared.clone();
         let task = match wanted {
-            Some(w) => tokio::spawn(supervise(
+            Some(w) => tokio::spawn(supervised(
                 engine,
                 w,
                 Some(a.handle),
@@ -605,6 +608,20 @@ async fn probe<E: Engine>(engine: &E, h: &E::Handle, hc: &HealthCheck) -> Result
         };
     }
     Ok(())
+}
+
+/// [`supervise`], then wakes the manager (a replacement may be waiting for this one to
+/// be gone).
+async fn supervised<E: Engine>(
+    engine: Arc<E>,
+    w: Wanted,
+    adopted: Option<E::Handle>,
+    status: Arc<Mutex<InstanceStatus>>,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) {
+    supervise(engine, w, adopted, status, shared.clone(), stop).await;
+    shared.publish();
 }
 
 /// Supervises one instance until told to stop (then stops it).
