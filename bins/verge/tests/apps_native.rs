@@ -445,6 +445,16 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
         ),
     )
     .await?;
+    // A URL that serves other bytes than the digest names.
+    let mut wrong = app(
+        "wrong",
+        "1.0.0",
+        &sha,
+        json!({"placement": {"nodeSelector": {"site": "gz"}}}),
+    );
+    wrong["spec"]["workload"]["native"]["artifact"]["url"] =
+        json!(format!("{}/api/v1/artifacts/{plain_sha}", cloud.url));
+    apply(&cloud, &wrong).await?;
     let mut nocmd = app(
         "nocmd",
         "1.0.0",
@@ -487,6 +497,7 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
     for (name, needle) in [
         ("ghost", "404"),
         ("plain", "not a tar"),
+        ("wrong", "not the expected sha256"),
         ("nocmd", "command not found: no-such-program"),
     ] {
         eventually(Duration::from_secs(60), name, async || {

@@ -340,15 +340,21 @@ impl Engine for DockerEngine {
                             .and_then(|m| u64::try_from(m).ok())
                             .filter(|m| *m > 0);
                         let oom = state.oom_killed == Some(true);
+                        let mut message =
+                            exit_message(state.exit_code, oom, limit, state.error.as_deref());
+                        // 126/127: the init could not exec the command; its own words
+                        // (last line of the output) name it.
+                        if matches!(state.exit_code, Some(126 | 127))
+                            && let Ok(lines) = self.logs(handle, 1).await
+                            && let Some(last) = lines.last()
+                        {
+                            message.push_str(": ");
+                            message.push_str(last.trim());
+                        }
                         return Exit {
                             code: state.exit_code,
                             oom_killed: oom,
-                            message: exit_message(
-                                state.exit_code,
-                                oom,
-                                limit,
-                                state.error.as_deref(),
-                            ),
+                            message,
                         };
                     }
                     // Still running (the wait was cut short): wait again, not in a
