@@ -197,7 +197,8 @@ pub async fn run(args: ApiBenchArgs, config: Option<ClientConfig>) -> Result<()>
     }
 
     // Phase 2: watch delivery latency.
-    let list = client.list(Kind::App, None).await?;
+    // Configs (no controller writes their status: the watchers see only these writes).
+    let list = client.list(Kind::Config, None).await?;
     let rv = list.metadata.resource_version.clone();
     let watch_client = Client::with_builder(
         &cfg,
@@ -219,7 +220,7 @@ pub async fn run(args: ApiBenchArgs, config: Option<ClientConfig>) -> Result<()>
             lat.clone(),
         );
         watchers.push(tokio::spawn(async move {
-            let resp = match c.watch(Kind::App, None, Some(&rv)).await {
+            let resp = match c.watch(Kind::Config, None, Some(&rv)).await {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("watch failed: {e}");
@@ -273,13 +274,13 @@ pub async fn run(args: ApiBenchArgs, config: Option<ClientConfig>) -> Result<()>
     for i in 0..args.watch_writes {
         tick.tick().await;
         let body = serde_json::json!({
-            "apiVersion": "verge.dev/v1", "kind": "App",
+            "apiVersion": "verge.dev/v1", "kind": "Config",
             "metadata": {"name": format!("w{run_id}-{i}"),
                 "annotations": {"bench.verge.dev/sent-ns": now_ns().to_string()}},
-            "spec": {"version": "1.0.0", "workload": {"docker": {"image": "registry.local/bench:1"}}}
+            "spec": {"data": {"n": i.to_string()}, "placement": {"nodeSelector": {"bench": "none"}}}
         });
         let _: serde_json::Value = client
-            .send_json(Method::POST, "/api/v1/apps", Some(&body))
+            .send_json(Method::POST, "/api/v1/configs", Some(&body))
             .await?;
     }
     let deadline = Instant::now() + Duration::from_secs(60);

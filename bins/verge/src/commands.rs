@@ -60,11 +60,12 @@ pub async fn apply(client: &Client, file: &str) -> Result<()> {
                     .update(&next)
                     .await
                     .with_context(|| format!("updating {id}"))?;
-                if updated.metadata.resource_version == current.metadata.resource_version {
-                    "unchanged"
-                } else {
-                    "configured"
-                }
+                // Not by resourceVersion: a controller may have written the status
+                // meanwhile. Spec changes bump the generation.
+                let same = updated.metadata.generation == current.metadata.generation
+                    && updated.metadata.labels == current.metadata.labels
+                    && updated.metadata.annotations == current.metadata.annotations;
+                if same { "unchanged" } else { "configured" }
             }
         };
         outln!("{id} {outcome}");

@@ -12,6 +12,15 @@ use verge_testkit::Cloud;
 
 const BIN: &str = env!("CARGO_BIN_EXE_verge");
 
+/// A Config (no controller writes its status, so a watch sees only our writes).
+/// Generic API semantics are tested on it too: Apps have a controller writing their
+/// status at any time.
+fn config(name: &str, value: &str) -> Value {
+    json!({"apiVersion": "verge.dev/v1", "kind": "Config",
+        "metadata": {"name": name, "labels": {"tier": "frontend"}},
+        "spec": {"data": {"value": value}}})
+}
+
 fn app(name: &str, version: &str) -> Value {
     json!({
         "apiVersion": "verge.dev/v1", "kind": "App",
@@ -132,7 +141,7 @@ use reqwest::Method as M;
 async fn crud_cas_status_and_selectors() -> Result<()> {
     let api = Api::start(&[]).await?;
     let (s, created) = api
-        .admin(M::POST, "/api/v1/apps", Some(app("web", "1.0.0")))
+        .admin(M::POST, "/api/v1/configs", Some(config("web", "1.0.0")))
         .await?;
     assert_eq!(s, StatusCode::CREATED, "{created}");
     let rv1 = created["metadata"]["resourceVersion"]
@@ -145,7 +154,7 @@ async fn crud_cas_status_and_selectors() -> Result<()> {
 
     // Duplicate create: 409 AlreadyExists.
     let (s, b) = api
-        .admin(M::POST, "/api/v1/apps", Some(app("web", "1.0.0")))
+        .admin(M::POST, "/api/v1/configs", Some(config("web", "1.0.0")))
         .await?;
     assert_error(
         s,
@@ -156,10 +165,10 @@ async fn crud_cas_status_and_selectors() -> Result<()> {
     );
 
     // Update with the right resourceVersion bumps generation.
-    let mut v2 = app("web", "2.0.0");
+    let mut v2 = config("web", "2.0.0");
     v2["metadata"]["resourceVersion"] = rv1.clone().into();
     let (s, updated) = api
-        .admin(M::PUT, "/api/v1/apps/web", Some(v2.clone()))
+        .admin(M::PUT, "/api/v1/configs/web", Some(v2.clone()))
         .await?;
     assert_eq!(s, StatusCode::OK, "{updated}");
     assert_eq!(updated["metadata"]["generation"], 2);
@@ -171,7 +180,7 @@ async fn crud_cas_status_and_selectors() -> Result<()> {
     assert!(rv2.parse::<i64>()? > rv1.parse::<i64>()?);
 
     // Stale resourceVersion: 409.
-    let (s, b) = api.admin(M::PUT, "/api/v1/apps/web", Some(v2)).await?;
+    let (s, b) = api.admin(M::PUT, "/api/v1/configs/web", Some(v2)).await?;
     assert_error(
         s,
         &b,
@@ -182,7 +191,7 @@ async fn crud_cas_status_and_selectors() -> Result<()> {
 
     // Same spec again: no write, same resourceVersion.
     let (s, same) = api
-        .admin(M::PUT, "/api/v1/apps/web", Some(app("web", "2.0.0")))
+        .admin(M::PUT, "/api/v1/configs/web", Some(config("web", "2.0.0")))
         .await?;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(same["metadata"]["resourceVersion"], rv2.as_str());
@@ -191,7 +200,7 @@ async fn crud_cas_status_and_selectors() -> Result<()> {
     let (s, st) = api
         .admin(
             M::PUT,
-            "/api/v1/apps/web/status",
+            "/api/v1/configs/web/status",
             Some(json!({"metadata": {"name": "web"}, "status": {"phase": "Running"}})),
         )
         .await?;
@@ -200,14 +209,14 @@ async fn crud_cas_status_and_selectors() -> Result<()> {
     assert_eq!(st["metadata"]["generation"], 2);
     // Spec update keeps status.
     let (_, kept) = api
-        .admin(M::PUT, "/api/v1/apps/web", Some(app("web", "2.1.0")))
+        .admin(M::PUT, "/api/v1/configs/web", Some(config("web", "2.1.0")))
         .await?;
     assert_eq!(kept["status"]["phase"], "Running");
     assert_eq!(kept["metadata"]["generation"], 3);
     let (s, b) = api
         .admin(
             M::PUT,
-            "/api/v1/apps/web/status",
+            "/api/v1/configs/web/status",
             Some(json!({"metadata": {"name": "web"}, "statuss": {}})),
         )
         .await?;
@@ -220,11 +229,11 @@ async fn crud_cas_status_and_selectors() -> Result<()> {
     );
 
     // Label selectors.
-    let mut other = app("api", "1.0.0");
+    let mut other = config("api", "1.0.0");
     other["metadata"]["labels"] = json!({"tier": "backend"});
-    api.admin(M::POST, "/api/v1/apps", Some(other)).await?;
+    api.admin(M::POST, "/api/v1/configs", Some(other)).await?;
     let (_, l) = api
-        .admin(M::GET, "/api/v1/apps?labelSelector=tier%3Dbackend", None)
+        .admin(M::GET, "/api/v1/configs?labelSelector=tier%3Dbackend", None)
         .await?;
     let names: Vec<&str> = l["items"]
         .as_array()
@@ -236,14 +245,14 @@ async fn crud_cas_status_and_selectors() -> Result<()> {
     let (_, l) = api
         .admin(
             M::GET,
-            "/api/v1/apps?labelSelector=tier%20in%20(backend,frontend)",
+            "/api/v1/configs?labelSelector=tier%20in%20(backend,frontend)",
             None,
         )
         .await?;
     assert_eq!(l["items"].as_array().unwrap().len(), 2);
     assert!(l["metadata"]["resourceVersion"].as_str().is_some());
     let (s, b) = api
-        .admin(M::GET, "/api/v1/apps?labelSelector=tier%20in%20(", None)
+        .admin(M::GET, "/api/v1/configs?labelSelector=tier%20in%20(", None)
         .await?;
     assert_error(
         s,
@@ -254,11 +263,11 @@ async fn crud_cas_status_and_selectors() -> Result<()> {
     );
 
     // Delete, then 404.
-    let (s, _) = api.admin(M::DELETE, "/api/v1/apps/api", None).await?;
+    let (s, _) = api.admin(M::DELETE, "/api/v1/configs/api", None).await?;
     assert_eq!(s, StatusCode::OK);
-    let (s, b) = api.admin(M::GET, "/api/v1/apps/api", None).await?;
+    let (s, b) = api.admin(M::GET, "/api/v1/configs/api", None).await?;
     assert_error(s, &b, StatusCode::NOT_FOUND, "NotFound", None);
-    let (s, b) = api.admin(M::DELETE, "/api/v1/apps/api", None).await?;
+    let (s, b) = api.admin(M::DELETE, "/api/v1/configs/api", None).await?;
     assert_error(s, &b, StatusCode::NOT_FOUND, "NotFound", None);
     Ok(())
 }
@@ -553,23 +562,25 @@ async fn read_events(resp: reqwest::Response, n: usize) -> Result<Vec<Value>> {
 #[tokio::test]
 async fn watch_orders_resumes_and_reports_compaction() -> Result<()> {
     let api = Api::start(&["--history-revisions", "5", "--compact-interval", "1"]).await?;
-    let (_, list) = api.admin(M::GET, "/api/v1/apps", None).await?;
+    let (_, list) = api.admin(M::GET, "/api/v1/configs", None).await?;
     let start_rv = list["metadata"]["resourceVersion"]
         .as_str()
         .unwrap()
         .to_string();
     let w = api
         .http
-        .get(api.url(&format!("/api/v1/apps?watch=1&resourceVersion={start_rv}")))
+        .get(api.url(&format!(
+            "/api/v1/configs?watch=1&resourceVersion={start_rv}"
+        )))
         .bearer_auth(&api.cloud.admin_token)
         .send()
         .await?;
     assert_eq!(w.status(), StatusCode::OK);
-    api.admin(M::POST, "/api/v1/apps", Some(app("a", "1.0.0")))
+    api.admin(M::POST, "/api/v1/configs", Some(config("a", "1.0.0")))
         .await?;
-    api.admin(M::PUT, "/api/v1/apps/a", Some(app("a", "1.1.0")))
+    api.admin(M::PUT, "/api/v1/configs/a", Some(config("a", "1.1.0")))
         .await?;
-    api.admin(M::DELETE, "/api/v1/apps/a", None).await?;
+    api.admin(M::DELETE, "/api/v1/configs/a", None).await?;
     let evs = read_events(w, 3).await?;
     let types: Vec<&str> = evs.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["ADDED", "MODIFIED", "DELETED"]);
@@ -588,7 +599,10 @@ async fn watch_orders_resumes_and_reports_compaction() -> Result<()> {
     // Resume from the first event's revision: exactly the two after it.
     let w = api
         .http
-        .get(api.url(&format!("/api/v1/apps?watch=1&resourceVersion={}", rvs[0])))
+        .get(api.url(&format!(
+            "/api/v1/configs?watch=1&resourceVersion={}",
+            rvs[0]
+        )))
         .bearer_auth(&api.cloud.admin_token)
         .send()
         .await?;
@@ -599,7 +613,10 @@ async fn watch_orders_resumes_and_reports_compaction() -> Result<()> {
     // SSE framing on request.
     let w = api
         .http
-        .get(api.url(&format!("/api/v1/apps?watch=1&resourceVersion={}", rvs[1])))
+        .get(api.url(&format!(
+            "/api/v1/configs?watch=1&resourceVersion={}",
+            rvs[1]
+        )))
         .header("accept", "text/event-stream")
         .bearer_auth(&api.cloud.admin_token)
         .send()
@@ -629,7 +646,9 @@ async fn watch_orders_resumes_and_reports_compaction() -> Result<()> {
     for _ in 0..100 {
         let r = api
             .http
-            .get(api.url(&format!("/api/v1/apps?watch=1&resourceVersion={start_rv}")))
+            .get(api.url(&format!(
+                "/api/v1/configs?watch=1&resourceVersion={start_rv}"
+            )))
             .bearer_auth(&api.cloud.admin_token)
             .send()
             .await?;

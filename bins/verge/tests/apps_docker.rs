@@ -17,29 +17,16 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use reqwest::Method;
 use serde_json::{Value, json};
-use verge_testkit::{Cloud, Dockerd, Edge, Registry, busybox_image_tar, eventually, workspace_bin};
+use verge_testkit::{
+    Cloud, Dockerd, Edge, Registry, app_instances, app_object, busybox_image_tar, eventually,
+    success, verge_cli, workspace_bin,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_verge");
 
 fn verge(cloud: &Cloud, args: &[&str]) -> Result<Output> {
-    Ok(Command::new(BIN)
-        .args(args)
-        .env("VERGE_CONFIG", cloud.admin_config())
-        .env("RUST_LOG", "off")
-        .output()?)
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    verge_cli(std::path::Path::new(BIN), cloud, args)
 }
 
 /// The container's command: a sleeper that exits on SIGTERM. (A bare `sleep` as PID 1
@@ -48,48 +35,8 @@ const SLEEPER: &str = "trap 'exit 0' TERM; sleep 100000 & wait";
 
 /// An App running `image` (a sleeper) with `extra` merged into its spec.
 fn app(name: &str, version: &str, image: &str, extra: Value) -> Value {
-    let mut spec = json!({
-        "version": version,
-        "workload": {"docker": {"image": image, "command": ["/bin/sh", "-c", SLEEPER]}},
-    });
-    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            s.insert(k.clone(), v.clone());
-        }
-    }
-    json!({"apiVersion": "verge.dev/v1", "kind": "App", "metadata": {"name": name}, "spec": spec})
-}
-
-async fn apply(cloud: &Cloud, obj: &Value) -> Result<()> {
-    let name = obj["metadata"]["name"].as_str().unwrap();
-    let path = format!("/api/v1/apps/{name}");
-    let cur = cloud
-        .client()?
-        .get(format!("{}{path}", cloud.url))
-        .bearer_auth(&cloud.admin_token)
-        .send()
-        .await?;
-    if cur.status() == 404 {
-        cloud
-            .api(Method::POST, "/api/v1/apps", Some(obj.clone()))
-            .await?;
-    } else {
-        cloud.api(Method::PUT, &path, Some(obj.clone())).await?;
-    }
-    Ok(())
-}
-
-async fn get_app(cloud: &Cloud, name: &str) -> Result<Value> {
-    cloud
-        .api(Method::GET, &format!("/api/v1/apps/{name}"), None)
-        .await
-}
-
-fn instances<'a>(app: &'a Value, node: &str) -> Vec<&'a Value> {
-    app["status"]["instances"]
-        .as_array()
-        .map(|l| l.iter().filter(|i| i["node"] == node).collect())
-        .unwrap_or_default()
+    let workload = json!({"docker": {"image": image, "command": ["/bin/sh", "-c", SLEEPER]}});
+    app_object(name, version, workload, extra)
 }
 
 /// Full ids of the running containers of `app` on `node`.
@@ -270,24 +217,26 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
 
     // 1. v1 everywhere: pulled from the registry, one container per node, limited.
     let t = Instant::now();
-    apply(&cloud, &app("web", "1.0.0", &bb1, extra.clone())).await?;
-    ok(&verge(
+    cloud
+        .apply("apps", &app("web", "1.0.0", &bb1, extra.clone()))
+        .await?;
+    success(&verge(
         &cloud,
         &["rollout", "status", "app/web", "--timeout", "120s"],
     )?);
     let web = eventually(Duration::from_secs(30), "v1 Running on all", async || {
-        let a = get_app(&cloud, "web").await.ok()?;
+        let a = cloud.app("web").await.ok()?;
         names
             .iter()
             .all(|n| {
-                let i = instances(&a, n);
+                let i = app_instances(&a, n);
                 i.len() == 1 && i[0]["version"] == "1.0.0" && i[0]["state"] == "Running"
             })
             .then_some(a)
     })
     .await?;
     for n in &names {
-        let inst = instances(&web, n);
+        let inst = app_instances(&web, n);
         assert!(
             inst[0]["limits"]
                 .as_str()
@@ -322,33 +271,21 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
             .await?;
         assert_eq!(mem, "67108864", "{n}");
     }
-    let table = ok(&verge(&cloud, &["get", "apps"])?);
+    let table = success(&verge(&cloud, &["get", "apps"])?);
     assert!(table.contains("3/3"), "{table}");
     eprintln!("v1 on 3 nodes in {:?}", t.elapsed());
 
     // 2. v2 (another image): gray release, 33% (1 node) then 100%, observed in order.
     let t = Instant::now();
-    apply(&cloud, &app("web", "2.0.0", &bb2, extra.clone())).await?;
-    let mut seen: Vec<usize> = Vec::new();
-    let mut steps: Vec<(String, usize)> = Vec::new();
-    eventually(Duration::from_secs(120), "v2 on every node", async || {
-        let a = get_app(&cloud, "web").await.ok()?;
-        let on = a["status"]["rollout"]["nodes"]
-            .as_object()?
-            .values()
-            .filter(|v| *v == "2.0.0")
-            .count();
-        if on > 0 && seen.last() != Some(&on) {
-            seen.push(on);
-        }
-        let step = a["status"]["step"].as_str()?.to_string();
-        if a["status"]["version"] == "2.0.0" && steps.last().map(|s| &s.0) != Some(&step) {
-            steps.push((step, on));
-        }
-        (a["status"]["phase"] == "Complete" && a["status"]["version"] == "2.0.0" && on == 3)
-            .then_some(())
-    })
-    .await?;
+    cloud
+        .apply("apps", &app("web", "2.0.0", &bb2, extra.clone()))
+        .await?;
+    let verge_testkit::RolloutSeen {
+        counts: seen,
+        steps,
+    } = cloud
+        .follow_rollout("web", "2.0.0", 3, Duration::from_secs(120))
+        .await?;
     assert_eq!(
         seen.first(),
         Some(&1),
@@ -359,9 +296,8 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
         seen.windows(2).all(|w| w[0] <= w[1]),
         "never narrows: {seen:?}"
     );
-    let order: Vec<&str> = steps.iter().map(|(s, _)| s.as_str()).collect();
-    assert_eq!(order, ["1/2 (33%)", "2/2 (100%)"], "{steps:?}");
-    ok(&verge(
+    assert_eq!(steps, ["1/2 (33%)", "2/2 (100%)"]);
+    success(&verge(
         &cloud,
         &["rollout", "status", "app/web", "--timeout", "60s"],
     )?);
@@ -396,7 +332,7 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
     let mut v3 = app("web", "3.0.0", &bb2, extra.clone());
     v3["spec"]["health"] = json!({"exec": {"command": ["/bin/false"]}, "intervalSeconds": 1,
         "failureThreshold": 2, "initialDelaySeconds": 5});
-    apply(&cloud, &v3).await?;
+    cloud.apply("apps", &v3).await?;
     let admin = cloud.admin_config();
     let rollout_status = tokio::task::spawn_blocking(move || {
         Command::new(BIN)
@@ -412,7 +348,7 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
     let mut v3_healthy = false;
     let mut rolled_back_at: Option<String> = None;
     while !rollout_status.is_finished() {
-        if let Ok(a) = get_app(&cloud, "web").await {
+        if let Ok(a) = cloud.app("web").await {
             let st = &a["status"];
             if let Some(nodes) = st["rollout"]["nodes"].as_object() {
                 for (n, v) in nodes {
@@ -453,7 +389,7 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
     }
     let out = rollout_status.await??;
     if rolled_back_at.is_none() {
-        let a = get_app(&cloud, "web").await?;
+        let a = cloud.app("web").await?;
         if a["status"]["phase"] == "RolledBack" {
             rolled_back_at = a["status"]["step"].as_str().map(str::to_string);
         }
@@ -475,7 +411,7 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
             timeline.join("\n")
         ));
         // After a completed rollout, rollback goes to the version before it.
-        let said = ok(&verge(&cloud, &["rollout", "rollback", "app/web"])?);
+        let said = success(&verge(&cloud, &["rollout", "rollback", "app/web"])?);
         assert!(said.contains("rolling back to 2.0.0"), "{said}");
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
@@ -500,9 +436,9 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
         Duration::from_secs(60),
         "all back on v2 and running",
         async || {
-            let a = get_app(&cloud, "web").await.ok()?;
+            let a = cloud.app("web").await.ok()?;
             let all = names.iter().all(|n| {
-                let i = instances(&a, n);
+                let i = app_instances(&a, n);
                 i.len() == 1 && i[0]["version"] == "2.0.0" && i[0]["state"] == "Running"
             });
             let phase = if completed_v3 {
@@ -575,8 +511,8 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
         Duration::from_secs(30),
         "web reported Running after the restart",
         async || {
-            let a = get_app(&cloud, "web").await.ok()?;
-            let i = instances(&a, node_a);
+            let a = cloud.app("web").await.ok()?;
+            let i = app_instances(&a, node_a);
             (i.len() == 1 && i[0]["state"] == "Running" && i[0]["version"] == "2.0.0").then_some(())
         },
     )
@@ -606,8 +542,8 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
         Duration::from_secs(60),
         "restart reported after reconnect",
         async || {
-            let a = get_app(&cloud, "web").await.ok()?;
-            let i = instances(&a, node_a);
+            let a = cloud.app("web").await.ok()?;
+            let i = app_instances(&a, node_a);
             (i.len() == 1 && i[0]["restarts"].as_u64()? >= 1 && i[0]["state"] == "Running")
                 .then_some(())
         },
@@ -619,20 +555,24 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
     let t = Instant::now();
     let gz = json!({"placement": {"nodeSelector": {"site": "gz"}}});
     let missing = format!("{reg}/does-not-exist:1");
-    apply(&cloud, &app("ghost", "1.0.0", &missing, gz.clone())).await?;
+    cloud
+        .apply("apps", &app("ghost", "1.0.0", &missing, gz.clone()))
+        .await?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let nowhere = format!("127.0.0.1:{port}/bb:1");
-    apply(&cloud, &app("offline", "1.0.0", &nowhere, gz.clone())).await?;
+    cloud
+        .apply("apps", &app("offline", "1.0.0", &nowhere, gz.clone()))
+        .await?;
     let node_c = &names[2];
     for (name, image, needle) in [
         ("ghost", &missing, "not found"),
         ("offline", &nowhere, "unreachable"),
     ] {
         let i = eventually(Duration::from_secs(60), name, async || {
-            let a = get_app(&cloud, name).await.ok()?;
-            let i = instances(&a, node_c).first().cloned().cloned()?;
+            let a = cloud.app(name).await.ok()?;
+            let i = app_instances(&a, node_c).first().cloned().cloned()?;
             (i["state"] == "Failed" && i["lastError"].as_str()?.contains(needle)).then_some(i)
         })
         .await?;

@@ -14,29 +14,16 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use reqwest::Method;
 use serde_json::{Value, json};
-use verge_testkit::{Cloud, Edge, eventually, workspace_bin};
+use verge_testkit::{
+    Cloud, Edge, app_condition, app_instances, app_object, eventually, success, verge_cli,
+    workspace_bin,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_verge");
 
 fn verge(cloud: &Cloud, args: &[&str]) -> Result<Output> {
-    Ok(Command::new(BIN)
-        .args(args)
-        .env("VERGE_CONFIG", cloud.admin_config())
-        .env("RUST_LOG", "off")
-        .output()?)
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    verge_cli(std::path::Path::new(BIN), cloud, args)
 }
 
 /// A tar.gz holding `app.sh` (the given script body).
@@ -60,7 +47,7 @@ fn artifact(dir: &Path, name: &str, script: &str) -> Result<PathBuf> {
 }
 
 fn push(cloud: &Cloud, file: &Path) -> Result<String> {
-    let out = ok(&verge(
+    let out = success(&verge(
         cloud,
         &["artifact", "push", file.to_str().unwrap()],
     )?);
@@ -72,59 +59,8 @@ fn push(cloud: &Cloud, file: &Path) -> Result<String> {
 }
 
 fn app(name: &str, version: &str, sha: &str, extra: Value) -> Value {
-    let mut spec = json!({
-        "version": version,
-        "workload": {"native": {"artifact": {"sha256": sha}, "command": "app.sh"}},
-    });
-    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            s.insert(k.clone(), v.clone());
-        }
-    }
-    json!({"apiVersion": "verge.dev/v1", "kind": "App", "metadata": {"name": name}, "spec": spec})
-}
-
-async fn apply(cloud: &Cloud, obj: &Value) -> Result<()> {
-    let name = obj["metadata"]["name"].as_str().unwrap();
-    let path = format!("/api/v1/apps/{name}");
-    let cur = cloud
-        .client()?
-        .get(format!("{}{path}", cloud.url))
-        .bearer_auth(cloud_token(cloud)?)
-        .send()
-        .await?;
-    if cur.status() == 404 {
-        cloud
-            .api(Method::POST, "/api/v1/apps", Some(obj.clone()))
-            .await?;
-    } else {
-        cloud.api(Method::PUT, &path, Some(obj.clone())).await?;
-    }
-    Ok(())
-}
-
-fn cloud_token(cloud: &Cloud) -> Result<String> {
-    Ok(cloud.admin_token.clone())
-}
-
-async fn get_app(cloud: &Cloud, name: &str) -> Result<Value> {
-    cloud
-        .api(Method::GET, &format!("/api/v1/apps/{name}"), None)
-        .await
-}
-
-fn instances<'a>(app: &'a Value, node: &str) -> Vec<&'a Value> {
-    app["status"]["instances"]
-        .as_array()
-        .map(|l| l.iter().filter(|i| i["node"] == node).collect())
-        .unwrap_or_default()
-}
-
-fn condition<'a>(app: &'a Value, kind: &str) -> Option<&'a Value> {
-    app["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
+    let workload = json!({"native": {"artifact": {"sha256": sha}, "command": "app.sh"}});
+    app_object(name, version, workload, extra)
 }
 
 /// Cgroup v1 directory of an instance.
@@ -230,14 +166,16 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
     // v1 everywhere, with limits.
     let extra = json!({"resources": {"cpu": "500m", "memory": "64Mi"}, "health": healthy, "rollout": rollout,
         "placement": {"nodeSelector": {"tier": "edge"}}});
-    apply(&cloud, &app("web", "1.0.0", &sha, extra.clone())).await?;
-    ok(&verge(
+    cloud
+        .apply("apps", &app("web", "1.0.0", &sha, extra.clone()))
+        .await?;
+    success(&verge(
         &cloud,
         &["rollout", "status", "app/web", "--timeout", "90s"],
     )?);
-    let web = get_app(&cloud, "web").await?;
+    let web = cloud.app("web").await?;
     for n in &names {
-        let inst = instances(&web, n);
+        let inst = app_instances(&web, n);
         assert_eq!(inst.len(), 1, "{n}: {web}");
         assert_eq!(inst[0]["version"], "1.0.0");
         assert_eq!(inst[0]["state"], "Running");
@@ -248,33 +186,19 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
         assert_eq!(quota.trim(), "50000");
         assert_eq!(procs(n, "web").len(), 1, "{n}: one process in the cgroup");
     }
-    let table = ok(&verge(&cloud, &["get", "apps"])?);
+    let table = success(&verge(&cloud, &["get", "apps"])?);
     assert!(table.contains("READY") && table.contains("3/3"), "{table}");
 
     // v2: gray release, 33% (1 node) then 100%, observed in order.
     let mut v2 = app("web", "2.0.0", &sha, extra.clone());
     v2["spec"]["workload"]["native"]["env"] = json!({"GREETING": "v2"});
-    apply(&cloud, &v2).await?;
-    let mut seen: Vec<usize> = Vec::new();
-    let mut steps: Vec<(String, usize)> = Vec::new();
-    eventually(Duration::from_secs(90), "v2 on every node", async || {
-        let a = get_app(&cloud, "web").await.ok()?;
-        let on = a["status"]["rollout"]["nodes"]
-            .as_object()?
-            .values()
-            .filter(|v| *v == "2.0.0")
-            .count();
-        if on > 0 && seen.last() != Some(&on) {
-            seen.push(on);
-        }
-        let step = a["status"]["step"].as_str()?.to_string();
-        if a["status"]["version"] == "2.0.0" && steps.last().map(|s| &s.0) != Some(&step) {
-            steps.push((step, on));
-        }
-        (a["status"]["phase"] == "Complete" && a["status"]["version"] == "2.0.0" && on == 3)
-            .then_some(())
-    })
-    .await?;
+    cloud.apply("apps", &v2).await?;
+    let verge_testkit::RolloutSeen {
+        counts: seen,
+        steps,
+    } = cloud
+        .follow_rollout("web", "2.0.0", 3, Duration::from_secs(90))
+        .await?;
     assert_eq!(
         seen.first(),
         Some(&1),
@@ -285,9 +209,8 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
         seen.windows(2).all(|w| w[0] <= w[1]),
         "never narrows: {seen:?}"
     );
-    let order: Vec<&str> = steps.iter().map(|(s, _)| s.as_str()).collect();
-    assert_eq!(order, ["1/2 (33%)", "2/2 (100%)"], "{steps:?}");
-    ok(&verge(
+    assert_eq!(steps, ["1/2 (33%)", "2/2 (100%)"]);
+    success(&verge(
         &cloud,
         &["rollout", "status", "app/web", "--timeout", "60s"],
     )?);
@@ -296,7 +219,7 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
     let mut v3 = app("web", "3.0.0", &sha, extra.clone());
     v3["spec"]["health"] =
         json!({"exec": {"command": ["/bin/false"]}, "intervalSeconds": 1, "failureThreshold": 2});
-    apply(&cloud, &v3).await?;
+    cloud.apply("apps", &v3).await?;
     let out = verge(
         &cloud,
         &["rollout", "status", "app/web", "--timeout", "90s"],
@@ -311,9 +234,9 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
         Duration::from_secs(60),
         "all back on v2 and running",
         async || {
-            let a = get_app(&cloud, "web").await.ok()?;
+            let a = cloud.app("web").await.ok()?;
             let all = names.iter().all(|n| {
-                let i = instances(&a, n);
+                let i = app_instances(&a, n);
                 i.len() == 1 && i[0]["version"] == "2.0.0" && i[0]["state"] == "Running"
             });
             (a["status"]["phase"] == "RolledBack" && all).then_some(a)
@@ -332,7 +255,7 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
     let r = cloud
         .client()?
         .put(format!("{}/api/v1/apps/web", cloud.url))
-        .bearer_auth(cloud_token(&cloud)?)
+        .bearer_auth(cloud.admin_token.clone())
         .json(&app("web", "1.0.0", &sha, extra.clone()))
         .send()
         .await?;
@@ -344,38 +267,41 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
     let node_a = &names[0];
     let only_a = json!({"placement": {"nodeSelector": {"site": "sh"}}, "health": healthy,
         "dependsOn": [{"app": "db", "version": "^1.2"}]});
-    apply(&cloud, &app("api", "1.0.0", &sha, only_a)).await?;
+    cloud
+        .apply("apps", &app("api", "1.0.0", &sha, only_a))
+        .await?;
     let api = eventually(Duration::from_secs(30), "api waiting", async || {
-        let a = get_app(&cloud, "api").await.ok()?;
-        let i = instances(&a, node_a);
+        let a = cloud.app("api").await.ok()?;
+        let i = app_instances(&a, node_a);
         (i.len() == 1 && i[0]["state"] == "WaitingForDependency").then_some(a)
     })
     .await?;
-    let dep = condition(&api, "DependenciesResolved").unwrap();
+    let dep = app_condition(&api, "DependenciesResolved").unwrap();
     assert_eq!(dep["status"], "False");
     assert_eq!(dep["reason"], "MissingDependency");
     assert!(
         procs(node_a, "api").is_empty(),
         "api must not run before db"
     );
-    apply(
-        &cloud,
-        &app(
-            "db",
-            "1.4.0",
-            &sha,
-            json!({"placement": {"nodeSelector": {"site": "sh"}}, "health": healthy}),
-        ),
-    )
-    .await?;
+    cloud
+        .apply(
+            "apps",
+            &app(
+                "db",
+                "1.4.0",
+                &sha,
+                json!({"placement": {"nodeSelector": {"site": "sh"}}, "health": healthy}),
+            ),
+        )
+        .await?;
     eventually(
         Duration::from_secs(60),
         "api running after db",
         async || {
-            let a = get_app(&cloud, "api").await.ok()?;
-            let d = get_app(&cloud, "db").await.ok()?;
-            let ai = instances(&a, node_a);
-            let di = instances(&d, node_a);
+            let a = cloud.app("api").await.ok()?;
+            let d = cloud.app("db").await.ok()?;
+            let ai = app_instances(&a, node_a);
+            let di = app_instances(&d, node_a);
             (ai.len() == 1
                 && ai[0]["state"] == "Running"
                 && di.len() == 1
@@ -393,24 +319,25 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
         "x=$(head -c 100000000 /dev/zero | tr '\\0' a)\nsleep 100000",
     )?;
     let hog_sha = push(&cloud, &hog)?;
-    apply(
-        &cloud,
-        &app(
-            "hog",
-            "1.0.0",
-            &hog_sha,
-            json!({"resources": {"memory": "16Mi"},
+    cloud
+        .apply(
+            "apps",
+            &app(
+                "hog",
+                "1.0.0",
+                &hog_sha,
+                json!({"resources": {"memory": "16Mi"},
         "placement": {"nodeSelector": {"site": "bj"}}}),
-        ),
-    )
-    .await?;
+            ),
+        )
+        .await?;
     let node_b = &names[1];
     let hog_status = eventually(
         Duration::from_secs(60),
         "hog OOM-killed twice",
         async || {
-            let a = get_app(&cloud, "hog").await.ok()?;
-            let i = instances(&a, node_b).first().cloned().cloned()?;
+            let a = cloud.app("hog").await.ok()?;
+            let i = app_instances(&a, node_b).first().cloned().cloned()?;
             (i["restarts"].as_u64()? >= 2 && i["lastError"].as_str()?.contains("OOM")).then_some(i)
         },
     )
@@ -422,29 +349,31 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
 
     // Bad inputs, each a clear status.
     let bogus_sha = "0".repeat(64);
-    apply(
-        &cloud,
-        &app(
-            "ghost",
-            "1.0.0",
-            &bogus_sha,
-            json!({"placement": {"nodeSelector": {"site": "gz"}}}),
-        ),
-    )
-    .await?;
+    cloud
+        .apply(
+            "apps",
+            &app(
+                "ghost",
+                "1.0.0",
+                &bogus_sha,
+                json!({"placement": {"nodeSelector": {"site": "gz"}}}),
+            ),
+        )
+        .await?;
     let plain = dirs.path().join("plain.txt");
     std::fs::write(&plain, "not an archive")?;
     let plain_sha = push(&cloud, &plain)?;
-    apply(
-        &cloud,
-        &app(
-            "plain",
-            "1.0.0",
-            &plain_sha,
-            json!({"placement": {"nodeSelector": {"site": "gz"}}}),
-        ),
-    )
-    .await?;
+    cloud
+        .apply(
+            "apps",
+            &app(
+                "plain",
+                "1.0.0",
+                &plain_sha,
+                json!({"placement": {"nodeSelector": {"site": "gz"}}}),
+            ),
+        )
+        .await?;
     // A URL that serves other bytes than the digest names.
     let mut wrong = app(
         "wrong",
@@ -454,7 +383,7 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
     );
     wrong["spec"]["workload"]["native"]["artifact"]["url"] =
         json!(format!("{}/api/v1/artifacts/{plain_sha}", cloud.url));
-    apply(&cloud, &wrong).await?;
+    cloud.apply("apps", &wrong).await?;
     let mut nocmd = app(
         "nocmd",
         "1.0.0",
@@ -462,20 +391,19 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
         json!({"placement": {"nodeSelector": {"site": "gz"}}}),
     );
     nocmd["spec"]["workload"]["native"]["command"] = json!("no-such-program");
-    apply(&cloud, &nocmd).await?;
-    apply(
-        &cloud,
-        &app(
-            "nowhere",
-            "1.0.0",
-            &sha,
-            json!({"placement": {"nodeSelector": {"site": "mars"}}}),
-        ),
-    )
-    .await?;
-    apply(
-        &cloud,
-        &app(
+    cloud.apply("apps", &nocmd).await?;
+    cloud
+        .apply(
+            "apps",
+            &app(
+                "nowhere",
+                "1.0.0",
+                &sha,
+                json!({"placement": {"nodeSelector": {"site": "mars"}}}),
+            ),
+        )
+        .await?;
+    cloud.apply("apps", &app(
             "cyc-a",
             "1.0.0",
             &sha,
@@ -483,9 +411,7 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
         ),
     )
     .await?;
-    apply(
-        &cloud,
-        &app(
+    cloud.apply("apps", &app(
             "cyc-b",
             "1.0.0",
             &sha,
@@ -501,15 +427,15 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
         ("nocmd", "command not found: no-such-program"),
     ] {
         eventually(Duration::from_secs(60), name, async || {
-            let a = get_app(&cloud, name).await.ok()?;
-            let i = instances(&a, node_c).first().cloned().cloned()?;
+            let a = cloud.app(name).await.ok()?;
+            let i = app_instances(&a, node_c).first().cloned().cloned()?;
             (i["state"] == "Failed" && i["lastError"].as_str()?.contains(needle)).then_some(())
         })
         .await?;
     }
     let nowhere = eventually(Duration::from_secs(30), "unschedulable", async || {
-        let a = get_app(&cloud, "nowhere").await.ok()?;
-        condition(&a, "Unschedulable").cloned()
+        let a = cloud.app("nowhere").await.ok()?;
+        app_condition(&a, "Unschedulable").cloned()
     })
     .await?;
     assert_eq!(nowhere["reason"], "NoMatchingNodes");
@@ -520,8 +446,8 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
             .contains("do not match nodeSelector")
     );
     let cyc = eventually(Duration::from_secs(30), "cycle", async || {
-        let a = get_app(&cloud, "cyc-a").await.ok()?;
-        condition(&a, "DependenciesResolved")
+        let a = cloud.app("cyc-a").await.ok()?;
+        app_condition(&a, "DependenciesResolved")
             .filter(|c| c["reason"] == "DependencyCycle")
             .cloned()
     })
@@ -551,8 +477,8 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
         Duration::from_secs(30),
         "web reported Running after the restart",
         async || {
-            let a = get_app(&cloud, "web").await.ok()?;
-            let i = instances(&a, node_a);
+            let a = cloud.app("web").await.ok()?;
+            let i = app_instances(&a, node_a);
             (i.len() == 1 && i[0]["state"] == "Running").then_some(())
         },
     )
@@ -576,8 +502,8 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
         Duration::from_secs(60),
         "restart reported after reconnect",
         async || {
-            let a = get_app(&cloud, "web").await.ok()?;
-            let i = instances(&a, node_a);
+            let a = cloud.app("web").await.ok()?;
+            let i = app_instances(&a, node_a);
             (i.len() == 1 && i[0]["restarts"].as_u64()? >= 1 && i[0]["state"] == "Running")
                 .then_some(())
         },

@@ -865,3 +865,137 @@ mod docker_tests {
         assert!(!elf_is_dynamic(Path::new("/etc/hostname")).unwrap_or(false));
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Apps end to end: the helpers the apps tests share.
+
+/// `verge ARGS` against `cloud` with its admin config.
+pub fn verge_cli(bin: &Path, cloud: &Cloud, args: &[&str]) -> Result<std::process::Output> {
+    Ok(Command::new(bin)
+        .args(args)
+        .env("VERGE_CONFIG", cloud.admin_config())
+        .env("RUST_LOG", "off")
+        .output()?)
+}
+
+/// Stdout of a command that must have succeeded (else a panic with both streams).
+pub fn success(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An App `name` at `version` running `workload`, with `extra` merged into its spec.
+pub fn app_object(
+    name: &str,
+    version: &str,
+    workload: serde_json::Value,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let mut spec = serde_json::json!({"version": version, "workload": workload});
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::json!({"apiVersion": "verge.dev/v1", "kind": "App",
+        "metadata": {"name": name}, "spec": spec})
+}
+
+/// The instances an App's status reports on `node`.
+pub fn app_instances<'a>(app: &'a serde_json::Value, node: &str) -> Vec<&'a serde_json::Value> {
+    app["status"]["instances"]
+        .as_array()
+        .map(|l| l.iter().filter(|i| i["node"] == node).collect())
+        .unwrap_or_default()
+}
+
+/// A condition of an App's status by type.
+pub fn app_condition<'a>(app: &'a serde_json::Value, kind: &str) -> Option<&'a serde_json::Value> {
+    app["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+/// What [`Cloud::follow_rollout`] saw: nodes on the new version each time that number
+/// changed, and the steps (`1/2 (33%)`) in the order they came.
+#[derive(Debug, Default)]
+pub struct RolloutSeen {
+    pub counts: Vec<usize>,
+    pub steps: Vec<String>,
+}
+
+impl Cloud {
+    /// Creates the object, or replaces it when it exists (`plural`: `apps`, ...).
+    pub async fn apply(&self, plural: &str, obj: &serde_json::Value) -> Result<()> {
+        let name = obj["metadata"]["name"].as_str().context("metadata.name")?;
+        let path = format!("/api/v1/{plural}/{name}");
+        let cur = self
+            .client()?
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await?;
+        if cur.status() == reqwest::StatusCode::NOT_FOUND {
+            self.api(
+                reqwest::Method::POST,
+                &format!("/api/v1/{plural}"),
+                Some(obj.clone()),
+            )
+            .await?;
+        } else {
+            self.api(reqwest::Method::PUT, &path, Some(obj.clone()))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `GET /api/v1/apps/NAME`.
+    pub async fn app(&self, name: &str) -> Result<serde_json::Value> {
+        self.api(reqwest::Method::GET, &format!("/api/v1/apps/{name}"), None)
+            .await
+    }
+
+    /// Polls App `name` until `version` is Complete on `nodes` nodes, recording the
+    /// counts and steps on the way.
+    pub async fn follow_rollout(
+        &self,
+        name: &str,
+        version: &str,
+        nodes: usize,
+        timeout: Duration,
+    ) -> Result<RolloutSeen> {
+        let mut seen = RolloutSeen::default();
+        eventually(
+            timeout,
+            &format!("{name} {version} on every node"),
+            async || {
+                let a = self.app(name).await.ok()?;
+                let on = a["status"]["rollout"]["nodes"]
+                    .as_object()?
+                    .values()
+                    .filter(|v| *v == version)
+                    .count();
+                if on > 0 && seen.counts.last() != Some(&on) {
+                    seen.counts.push(on);
+                }
+                let step = a["status"]["step"].as_str()?.to_string();
+                if a["status"]["version"] == version && seen.steps.last() != Some(&step) {
+                    seen.steps.push(step);
+                }
+                (a["status"]["phase"] == "Complete"
+                    && a["status"]["version"] == version
+                    && on == nodes)
+                    .then_some(())
+            },
+        )
+        .await?;
+        Ok(seen)
+    }
+}
