@@ -24,7 +24,7 @@ use verge_api::specs::{AppSpec, ConfigSpec, HealthCheck, RestartPolicy};
 use verge_proto::{InstanceState, InstanceStatus};
 
 use crate::EdgeState;
-use crate::engine::docker::DockerEngine;
+use crate::engine::docker::LazyDocker;
 use crate::engine::native::NativeEngine;
 use crate::engine::{
     Enforcement, Engine, InstanceKey, InstanceSpec, Limits, Payload, RegistryCredentials,
@@ -254,7 +254,8 @@ pub struct Workloads {
     node: String,
     state: Arc<EdgeState>,
     native: Arc<NativeEngine>,
-    docker: Result<Arc<DockerEngine>, String>,
+    /// Connected on first use (and retried): dockerd may start after the agent.
+    docker: Arc<LazyDocker>,
     shared: Arc<Shared>,
 }
 
@@ -283,12 +284,7 @@ fn enforcement_text(e: &Enforcement) -> String {
 }
 
 impl Workloads {
-    /// `docker`: the engine, or why there is none (docker apps then fail with it).
-    pub fn new(
-        state: Arc<EdgeState>,
-        native: NativeEngine,
-        docker: Result<DockerEngine, String>,
-    ) -> Self {
+    pub fn new(state: Arc<EdgeState>, native: NativeEngine, docker: LazyDocker) -> Self {
         Self {
             node: state.node().to_string(),
             shared: Arc::new(Shared {
@@ -297,7 +293,7 @@ impl Workloads {
             }),
             state,
             native: Arc::new(native),
-            docker: docker.map(Arc::new),
+            docker: Arc::new(docker),
         }
     }
 
@@ -324,16 +320,13 @@ impl Workloads {
                 client: crate::artifact::node_https_client(identity)?,
             }),
         );
-        let docker = match DockerEngine::connect(docker_socket).await {
-            Ok(d) => Ok(match docker_network {
-                Some(n) => d.with_network(n),
-                None => d,
-            }),
-            Err(e) => {
-                tracing::info!(error = %e, "no Docker engine: Docker apps will fail on this node");
-                Err(e.to_string())
-            }
-        };
+        let docker = LazyDocker::new(
+            docker_socket.map(std::path::Path::to_path_buf),
+            docker_network,
+        );
+        if let Err(e) = docker.get().await {
+            tracing::info!(error = %e, "no Docker engine yet: Docker apps wait for it");
+        }
         Ok(Self::new(state, native, docker))
     }
 
@@ -351,15 +344,12 @@ impl Workloads {
             }
             Err(e) => tracing::warn!(error = %e, "could not look for native instances to adopt"),
         }
-        if let Ok(docker) = &self.docker {
-            match docker.adopt(&self.node).await {
-                Ok(list) => {
-                    for a in list {
-                        tracing::info!(app = %a.key, version = %a.version, "adopted a running container");
-                        self.spawn_adopted_docker(&mut slots, a);
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "could not look for containers to adopt"),
+        // Without a Docker engine now there is nothing running to adopt (restart
+        // policy `no`: containers do not outlive their daemon).
+        if let Ok(list) = self.docker.adopt(&self.node).await {
+            for a in list {
+                tracing::info!(app = %a.key, version = %a.version, "adopted a running container");
+                self.spawn_adopted_docker(&mut slots, a);
             }
         }
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -454,21 +444,16 @@ impl Workloads {
         let hash = w.spec_hash;
         let shared = self.shared.clone();
         let st = status.clone();
-        let task = match (&w.spec.payload, &self.docker) {
-            (Payload::Native(_), _) => {
+        // A Docker engine that does not answer (yet) fails `prepare`, which the
+        // supervisor reports and retries on its backoff.
+        let task = match &w.spec.payload {
+            Payload::Native(_) => {
                 let e = self.native.clone();
                 tokio::spawn(supervised(e, w, None, st, shared, rx))
             }
-            (Payload::Docker(_), Ok(d)) => {
-                let e = d.clone();
+            Payload::Docker(_) => {
+                let e = self.docker.clone();
                 tokio::spawn(supervised(e, w, None, st, shared, rx))
-            }
-            (Payload::Docker(_), Err(why)) => {
-                if let Ok(mut s) = status.lock() {
-                    s.state = InstanceState::Failed;
-                    s.last_error = Some(format!("no Docker engine on this node: {why}"));
-                }
-                tokio::spawn(async {})
             }
         };
         slots.insert(
@@ -496,9 +481,7 @@ impl Workloads {
         slots: &mut BTreeMap<InstanceKey, Slot>,
         a: crate::engine::Adopted<crate::engine::docker::ContainerHandle>,
     ) {
-        if let Ok(d) = &self.docker {
-            self.spawn_adopted(slots, d.clone(), a);
-        }
+        self.spawn_adopted(slots, self.docker.clone(), a);
     }
 
     /// An adopted instance is supervised with its spec once the store's App is read;

@@ -977,6 +977,87 @@ pub(crate) fn last_lines<'a>(chunks: impl Iterator<Item = &'a [u8]>, n: usize) -
     lines.split_off(skip)
 }
 
+/// The Docker engine, connected on first use and again after a failed attempt: an
+/// agent that starts before dockerd (a common boot order) runs Docker apps as soon as
+/// the daemon answers, instead of failing them until it restarts.
+pub struct LazyDocker {
+    socket: Option<std::path::PathBuf>,
+    network: Option<String>,
+    cell: tokio::sync::OnceCell<DockerEngine>,
+}
+
+impl LazyDocker {
+    pub fn new(socket: Option<std::path::PathBuf>, network: Option<String>) -> Self {
+        Self {
+            socket,
+            network,
+            cell: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The connected engine (connecting now if need be).
+    pub async fn get(&self) -> Result<&DockerEngine> {
+        self.cell
+            .get_or_try_init(|| async {
+                let d = DockerEngine::connect(self.socket.as_deref()).await?;
+                Ok(match &self.network {
+                    Some(n) => d.with_network(n.clone()),
+                    None => d,
+                })
+            })
+            .await
+    }
+}
+
+/// Only handles from a connected engine exist, so the methods taking one use it.
+impl Engine for LazyDocker {
+    type Handle = ContainerHandle;
+
+    async fn prepare(&self, spec: &InstanceSpec) -> Result<()> {
+        self.get().await?.prepare(spec).await
+    }
+
+    async fn start(&self, spec: &InstanceSpec) -> Result<(ContainerHandle, Enforcement)> {
+        self.get().await?.start(spec).await
+    }
+
+    async fn wait(&self, handle: &ContainerHandle) -> Exit {
+        match self.get().await {
+            Ok(d) => d.wait(handle).await,
+            Err(e) => Exit {
+                code: None,
+                oom_killed: false,
+                message: e.to_string(),
+            },
+        }
+    }
+
+    async fn stop(&self, handle: &ContainerHandle, grace: Duration) -> Result<()> {
+        self.get().await?.stop(handle, grace).await
+    }
+
+    async fn exec(
+        &self,
+        handle: &ContainerHandle,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<i64> {
+        self.get().await?.exec(handle, command, timeout).await
+    }
+
+    async fn usage(&self, handle: &ContainerHandle) -> Option<Usage> {
+        self.get().await.ok()?.usage(handle).await
+    }
+
+    async fn adopt(&self, node: &str) -> Result<Vec<Adopted<ContainerHandle>>> {
+        self.get().await?.adopt(node).await
+    }
+
+    async fn logs(&self, handle: &ContainerHandle, lines: usize) -> Result<Vec<String>> {
+        self.get().await?.logs(handle, lines).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
