@@ -296,3 +296,31 @@ pub async fn token_revoke(client: &Client, id: &str) -> Result<()> {
     outln!("token {id} revoked");
     Ok(())
 }
+
+/// `verge logs app/NAME [--node N] [--tail K]`: the app's output as its nodes shipped it,
+/// each line prefixed with `[node app-replica]`.
+pub async fn logs(client: &Client, target: &str, node: Option<&str>, tail: usize) -> Result<()> {
+    let name = target
+        .strip_prefix("app/")
+        .or_else(|| target.strip_prefix("apps/"))
+        .ok_or_else(|| anyhow::anyhow!("{target:?}: expected app/NAME"))?;
+    let mut path = format!("/api/v1/apps/{name}/logs?tail={tail}");
+    if let Some(n) = node {
+        path.push_str(&format!("&node={n}"));
+    }
+    let v: serde_json::Value = client.send_json(reqwest::Method::GET, &path, None).await?;
+    for e in v["items"].as_array().into_iter().flatten() {
+        let source = e["source"].as_str().unwrap_or("");
+        let instance = source
+            .strip_prefix("app/")
+            .unwrap_or(source)
+            .replacen('/', "-", 1);
+        outln!(
+            "[{} {}] {}",
+            e["node"].as_str().unwrap_or("?"),
+            instance,
+            e["line"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}

@@ -168,6 +168,17 @@ enum Cmd {
     Describe { kind: String, name: String },
     /// Delete an object.
     Delete { kind: String, name: String },
+    /// An app's output, as its nodes shipped it (newest lines).
+    Logs {
+        /// `app/NAME`.
+        target: String,
+        /// Only this node's instances.
+        #[arg(long)]
+        node: Option<String>,
+        /// How many of the newest lines (1..=5000).
+        #[arg(long, default_value_t = 200)]
+        tail: usize,
+    },
     /// Follow and steer an App's gray release.
     Rollout {
         #[command(subcommand)]
@@ -366,6 +377,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Artifact { cmd } => artifact::run(&client(&cli)?, cmd).await,
         Cmd::Rollout { cmd } => rollout::run(&client(&cli)?, cmd).await,
+        Cmd::Logs { target, node, tail } => {
+            commands::logs(&client(&cli)?, target, node.as_deref(), *tail).await
+        }
         Cmd::Token { cmd } => {
             let c = client(&cli)?;
             match cmd {

@@ -31,7 +31,8 @@ fn verge(cloud: &Cloud, args: &[&str]) -> Result<Output> {
 
 /// The container's command: a sleeper that exits on SIGTERM. (A bare `sleep` as PID 1
 /// ignores SIGTERM, so every stop would wait out the agent's 10 s grace.)
-const SLEEPER: &str = "trap 'exit 0' TERM; sleep 100000 & wait";
+const SLEEPER: &str =
+    "echo \"started on $(hostname)\"; echo to-stderr >&2; trap 'exit 0' TERM; sleep 100000 & wait";
 
 /// An App running `image` (a sleeper) with `extra` merged into its spec.
 fn app(name: &str, version: &str, image: &str, extra: Value) -> Value {
@@ -273,6 +274,23 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
     }
     let table = success(&verge(&cloud, &["get", "apps"])?);
     assert!(table.contains("3/3"), "{table}");
+    // The containers' output (stdout and stderr), shipped by their nodes.
+    eventually(
+        Duration::from_secs(30),
+        "container output in verge logs",
+        async || {
+            let out = verge(&cloud, &["logs", "app/web"]).ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            names
+                .iter()
+                .all(|n| {
+                    text.contains(&format!("[{n} web-0] started on"))
+                        && text.contains(&format!("[{n} web-0] to-stderr"))
+                })
+                .then_some(())
+        },
+    )
+    .await?;
     eprintln!("v1 on 3 nodes in {:?}", t.elapsed());
 
     // 2. v2 (another image): gray release, 33% (1 node) then 100%, observed in order.

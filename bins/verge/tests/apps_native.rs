@@ -214,6 +214,29 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
         &cloud,
         &["rollout", "status", "app/web", "--timeout", "60s"],
     )?);
+    // The instances' output, shipped by their nodes.
+    let logs = eventually(
+        Duration::from_secs(30),
+        "v2 output in verge logs",
+        async || {
+            let out = verge(&cloud, &["logs", "app/web"]).ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            names
+                .iter()
+                .all(|n| text.contains(&format!("[{n} web-0] started web 2.0.0")))
+                .then_some(text)
+        },
+    )
+    .await?;
+    let node_b = &names[1];
+    let only_b = success(&verge(&cloud, &["logs", "app/web", "--node", node_b])?);
+    assert!(
+        only_b
+            .lines()
+            .all(|l| l.starts_with(&format!("[{node_b} "))),
+        "{only_b}"
+    );
+    assert!(logs.contains("started web 1.0.0"), "{logs}");
 
     // v3 fails its health check: rolled back automatically; rollout status fails.
     let mut v3 = app("web", "3.0.0", &sha, extra.clone());

@@ -700,6 +700,7 @@ async fn supervise<E: Engine>(
             tokio::time::Instant::now() + Duration::from_secs(u64::from(h.initial_delay()))
         });
         let mut usage_tick = tokio::time::interval(Duration::from_secs(2));
+        let mut log_cursor = crate::engine::LogCursor::default();
         let exit = loop {
             let probe_at = next_probe
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
@@ -726,6 +727,10 @@ async fn supervise<E: Engine>(
                     next_probe = Some(tokio::time::Instant::now() + Duration::from_secs(u64::from(h.interval())));
                 }
                 _ = usage_tick.tick() => {
+                    // New output goes to the cloud through the queue, then housekeeping
+                    // (rotation) — in that order, so no line is skipped.
+                    let lines = engine.read_logs(&handle, &mut log_cursor).await;
+                    ship_logs(&shared.state, &w.spec.key, lines);
                     engine.maintain(&handle).await;
                     if let Some(u) = engine.usage(&handle).await
                         && let Ok(mut s) = status.lock()
@@ -778,6 +783,48 @@ async fn supervise<E: Engine>(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Queues an instance's new output for the cloud (`LogBatch`, source
+/// `app/{app}/{replica}`), in batches within the protocol's bounds.
+fn ship_logs(state: &EdgeState, key: &InstanceKey, lines: Vec<verge_proto::LogLine>) {
+    // Batches under the log channel's payload bound (with room for the JSON around).
+    const BUDGET: usize = verge_proto::topics::MAX_LOG_PAYLOAD - 8 * 1024;
+    let mut batch: Vec<verge_proto::LogLine> = Vec::new();
+    let mut size = 0;
+    let mut batches = Vec::new();
+    for l in lines {
+        let cost = l.line.len() * 2 + 64;
+        if !batch.is_empty()
+            && (size + cost > BUDGET || batch.len() >= verge_proto::messages::MAX_LOG_LINES)
+        {
+            batches.push(std::mem::take(&mut batch));
+            size = 0;
+        }
+        size += cost;
+        batch.push(l);
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    for lines in batches {
+        let msg = verge_proto::Message::LogBatch(verge_proto::LogBatch {
+            source: format!("app/{}/{}", key.app, key.replica),
+            lines,
+        });
+        match verge_proto::encode_checked(&msg) {
+            Ok(payload) => {
+                if let Err(e) =
+                    state
+                        .queue()
+                        .push(verge_proto::Channel::Log, &payload, crate::now_ms())
+                {
+                    tracing::warn!(instance = %key, error = %e, "could not queue app logs");
+                }
+            }
+            Err(e) => tracing::warn!(instance = %key, error = %e, "app logs not sendable; dropped"),
         }
     }
 }

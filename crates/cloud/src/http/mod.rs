@@ -51,6 +51,7 @@ pub fn router(st: SharedState) -> Router {
             "/api/v1/{plural}/{name}/results",
             get(resources::node_results),
         )
+        .route("/api/v1/{plural}/{name}/logs", get(resources::app_logs))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(st.clone(), authenticate));
     let public = Router::new()

@@ -468,12 +468,54 @@ pub async fn delete(
             nodes.forget(&name);
             nodes.sync.drop_record(&name).await;
             nodes.apps.forget(&name);
+            nodes.logs.forget(&name);
             if let Err(e) = nodes.results.forget(&name).await {
                 tracing::warn!(node = %name, error = %e, "could not delete the node's results");
             }
         }
     }
     Ok(Json(obj))
+}
+
+/// `GET /api/v1/apps/{name}/logs[?node=N&tail=K]`: the newest lines (default 200, at
+/// most 5,000) the app's instances wrote, shipped by their nodes, oldest first.
+pub async fn app_logs(
+    State(st): State<SharedState>,
+    Path((plural, name)): Path<(String, String)>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let kind = kind_from_plural(&plural)?;
+    if kind != Kind::App {
+        return Err(ApiError::not_found(format!(
+            "{plural}/{name}/logs: only apps have logs"
+        )));
+    }
+    if st.store.get(&object_key(kind, &name)).await?.is_none() {
+        return Err(not_found(kind, &name));
+    }
+    let tail = q.tail.unwrap_or(200);
+    if !(1..=5000).contains(&tail) {
+        return Err(ApiError::new(
+            Reason::BadRequest,
+            format!("tail: {tail} is out of range (1..=5000)"),
+        )
+        .field("tail"));
+    }
+    let nodes = st
+        .nodes
+        .as_ref()
+        .ok_or_else(|| ApiError::new(Reason::Unavailable, "node manager not running"))?;
+    let items = nodes
+        .logs
+        .query(&format!("app/{name}/"), q.node.as_deref(), tail);
+    Ok(Json(serde_json::json!({ "items": items })).into_response())
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    node: Option<String>,
+    tail: Option<usize>,
 }
 
 /// `GET /api/v1/nodes/{name}/results`: the task results the node reported, in `seq`

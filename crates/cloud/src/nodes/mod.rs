@@ -9,6 +9,7 @@
 //! The cloud's own clock decides liveness (receive time), so a node whose clock is
 //! skewed is still judged correctly; the skew is reported in its status.
 
+pub mod logs;
 pub mod results;
 pub mod sync;
 
@@ -69,6 +70,8 @@ pub struct NodeManager {
     pub results: results::Results,
     /// App instances the nodes report, for the App controller.
     pub apps: Arc<crate::apps::Reports>,
+    /// App output the nodes ship.
+    pub logs: logs::Logs,
     gateway: OnceLock<DynDownlink>,
     issuer: OnceLock<Issuer>,
     /// Last certificate renewal per node (at most one per [`RENEW_MIN_INTERVAL`]).
@@ -98,6 +101,7 @@ impl NodeManager {
             sync: Arc::new(sync::Sync::new(store.clone())),
             results: results::Results::new(store.clone()),
             apps: Arc::new(crate::apps::Reports::default()),
+            logs: logs::Logs::default(),
             issuer: OnceLock::new(),
             renewed: Mutex::new(HashMap::new()),
             store,
@@ -434,6 +438,7 @@ impl Inbound for NodeManager {
                 }
             }
             Message::NodeStatus(s) => self.on_status(node, &s).await,
+            Message::LogBatch(b) => self.logs.record(node, &b),
             Message::CertRequest(req) => return self.renew(node, &req).await,
             Message::TaskResult(r) => match self.results.record(node, &r).await {
                 Ok(results::Recorded::New) => {}

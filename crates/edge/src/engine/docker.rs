@@ -539,6 +539,50 @@ impl Engine for DockerEngine {
             .collect())
     }
 
+    async fn read_logs(
+        &self,
+        handle: &ContainerHandle,
+        cursor: &mut super::LogCursor,
+    ) -> Vec<verge_proto::LogLine> {
+        // `since` is in whole seconds: lines at or before the cursor are skipped by
+        // their own (nanosecond) timestamps.
+        let opts = LogsOptions {
+            stdout: true,
+            stderr: true,
+            timestamps: true,
+            since: i32::try_from(cursor.since_ms / 1000).unwrap_or(0),
+            ..Default::default()
+        };
+        let mut stream = self.docker.logs(&handle.id, Some(opts));
+        let mut out = Vec::new();
+        while let Some(Ok(item)) = stream.next().await {
+            let (stream_kind, message) = match &item {
+                bollard::container::LogOutput::StdErr { message } => {
+                    (verge_proto::LogStream::Stderr, message)
+                }
+                bollard::container::LogOutput::StdOut { message }
+                | bollard::container::LogOutput::Console { message } => {
+                    (verge_proto::LogStream::Stdout, message)
+                }
+                bollard::container::LogOutput::StdIn { .. } => continue,
+            };
+            let text = String::from_utf8_lossy(message);
+            for raw in text.lines() {
+                let Some((ts_ms, line)) = split_timestamp(raw) else {
+                    continue;
+                };
+                if ts_ms <= cursor.since_ms || out.len() >= super::MAX_LOG_BATCH {
+                    continue;
+                }
+                out.push(super::log_line(ts_ms, stream_kind, line));
+            }
+        }
+        if let Some(last) = out.iter().map(|l| l.ts_ms).max() {
+            cursor.since_ms = last;
+        }
+        out
+    }
+
     async fn logs(&self, handle: &ContainerHandle, lines: usize) -> Result<Vec<String>> {
         if lines == 0 {
             return Ok(Vec::new());
@@ -557,6 +601,13 @@ impl Engine for DockerEngine {
         }
         Ok(last_lines(chunks.iter().map(|c| c.as_ref()), lines))
     }
+}
+
+/// `2026-11-21T15:36:10.052533500Z text` (Docker's `timestamps`) → (unix ms, text).
+pub fn split_timestamp(raw: &str) -> Option<(i64, &str)> {
+    let (ts, rest) = raw.split_once(' ').unwrap_or((raw, ""));
+    let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(((t.unix_timestamp_nanos() / 1_000_000) as i64, rest))
 }
 
 fn docker_workload(spec: &InstanceSpec) -> Result<&DockerWorkload> {
@@ -1053,6 +1104,17 @@ impl Engine for LazyDocker {
         self.get().await?.adopt(node).await
     }
 
+    async fn read_logs(
+        &self,
+        handle: &ContainerHandle,
+        cursor: &mut super::LogCursor,
+    ) -> Vec<verge_proto::LogLine> {
+        match self.get().await {
+            Ok(d) => d.read_logs(handle, cursor).await,
+            Err(_) => Vec::new(),
+        }
+    }
+
     async fn logs(&self, handle: &ContainerHandle, lines: usize) -> Result<Vec<String>> {
         self.get().await?.logs(handle, lines).await
     }
@@ -1061,6 +1123,15 @@ impl Engine for LazyDocker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_timestamps_are_split_off() {
+        let (ms, text) = split_timestamp("2026-11-21T15:36:10.052533500Z hello world").unwrap();
+        assert_eq!(ms, 1_795_275_370_052);
+        assert_eq!(text, "hello world");
+        assert_eq!(split_timestamp("2026-11-21T15:36:10Z").unwrap().1, "");
+        assert!(split_timestamp("garbage line").is_none());
+    }
     use crate::engine::RegistryCredentials;
     use verge_api::specs::{PortSpec, Protocol, VolumeMount};
 

@@ -156,12 +156,50 @@ pub trait Engine: Send + Sync + 'static {
         async {}
     }
 
+    /// Output written since `cursor` (which it advances), at most
+    /// [`MAX_LOG_BATCH`] lines, for shipping to the cloud.
+    fn read_logs(
+        &self,
+        _handle: &Self::Handle,
+        _cursor: &mut LogCursor,
+    ) -> impl Future<Output = Vec<verge_proto::LogLine>> + Send {
+        async { Vec::new() }
+    }
+
     /// The last `lines` lines of the instance's output.
     fn logs(
         &self,
         handle: &Self::Handle,
         lines: usize,
     ) -> impl Future<Output = Result<Vec<String>>> + Send;
+}
+
+/// Where [`Engine::read_logs`] goes on from: byte offsets in the stdout and stderr files
+/// (native), or the last shipped timestamp (Docker).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogCursor {
+    pub offsets: [u64; 2],
+    pub since_ms: i64,
+}
+
+/// Most lines one [`Engine::read_logs`] returns.
+pub const MAX_LOG_BATCH: usize = 500;
+
+/// A log line for the cloud, cut to the protocol's bound.
+pub fn log_line(ts_ms: i64, stream: verge_proto::LogStream, text: &str) -> verge_proto::LogLine {
+    let mut line = text.trim_end_matches(['\r', '\n']).to_string();
+    if line.len() > verge_proto::messages::MAX_LOG_LINE {
+        let mut end = verge_proto::messages::MAX_LOG_LINE;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+    }
+    verge_proto::LogLine {
+        ts_ms,
+        stream,
+        line,
+    }
 }
 
 /// Labels put on everything an engine creates for an instance.

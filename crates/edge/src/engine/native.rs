@@ -450,6 +450,32 @@ fn tail(path: &Path, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Complete lines written to `path` after byte `offset` (at most `max`, reading at most
+/// 1 MiB), and the offset to go on from. A file shorter than `offset` was rotated:
+/// read from its start.
+pub fn read_new_lines(path: &Path, offset: u64, max: usize) -> (Vec<String>, u64) {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return (Vec::new(), offset);
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let from = if len < offset { 0 } else { offset };
+    if f.seek(SeekFrom::Start(from)).is_err() || max == 0 {
+        return (Vec::new(), from);
+    }
+    let mut buf = Vec::new();
+    let _ = (&mut f).take(1024 * 1024).read_to_end(&mut buf);
+    let mut lines = Vec::new();
+    let mut consumed = 0usize;
+    while lines.len() < max {
+        let Some(nl) = buf[consumed..].iter().position(|b| *b == b'\n') else {
+            break;
+        };
+        lines.push(String::from_utf8_lossy(&buf[consumed..consumed + nl]).into_owned());
+        consumed += nl + 1;
+    }
+    (lines, from + consumed as u64)
+}
+
 /// Copy-truncate rotation: the process keeps its append-mode descriptor.
 pub fn rotate_if_large(path: &Path, max: u64) -> std::io::Result<bool> {
     let len = match std::fs::metadata(path) {
@@ -857,6 +883,31 @@ impl Engine for NativeEngine {
         }
     }
 
+    async fn read_logs(
+        &self,
+        h: &NativeHandle,
+        cursor: &mut super::LogCursor,
+    ) -> Vec<verge_proto::LogLine> {
+        let mut out = Vec::new();
+        for (i, stream) in [
+            verge_proto::LogStream::Stdout,
+            verge_proto::LogStream::Stderr,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (lines, next) = read_new_lines(
+                &h.logs[i],
+                cursor.offsets[i],
+                super::MAX_LOG_BATCH - out.len(),
+            );
+            cursor.offsets[i] = next;
+            let now = crate::now_ms();
+            out.extend(lines.iter().map(|l| super::log_line(now, stream, l)));
+        }
+        out
+    }
+
     async fn logs(&self, h: &NativeHandle, lines: usize) -> Result<Vec<String>> {
         let mut out = tail(&h.logs[0], lines);
         out.extend(tail(&h.logs[1], lines));
@@ -892,6 +943,24 @@ mod tests {
         assert_eq!(e.code, Some(137));
         assert!(e.oom_killed);
         assert!(describe_exit(Some(0), None, false, None).success());
+    }
+
+    #[test]
+    fn new_lines_are_read_once_and_after_rotation_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.log");
+        std::fs::write(&p, "one\ntwo\npart").unwrap();
+        let (l, off) = read_new_lines(&p, 0, 10);
+        assert_eq!(l, ["one", "two"]);
+        assert_eq!(off, 8);
+        let (l, off2) = read_new_lines(&p, off, 10);
+        assert!(l.is_empty());
+        assert_eq!(off2, 8);
+        std::fs::write(&p, "three\n").unwrap(); // rotated: shorter than the offset
+        let (l, _) = read_new_lines(&p, off2, 10);
+        assert_eq!(l, ["three"]);
+        let (l, off) = read_new_lines(&p, 0, 1);
+        assert_eq!((l.len(), off), (1, 6));
     }
 
     #[test]
