@@ -103,20 +103,11 @@ async fn list(client: &Client, output: OutputFormat) -> Result<()> {
         OutputFormat::Json => outln!("{}", output::json(&list.items)?),
         OutputFormat::Yaml => out!("{}", output::yaml(&list.items)?),
         OutputFormat::Table | OutputFormat::Wide => {
-            let mut t = comfy_table::Table::new();
-            t.load_preset(comfy_table::presets::NOTHING);
-            t.set_header(["SHA256", "SIZE"]);
-            for a in list.items {
-                t.add_row([a.sha256, a.size.to_string()]);
-            }
-            outln!(
-                "{}",
-                t.to_string()
-                    .lines()
-                    .map(str::trim)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
+            let rows = list
+                .items
+                .into_iter()
+                .map(|a| vec![a.sha256, a.size.to_string()]);
+            outln!("{}", output::plain_table(&["SHA256", "SIZE"], rows));
         }
     }
     Ok(())

@@ -470,17 +470,9 @@ fn app_status(apps: &std::collections::BTreeMap<String, String>) -> Message {
         apps: apps
             .iter()
             .map(|(app, version)| InstanceStatus {
-                app: app.clone(),
-                replica: 0,
-                version: version.clone(),
-                state: InstanceState::Running,
                 healthy: Some(true),
-                restarts: 0,
-                cpu_millis: None,
-                memory_bytes: None,
-                last_error: None,
-                limits: None,
                 started_at_ms: Some(now_ms()),
+                ..InstanceStatus::new(app.clone(), 0, version.clone(), InstanceState::Running)
             })
             .collect(),
     }))

@@ -265,27 +265,18 @@ pub async fn token_list(client: &Client) -> Result<()> {
         .await?;
     let items: Vec<verge_cloud::auth::TokenInfo> =
         serde_json::from_value(list["items"].clone()).context("decoding tokens")?;
-    let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::NOTHING);
-    t.set_header(["ID", "ROLE", "CREATED", "EXPIRES", "REVOKED", "DESCRIPTION"]);
-    for i in items {
-        t.add_row([
+    let rows = items.into_iter().map(|i| {
+        vec![
             i.id,
             i.role.as_str().to_string(),
             i.created_at,
             i.expires_at.unwrap_or_else(|| "never".into()),
             i.revoked_at.unwrap_or_else(|| "-".into()),
             i.description.unwrap_or_default(),
-        ]);
-    }
-    outln!(
-        "{}",
-        t.to_string()
-            .lines()
-            .map(str::trim)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+        ]
+    });
+    let headers = ["ID", "ROLE", "CREATED", "EXPIRES", "REVOKED", "DESCRIPTION"];
+    outln!("{}", output::plain_table(&headers, rows));
     Ok(())
 }
 

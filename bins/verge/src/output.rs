@@ -190,8 +190,27 @@ pub fn table(kind: Kind, objs: &[Object], wide: bool, header: bool) -> String {
         }
         t.add_row(row);
     }
-    let s = t.to_string();
-    s.lines().map(str::trim).collect::<Vec<_>>().join("\n")
+    trimmed(&t)
+}
+
+/// A borderless table of plain rows (tokens, artifacts).
+pub fn plain_table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header(headers.iter().map(|h| Cell::new(*h)));
+    for r in rows {
+        t.add_row(r);
+    }
+    trimmed(&t)
+}
+
+/// Without the padding comfy-table leaves at line ends.
+fn trimmed(t: &Table) -> String {
+    t.to_string()
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn empty(kind: Kind) -> Object {

@@ -23,12 +23,12 @@ use verge_api::Object;
 use verge_api::specs::{AppSpec, ConfigSpec, HealthCheck, RestartPolicy};
 use verge_proto::{InstanceState, InstanceStatus};
 
-use crate::EdgeState;
 use crate::engine::docker::LazyDocker;
 use crate::engine::native::NativeEngine;
 use crate::engine::{
     Enforcement, Engine, InstanceKey, InstanceSpec, Limits, Payload, RegistryCredentials,
 };
+use crate::{EdgeState, now_ms};
 
 /// Annotation the cloud puts on an App sent to a node: how many replicas run here.
 pub const ANNOTATION_REPLICAS: &str = "verge.io/replicas";
@@ -184,20 +184,16 @@ pub fn wanted_instances(
                 }
                 None => {
                     invalid.push(InstanceStatus {
-                        app: o.metadata.name.clone(),
-                        replica: 0,
-                        version: app.version.clone(),
-                        state: InstanceState::Failed,
-                        healthy: None,
-                        restarts: 0,
-                        cpu_millis: None,
-                        memory_bytes: None,
                         last_error: Some(format!(
                             "registryAuth: Config {} (with username and password) is not on this node",
                             r.name
                         )),
-                        limits: None,
-                        started_at_ms: None,
+                        ..InstanceStatus::new(
+                            o.metadata.name.clone(),
+                            0,
+                            app.version.clone(),
+                            InstanceState::Failed,
+                        )
                     });
                     continue;
                 }
@@ -260,19 +256,12 @@ pub struct Workloads {
 }
 
 fn blank_status(spec: &InstanceSpec) -> InstanceStatus {
-    InstanceStatus {
-        app: spec.key.app.clone(),
-        replica: spec.key.replica,
-        version: spec.version.clone(),
-        state: InstanceState::Preparing,
-        healthy: None,
-        restarts: 0,
-        cpu_millis: None,
-        memory_bytes: None,
-        last_error: None,
-        limits: None,
-        started_at_ms: None,
-    }
+    InstanceStatus::new(
+        spec.key.app.clone(),
+        spec.key.replica,
+        spec.version.clone(),
+        InstanceState::Preparing,
+    )
 }
 
 fn enforcement_text(e: &Enforcement) -> String {
@@ -330,16 +319,37 @@ impl Workloads {
         Ok(Self::new(state, native, docker))
     }
 
+    /// The instances the local store's Apps ask for (and those it cannot run, with
+    /// why); `None` when the store cannot be read (logged).
+    async fn read_wanted(&self) -> Option<(BTreeMap<InstanceKey, Wanted>, Vec<InstanceStatus>)> {
+        let store = self.state.store().clone();
+        let read = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::Error>((store.list("App")?, store.list("Config")?))
+        })
+        .await
+        .ok()?;
+        match read {
+            Ok((apps, configs)) => Some(wanted_instances(&self.node, &apps, &configs)),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read apps from the local store");
+                None
+            }
+        }
+    }
+
     /// Runs until `shutdown`; running instances are left running (a new agent adopts
     /// them).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut slots: BTreeMap<InstanceKey, Slot> = BTreeMap::new();
-        // Adopt what runs from before.
+        // Adopt what runs from before, supervised with the store's spec when it still
+        // wants that version (read once for all of them).
+        let mut wanted = self.read_wanted().await.map(|w| w.0).unwrap_or_default();
         match self.native.adopt(&self.node).await {
             Ok(list) => {
                 for a in list {
                     tracing::info!(app = %a.key, version = %a.version, "adopted a running native instance");
-                    self.spawn_adopted_native(&mut slots, a);
+                    let w = wanted.remove(&a.key);
+                    self.spawn_adopted(&mut slots, self.native.clone(), a, w);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not look for native instances to adopt"),
@@ -349,7 +359,8 @@ impl Workloads {
         if let Ok(list) = self.docker.adopt(&self.node).await {
             for a in list {
                 tracing::info!(app = %a.key, version = %a.version, "adopted a running container");
-                self.spawn_adopted_docker(&mut slots, a);
+                let w = wanted.remove(&a.key);
+                self.spawn_adopted(&mut slots, self.docker.clone(), a, w);
             }
         }
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -362,20 +373,9 @@ impl Workloads {
                 _ = self.shared.changed.notified() => {}
                 _ = shutdown.changed() => break,
             }
-            let store = self.state.store().clone();
-            let read = tokio::task::spawn_blocking(move || {
-                Ok::<_, crate::Error>((store.list("App")?, store.list("Config")?))
-            })
-            .await;
-            let (apps, configs) = match read {
-                Ok(Ok(x)) => x,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "could not read apps from the local store");
-                    continue;
-                }
-                Err(_) => continue,
+            let Some((wanted, invalid)) = self.read_wanted().await else {
+                continue;
             };
-            let (wanted, invalid) = wanted_instances(&self.node, &apps, &configs);
             let running: BTreeMap<InstanceKey, Running> = slots
                 .iter()
                 .map(|(k, s)| {
@@ -468,22 +468,6 @@ impl Workloads {
         );
     }
 
-    fn spawn_adopted_native(
-        &self,
-        slots: &mut BTreeMap<InstanceKey, Slot>,
-        a: crate::engine::Adopted<crate::engine::native::NativeHandle>,
-    ) {
-        self.spawn_adopted(slots, self.native.clone(), a);
-    }
-
-    fn spawn_adopted_docker(
-        &self,
-        slots: &mut BTreeMap<InstanceKey, Slot>,
-        a: crate::engine::Adopted<crate::engine::docker::ContainerHandle>,
-    ) {
-        self.spawn_adopted(slots, self.docker.clone(), a);
-    }
-
     /// An adopted instance is supervised with its spec once the store's App is read;
     /// until then (and if the App is gone) `plan` stops or replaces it.
     fn spawn_adopted<E: Engine>(
@@ -491,34 +475,15 @@ impl Workloads {
         slots: &mut BTreeMap<InstanceKey, Slot>,
         engine: Arc<E>,
         a: crate::engine::Adopted<E::Handle>,
+        wanted: Option<Wanted>,
     ) {
-        let store = self.state.store().clone();
-        let app = store.get("App", &a.key.app).ok().flatten();
-        let configs = store.list("Config").unwrap_or_default();
-        let wanted = app
-            .map(|o| wanted_instances(&self.node, &[o], &configs).0)
-            .and_then(|mut m| m.remove(&a.key))
-            .filter(|w| w.spec.version == a.version);
-        let status = Arc::new(Mutex::new(InstanceStatus {
-            state: InstanceState::Running,
-            ..blank_status(&InstanceSpec {
-                key: a.key.clone(),
-                node: self.node.clone(),
-                version: a.version.clone(),
-                payload: Payload::Native(verge_api::specs::NativeWorkload {
-                    artifact: verge_api::specs::ArtifactRef {
-                        sha256: String::new(),
-                        url: None,
-                    },
-                    command: String::new(),
-                    args: vec![],
-                    env: BTreeMap::new(),
-                    workdir: None,
-                }),
-                limits: Limits::default(),
-                registry_auth: None,
-            })
-        }));
+        let wanted = wanted.filter(|w| w.spec.version == a.version);
+        let status = Arc::new(Mutex::new(InstanceStatus::new(
+            a.key.app.clone(),
+            a.key.replica,
+            a.version.clone(),
+            InstanceState::Running,
+        )));
         let (tx, rx) = watch::channel(false);
         let shared = self.shared.clone();
         let task = match wanted {
@@ -549,10 +514,6 @@ impl Workloads {
             },
         );
     }
-}
-
-fn now_ms() -> i64 {
-    crate::now_ms()
 }
 
 /// Runs one health probe.
@@ -902,17 +863,8 @@ mod tests {
         healthy: Option<bool>,
     ) -> InstanceStatus {
         InstanceStatus {
-            app: app.into(),
-            replica: 0,
-            version: version.into(),
-            state,
             healthy,
-            restarts: 0,
-            cpu_millis: None,
-            memory_bytes: None,
-            last_error: None,
-            limits: None,
-            started_at_ms: None,
+            ..InstanceStatus::new(app, 0, version, state)
         }
     }
 

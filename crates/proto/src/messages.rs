@@ -140,6 +140,30 @@ pub enum InstanceState {
     Completed,
 }
 
+impl InstanceStatus {
+    /// An instance in `state`, with nothing else known yet.
+    pub fn new(
+        app: impl Into<String>,
+        replica: u32,
+        version: impl Into<String>,
+        state: InstanceState,
+    ) -> Self {
+        Self {
+            app: app.into(),
+            replica,
+            version: version.into(),
+            state,
+            healthy: None,
+            restarts: 0,
+            cpu_millis: None,
+            memory_bytes: None,
+            last_error: None,
+            limits: None,
+            started_at_ms: None,
+        }
+    }
+}
+
 /// Whether two instance lists differ at most in usage (`cpuMillis`, `memoryBytes`).
 pub fn same_but_usage(a: &[InstanceStatus], b: &[InstanceStatus]) -> bool {
     a.len() == b.len()

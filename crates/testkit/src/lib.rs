@@ -931,6 +931,25 @@ pub struct RolloutSeen {
     pub steps: Vec<String>,
 }
 
+impl RolloutSeen {
+    /// The release went through `steps` in order, starting with `first` nodes on the
+    /// new version, never narrowing, and ending on all `nodes`.
+    pub fn assert_in_order(&self, first: usize, nodes: usize, steps: &[&str]) {
+        let seen = &self.counts;
+        assert_eq!(
+            seen.first(),
+            Some(&first),
+            "the first step's canaries: {seen:?}"
+        );
+        assert_eq!(seen.last(), Some(&nodes), "{seen:?}");
+        assert!(
+            seen.windows(2).all(|w| w[0] <= w[1]),
+            "never narrows: {seen:?}"
+        );
+        assert_eq!(self.steps, steps);
+    }
+}
+
 impl Cloud {
     /// Creates the object, or replaces it when it exists (`plural`: `apps`, ...).
     pub async fn apply(&self, plural: &str, obj: &serde_json::Value) -> Result<()> {

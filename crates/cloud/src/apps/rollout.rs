@@ -497,17 +497,8 @@ mod tests {
 
     fn inst(version: &str, healthy: Option<bool>, state: InstanceState) -> InstanceStatus {
         InstanceStatus {
-            app: "web".into(),
-            replica: 0,
-            version: version.into(),
-            state,
             healthy,
-            restarts: 0,
-            cpu_millis: None,
-            memory_bytes: None,
-            last_error: None,
-            limits: None,
-            started_at_ms: None,
+            ..InstanceStatus::new("web", 0, version, state)
         }
     }
 
