@@ -326,11 +326,19 @@ async fn run(a: RunArgs) -> Result<()> {
     )
     .await?;
     let workloads_task = tokio::spawn(workloads.run(stop_rx.clone()));
+    // Functions: warm pools, dispatched tasks, and cron triggers (offline too).
+    let functions = verge_edge::functions::Functions::for_node(
+        state.clone(),
+        &identity,
+        Arc::new(verge_runtime::Registry::with_defaults()),
+    )?;
+    let functions_task = tokio::spawn(functions.run(stop_rx.clone()));
 
     wait_for_signal().await?;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = workloads_task.await;
+    let _ = functions_task.await;
     api_task.await.context("local API task")??;
     match uplink.await {
         Ok(Err(e)) => tracing::error!(error = %e, "uplink stopped"),

@@ -55,6 +55,17 @@ async fn hash_file(path: &Path) -> Result<(String, u64)> {
 }
 
 async fn push(client: &Client, path: &Path) -> Result<()> {
+    let (sha256, size, created) = upload(client, path).await?;
+    let how = if created { "pushed" } else { "already stored" };
+    outln!("sha256: {sha256}");
+    outln!("size: {size}");
+    outln!("# {how}; in a native App (spec.workload.native):");
+    outln!("artifact: {{sha256: {sha256}}}");
+    Ok(())
+}
+
+/// Uploads a file to the artifact store: `(sha256, size, newly stored)`.
+pub async fn upload(client: &Client, path: &Path) -> Result<(String, u64, bool)> {
     // Hashed here first: the server refuses the upload (422) unless what it received
     // hashes to the same digest.
     let (sha256, size) = hash_file(path).await?;
@@ -83,16 +94,7 @@ async fn push(client: &Client, path: &Path) -> Result<()> {
             path.display()
         );
     }
-    let how = if status == StatusCode::CREATED {
-        "pushed"
-    } else {
-        "already stored"
-    };
-    outln!("sha256: {sha256}");
-    outln!("size: {size}");
-    outln!("# {how}; in a native App (spec.workload.native):");
-    outln!("artifact: {{sha256: {sha256}}}");
-    Ok(())
+    Ok((sha256, size, status == StatusCode::CREATED))
 }
 
 async fn list(client: &Client, output: OutputFormat) -> Result<()> {

@@ -290,28 +290,55 @@ pub async fn token_revoke(client: &Client, id: &str) -> Result<()> {
 
 /// `verge logs app/NAME [--node N] [--tail K]`: the app's output as its nodes shipped it,
 /// each line prefixed with `[node app-replica]`.
-pub async fn logs(client: &Client, target: &str, node: Option<&str>, tail: usize) -> Result<()> {
-    let name = target
+pub async fn logs(
+    client: &Client,
+    target: &str,
+    node: Option<&str>,
+    tail: usize,
+    follow: bool,
+) -> Result<()> {
+    let (plural, prefix, name) = if let Some(n) = target
         .strip_prefix("app/")
         .or_else(|| target.strip_prefix("apps/"))
-        .ok_or_else(|| anyhow::anyhow!("{target:?}: expected app/NAME"))?;
-    let mut path = format!("/api/v1/apps/{name}/logs?tail={tail}");
+    {
+        ("apps", "app/", n)
+    } else if let Some(n) = target
+        .strip_prefix("fn/")
+        .or_else(|| target.strip_prefix("function/"))
+        .or_else(|| target.strip_prefix("functions/"))
+    {
+        ("functions", "fn/", n)
+    } else {
+        anyhow::bail!("{target:?}: expected app/NAME or fn/NAME");
+    };
+    let mut path = format!("/api/v1/{plural}/{name}/logs?tail={tail}");
     if let Some(n) = node {
         path.push_str(&format!("&node={n}"));
     }
-    let v: serde_json::Value = client.send_json(reqwest::Method::GET, &path, None).await?;
-    for e in v["items"].as_array().into_iter().flatten() {
-        let source = e["source"].as_str().unwrap_or("");
-        let instance = source
-            .strip_prefix("app/")
-            .unwrap_or(source)
-            .replacen('/', "-", 1);
-        outln!(
-            "[{} {}] {}",
-            e["node"].as_str().unwrap_or("?"),
-            instance,
-            e["line"].as_str().unwrap_or("")
-        );
+    // Lines already printed (by node, source, time and text), for --follow.
+    let mut seen: std::collections::HashSet<(String, String, i64, String)> = Default::default();
+    loop {
+        let v: serde_json::Value = client.send_json(reqwest::Method::GET, &path, None).await?;
+        for e in v["items"].as_array().into_iter().flatten() {
+            let node = e["node"].as_str().unwrap_or("?").to_string();
+            let source = e["source"].as_str().unwrap_or("").to_string();
+            let line = e["line"].as_str().unwrap_or("").to_string();
+            let ts = e["tsMs"].as_i64().unwrap_or(0);
+            if follow && !seen.insert((node.clone(), source.clone(), ts, line.clone())) {
+                continue;
+            }
+            let instance = source
+                .strip_prefix(prefix)
+                .unwrap_or(&source)
+                .replacen('/', "-", 1);
+            outln!("[{node} {instance}] {line}");
+        }
+        if !follow {
+            return Ok(());
+        }
+        if seen.len() > 100_000 {
+            seen.clear();
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
-    Ok(())
 }

@@ -26,6 +26,7 @@ pub async fn run(
     let addr_file = home.join(files::API_ADDR);
     let _ = std::fs::remove_file(&addr_file);
     let mut cfg = CloudConfig::new(&home, listen);
+    cfg.builtins = std::sync::Arc::new(crate::builtins::registry());
     cfg.mqtt_listen = Some(SocketAddr::new(listen.ip(), 8883));
     // One shutdown signal for the control plane and the local edge node.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -47,6 +48,9 @@ pub async fn run(
         }
         r = announce(&home, &addr_file) => r?,
     };
+    if let Err(e) = example_function(&admin).await {
+        eprintln!("warning: could not deploy the example function: {e:#}");
+    }
     let edge = dev_edge(&home, &admin, stopped(stop_rx.clone()));
     tokio::pin!(edge);
     let mut edge_done = false;
@@ -129,6 +133,11 @@ async fn dev_edge(
         network,
     )
     .await?;
+    let functions = verge_edge::functions::Functions::for_node(
+        state.clone(),
+        &identity,
+        std::sync::Arc::new(crate::builtins::registry()),
+    )?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_workloads = {
         let s = shutdown.clone();
@@ -137,7 +146,7 @@ async fn dev_edge(
             let _ = stop_tx.send(true);
         }
     };
-    let (api_r, up_r, _, _) = tokio::join!(
+    let (api_r, up_r, _, _, _) = tokio::join!(
         api.serve(shutdown.clone()),
         verge_edge::agent::run(
             identity,
@@ -145,11 +154,37 @@ async fn dev_edge(
             verge_edge::agent::AgentConfig::default(),
             shutdown
         ),
-        workloads.run(stop_rx),
+        workloads.run(stop_rx.clone()),
+        functions.run(stop_rx),
         stop_workloads,
     );
     api_r?;
     up_r?;
+    Ok(())
+}
+
+/// The example function `verge dev` deploys (once; yours to change or delete).
+pub const EXAMPLE_FUNCTION: &str = "hello";
+
+const EXAMPLE_CODE: &str = "def main(event):\n    name = (event or {}).get(\"name\", \"world\")\n    print(f\"greeting {name}\")\n    return {\"greeting\": f\"hello, {name}\"}\n";
+
+async fn example_function(admin: &ClientConfig) -> Result<()> {
+    let c = Client::new(admin)?;
+    let path = format!("/api/v1/functions/{EXAMPLE_FUNCTION}");
+    if c.send_json::<serde_json::Value>(reqwest::Method::GET, &path, None)
+        .await
+        .is_ok()
+    {
+        return Ok(());
+    }
+    let body = serde_json::json!({
+        "apiVersion": verge_api::API_VERSION,
+        "kind": "Function",
+        "metadata": {"name": EXAMPLE_FUNCTION, "labels": {"verge.io/example": "true"}},
+        "spec": {"runtime": "python3", "handler": "handler.main", "code": EXAMPLE_CODE},
+    });
+    c.send_json::<serde_json::Value>(reqwest::Method::POST, "/api/v1/functions", Some(&body))
+        .await?;
     Ok(())
 }
 
@@ -192,6 +227,9 @@ async fn announce(home: &std::path::Path, addr_file: &std::path::Path) -> Result
     outln!("  CA:      {}", home.join(files::CA_CERT).display());
     outln!();
     outln!("Next, in another terminal:");
+    outln!(
+        "  verge invoke {EXAMPLE_FUNCTION} --data '{{\"name\": \"dev\"}}'   (the example function, on the local edge node)"
+    );
     outln!("  verge apply -f examples/app.yaml");
     outln!("  verge get apps");
     outln!("  verge get apps -o json");

@@ -31,9 +31,12 @@ mod artifact;
 mod bench;
 mod bench_app;
 mod bench_fleet;
+mod bench_invoke;
+mod builtins;
 mod client;
 mod commands;
 mod dev;
+mod functions;
 mod output;
 mod rollout;
 
@@ -168,9 +171,9 @@ enum Cmd {
     Describe { kind: String, name: String },
     /// Delete an object.
     Delete { kind: String, name: String },
-    /// An app's output, as its nodes shipped it (newest lines).
+    /// An app's or a function's output, as its nodes shipped it (newest lines).
     Logs {
-        /// `app/NAME`.
+        /// `app/NAME` or `fn/NAME`.
         target: String,
         /// Only this node's instances.
         #[arg(long)]
@@ -178,6 +181,35 @@ enum Cmd {
         /// How many of the newest lines (1..=5000).
         #[arg(long, default_value_t = 200)]
         tail: usize,
+        /// Keep printing new lines.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Functions: write a template, deploy a directory.
+    Fn {
+        #[command(subcommand)]
+        cmd: functions::FnCmd,
+    },
+    /// Run a function now and print its output.
+    Invoke {
+        name: String,
+        /// Input: JSON text, or @FILE.
+        #[arg(long)]
+        data: Option<String>,
+        /// Run it on this edge node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Content type of the input (bytes for other types need a cloud-placed function).
+        #[arg(long, default_value = "application/json")]
+        content_type: String,
+        /// Write the output here (for bytes such as images).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Async tasks: create, get, list, cancel.
+    Task {
+        #[command(subcommand)]
+        cmd: functions::TaskCmd,
     },
     /// Follow and steer an App's gray release.
     Rollout {
@@ -243,6 +275,8 @@ enum BenchCmd {
     Fleet(bench_fleet::FleetArgs),
     /// Time from `apply` to running and healthy for an App (a new version per run).
     App(bench_app::AppBenchArgs),
+    /// Function invocation: warm latency, throughput, cold start, fork baseline, edge dispatch.
+    Invoke(bench_invoke::InvokeBenchArgs),
 }
 
 /// First Ctrl-C or SIGTERM: graceful shutdown. Second Ctrl-C: exit at once.
@@ -315,6 +349,7 @@ async fn run(cli: Cli) -> Result<()> {
                 anyhow::bail!("--join-rate must be a positive number");
             }
             let mut cfg = verge_cloud::CloudConfig::new(data_dir, *listen);
+            cfg.builtins = std::sync::Arc::new(builtins::registry());
             cfg.insecure_http = *insecure_http;
             cfg.tls_sans = tls_san.clone();
             cfg.max_body_bytes = *max_body_bytes;
@@ -377,9 +412,34 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Artifact { cmd } => artifact::run(&client(&cli)?, cmd).await,
         Cmd::Rollout { cmd } => rollout::run(&client(&cli)?, cmd).await,
-        Cmd::Logs { target, node, tail } => {
-            commands::logs(&client(&cli)?, target, node.as_deref(), *tail).await
+        Cmd::Logs {
+            target,
+            node,
+            tail,
+            follow,
+        } => commands::logs(&client(&cli)?, target, node.as_deref(), *tail, *follow).await,
+        Cmd::Fn { cmd } => match cmd {
+            functions::FnCmd::Init { .. } => functions::run_fn(None, cmd).await,
+            _ => functions::run_fn(Some(&client(&cli)?), cmd).await,
+        },
+        Cmd::Invoke {
+            name,
+            data,
+            node,
+            content_type,
+            out,
+        } => {
+            functions::invoke(
+                &client(&cli)?,
+                name,
+                data.as_deref(),
+                node.as_deref(),
+                content_type,
+                out.as_deref(),
+            )
+            .await
         }
+        Cmd::Task { cmd } => functions::run_task(&client(&cli)?, cmd).await,
         Cmd::Token { cmd } => {
             let c = client(&cli)?;
             match cmd {
@@ -434,6 +494,10 @@ async fn run(cli: Cli) -> Result<()> {
                 bench::run(args.clone(), cfg).await
             }
             BenchCmd::Fleet(args) => bench_fleet::run(args.clone()).await,
+            BenchCmd::Invoke(args) => {
+                let c = args.node.as_ref().map(|_| client(&cli)).transpose()?;
+                bench_invoke::run(args, c).await
+            }
         },
     }
 }

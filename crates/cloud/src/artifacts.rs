@@ -112,6 +112,21 @@ impl ArtifactStore {
         Ok(true)
     }
 
+    /// Stores `data` (a task result, ...) and returns its digest.
+    pub fn put_bytes(&self, data: &[u8]) -> Result<String> {
+        use std::io::Write;
+        let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data));
+        if self.path(&sha256).exists() {
+            return Ok(sha256);
+        }
+        let (upload, mut file) = self.create_upload().map_err(io_err(&self.root))?;
+        file.write_all(data)
+            .and_then(|()| file.sync_all())
+            .map_err(io_err(&upload))?;
+        self.commit(&upload, &sha256)?;
+        Ok(sha256)
+    }
+
     /// Every stored artifact, by digest.
     pub fn list(&self) -> Result<Vec<ArtifactInfo>> {
         let mut out = Vec::new();

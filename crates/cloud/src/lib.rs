@@ -10,6 +10,7 @@ pub mod artifacts;
 pub mod auth;
 mod client_config;
 mod error;
+pub mod functions;
 pub mod gateway;
 pub mod http;
 pub mod metrics;
@@ -70,6 +71,8 @@ pub struct CloudConfig {
     /// Node heartbeat period and misses before NotReady.
     pub lifecycle: nodes::LifecycleConfig,
     pub gateway: gateway::GatewayConfig,
+    /// Builtin functions (`runtime: builtin`) the cloud can run.
+    pub builtins: Arc<functions::Registry>,
 }
 
 impl CloudConfig {
@@ -90,6 +93,7 @@ impl CloudConfig {
             mqtt_url: None,
             lifecycle: nodes::LifecycleConfig::default(),
             gateway: gateway::GatewayConfig::default(),
+            builtins: Arc::new(functions::Registry::with_defaults()),
         }
     }
 }
@@ -314,6 +318,31 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
             }
         }));
     }
+    // Functions: the cloud's runtime, the Function, Task and Trigger controllers.
+    let function_host = functions::FunctionHost::new(
+        store.clone(),
+        cfg.data_dir.join("functions"),
+        cfg.builtins.clone(),
+    );
+    let tasks = functions::tasks::Tasks::new(
+        store.clone(),
+        function_host.clone(),
+        artifact_store.clone(),
+        functions::callbacks::load_or_create_key(&cfg.data_dir)?,
+    );
+    if let Some(gw) = &gateway {
+        tasks.set_downlink(gw.clone());
+    }
+    let _ = node_manager.tasks.set(tasks.clone());
+    {
+        let controller = functions::FunctionController::new(store.clone(), function_host.clone());
+        let rx = shutdown_rx.clone();
+        background.push(tokio::spawn(async move { controller.run(rx).await }));
+        background.push(tokio::spawn(tasks.clone().run(shutdown_rx.clone())));
+        let triggers = functions::triggers::TriggerController::new(store.clone(), tasks.clone());
+        let rx = shutdown_rx.clone();
+        background.push(tokio::spawn(async move { triggers.run(rx).await }));
+    }
     let openapi_json: Bytes = serde_json::to_vec_pretty(&openapi::document())?.into();
     let state = Arc::new(AppState {
         store: store.clone(),
@@ -334,6 +363,10 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         nodes: Some(node_manager.clone()),
         gateway,
         artifacts: artifact_store,
+        functions: Some(Arc::new(functions::Functions {
+            host: function_host,
+            tasks,
+        })),
     });
     let app = http::router(state);
     let compactor = tokio::spawn(compact_loop(

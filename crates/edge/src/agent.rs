@@ -448,6 +448,13 @@ impl<'a> Session<'a> {
             }
             // Handled by the session loop (it ends the session).
             Message::CertIssued(c) => Some(Message::CertIssued(c)),
+            Message::Task(t) => {
+                let id = t.id.clone();
+                if !self.state.submit_task(t) {
+                    tracing::warn!(task = %id, "task not accepted (functions not running or inbox full); the cloud re-sends it");
+                }
+                None
+            }
             other => {
                 tracing::warn!(
                     kind = other.type_name(),

@@ -22,6 +22,7 @@ pub mod artifact;
 pub mod engine;
 mod error;
 mod fsutil;
+pub mod functions;
 pub mod identity;
 pub mod local_api;
 pub mod queue;

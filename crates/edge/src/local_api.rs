@@ -10,6 +10,14 @@
 //! | `GET /v1/objects/{kind}/{name}`| one object                                         |
 //! | `GET /v1/status`               | `{node, appliedRevision, connected, queue, lastSync}` |
 //! | `POST /v1/results`             | queue a task result for the cloud: `202 {seq}`      |
+//! | `POST /v1/functions/{name}/invoke` | run a function placed on this node: its output  |
+//!
+//! Invoke takes JSON (`Content-Type: application/json`, the default) or any bytes with
+//! their content type, at most [`MAX_INVOKE_BODY`]; it answers the output (JSON, or
+//! bytes with their type), or `{reason, message, error?, logs?}` with 404 (function not
+//! on this node), 400 (bad input), 429 + `Retry-After` (queue full), 500 (the handler
+//! raised: `error: {type, message, traceback}`), 502 (the worker crashed), 503 (the
+//! code does not load), 504 (timeout).
 //!
 //! `{kind}` is a kind name (`Config`, `App`) or a plural/singular the API knows
 //! (`apps`). Objects are looked up by the kind *string*, so kinds this build does not
@@ -55,6 +63,8 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest `POST /v1/results` body (leaves room under the `result` channel's cap for
 /// the envelope and the sequence number).
 pub const MAX_RESULT_BODY: usize = verge_proto::topics::MAX_RESULT_PAYLOAD - 4096;
+/// Largest `POST /v1/functions/{name}/invoke` body.
+pub const MAX_INVOKE_BODY: usize = 6 * 1024 * 1024;
 
 /// A task result handed to the node by a local program.
 #[derive(Debug, serde::Deserialize)]
@@ -251,6 +261,8 @@ enum Route {
     Read(Read),
     /// `POST /v1/results`.
     Results,
+    /// `POST /v1/functions/{name}/invoke`.
+    Invoke(String),
 }
 
 enum Read {
@@ -263,6 +275,9 @@ fn route(path: &str) -> Option<Route> {
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     match segs.as_slice() {
         ["", "v1", "results"] => Some(Route::Results),
+        ["", "v1", "functions", name, "invoke"] if !name.is_empty() => {
+            Some(Route::Invoke((*name).into()))
+        }
         ["", "v1", "status"] => Some(Route::Read(Read::Status)),
         ["", "v1", "configs"] => Some(Route::Read(Read::List(CONFIG_KIND.into()))),
         ["", "v1", "configs", name] if !name.is_empty() => {
@@ -285,9 +300,10 @@ async fn handle(state: Arc<EdgeState>, req: Request<Incoming>) -> Result<Resp, I
             "no route {path}; see GET /v1/status, /v1/configs, /v1/objects/{{kind}}, POST /v1/results"
         )));
     };
-    let (allowed, read) = match route {
-        Route::Results => (Method::POST, None),
-        Route::Read(r) => (Method::GET, Some(r)),
+    let (allowed, read, invoke) = match route {
+        Route::Results => (Method::POST, None, None),
+        Route::Invoke(name) => (Method::POST, None, Some(name)),
+        Route::Read(r) => (Method::GET, Some(r), None),
     };
     if req.method() != allowed {
         let mut resp = error(
@@ -299,6 +315,9 @@ async fn handle(state: Arc<EdgeState>, req: Request<Incoming>) -> Result<Resp, I
             resp.headers_mut().insert(ALLOW, v);
         }
         return Ok(resp);
+    }
+    if let Some(name) = invoke {
+        return Ok(invoke_function(state, &name, req).await);
     }
     let Some(read) = read else {
         return Ok(post_result(state, req).await);
@@ -379,6 +398,7 @@ async fn post_result(state: Arc<EdgeState>, req: Request<Incoming>) -> Resp {
         started_at_ms: started,
         finished_at_ms: report.finished_at_ms.unwrap_or(now.max(started)),
         seq: 0,
+        ..Default::default()
     };
     // Checked with seq 0; the real seq adds at most 19 digits, within the headroom
     // MAX_RESULT_BODY leaves.
@@ -410,6 +430,113 @@ async fn post_result(state: Arc<EdgeState>, req: Request<Incoming>) -> Resp {
             "InternalError",
             format!("handler failed: {e}"),
         ),
+    }
+}
+
+/// `POST /v1/functions/{name}/invoke` (see the module docs).
+async fn invoke_function(state: Arc<EdgeState>, name: &str, req: Request<Incoming>) -> Resp {
+    let Some(runtime) = state.runtime() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unavailable",
+            "functions do not run on this node".into(),
+        );
+    };
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
+    let body = match Limited::new(req.into_body(), MAX_INVOKE_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return if e.is::<http_body_util::LengthLimitError>() {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "PayloadTooLarge",
+                    format!("an invoke body may be at most {MAX_INVOKE_BODY} bytes"),
+                )
+            } else {
+                bad_request(format!("reading the body: {e}"))
+            };
+        }
+    };
+    let input = if content_type.split(';').next().unwrap_or("").trim() == "application/json" {
+        if body.is_empty() {
+            verge_runtime::Input::Json(serde_json::Value::Null)
+        } else {
+            match serde_json::from_slice(&body) {
+                Ok(v) => verge_runtime::Input::Json(v),
+                Err(e) => return bad_request(format!("body: not valid JSON ({e})")),
+            }
+        }
+    } else {
+        verge_runtime::Input::Bytes {
+            content_type,
+            data: body,
+        }
+    };
+    use verge_runtime::Error as E;
+    match runtime.invoke(name, input).await {
+        Ok(inv) => {
+            let mut resp = match inv.output {
+                verge_runtime::Output::Json(v) => json_response(StatusCode::OK, &v),
+                verge_runtime::Output::Bytes { content_type, data } => {
+                    let mut r = Response::new(Full::new(data));
+                    if let Ok(v) = http::HeaderValue::from_str(&content_type) {
+                        r.headers_mut().insert(CONTENT_TYPE, v);
+                    }
+                    r
+                }
+            };
+            resp.headers_mut().insert(
+                "x-verge-cold",
+                http::HeaderValue::from_static(if inv.cold { "true" } else { "false" }),
+            );
+            resp
+        }
+        Err(e) => {
+            let (status, reason) = match &e {
+                E::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
+                E::BadInput { .. } => (StatusCode::BAD_REQUEST, "BadRequest"),
+                E::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
+                E::Handler { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "HandlerError"),
+                E::WorkerCrashed { .. } => (StatusCode::BAD_GATEWAY, "WorkerCrashed"),
+                E::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
+                E::Load { .. } | E::Unavailable { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "Unavailable")
+                }
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+            };
+            let mut body = serde_json::json!({
+                "reason": reason,
+                "message": e.to_string(),
+                "logs": e.logs(),
+            });
+            if let E::Handler {
+                error_type,
+                message,
+                traceback,
+                ..
+            } = &e
+            {
+                body["error"] = serde_json::json!({
+                    "type": error_type, "message": message, "traceback": traceback,
+                });
+            }
+            let mut resp = json_response(status, &body);
+            if let E::QueueFull { retry_after, .. } = &e
+                && let Ok(v) =
+                    http::HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
+            {
+                resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+            }
+            resp
+        }
     }
 }
 

@@ -5,8 +5,8 @@
 //! queue when asked, so it is never stale; only what exists in memory alone (whether
 //! the uplink is connected, when it last synced) lives here, in atomics.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use tokio::sync::Notify;
 use verge_proto::InstanceStatus;
@@ -33,6 +33,12 @@ pub struct EdgeState {
     desired: Notify,
     /// The instances changed (wakes the uplink to report).
     apps_changed: Notify,
+    /// Desired state was applied (wakes the function manager).
+    functions_desired: Notify,
+    /// The function runtime (for the local API's invoke), once functions run.
+    runtime: OnceLock<verge_runtime::Runtime>,
+    /// Where tasks the cloud dispatches go, once functions run.
+    tasks: OnceLock<tokio::sync::mpsc::Sender<verge_proto::Task>>,
 }
 
 /// The body of `GET /v1/status`.
@@ -58,7 +64,30 @@ impl EdgeState {
             apps: Mutex::new(Vec::new()),
             desired: Notify::new(),
             apps_changed: Notify::new(),
+            functions_desired: Notify::new(),
+            runtime: OnceLock::new(),
+            tasks: OnceLock::new(),
         }
+    }
+
+    /// Installs the function runtime and the task inbox (once).
+    pub fn set_functions(
+        &self,
+        runtime: verge_runtime::Runtime,
+        tasks: tokio::sync::mpsc::Sender<verge_proto::Task>,
+    ) {
+        let _ = self.runtime.set(runtime);
+        let _ = self.tasks.set(tasks);
+    }
+
+    pub fn runtime(&self) -> Option<&verge_runtime::Runtime> {
+        self.runtime.get()
+    }
+
+    /// Hands a dispatched task to the function manager; `false` if functions do not
+    /// run on this node or its inbox is full (the cloud re-sends it).
+    pub fn submit_task(&self, task: verge_proto::Task) -> bool {
+        self.tasks.get().is_some_and(|tx| tx.try_send(task).is_ok())
     }
 
     pub fn node(&self) -> &str {
@@ -98,6 +127,13 @@ impl EdgeState {
     /// The uplink applied new desired state.
     pub fn notify_desired(&self) {
         self.desired.notify_one();
+        self.functions_desired.notify_one();
+    }
+
+    /// Like [`Self::desired_changed`], for the function manager (each listener has
+    /// its own permit, so neither misses a change).
+    pub async fn functions_desired_changed(&self) {
+        self.functions_desired.notified().await
     }
 
     /// Resolves after the next [`Self::notify_desired`].

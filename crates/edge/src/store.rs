@@ -5,7 +5,11 @@
 //! Tables:
 //! - `objects`: `"{Kind}/{name}"` → the object's JSON (the kind is stored and looked up
 //!   by its *string*, so kinds this build does not know are kept and served as-is);
-//! - `meta`: `applied_revision` → `i64` (0 = nothing applied yet).
+//! - `meta`: `applied_revision` → `i64` (0 = nothing applied yet);
+//! - `task_keys`: idempotency key (or task id) of each task this node started → unix
+//!   ms, so a redelivered task runs at most once ([`LocalStore::claim_task`]);
+//! - `trigger_fires`: trigger name → unix ms of its last fire time, so a restart
+//!   neither fires twice nor forgets what it missed.
 //!
 //! [`LocalStore::apply_desired`] applies one [`Desired`] in a single write transaction
 //! and commits it durably (redb's default `Durability::Immediate`: fsynced) before it
@@ -29,6 +33,10 @@ use crate::fsutil;
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 const APPLIED_REVISION: &str = "applied_revision";
+const TASK_KEYS: TableDefinition<&str, i64> = TableDefinition::new("task_keys");
+const TRIGGER_FIRES: TableDefinition<&str, i64> = TableDefinition::new("trigger_fires");
+/// Task keys are remembered this long (the cloud gives up on a task long before).
+pub const TASK_KEY_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// What [`LocalStore::apply_desired`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +82,8 @@ impl LocalStore {
         {
             txn.open_table(OBJECTS)?;
             txn.open_table(META)?;
+            txn.open_table(TASK_KEYS)?;
+            txn.open_table(TRIGGER_FIRES)?;
         }
         txn.commit()?;
         Ok(LocalStore { db: Arc::new(db) })
@@ -172,6 +182,42 @@ impl LocalStore {
     pub fn is_empty(&self) -> Result<bool> {
         Ok(self.len()? == 0)
     }
+
+    /// Records, durably, that the task with `key` starts now. `false` when it was
+    /// already claimed (a redelivery): the caller must not run it again. Keys older
+    /// than [`TASK_KEY_RETENTION_MS`] are pruned on the way.
+    pub fn claim_task(&self, key: &str, now_ms: i64) -> Result<bool> {
+        let txn = self.db.begin_write()?;
+        let fresh = {
+            let mut keys = txn.open_table(TASK_KEYS)?;
+            let fresh = keys.get(key)?.is_none();
+            if fresh {
+                keys.insert(key, now_ms)?;
+            }
+            if fresh && keys.len()? % 1024 == 0 {
+                keys.retain(|_, at| now_ms - at < TASK_KEY_RETENTION_MS)?;
+            }
+            fresh
+        };
+        txn.commit()?;
+        Ok(fresh)
+    }
+
+    /// Unix ms of trigger `name`'s last fire time, if it ever fired here.
+    pub fn last_fire(&self, name: &str) -> Result<Option<i64>> {
+        let txn = self.db.begin_read()?;
+        let fires = txn.open_table(TRIGGER_FIRES)?;
+        Ok(fires.get(name)?.map(|g| g.value()))
+    }
+
+    /// Records, durably, that trigger `name` fired for the time `at_ms` (before its
+    /// task starts, so a crash never fires it twice).
+    pub fn set_last_fire(&self, name: &str, at_ms: i64) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(TRIGGER_FIRES)?.insert(name, at_ms)?;
+        txn.commit()?;
+        Ok(())
+    }
 }
 
 fn decode(key: &str, json: &[u8]) -> Result<Object> {
@@ -185,6 +231,26 @@ fn decode(key: &str, json: &[u8]) -> Result<Object> {
 mod tests {
     use super::*;
     use verge_api::{API_VERSION, ObjectMeta};
+
+    #[test]
+    fn task_claims_and_trigger_fires_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        {
+            let s = LocalStore::open(&path).unwrap();
+            assert!(s.claim_task("k1", 10).unwrap());
+            assert!(!s.claim_task("k1", 11).unwrap());
+            assert_eq!(s.last_fire("nightly").unwrap(), None);
+            s.set_last_fire("nightly", 60_000).unwrap();
+        }
+        let s = LocalStore::open(&path).unwrap();
+        assert!(
+            !s.claim_task("k1", 12).unwrap(),
+            "a claim outlives a restart"
+        );
+        assert!(s.claim_task("k2", 12).unwrap());
+        assert_eq!(s.last_fire("nightly").unwrap(), Some(60_000));
+    }
     use verge_proto::ObjectRef;
 
     fn obj(kind: &str, name: &str, v: i64) -> Object {

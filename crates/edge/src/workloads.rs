@@ -691,7 +691,11 @@ async fn supervise<E: Engine>(
                     // New output goes to the cloud through the queue, then housekeeping
                     // (rotation) — in that order, so no line is skipped.
                     let lines = engine.read_logs(&handle, &mut log_cursor).await;
-                    ship_logs(&shared.state, &w.spec.key, lines);
+                    ship_logs(
+                        &shared.state,
+                        &format!("app/{}/{}", w.spec.key.app, w.spec.key.replica),
+                        lines,
+                    );
                     engine.maintain(&handle).await;
                     if let Some(u) = engine.usage(&handle).await
                         && let Ok(mut s) = status.lock()
@@ -750,7 +754,9 @@ async fn supervise<E: Engine>(
 
 /// Queues an instance's new output for the cloud (`LogBatch`, source
 /// `app/{app}/{replica}`), in batches within the protocol's bounds.
-fn ship_logs(state: &EdgeState, key: &InstanceKey, lines: Vec<verge_proto::LogLine>) {
+/// Queues `lines` for the cloud as `LogBatch`es from `source` (`app/{app}/{replica}`,
+/// `fn/{name}/invocations`).
+pub(crate) fn ship_logs(state: &EdgeState, source: &str, lines: Vec<verge_proto::LogLine>) {
     // Batches under the log channel's payload bound (with room for the JSON around).
     const BUDGET: usize = verge_proto::topics::MAX_LOG_PAYLOAD - 8 * 1024;
     let mut batch: Vec<verge_proto::LogLine> = Vec::new();
@@ -772,7 +778,7 @@ fn ship_logs(state: &EdgeState, key: &InstanceKey, lines: Vec<verge_proto::LogLi
     }
     for lines in batches {
         let msg = verge_proto::Message::LogBatch(verge_proto::LogBatch {
-            source: format!("app/{}/{}", key.app, key.replica),
+            source: source.to_string(),
             lines,
         });
         match verge_proto::encode_checked(&msg) {
@@ -782,10 +788,10 @@ fn ship_logs(state: &EdgeState, key: &InstanceKey, lines: Vec<verge_proto::LogLi
                         .queue()
                         .push(verge_proto::Channel::Log, &payload, crate::now_ms())
                 {
-                    tracing::warn!(instance = %key, error = %e, "could not queue app logs");
+                    tracing::warn!(%source, error = %e, "could not queue logs");
                 }
             }
-            Err(e) => tracing::warn!(instance = %key, error = %e, "app logs not sendable; dropped"),
+            Err(e) => tracing::warn!(%source, error = %e, "logs not sendable; dropped"),
         }
     }
 }

@@ -73,8 +73,9 @@ pub use codec::{PROTOCOL_VERSION, decode, decode_any, encode, encode_checked};
 pub use error::{MAX_ECHO_LEN, ProtoError};
 pub use messages::{
     Ack, CertIssued, CertRequest, Condition, ConditionType, Desired, Heartbeat, Hello,
-    InstanceState, InstanceStatus, LogBatch, LogLine, LogStream, MAX_INSTANCES, Message,
-    NodeStatus, ObjectRef, QueueStats, Task, TaskResult, same_but_usage,
+    InstanceState, InstanceStatus, LogBatch, LogLine, LogStream, MAX_INSTANCES, MAX_LOG_LINE,
+    MAX_LOG_LINES, MAX_TASK_ERROR, Message, NodeStatus, ObjectRef, QueueStats, Task, TaskResult,
+    same_but_usage,
 };
 pub use topics::{
     Channel, DEFAULT_CLOUD_USER, Direction, cloud_may_publish, cloud_may_subscribe,

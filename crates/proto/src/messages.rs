@@ -288,7 +288,7 @@ pub struct Task {
 }
 
 /// Edge→cloud on `result`: the outcome of a [`Task`]. `ok` ⇔ no `error`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TaskResult {
     /// The task's id.
@@ -303,6 +303,13 @@ pub struct TaskResult {
     /// Per-node sequence number, so the cloud can drop duplicates the store-and-forward
     /// queue redelivers.
     pub seq: u64,
+    /// The function run. Set when the node started the task itself (a trigger fired on
+    /// the node); the cloud then records a Task for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// The `Trigger` that started the task on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
 }
 
 /// Edge→cloud on `log`: lines from one source (an app instance, the agent, ...).
@@ -662,6 +669,12 @@ impl TaskResult {
             (None, true) => {}
         }
         not_negative("startedAtMs", self.started_at_ms)?;
+        if let Some(f) = &self.function {
+            dns_label("function", f)?;
+        }
+        if let Some(t) = &self.trigger {
+            dns_label("trigger", t)?;
+        }
         if self.finished_at_ms < self.started_at_ms {
             return Err(format!(
                 "body.finishedAtMs: must not be before startedAtMs ({} < {})",

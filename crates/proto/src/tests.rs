@@ -122,6 +122,7 @@ fn task_result() -> TaskResult {
         started_at_ms: 1_700_000_001_000,
         finished_at_ms: 1_700_000_002_000,
         seq: 9,
+        ..Default::default()
     }
 }
 
@@ -840,6 +841,17 @@ fn invalid_task_and_result() {
         ..task_result()
     }));
     assert!(m.starts_with("body.finishedAtMs"), "{m}");
+    let m = invalid(Message::TaskResult(TaskResult {
+        trigger: Some("Nightly_Audit".into()),
+        ..task_result()
+    }));
+    assert!(m.starts_with("body.trigger"), "{m}");
+    let fired = Message::TaskResult(TaskResult {
+        function: Some("audit".into()),
+        trigger: Some("nightly-audit".into()),
+        ..task_result()
+    });
+    assert_eq!(decode(Channel::Result, &encode(&fired)), Ok(fired));
     let failed = Message::TaskResult(TaskResult {
         ok: false,
         output: None,

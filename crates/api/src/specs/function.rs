@@ -149,6 +149,22 @@ fn check_handler(runtime: Runtime, handler: &str) -> Result<(), ValidationError>
 }
 
 impl FunctionSpec {
+    /// Whether the function runs in the cloud (`placement.cloud: true`) rather than on
+    /// edge nodes.
+    pub fn in_cloud(&self) -> bool {
+        self.placement.as_ref().and_then(|p| p.cloud) == Some(true)
+    }
+
+    /// Whether an edge node with these labels holds this function.
+    pub fn placed_on(&self, labels: &BTreeMap<String, String>) -> bool {
+        !self.in_cloud()
+            && self.placement.as_ref().is_none_or(|p| {
+                p.node_selector
+                    .iter()
+                    .all(|(k, v)| labels.get(k) == Some(v))
+            })
+    }
+
     pub fn validate(&self) -> Result<(), ValidationError> {
         check_handler(self.runtime, &self.handler)?;
         match self.runtime {

@@ -24,7 +24,9 @@ pub use function::{FunctionPlacement, FunctionResources, FunctionSpec, Runtime, 
 pub use node::NodeSpec;
 pub use quantity::{parse_cpu_millis, parse_memory_bytes};
 pub use task::TaskSpec;
-pub use trigger::{MissedPolicy, MissedPolicyMode, TriggerSpec, parse_schedule};
+pub use trigger::{
+    Due, FiresOn, MissedPolicy, MissedPolicyMode, Schedule, TriggerSpec, parse_schedule,
+};
 
 /// The cron schedule type [`parse_schedule`] returns (re-exported so users need not
 /// depend on `croner` themselves).

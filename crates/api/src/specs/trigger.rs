@@ -108,7 +108,7 @@ pub fn parse_schedule(schedule: &str) -> Result<Cron, String> {
         .map_err(|e| invalid(describe(e)))
 }
 
-/// For now: non-empty, at most 64 characters of `[A-Za-z0-9_+-/]`.
+/// Non-empty, at most 64 characters, and a zone of the IANA database compiled in.
 fn check_timezone(tz: &str) -> Result<(), ValidationError> {
     const FIELD: &str = "spec.timezone";
     if tz.is_empty() {
@@ -127,10 +127,185 @@ fn check_timezone(tz: &str) -> Result<(), ValidationError> {
             ),
         ));
     }
+    if tz.parse::<chrono_tz::Tz>().is_err() {
+        return Err(ValidationError::new(
+            FIELD,
+            format!(
+                "unknown timezone {tz:?}: expected an IANA name such as \"Europe/Berlin\" or \
+                 \"UTC\""
+            ),
+        ));
+    }
     Ok(())
 }
 
+/// A parsed, valid trigger schedule: what is due when.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    cron: Cron,
+    tz: chrono_tz::Tz,
+}
+
+/// Fire times (unix ms) due now, and the new "last fire" to persist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    /// Oldest first.
+    pub fires: Vec<i64>,
+    /// Fire times missed and not run (the missed policy).
+    pub skipped: u64,
+    /// Persist this as the last fire time (before running `fires`).
+    pub last: i64,
+}
+
+/// A fire time this late still counts as on time (a tick, a restart of the process).
+pub const ON_TIME_GRACE_MS: i64 = 30_000;
+
+impl Schedule {
+    /// The schedule of a valid spec (see [`TriggerSpec::validate`]).
+    pub fn of(spec: &TriggerSpec) -> Result<Schedule, ValidationError> {
+        let cron = parse_schedule(&spec.schedule)
+            .map_err(|message| ValidationError::new("spec.schedule", message))?;
+        let tz = match &spec.timezone {
+            Some(tz) => {
+                check_timezone(tz)?;
+                tz.parse::<chrono_tz::Tz>()
+                    .map_err(|_| ValidationError::new("spec.timezone", "unknown timezone"))?
+            }
+            None => chrono_tz::Tz::UTC,
+        };
+        Ok(Schedule { cron, tz })
+    }
+
+    fn at(&self, ms: i64) -> Option<chrono::DateTime<chrono_tz::Tz>> {
+        use chrono::TimeZone;
+        self.tz.timestamp_millis_opt(ms).single()
+    }
+
+    /// The first fire time strictly after `after_ms`.
+    pub fn next_after(&self, after_ms: i64) -> Option<i64> {
+        let t = self.at(after_ms)?;
+        self.cron
+            .find_next_occurrence(&t, false)
+            .ok()
+            .map(|t| t.timestamp_millis())
+    }
+
+    /// What is due at `now_ms` when the trigger last fired for `last` (`None`: never;
+    /// it then starts counting from now). Fire times in `(last, now]` that are more
+    /// than [`ON_TIME_GRACE_MS`] late are missed: with `catchUp` the newest
+    /// `maxCatchUp` (default 1) of them run, otherwise they are skipped. At most
+    /// `maxCatchUp + 1` fire times are examined, however long the trigger was down.
+    pub fn due(&self, last: Option<i64>, now_ms: i64, policy: Option<&MissedPolicy>) -> Due {
+        let Some(last) = last else {
+            return Due {
+                fires: Vec::new(),
+                skipped: 0,
+                last: now_ms,
+            };
+        };
+        let catch_up = match policy {
+            Some(p) if p.mode == MissedPolicyMode::CatchUp => p.max_catch_up.unwrap_or(1),
+            _ => 0,
+        };
+        // Walk back from now: the newest fire times first.
+        let mut newest_first = Vec::new();
+        let mut more = false;
+        if let Some(mut t) = self.at(now_ms) {
+            let mut inclusive = true;
+            while let Ok(prev) = self.cron.find_previous_occurrence(&t, inclusive) {
+                inclusive = false;
+                let ms = prev.timestamp_millis();
+                if ms <= last {
+                    break;
+                }
+                if newest_first.len() as u64 > u64::from(catch_up) {
+                    more = true;
+                    break;
+                }
+                newest_first.push(ms);
+                t = prev;
+            }
+        }
+        let Some(&newest) = newest_first.first() else {
+            return Due {
+                fires: Vec::new(),
+                skipped: 0,
+                last,
+            };
+        };
+        let mut fires = Vec::new();
+        let mut skipped = 0u64;
+        let mut caught_up = 0u32;
+        for &ms in &newest_first {
+            if now_ms - ms <= ON_TIME_GRACE_MS && fires.is_empty() {
+                fires.push(ms);
+            } else if caught_up < catch_up {
+                caught_up += 1;
+                fires.push(ms);
+            } else {
+                skipped += 1;
+            }
+        }
+        if more {
+            // Uncounted older misses: at least one more.
+            skipped += 1;
+        }
+        fires.reverse();
+        Due {
+            fires,
+            skipped,
+            last: newest,
+        }
+    }
+}
+
+/// Where a trigger fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FiresOn {
+    /// The control plane fires it and dispatches a task (a `nodeSelector` target, or a
+    /// cloud-placed function).
+    Cloud,
+    /// Each node it is placed on fires it from its local store, offline too (a `node`
+    /// or `fanout` target, or no target and a function placed on edge nodes).
+    Nodes,
+}
+
 impl TriggerSpec {
+    /// Where this trigger fires, given whether its function is cloud-placed.
+    pub fn fires_on(&self, function_in_cloud: bool) -> FiresOn {
+        match &self.target {
+            Some(t) if t.node.is_some() || t.fanout.is_some() => FiresOn::Nodes,
+            Some(_) => FiresOn::Cloud,
+            None if function_in_cloud => FiresOn::Cloud,
+            None => FiresOn::Nodes,
+        }
+    }
+
+    /// Whether the node `node` with `labels` fires this trigger itself; `function`
+    /// is the trigger's function, when it exists.
+    pub fn fired_by(
+        &self,
+        node: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+        function: Option<&crate::specs::FunctionSpec>,
+    ) -> bool {
+        let Some(function) = function else {
+            return false;
+        };
+        if self.fires_on(function.in_cloud()) != FiresOn::Nodes {
+            return false;
+        }
+        match &self.target {
+            Some(t) => {
+                t.node.as_deref() == Some(node)
+                    || t.fanout
+                        .as_ref()
+                        .is_some_and(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+            }
+            None => function.placed_on(labels),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ValidationError> {
         parse_schedule(&self.schedule)
             .map_err(|message| ValidationError::new("spec.schedule", message))?;
@@ -208,6 +383,74 @@ mod tests {
             );
             assert!(!err.ends_with('.'), "{err}");
         }
+    }
+
+    fn schedule(expr: &str, tz: Option<&str>) -> Schedule {
+        Schedule::of(&TriggerSpec {
+            schedule: expr.into(),
+            timezone: tz.map(Into::into),
+            function: "f".into(),
+            input: None,
+            target: None,
+            missed_policy: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn due_fires_on_time_skips_or_catches_up_missed_ones() {
+        let every_min = schedule("* * * * *", None);
+        let t0 = 1_700_000_040_000; // 22:14:00 UTC, a whole minute
+        assert_eq!(every_min.next_after(t0), Some(t0 + 60_000));
+        // Never fired: starts counting now.
+        let d = every_min.due(None, t0 + 5_000, None);
+        assert_eq!((d.fires.len(), d.last), (0, t0 + 5_000));
+        // On time (within the grace).
+        let d = every_min.due(Some(t0 + 5_000), t0 + 60_500, None);
+        assert_eq!(d.fires, vec![t0 + 60_000]);
+        assert_eq!((d.skipped, d.last), (0, t0 + 60_000));
+        // Nothing new.
+        let d = every_min.due(Some(t0 + 60_000), t0 + 61_000, None);
+        assert!(d.fires.is_empty());
+        assert_eq!(d.last, t0 + 60_000);
+        // Down for 10 minutes: skip.
+        let d = every_min.due(Some(t0), t0 + 600_000 + 45_000, None);
+        assert!(d.fires.is_empty());
+        assert!(d.skipped >= 1);
+        assert_eq!(d.last, t0 + 600_000);
+        // catchUp 3: the newest three missed runs, oldest first.
+        let policy = MissedPolicy {
+            mode: MissedPolicyMode::CatchUp,
+            max_catch_up: Some(3),
+        };
+        let d = every_min.due(Some(t0), t0 + 600_000 + 45_000, Some(&policy));
+        assert_eq!(d.fires, vec![t0 + 480_000, t0 + 540_000, t0 + 600_000]);
+        assert_eq!(d.last, t0 + 600_000);
+        // A year offline with a per-second schedule stays cheap.
+        let every_sec = schedule("* * * * * *", None);
+        let d = every_sec.due(Some(t0), t0 + 365 * 86_400_000, Some(&policy));
+        // The one on time (now is a whole second) and three caught up.
+        assert_eq!(d.fires.len(), 4);
+        assert_eq!(d.last, t0 + 365 * 86_400_000);
+    }
+
+    #[test]
+    fn timezones() {
+        // 09:00 in Tokyo is 00:00 UTC.
+        let s = schedule("0 9 * * *", Some("Asia/Tokyo"));
+        let midnight_utc = 1_700_006_400_000; // 2023-11-15T00:00:00Z
+        assert_eq!(s.next_after(midnight_utc - 1), Some(midnight_utc));
+        let bad = TriggerSpec {
+            schedule: "* * * * *".into(),
+            timezone: Some("Mars/Olympus".into()),
+            function: "f".into(),
+            input: None,
+            target: None,
+            missed_policy: None,
+        };
+        let e = bad.validate().unwrap_err();
+        assert_eq!(e.field, "spec.timezone");
+        assert!(e.message.contains("unknown timezone"), "{}", e.message);
     }
 
     #[test]

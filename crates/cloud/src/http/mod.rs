@@ -3,6 +3,7 @@
 
 pub mod artifacts;
 mod body;
+pub mod functions;
 pub mod join;
 pub mod resources;
 pub mod serve;
@@ -32,6 +33,18 @@ pub fn router(st: SharedState) -> Router {
         .route(
             "/api/v1/artifacts",
             get(artifacts::list).post(artifacts::upload),
+        )
+        .route(
+            "/api/v1/functions/{name}/invoke",
+            axum::routing::post(functions::invoke),
+        )
+        .route(
+            "/api/v1/tasks",
+            get(functions::list_tasks).post(functions::create_task),
+        )
+        .route(
+            "/api/v1/tasks/{id}",
+            get(functions::get_task).delete(functions::cancel_task),
         )
         .route(
             "/api/v1/{plural}",

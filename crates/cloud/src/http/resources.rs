@@ -477,19 +477,24 @@ pub async fn delete(
     Ok(Json(obj))
 }
 
-/// `GET /api/v1/apps/{name}/logs[?node=N&tail=K]`: the newest lines (default 200, at
-/// most 5,000) the app's instances wrote, shipped by their nodes, oldest first.
+/// `GET /api/v1/apps/{name}/logs[?node=N&tail=K]` (and `functions/{name}/logs`): the
+/// newest lines (default 200, at most 5,000) the app's instances (the function's
+/// invocations) wrote, shipped by their nodes, oldest first.
 pub async fn app_logs(
     State(st): State<SharedState>,
     Path((plural, name)): Path<(String, String)>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let kind = kind_from_plural(&plural)?;
-    if kind != Kind::App {
-        return Err(ApiError::not_found(format!(
-            "{plural}/{name}/logs: only apps have logs"
-        )));
-    }
+    let source = match kind {
+        Kind::App => format!("app/{name}/"),
+        Kind::Function => format!("fn/{name}/"),
+        _ => {
+            return Err(ApiError::not_found(format!(
+                "{plural}/{name}/logs: only apps and functions have logs"
+            )));
+        }
+    };
     if st.store.get(&object_key(kind, &name)).await?.is_none() {
         return Err(not_found(kind, &name));
     }
@@ -505,9 +510,7 @@ pub async fn app_logs(
         .nodes
         .as_ref()
         .ok_or_else(|| ApiError::new(Reason::Unavailable, "node manager not running"))?;
-    let items = nodes
-        .logs
-        .query(&format!("app/{name}/"), q.node.as_deref(), tail);
+    let items = nodes.logs.query(&source, q.node.as_deref(), tail);
     Ok(Json(serde_json::json!({ "items": items })).into_response())
 }
 

@@ -34,6 +34,8 @@ pub struct AppState {
     pub gateway: Option<crate::gateway::DynDownlink>,
     /// The content-addressed artifact store (`/api/v1/artifacts`).
     pub artifacts: Arc<crate::artifacts::ArtifactStore>,
+    /// The function runtime and the task controller.
+    pub functions: Option<Arc<crate::functions::Functions>>,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -68,6 +68,8 @@ pub struct NodeManager {
     runtime: Mutex<HashMap<String, Runtime>>,
     pub sync: Arc<sync::Sync>,
     pub results: results::Results,
+    /// Told about task results (set once the task controller exists).
+    pub tasks: std::sync::OnceLock<Arc<crate::functions::tasks::Tasks>>,
     /// App instances the nodes report, for the App controller.
     pub apps: Arc<crate::apps::Reports>,
     /// App output the nodes ship.
@@ -100,6 +102,7 @@ impl NodeManager {
         Arc::new(Self {
             sync: Arc::new(sync::Sync::new(store.clone())),
             results: results::Results::new(store.clone()),
+            tasks: std::sync::OnceLock::new(),
             apps: Arc::new(crate::apps::Reports::default()),
             logs: logs::Logs::default(),
             issuer: OnceLock::new(),
@@ -441,7 +444,11 @@ impl Inbound for NodeManager {
             Message::LogBatch(b) => self.logs.record(node, &b),
             Message::CertRequest(req) => return self.renew(node, &req).await,
             Message::TaskResult(r) => match self.results.record(node, &r).await {
-                Ok(results::Recorded::New) => {}
+                Ok(results::Recorded::New) => {
+                    if let Some(tasks) = self.tasks.get() {
+                        tasks.on_result(node, &r).await;
+                    }
+                }
                 Ok(results::Recorded::UnknownNode) => {
                     tracing::warn!(%node, seq = r.seq, "result from a node that does not exist; dropped");
                 }

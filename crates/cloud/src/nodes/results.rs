@@ -189,6 +189,7 @@ mod tests {
             started_at_ms: 1,
             finished_at_ms: 2,
             seq,
+            ..Default::default()
         }
     }
 

@@ -10,8 +10,10 @@
 //! delta only if it starts at its applied revision and persists before acking, so a lost
 //! message just leads to a `hello` and a resync.
 //!
-//! Synced kinds: `Config` (placed by `spec.placement.nodeSelector`) and `App` (the
-//! version the App controller assigned to the node, see [`AppDesired`]).
+//! Synced kinds: `Config` (placed by `spec.placement.nodeSelector`), `App` (the
+//! version the App controller assigned to the node, see [`AppDesired`]), `Function`
+//! (edge-placed, by `spec.placement.nodeSelector`) and `Trigger` (those the node fires
+//! itself, see [`TriggerSpec::fired_by`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, OnceLock, RwLock};
@@ -20,7 +22,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use verge_api::Object;
-use verge_api::specs::ConfigSpec;
+use verge_api::specs::{ConfigSpec, FunctionSpec, TriggerSpec};
 use verge_proto::{Channel, Desired, Message, ObjectRef};
 use verge_store::{DynStore, EventKind, Expect};
 
@@ -30,6 +32,8 @@ const RECORD_PREFIX: &str = "/system/nodesync/";
 const CONFIG_PREFIX: &str = "/registry/configs/";
 const NODE_PREFIX: &str = "/registry/nodes/";
 const APP_PREFIX: &str = "/registry/apps/";
+const FUNCTION_PREFIX: &str = "/registry/functions/";
+const TRIGGER_PREFIX: &str = "/registry/triggers/";
 
 /// What the nodes should hold of one App: the version each placed node runs (from
 /// `status.rollout.nodes`, written by the App controller) and, per version, the object
@@ -109,6 +113,8 @@ struct Cache {
     /// name → (mod revision, object, its parsed spec: parsed once, matched per node).
     configs: BTreeMap<String, (i64, Object, ConfigSpec)>,
     apps: BTreeMap<String, AppDesired>,
+    functions: BTreeMap<String, (i64, Object, FunctionSpec)>,
+    triggers: BTreeMap<String, (i64, Object, TriggerSpec)>,
     node_labels: HashMap<String, BTreeMap<String, String>>,
 }
 
@@ -165,6 +171,17 @@ impl Sync {
         for (name, app) in &cache.apps {
             if let Some(entry) = app.nodes.get(node).and_then(|k| app.objects.get(k)) {
                 set.insert(format!("App/{name}"), entry.clone());
+            }
+        }
+        for (name, (rev, o, spec)) in &cache.functions {
+            if spec.placed_on(labels) {
+                set.insert(format!("Function/{name}"), (*rev, o.clone()));
+            }
+        }
+        for (name, (rev, o, spec)) in &cache.triggers {
+            let function = cache.functions.get(&spec.function).map(|(_, _, f)| f);
+            if spec.fired_by(node, labels, function) {
+                set.insert(format!("Trigger/{name}"), (*rev, o.clone()));
             }
         }
         (cache.revision, set)
@@ -374,6 +391,12 @@ impl Sync {
             }
             return true;
         }
+        if let Some(name) = key.strip_prefix(FUNCTION_PREFIX) {
+            return Self::apply_spec(&mut cache.functions, name, kind, value, revision);
+        }
+        if let Some(name) = key.strip_prefix(TRIGGER_PREFIX) {
+            return Self::apply_spec(&mut cache.triggers, name, kind, value, revision);
+        }
         if let Some(name) = key.strip_prefix(APP_PREFIX) {
             let next = match kind {
                 EventKind::Delete => None,
@@ -405,6 +428,38 @@ impl Sync {
             }
         }
         false
+    }
+
+    /// Keeps `map[name]` at the stored object without its status (a status write sends
+    /// nothing). Returns whether what nodes get changed.
+    fn apply_spec<S: serde::de::DeserializeOwned>(
+        map: &mut BTreeMap<String, (i64, Object, S)>,
+        name: &str,
+        kind: EventKind,
+        value: &[u8],
+        revision: i64,
+    ) -> bool {
+        let parsed = match kind {
+            EventKind::Delete => None,
+            EventKind::Put => serde_json::from_slice::<Object>(value).ok().and_then(|o| {
+                serde_json::from_value::<S>(o.spec.clone())
+                    .ok()
+                    .map(|spec| (o, spec))
+            }),
+        };
+        let Some((mut o, spec)) = parsed else {
+            return map.remove(name).is_some();
+        };
+        o.status = serde_json::Value::Null;
+        if let Some((_, old, _)) = map.get(name)
+            && old.spec == o.spec
+            && old.metadata.labels == o.metadata.labels
+        {
+            return false;
+        }
+        o.metadata.resource_version = Some(revision.to_string());
+        map.insert(name.to_string(), (revision, o, spec));
+        true
     }
 
     /// Follows the store; pushes deltas to connected nodes whose desired set changed.

@@ -1,0 +1,321 @@
+//! Functions in the control plane:
+//! - [`FunctionHost`]: the cloud's function runtime (`verge-runtime`) — cloud-placed
+//!   functions run here, and every Python/Node function's code is loaded here once at
+//!   deploy so a syntax error or a missing handler fails the deploy with the
+//!   interpreter's own message in the Function's status;
+//! - [`FunctionController`]: keeps the host in step with the `Function` objects and
+//!   writes their status;
+//! - [`tasks`]: the Task controller (placement, dispatch to nodes, results,
+//!   callbacks); [`triggers`]: cron triggers the cloud fires.
+
+pub mod callbacks;
+pub mod task_state;
+pub mod tasks;
+pub mod triggers;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{Value, json};
+use verge_api::specs::FunctionSpec;
+use verge_api::{Kind, Object, Reason};
+use verge_runtime::{Error as RtError, Input, Output, Runtime, Source};
+use verge_store::DynStore;
+
+use crate::error::ApiError;
+use crate::http::resources::{kind_prefix, modify, object_key};
+
+/// Builtin functions the cloud offers (the binary fills the registry).
+pub type Registry = verge_runtime::Registry;
+
+/// What the HTTP API and the node manager hold of the function machinery.
+pub struct Functions {
+    pub host: Arc<FunctionHost>,
+    pub tasks: Arc<tasks::Tasks>,
+}
+
+/// JSON form of an output: the value, or `{contentType, base64}` for bytes.
+pub fn output_json(output: Output) -> Value {
+    match output {
+        Output::Json(v) => v,
+        Output::Bytes { content_type, data } => json!({
+            "contentType": content_type,
+            "base64": base64::engine::general_purpose::STANDARD.encode(&data),
+        }),
+    }
+}
+
+/// One line (plus traceback) saying why an invocation failed.
+pub fn describe_error(e: &RtError) -> String {
+    let mut s = match e {
+        RtError::Handler {
+            error_type,
+            message,
+            traceback,
+            ..
+        } if !traceback.is_empty() => format!("{error_type}: {message}\n{traceback}"),
+        RtError::Timeout { after, .. } => {
+            format!(
+                "Timeout: no result within {:.1} s; the worker was replaced",
+                after.as_secs_f64()
+            )
+        }
+        other => other.to_string(),
+    };
+    if s.len() > verge_proto::MAX_TASK_ERROR {
+        let mut cut = verge_proto::MAX_TASK_ERROR - 20;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str(" [... truncated]");
+    }
+    s
+}
+
+/// The `reason` of a failed task for this error.
+pub fn error_reason(e: &RtError) -> &'static str {
+    match e {
+        RtError::Timeout { .. } => "TimedOut",
+        RtError::Handler { .. } => "HandlerError",
+        RtError::WorkerCrashed { .. } => "WorkerCrashed",
+        RtError::BadInput { .. } => "BadInput",
+        RtError::QueueFull { .. } => "QueueFull",
+        RtError::NotFound { .. } => "FunctionNotFound",
+        RtError::Load { .. } => "LoadFailed",
+        _ => "Unavailable",
+    }
+}
+
+/// The API answer for a failed invocation (see `POST /api/v1/functions/{name}/invoke`).
+pub fn invoke_error(e: &RtError) -> ApiError {
+    match e {
+        RtError::NotFound { name } => {
+            ApiError::not_found(format!("function {name:?} is not deployed in the cloud"))
+        }
+        RtError::QueueFull { retry_after, .. } => {
+            let mut err = ApiError::new(Reason::TooManyRequests, e.to_string());
+            err.retry_after = Some(retry_after.as_secs().max(1));
+            err
+        }
+        RtError::BadInput { .. } => ApiError::bad_request(e.to_string()).field("body"),
+        RtError::Load { .. } | RtError::Unavailable { .. } => {
+            ApiError::new(Reason::Unavailable, e.to_string())
+        }
+        _ => ApiError::internal(e),
+    }
+}
+
+/// The cloud's runtime and how to build pool definitions from Function objects.
+pub struct FunctionHost {
+    runtime: Runtime,
+    store: DynStore,
+    /// name → version deployed.
+    deployed: Mutex<HashMap<String, String>>,
+}
+
+/// Version string of a Function object: changes with its uid or generation.
+pub fn version_of(o: &Object) -> String {
+    format!(
+        "{}-{}",
+        o.metadata.generation.unwrap_or(0),
+        o.metadata
+            .uid
+            .as_deref()
+            .map_or("", |u| &u[..u.len().min(8)])
+    )
+}
+
+impl FunctionHost {
+    pub fn new(store: DynStore, work_dir: PathBuf, builtins: Arc<Registry>) -> Arc<Self> {
+        let config = verge_runtime::RuntimeConfig::new(work_dir, builtins);
+        Arc::new(Self {
+            runtime: Runtime::new(config),
+            store,
+            deployed: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Loads `o` into the runtime (replacing an older version). Artifact code is not
+    /// fetched into the cloud: such functions are checked on the nodes.
+    pub async fn deploy(&self, o: &Object, spec: &FunctionSpec) -> Result<(), RtError> {
+        let version = version_of(o);
+        let source = match (&spec.code, &spec.artifact) {
+            (Some(code), _) => Source::Inline(code.clone()),
+            (None, Some(_)) => {
+                return Err(RtError::Unavailable {
+                    message: "code in an artifact runs on edge nodes only (placement.cloud \
+                              needs inline code)"
+                        .into(),
+                });
+            }
+            (None, None) => Source::None,
+        };
+        let def = verge_runtime::spec::def_from_spec(&o.metadata.name, &version, spec, source);
+        self.runtime.deploy(def).await?;
+        if let Ok(mut d) = self.deployed.lock() {
+            d.insert(o.metadata.name.clone(), version);
+        }
+        Ok(())
+    }
+
+    pub async fn remove(&self, name: &str) {
+        self.runtime.remove(name).await;
+        if let Ok(mut d) = self.deployed.lock() {
+            d.remove(name);
+        }
+    }
+
+    /// Invokes a cloud-placed function, deploying it first if the controller has not
+    /// yet.
+    pub async fn invoke(
+        &self,
+        name: &str,
+        input: Input,
+    ) -> Result<verge_runtime::Invocation, RtError> {
+        if !self.runtime.has(name) {
+            let kv = self
+                .store
+                .get(&object_key(Kind::Function, name))
+                .await
+                .ok()
+                .flatten()
+                .ok_or_else(|| RtError::NotFound { name: name.into() })?;
+            let o: Object = serde_json::from_slice(&kv.value).map_err(|e| RtError::Invalid {
+                message: e.to_string(),
+            })?;
+            let spec: FunctionSpec =
+                serde_json::from_value(o.spec.clone()).map_err(|e| RtError::Invalid {
+                    message: e.to_string(),
+                })?;
+            if !spec.in_cloud() {
+                return Err(RtError::NotFound { name: name.into() });
+            }
+            self.deploy(&o, &spec).await?;
+        }
+        self.runtime.invoke(name, input).await
+    }
+}
+
+/// Keeps the [`FunctionHost`] in step with the Function objects: each new version is
+/// loaded once (its status then says `Ready`, or `Failed` with the interpreter's
+/// message); cloud-placed ones stay loaded, the others are unloaded after the check.
+pub struct FunctionController {
+    store: DynStore,
+    host: Arc<FunctionHost>,
+    /// name → version checked.
+    checked: Mutex<HashMap<String, String>>,
+}
+
+impl FunctionController {
+    pub fn new(store: DynStore, host: Arc<FunctionHost>) -> Self {
+        Self {
+            store,
+            host,
+            checked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.pass().await {
+                tracing::warn!(error = %e, "function controller pass failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                _ = shutdown.changed() => {
+                    self.host.runtime.shutdown().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn pass(&self) -> crate::Result<()> {
+        let list = self.store.list(&kind_prefix(Kind::Function), None).await?;
+        let mut seen = Vec::new();
+        for kv in &list.items {
+            let Ok(o) = serde_json::from_slice::<Object>(&kv.value) else {
+                continue;
+            };
+            let name = o.metadata.name.clone();
+            seen.push(name.clone());
+            let version = version_of(&o);
+            let done = self
+                .checked
+                .lock()
+                .is_ok_and(|c| c.get(&name) == Some(&version));
+            if done && o.status["observedGeneration"] == json!(o.metadata.generation) {
+                continue;
+            }
+            let Ok(spec) = serde_json::from_value::<FunctionSpec>(o.spec.clone()) else {
+                continue;
+            };
+            let (phase, message) = match self.host.deploy(&o, &spec).await {
+                Ok(()) => {
+                    if !spec.in_cloud() {
+                        self.host.remove(&name).await;
+                    }
+                    let where_ = if spec.in_cloud() {
+                        "the cloud"
+                    } else {
+                        "edge nodes"
+                    };
+                    ("Ready", format!("loaded; runs on {where_}"))
+                }
+                Err(RtError::Unavailable { message }) if !spec.in_cloud() => {
+                    ("Ready", format!("not checked in the cloud: {message}"))
+                }
+                Err(e) => {
+                    self.host.remove(&name).await;
+                    ("Failed", e.to_string())
+                }
+            };
+            tracing::info!(function = %name, %version, phase, "function checked");
+            let status = json!({
+                "observedGeneration": o.metadata.generation,
+                "phase": phase,
+                "message": message,
+                "runtime": spec.runtime.as_str(),
+                "placement": if spec.in_cloud() { "cloud" } else { "edge" },
+            });
+            let key = object_key(Kind::Function, &name);
+            let generation = o.metadata.generation;
+            let r = modify(&self.store, Kind::Function, &key, &name, None, |cur| {
+                let mut next = cur.clone();
+                if cur.metadata.generation == generation {
+                    next.status = status.clone();
+                }
+                Ok(next)
+            })
+            .await;
+            if let Err(e) = r
+                && e.reason != Reason::NotFound
+            {
+                tracing::warn!(function = %name, error = %e.message, "function status update failed");
+            }
+            if let Ok(mut c) = self.checked.lock() {
+                c.insert(name, version);
+            }
+        }
+        let gone: Vec<String> = self
+            .checked
+            .lock()
+            .map(|c| c.keys().filter(|k| !seen.contains(k)).cloned().collect())
+            .unwrap_or_default();
+        for name in gone {
+            self.host.remove(&name).await;
+            if let Ok(mut c) = self.checked.lock() {
+                c.remove(&name);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,947 @@
+//! The task controller: creates Tasks (with idempotency keys), places them (cloud,
+//! a node, the least loaded matching node, or one child per node for a fan-out),
+//! dispatches them to nodes over the MQTT channel (QoS 1), re-sends unanswered ones,
+//! times them out, records results (inline, or in the artifact store above
+//! [`MAX_INLINE_RESULT`]), cancels, and delivers callbacks.
+//!
+//! Unfinished tasks are kept in an in-memory index (rebuilt from the store at start)
+//! that a loop advances every [`TICK`]; creating a task and receiving a result
+//! advance it at once, so dispatch does not wait for the tick.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use sha2::Digest;
+use tokio::sync::{Notify, oneshot};
+use verge_api::specs::{FunctionSpec, TaskSpec, TaskTarget};
+use verge_api::{API_VERSION, Kind, Object, ObjectMeta, Reason};
+use verge_proto::{Channel, Message, TaskResult};
+use verge_store::{DynStore, Expect};
+
+use super::task_state::*;
+use super::{FunctionHost, callbacks};
+use crate::artifacts::ArtifactStore;
+use crate::error::ApiError;
+use crate::gateway::DynDownlink;
+use crate::http::resources::{kind_prefix, modify, object_key};
+
+/// How often unfinished tasks are looked at.
+pub const TICK: Duration = Duration::from_millis(500);
+/// Unfinished tasks allowed at once; creating more answers 429.
+pub const MAX_ACTIVE_TASKS: usize = 10_000;
+/// Finished tasks are deleted this long after they finished.
+pub const RETENTION_MS: i64 = 24 * 3600 * 1000;
+/// Label on tasks a trigger started.
+pub const LABEL_TRIGGER: &str = "verge.io/trigger";
+/// Label on fan-out children: their parent.
+pub const LABEL_PARENT: &str = "verge.io/parent";
+const KEY_PREFIX: &str = "/system/taskkeys/";
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// A new task id: `t-` and 16 hex digits.
+pub fn new_task_id() -> String {
+    format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub ok: bool,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub reason: Option<String>,
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+}
+
+pub struct Tasks {
+    store: DynStore,
+    host: Arc<FunctionHost>,
+    artifacts: Arc<ArtifactStore>,
+    downlink: OnceLock<DynDownlink>,
+    callback_key: Vec<u8>,
+    http: reqwest::Client,
+    /// Unfinished tasks (and finished ones with a callback to deliver) → node.
+    active: Mutex<HashMap<String, Option<String>>>,
+    delivering: Mutex<HashSet<String>>,
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<TaskStatus>>>>,
+    wake: Notify,
+}
+
+impl Tasks {
+    pub fn new(
+        store: DynStore,
+        host: Arc<FunctionHost>,
+        artifacts: Arc<ArtifactStore>,
+        callback_key: Vec<u8>,
+    ) -> Arc<Self> {
+        let http = callbacks::http_client();
+        Arc::new(Self {
+            store,
+            host,
+            artifacts,
+            downlink: OnceLock::new(),
+            callback_key,
+            http,
+            active: Mutex::new(HashMap::new()),
+            delivering: Mutex::new(HashSet::new()),
+            waiters: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+        })
+    }
+
+    pub fn set_downlink(&self, d: DynDownlink) {
+        let _ = self.downlink.set(d);
+    }
+
+    fn load(&self) -> HashMap<String, usize> {
+        let mut load = HashMap::new();
+        if let Ok(a) = self.active.lock() {
+            for node in a.values().flatten() {
+                *load.entry(node.clone()).or_insert(0) += 1;
+            }
+        }
+        load
+    }
+
+    fn track(&self, name: &str, node: Option<String>) {
+        if let Ok(mut a) = self.active.lock() {
+            a.insert(name.to_string(), node);
+        }
+    }
+
+    fn untrack(&self, name: &str) {
+        if let Ok(mut a) = self.active.lock() {
+            a.remove(name);
+        }
+    }
+
+    /// Creates a task; `(id, created)`: `created` is false when the idempotency key
+    /// was seen before and `id` is that earlier task.
+    pub async fn create(
+        self: &Arc<Self>,
+        spec: TaskSpec,
+        labels: std::collections::BTreeMap<String, String>,
+        trigger: Option<String>,
+    ) -> Result<(String, bool), ApiError> {
+        spec.validate()
+            .map_err(|e| ApiError::invalid(e.field, e.message))?;
+        let function_key = object_key(Kind::Function, &spec.function);
+        if self.store.get(&function_key).await?.is_none() {
+            return Err(
+                ApiError::not_found(format!("function {:?} not found", spec.function))
+                    .field("spec.function"),
+            );
+        }
+        if self.active.lock().map(|a| a.len()).unwrap_or(0) >= MAX_ACTIVE_TASKS {
+            let mut e = ApiError::new(
+                Reason::TooManyRequests,
+                format!("{MAX_ACTIVE_TASKS} tasks are unfinished; retry later"),
+            );
+            e.retry_after = Some(1);
+            return Err(e);
+        }
+        let id = new_task_id();
+        if let Some(key) = &spec.idempotency_key {
+            let record = format!(
+                "{KEY_PREFIX}{}",
+                hex::encode(sha2::Sha256::digest(key.as_bytes()))
+            );
+            match self
+                .store
+                .create(&record, Bytes::from(id.clone()), Default::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(verge_store::Error::AlreadyExists { .. }) => {
+                    if let Some(kv) = self.store.get(&record).await? {
+                        let earlier = String::from_utf8_lossy(&kv.value).to_string();
+                        if self
+                            .store
+                            .get(&object_key(Kind::Task, &earlier))
+                            .await?
+                            .is_some()
+                        {
+                            return Ok((earlier, false));
+                        }
+                        // The earlier task is gone (deleted after retention): a new run.
+                        self.store
+                            .update(
+                                &record,
+                                Bytes::from(id.clone()),
+                                Default::default(),
+                                Expect::Any,
+                            )
+                            .await?;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.insert(&id, spec, labels, trigger, None).await?;
+        self.track(&id, None);
+        self.advance(&id).await;
+        Ok((id, true))
+    }
+
+    async fn insert(
+        &self,
+        id: &str,
+        spec: TaskSpec,
+        labels: std::collections::BTreeMap<String, String>,
+        trigger: Option<String>,
+        parent: Option<String>,
+    ) -> Result<(), ApiError> {
+        let status = TaskStatus {
+            created_at_ms: now_ms(),
+            trigger,
+            parent,
+            ..Default::default()
+        };
+        let obj = Object {
+            api_version: API_VERSION.to_string(),
+            kind: Kind::Task.name().to_string(),
+            metadata: ObjectMeta {
+                name: id.to_string(),
+                labels: labels.clone(),
+                uid: Some(uuid::Uuid::new_v4().to_string()),
+                generation: Some(1),
+                creation_timestamp: Some(crate::auth::now_rfc3339()),
+                ..Default::default()
+            },
+            spec: serde_json::to_value(&spec).map_err(ApiError::internal)?,
+            status: serde_json::to_value(&status).map_err(ApiError::internal)?,
+        };
+        let bytes = serde_json::to_vec(&obj).map_err(ApiError::internal)?;
+        self.store
+            .create(&object_key(Kind::Task, id), bytes.into(), labels)
+            .await?;
+        Ok(())
+    }
+
+    async fn read(&self, name: &str) -> Option<(TaskSpec, TaskStatus, Object)> {
+        let kv = self.store.get(&object_key(Kind::Task, name)).await.ok()??;
+        let o: Object = serde_json::from_slice(&kv.value).ok()?;
+        let spec: TaskSpec = serde_json::from_value(o.spec.clone()).ok()?;
+        let status = TaskStatus::from_value(&o.status);
+        Some((spec, status, o))
+    }
+
+    /// Applies `change` to the stored status; `None` when the task is gone or
+    /// `change` declined (returned false).
+    async fn update(
+        &self,
+        name: &str,
+        change: impl Fn(&mut TaskStatus) -> bool,
+    ) -> Option<TaskStatus> {
+        let key = object_key(Kind::Task, name);
+        let out: Mutex<Option<TaskStatus>> = Mutex::new(None);
+        let r = modify(&self.store, Kind::Task, &key, name, None, |cur| {
+            let mut st = TaskStatus::from_value(&cur.status);
+            let mut next = cur.clone();
+            if change(&mut st) {
+                next.status = serde_json::to_value(&st).map_err(ApiError::internal)?;
+                if let Ok(mut o) = out.lock() {
+                    *o = Some(st);
+                }
+            } else if let Ok(mut o) = out.lock() {
+                *o = None;
+            }
+            Ok(next)
+        })
+        .await;
+        match r {
+            Ok(_) => out.into_inner().ok().flatten(),
+            Err(e) => {
+                if e.reason != Reason::NotFound {
+                    tracing::warn!(task = %name, error = %e.message, "task status update failed");
+                }
+                None
+            }
+        }
+    }
+
+    async fn nodes(&self) -> Vec<NodeView> {
+        let Ok(list) = self.store.list(&kind_prefix(Kind::Node), None).await else {
+            return Vec::new();
+        };
+        list.items
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<Object>(&kv.value).ok())
+            .map(|o| {
+                let connected = o.status["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
+                NodeView {
+                    name: o.metadata.name,
+                    labels: o.metadata.labels,
+                    connected,
+                }
+            })
+            .collect()
+    }
+
+    async fn function(&self, name: &str) -> Option<FunctionSpec> {
+        let kv = self
+            .store
+            .get(&object_key(Kind::Function, name))
+            .await
+            .ok()??;
+        let o: Object = serde_json::from_slice(&kv.value).ok()?;
+        serde_json::from_value(o.spec).ok()
+    }
+
+    /// Moves one task forward (see the module docs).
+    pub async fn advance(self: &Arc<Self>, name: &str) {
+        let Some((spec, status, obj)) = self.read(name).await else {
+            self.untrack(name);
+            return;
+        };
+        let now = now_ms();
+        if status.phase.is_final() {
+            self.after_final(name, &spec, &status, now).await;
+            return;
+        }
+        if !status.children.is_empty() {
+            return self.advance_parent(name, &status).await;
+        }
+        match timing(&spec, &status, now) {
+            Timing::TimedOut(message) => {
+                self.finish(
+                    name,
+                    Outcome {
+                        ok: false,
+                        output: None,
+                        error: Some(message),
+                        reason: Some("TimedOut".into()),
+                        started_at_ms: status.started_at_ms.unwrap_or(now),
+                        finished_at_ms: now,
+                    },
+                    None,
+                )
+                .await;
+                return;
+            }
+            Timing::Redispatch => {
+                if let Some(node) = status.node.clone() {
+                    self.dispatch(name, &spec, &node, &obj).await;
+                }
+                return;
+            }
+            Timing::Fine => {}
+        }
+        if status.phase != Phase::Pending {
+            return;
+        }
+        let Some(function) = self.function(&spec.function).await else {
+            let message = format!("function {:?} not found", spec.function);
+            self.update(name, |st| {
+                let changed = st.reason.as_deref() != Some("FunctionNotFound");
+                st.reason = Some("FunctionNotFound".into());
+                st.message = Some(message.clone());
+                changed
+            })
+            .await;
+            return;
+        };
+        let placement = place(
+            spec.target.as_ref(),
+            &function,
+            &self.nodes().await,
+            &self.load(),
+        );
+        match placement {
+            Placement::Cloud => self.run_in_cloud(name, &spec).await,
+            Placement::Node(node) => self.dispatch(name, &spec, &node, &obj).await,
+            Placement::FanOut(nodes) => self.fan_out(name, &spec, &obj, nodes).await,
+            Placement::Wait { reason, message } | Placement::Fail { reason, message } => {
+                self.update(name, |st| {
+                    let changed = st.reason.as_deref() != Some(reason)
+                        || st.message.as_deref() != Some(message.as_str());
+                    st.reason = Some(reason.to_string());
+                    st.message = Some(message.clone());
+                    changed
+                })
+                .await;
+            }
+        }
+    }
+
+    async fn dispatch(self: &Arc<Self>, name: &str, spec: &TaskSpec, node: &str, obj: &Object) {
+        let now = now_ms();
+        let Some(st) = self
+            .update(name, |st| {
+                if st.phase.is_final() {
+                    return false;
+                }
+                st.phase = Phase::Dispatched;
+                st.node = Some(node.to_string());
+                st.attempts += 1;
+                st.dispatched_at_ms = Some(now);
+                st.reason = None;
+                st.message = None;
+                true
+            })
+            .await
+        else {
+            return;
+        };
+        self.track(name, Some(node.to_string()));
+        let msg = Message::Task(verge_proto::Task {
+            id: name.to_string(),
+            function: spec.function.clone(),
+            input: spec.input.clone().unwrap_or(Value::Null),
+            deadline_ms: now + attempt_timeout_ms(spec),
+            idempotency_key: Some(
+                spec.idempotency_key
+                    .clone()
+                    .unwrap_or_else(|| obj.metadata.uid.clone().unwrap_or(name.to_string())),
+            ),
+        });
+        let sent = self
+            .downlink
+            .get()
+            .is_some_and(|d| d.send(node, Channel::Task, Bytes::from(verge_proto::encode(&msg))));
+        if !sent {
+            tracing::info!(task = %name, %node, attempt = st.attempts, "task not sent now; it is re-sent after its attempt timeout");
+        }
+    }
+
+    async fn run_in_cloud(self: &Arc<Self>, name: &str, spec: &TaskSpec) {
+        let now = now_ms();
+        if self
+            .update(name, |st| {
+                if st.phase != Phase::Pending {
+                    return false;
+                }
+                st.phase = Phase::Running;
+                st.node = Some("cloud".into());
+                st.attempts += 1;
+                st.started_at_ms = Some(now);
+                st.reason = None;
+                st.message = None;
+                true
+            })
+            .await
+            .is_none()
+        {
+            return;
+        }
+        self.track(name, Some("cloud".into()));
+        let this = self.clone();
+        let name = name.to_string();
+        let function = spec.function.clone();
+        let input = spec.input.clone().unwrap_or(Value::Null);
+        let timeout = Duration::from_millis(attempt_timeout_ms(spec) as u64);
+        tokio::spawn(async move {
+            let started = now_ms();
+            let r = tokio::time::timeout(
+                timeout,
+                this.host
+                    .invoke(&function, verge_runtime::Input::Json(input)),
+            )
+            .await;
+            let outcome = match r {
+                Ok(Ok(inv)) => Outcome {
+                    ok: true,
+                    output: Some(super::output_json(inv.output)),
+                    error: None,
+                    reason: None,
+                    started_at_ms: started,
+                    finished_at_ms: now_ms(),
+                },
+                Ok(Err(e)) => Outcome {
+                    ok: false,
+                    output: None,
+                    error: Some(super::describe_error(&e)),
+                    reason: Some(super::error_reason(&e).into()),
+                    started_at_ms: started,
+                    finished_at_ms: now_ms(),
+                },
+                Err(_) => Outcome {
+                    ok: false,
+                    output: None,
+                    error: Some(format!("no result within {} s", timeout.as_secs())),
+                    reason: Some("TimedOut".into()),
+                    started_at_ms: started,
+                    finished_at_ms: now_ms(),
+                },
+            };
+            this.finish(&name, outcome, Some("cloud")).await;
+        });
+    }
+
+    async fn fan_out(
+        self: &Arc<Self>,
+        name: &str,
+        spec: &TaskSpec,
+        obj: &Object,
+        nodes: Vec<String>,
+    ) {
+        let mut children = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let child = format!("{name}-{i}");
+            let child_spec = TaskSpec {
+                target: Some(TaskTarget {
+                    node: Some(node.clone()),
+                    node_selector: None,
+                    fanout: None,
+                }),
+                callback_url: None,
+                idempotency_key: Some(format!(
+                    "{}/{node}",
+                    spec.idempotency_key.clone().unwrap_or_else(|| obj
+                        .metadata
+                        .uid
+                        .clone()
+                        .unwrap_or(name.to_string()))
+                ))
+                .filter(|k| k.len() <= verge_api::limits::MAX_IDEMPOTENCY_KEY_LEN),
+                ..spec.clone()
+            };
+            let mut labels = obj.metadata.labels.clone();
+            labels.insert(LABEL_PARENT.into(), name.to_string());
+            match self
+                .insert(&child, child_spec, labels, None, Some(name.to_string()))
+                .await
+            {
+                Ok(())
+                | Err(ApiError {
+                    reason: Reason::AlreadyExists,
+                    ..
+                }) => {}
+                Err(e) => {
+                    tracing::warn!(task = %name, error = %e.message, "could not create a fan-out child");
+                    return;
+                }
+            }
+            children.push(Child {
+                name: child,
+                node: node.clone(),
+                phase: Phase::Pending,
+            });
+        }
+        let now = now_ms();
+        self.update(name, |st| {
+            if st.phase != Phase::Pending {
+                return false;
+            }
+            st.phase = Phase::Running;
+            st.started_at_ms = Some(now);
+            st.children = children.clone();
+            st.reason = None;
+            st.message = None;
+            true
+        })
+        .await;
+        for c in &children {
+            self.track(&c.name, None);
+        }
+        self.wake.notify_one();
+    }
+
+    async fn advance_parent(self: &Arc<Self>, name: &str, status: &TaskStatus) {
+        let mut children = status.children.clone();
+        for c in &mut children {
+            if let Some((_, st, _)) = self.read(&c.name).await {
+                c.phase = st.phase;
+            }
+        }
+        let phase = parent_phase(&children);
+        if !phase.is_final() {
+            if children != status.children {
+                self.update(name, |st| {
+                    st.children = children.clone();
+                    true
+                })
+                .await;
+            }
+            return;
+        }
+        let now = now_ms();
+        let failed: Vec<&str> = children
+            .iter()
+            .filter(|c| c.phase != Phase::Succeeded)
+            .map(|c| c.node.as_str())
+            .collect();
+        let outcome = Outcome {
+            ok: phase == Phase::Succeeded,
+            output: Some(json!({
+                "children": children.iter().map(|c| json!({"task": c.name, "node": c.node, "phase": c.phase})).collect::<Vec<_>>()
+            })),
+            error: (!failed.is_empty())
+                .then(|| format!("failed on node(s): {}", failed.join(", "))),
+            reason: None,
+            started_at_ms: status.started_at_ms.unwrap_or(now),
+            finished_at_ms: now,
+        };
+        self.update(name, |st| {
+            st.children = children.clone();
+            true
+        })
+        .await;
+        self.finish(name, outcome, None).await;
+    }
+
+    /// Records how a task ended (once: a task already final is left alone).
+    pub async fn finish(self: &Arc<Self>, name: &str, outcome: Outcome, from_node: Option<&str>) {
+        let (result, result_url, result_bytes) = match &outcome.output {
+            Some(v) => {
+                let bytes = serde_json::to_vec(v).unwrap_or_default();
+                if bytes.len() > MAX_INLINE_RESULT {
+                    match self.artifacts.put_bytes(&bytes) {
+                        Ok(sha) => (
+                            None,
+                            Some(format!("/api/v1/artifacts/{sha}")),
+                            Some(bytes.len() as u64),
+                        ),
+                        Err(e) => {
+                            tracing::warn!(task = %name, error = %e, "could not store a large result");
+                            (None, None, Some(bytes.len() as u64))
+                        }
+                    }
+                } else {
+                    (Some(v.clone()), None, Some(bytes.len() as u64))
+                }
+            }
+            None => (None, None, None),
+        };
+        let spec_cb = self.read(name).await.and_then(|(s, _, _)| s.callback_url);
+        let Some(st) = self
+            .update(name, |st| {
+                if st.phase.is_final() {
+                    return false;
+                }
+                if let (Some(node), Some(expected)) = (from_node, st.node.as_deref())
+                    && node != expected
+                {
+                    return false;
+                }
+                st.phase = if outcome.ok {
+                    Phase::Succeeded
+                } else if outcome.reason.as_deref() == Some("TimedOut") {
+                    Phase::TimedOut
+                } else {
+                    Phase::Failed
+                };
+                st.started_at_ms.get_or_insert(outcome.started_at_ms);
+                st.finished_at_ms = Some(outcome.finished_at_ms);
+                st.result = result.clone();
+                st.result_url = result_url.clone();
+                st.result_bytes = result_bytes;
+                st.error = outcome.error.clone();
+                st.reason = outcome.reason.clone();
+                st.message = None;
+                if spec_cb.is_some() {
+                    st.callback = Some(CallbackStatus {
+                        next_attempt_ms: Some(outcome.finished_at_ms),
+                        ..Default::default()
+                    });
+                }
+                true
+            })
+            .await
+        else {
+            return;
+        };
+        self.settled(name, &st).await;
+    }
+
+    /// A task reached a final phase: wake waiters, the parent, the callback.
+    async fn settled(self: &Arc<Self>, name: &str, st: &TaskStatus) {
+        if let Ok(mut w) = self.waiters.lock()
+            && let Some(list) = w.remove(name)
+        {
+            for tx in list {
+                let _ = tx.send(st.clone());
+            }
+        }
+        if st.callback.is_some() {
+            self.track(name, None);
+            self.wake.notify_one();
+        } else {
+            self.untrack(name);
+        }
+        if let Some(parent) = &st.parent {
+            // Advanced by the loop, woken now (no recursion into `advance` here).
+            self.track(parent, None);
+            self.wake.notify_one();
+        }
+    }
+
+    async fn after_final(self: &Arc<Self>, name: &str, spec: &TaskSpec, st: &TaskStatus, now: i64) {
+        let Some(cb) = &st.callback else {
+            self.untrack(name);
+            return;
+        };
+        if cb.state != CallbackState::Pending {
+            self.untrack(name);
+            return;
+        }
+        let Some(url) = spec.callback_url.clone() else {
+            self.untrack(name);
+            return;
+        };
+        if cb.next_attempt_ms.is_some_and(|t| t > now) {
+            return;
+        }
+        if let Ok(mut d) = self.delivering.lock()
+            && !d.insert(name.to_string())
+        {
+            return;
+        }
+        let attempt = cb.attempts + 1;
+        let body = serde_json::to_vec(&json!({
+            "taskId": name,
+            "function": spec.function,
+            "phase": st.phase,
+            "node": st.node,
+            "attempts": st.attempts,
+            "result": st.result,
+            "resultUrl": st.result_url,
+            "error": st.error,
+            "startedAtMs": st.started_at_ms,
+            "finishedAtMs": st.finished_at_ms,
+        }))
+        .unwrap_or_default();
+        let this = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let r = callbacks::deliver(&this.http, &url, &this.callback_key, &name, attempt, &body)
+                .await;
+            let now = now_ms();
+            this.update(&name, |st| {
+                let Some(cb) = st.callback.as_mut() else {
+                    return false;
+                };
+                cb.attempts = attempt;
+                match &r {
+                    Ok(code) => {
+                        cb.state = CallbackState::Delivered;
+                        cb.last_status = Some(*code);
+                        cb.last_error = None;
+                        cb.next_attempt_ms = None;
+                    }
+                    Err((code, why)) => {
+                        cb.last_status = *code;
+                        cb.last_error = Some(why.clone());
+                        if attempt >= callbacks::MAX_ATTEMPTS {
+                            cb.state = CallbackState::DeadLettered;
+                            cb.next_attempt_ms = None;
+                        } else {
+                            cb.next_attempt_ms =
+                                Some(now + callbacks::backoff(attempt + 1).as_millis() as i64);
+                        }
+                    }
+                }
+                true
+            })
+            .await;
+            match &r {
+                Ok(_) => tracing::info!(task = %name, attempt, "callback delivered"),
+                Err((_, why)) => {
+                    tracing::info!(task = %name, attempt, %why, "callback attempt failed")
+                }
+            }
+            if let Ok(mut d) = this.delivering.lock() {
+                d.remove(&name);
+            }
+            this.wake.notify_one();
+        });
+    }
+
+    /// A node reported a result.
+    pub async fn on_result(self: &Arc<Self>, node: &str, r: &TaskResult) {
+        let outcome = Outcome {
+            ok: r.ok,
+            output: r.output.clone(),
+            error: r.error.clone(),
+            reason: (!r.ok).then(|| {
+                if r.error.as_deref().is_some_and(|e| e.starts_with("Timeout")) {
+                    "TimedOut".to_string()
+                } else {
+                    "HandlerError".to_string()
+                }
+            }),
+            started_at_ms: r.started_at_ms,
+            finished_at_ms: r.finished_at_ms,
+        };
+        if let (Some(trigger), Some(function)) = (&r.trigger, &r.function)
+            && self.read(&r.id).await.is_none()
+        {
+            // Started by a trigger on the node: recorded here once (the id is unique
+            // per trigger, node and fire time).
+            let spec = TaskSpec {
+                function: function.clone(),
+                input: None,
+                target: Some(TaskTarget {
+                    node: Some(node.to_string()),
+                    node_selector: None,
+                    fanout: None,
+                }),
+                callback_url: None,
+                idempotency_key: None,
+                timeout_seconds: None,
+                max_attempts: None,
+            };
+            let labels =
+                std::collections::BTreeMap::from([(LABEL_TRIGGER.to_string(), trigger.clone())]);
+            match self
+                .insert(&r.id, spec, labels, Some(trigger.clone()), None)
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.reason == Reason::AlreadyExists => {}
+                Err(e) => {
+                    tracing::warn!(task = %r.id, error = %e.message, "could not record a triggered task");
+                    return;
+                }
+            }
+            let node_owned = node.to_string();
+            self.update(&r.id, |st| {
+                if st.node.is_some() {
+                    return false;
+                }
+                st.phase = Phase::Dispatched;
+                st.node = Some(node_owned.clone());
+                st.attempts = 1;
+                true
+            })
+            .await;
+        }
+        self.finish(&r.id, outcome, Some(node)).await;
+    }
+
+    /// Cancels an unfinished task (and its fan-out children). A node already running
+    /// it finishes, and that result is ignored.
+    pub async fn cancel(self: &Arc<Self>, name: &str) -> Result<TaskStatus, ApiError> {
+        let Some((_, status, _)) = self.read(name).await else {
+            return Err(ApiError::not_found(format!("task {name:?} not found")));
+        };
+        if status.phase.is_final() {
+            return Err(ApiError::new(
+                Reason::Conflict,
+                format!("task {name:?} already finished ({})", status.phase.as_str()),
+            ));
+        }
+        for c in &status.children {
+            let _ = Box::pin(self.cancel(&c.name)).await;
+        }
+        let now = now_ms();
+        let st = self
+            .update(name, |st| {
+                if st.phase.is_final() {
+                    return false;
+                }
+                st.phase = Phase::Cancelled;
+                st.finished_at_ms = Some(now);
+                st.reason = Some("Cancelled".into());
+                true
+            })
+            .await
+            .ok_or_else(|| {
+                ApiError::new(Reason::Conflict, format!("task {name:?} already finished"))
+            })?;
+        self.settled(name, &st).await;
+        Ok(st)
+    }
+
+    /// Waits until task `name` is final (at most `timeout`); its status then.
+    pub async fn wait(&self, name: &str, timeout: Duration) -> Option<TaskStatus> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut w) = self.waiters.lock() {
+            w.entry(name.to_string()).or_default().push(tx);
+        }
+        if let Some((_, st, _)) = self.read(name).await
+            && st.phase.is_final()
+        {
+            return Some(st);
+        }
+        let r = tokio::time::timeout(timeout, rx)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if r.is_none()
+            && let Ok(mut w) = self.waiters.lock()
+            && let Some(list) = w.get_mut(name)
+        {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                w.remove(name);
+            }
+        }
+        r
+    }
+
+    /// The loop: rebuilds the index, then advances every tracked task each tick, and
+    /// deletes finished tasks after [`RETENTION_MS`].
+    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        if let Ok(list) = self.store.list(&kind_prefix(Kind::Task), None).await {
+            for kv in &list.items {
+                let Ok(o) = serde_json::from_slice::<Object>(&kv.value) else {
+                    continue;
+                };
+                let st = TaskStatus::from_value(&o.status);
+                let pending_callback = st
+                    .callback
+                    .as_ref()
+                    .is_some_and(|c| c.state == CallbackState::Pending);
+                if !st.phase.is_final() || pending_callback {
+                    self.track(&o.metadata.name, st.node.clone());
+                }
+            }
+        }
+        let mut last_prune = 0i64;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = self.wake.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+            let names: Vec<String> = self
+                .active
+                .lock()
+                .map(|a| a.keys().cloned().collect())
+                .unwrap_or_default();
+            for name in names {
+                self.advance(&name).await;
+            }
+            let now = now_ms();
+            if now - last_prune > 60_000 {
+                last_prune = now;
+                self.prune(now).await;
+            }
+        }
+    }
+
+    async fn prune(&self, now: i64) {
+        let Ok(list) = self.store.list(&kind_prefix(Kind::Task), None).await else {
+            return;
+        };
+        for kv in &list.items {
+            let Ok(o) = serde_json::from_slice::<Object>(&kv.value) else {
+                continue;
+            };
+            let st = TaskStatus::from_value(&o.status);
+            if st.phase.is_final()
+                && st.finished_at_ms.is_some_and(|f| now - f > RETENTION_MS)
+                && !self
+                    .active
+                    .lock()
+                    .is_ok_and(|a| a.contains_key(&o.metadata.name))
+            {
+                let _ = self
+                    .store
+                    .delete(&kv.key, Expect::ModRevision(kv.mod_revision))
+                    .await;
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The runtime's one error type. Messages name what failed so a caller can return them
+//! to the user as they are.
+
+use std::time::Duration;
+
+/// Everything an invocation or a deployment can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No function of that name is deployed (or it was removed meanwhile).
+    #[error("function {name:?} is not deployed")]
+    NotFound { name: String },
+    /// Every worker is busy and the function's queue is full.
+    #[error("function {name:?} is at capacity (queue full); retry after {retry_after:?}")]
+    QueueFull { name: String, retry_after: Duration },
+    /// The invocation ran past the function's timeout; its worker was killed.
+    #[error("function timed out after {after:?}")]
+    Timeout { after: Duration, logs: String },
+    /// The handler raised (or a builtin returned an error).
+    #[error("{error_type}: {message}")]
+    Handler {
+        error_type: String,
+        message: String,
+        traceback: String,
+        logs: String,
+    },
+    /// The worker process died during the invocation (signal, exit, memory, protocol).
+    #[error("worker crashed: {message}")]
+    WorkerCrashed { message: String, logs: String },
+    /// The function could not be loaded: the interpreter's own message.
+    #[error("function failed to load: {message}")]
+    Load { message: String },
+    /// The input does not fit the function (bad JSON, too large).
+    #[error("bad input: {message}")]
+    BadInput { message: String },
+    /// The interpreter the function needs is not installed.
+    #[error("{message}")]
+    Unavailable { message: String },
+    /// The function definition itself is invalid (empty name, bad handler, zero limits).
+    #[error("invalid function definition: {message}")]
+    Invalid { message: String },
+    /// A file or socket operation of the runtime failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The captured output that came with the failure, if any.
+    pub fn logs(&self) -> &str {
+        match self {
+            Error::Timeout { logs, .. }
+            | Error::Handler { logs, .. }
+            | Error::WorkerCrashed { logs, .. } => logs,
+            _ => "",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
