@@ -636,9 +636,8 @@ async fn watch_orders_resumes_and_reports_compaction() -> Result<()> {
     for i in 0..20 {
         api.admin(
             M::POST,
-            "/api/v1/tasks",
-            Some(json!({"apiVersion": "verge.dev/v1", "kind": "Task",
-            "metadata": {"name": format!("t{i}")}, "spec": {"function": "f"}})),
+            "/api/v1/configs",
+            Some(config(&format!("filler{i}"), "x")),
         )
         .await?;
     }

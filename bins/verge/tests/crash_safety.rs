@@ -19,9 +19,10 @@ const WRITERS: usize = 8;
 /// name -> (input value acknowledged, resourceVersion acknowledged)
 type Acked = Arc<Mutex<HashMap<String, (u64, i64)>>>;
 
-fn task(name: &str, v: u64) -> Value {
-    json!({"apiVersion": "verge.dev/v1", "kind": "Task",
-        "metadata": {"name": name}, "spec": {"function": "f", "input": {"v": v}}})
+/// A Config (a plain stored kind: no controller acts on it).
+fn object(name: &str, v: u64) -> Value {
+    json!({"apiVersion": "verge.dev/v1", "kind": "Config",
+        "metadata": {"name": name}, "spec": {"data": {"v": v.to_string()}}})
 }
 
 async fn writer(
@@ -40,20 +41,20 @@ async fn writer(
         let (method, path, name) = if n.is_multiple_of(3) {
             (
                 reqwest::Method::PUT,
-                format!("/api/v1/tasks/{counter}"),
+                format!("/api/v1/configs/{counter}"),
                 counter.clone(),
             )
         } else {
             (
                 reqwest::Method::POST,
-                "/api/v1/tasks".to_string(),
+                "/api/v1/configs".to_string(),
                 format!("t-{n}"),
             )
         };
         let resp = http
             .request(method, format!("{url}{path}"))
             .bearer_auth(&token)
-            .json(&task(&name, n))
+            .json(&object(&name, n))
             .timeout(Duration::from_secs(5))
             .send()
             .await;
@@ -83,9 +84,9 @@ async fn acknowledged_writes_survive_sigkill() -> Result<()> {
     let http = cloud.client()?;
     for id in 0..WRITERS {
         let r = http
-            .post(format!("{}/api/v1/tasks", cloud.url))
+            .post(format!("{}/api/v1/configs", cloud.url))
             .bearer_auth(&cloud.admin_token)
-            .json(&task(&format!("counter-{id}"), 0))
+            .json(&object(&format!("counter-{id}"), 0))
             .send()
             .await?;
         assert!(r.status().is_success());
@@ -120,7 +121,7 @@ async fn acknowledged_writes_survive_sigkill() -> Result<()> {
         // Every acknowledged write is there, with the acknowledged content.
         let list: Value = cloud
             .client()?
-            .get(format!("{}/api/v1/tasks", cloud.url))
+            .get(format!("{}/api/v1/configs", cloud.url))
             .bearer_auth(&cloud.admin_token)
             .send()
             .await?
@@ -138,7 +139,10 @@ async fn acknowledged_writes_survive_sigkill() -> Result<()> {
                 (
                     i["metadata"]["name"].as_str().unwrap().to_string(),
                     (
-                        i["spec"]["input"]["v"].as_u64().unwrap_or(0),
+                        i["spec"]["data"]["v"]
+                            .as_str()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0),
                         i["metadata"]["resourceVersion"]
                             .as_str()
                             .unwrap()
