@@ -285,6 +285,10 @@ impl<'a> Session<'a> {
     /// One connection.
     async fn run(self) -> SessionEnd {
         let (client, mut events) = AsyncClient::new(self.opts.clone(), 128);
+        // Small messages (task results, acks) go out at once, not after Nagle's delay.
+        let mut net = events.network_options();
+        net.set_tcp_nodelay(true);
+        events.set_network_options(net);
         let mut connected = false;
         let mut tags: VecDeque<Tag> = VecDeque::new();
         let mut in_flight: HashMap<u16, u64> = HashMap::new();
@@ -382,7 +386,13 @@ impl<'a> Session<'a> {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     self.enqueue_status();
                 }
-                _ = flush.tick(), if connected && in_flight.len() < self.cfg.max_in_flight => {
+                // On the tick, or at once when a task result was queued.
+                _ = async {
+                    tokio::select! {
+                        _ = flush.tick() => {}
+                        _ = self.state.queued() => {}
+                    }
+                }, if connected && in_flight.len() < self.cfg.max_in_flight => {
                     let room = self.cfg.max_in_flight - in_flight.len();
                     let q = self.state.queue().clone();
                     let items = tokio::task::spawn_blocking(move || q.peek(room + 64, now_ms()))

@@ -394,7 +394,10 @@ async fn run_task(state: &Arc<EdgeState>, runtime: &Runtime, task: Task, trigger
     })
     .await;
     match pushed {
-        Ok(Ok(seq)) => tracing::debug!(task = %task.id, seq, "task result queued"),
+        Ok(Ok(seq)) => {
+            state.notify_queued();
+            tracing::debug!(task = %task.id, seq, "task result queued");
+        }
         Ok(Err(e)) => {
             tracing::warn!(task = %task.id, error = %e, "could not queue the task result")
         }

@@ -405,9 +405,9 @@ async fn post_result(state: Arc<EdgeState>, req: Request<Incoming>) -> Resp {
     if let Err(e) = verge_proto::encode_checked(&verge_proto::Message::TaskResult(result.clone())) {
         return bad_request(format!("result: {e}"));
     }
+    let st = state.clone();
     let pushed = tokio::task::spawn_blocking(move || {
-        state
-            .queue()
+        st.queue()
             .push_with(verge_proto::Channel::Result, now, |seq| {
                 let mut r = result;
                 r.seq = seq;
@@ -416,7 +416,10 @@ async fn post_result(state: Arc<EdgeState>, req: Request<Incoming>) -> Resp {
     })
     .await;
     match pushed {
-        Ok(Ok(seq)) => json_response(StatusCode::ACCEPTED, &serde_json::json!({ "seq": seq })),
+        Ok(Ok(seq)) => {
+            state.notify_queued();
+            json_response(StatusCode::ACCEPTED, &serde_json::json!({ "seq": seq }))
+        }
         Ok(Err(e @ Error::QueueFull { .. })) => {
             error(StatusCode::INSUFFICIENT_STORAGE, "QueueFull", e.to_string())
         }

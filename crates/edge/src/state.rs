@@ -35,6 +35,8 @@ pub struct EdgeState {
     apps_changed: Notify,
     /// Desired state was applied (wakes the function manager).
     functions_desired: Notify,
+    /// Something urgent (a task result) was queued: wakes the uplink's flush.
+    queued: Notify,
     /// The function runtime (for the local API's invoke), once functions run.
     runtime: OnceLock<verge_runtime::Runtime>,
     /// Where tasks the cloud dispatches go, once functions run.
@@ -65,6 +67,7 @@ impl EdgeState {
             desired: Notify::new(),
             apps_changed: Notify::new(),
             functions_desired: Notify::new(),
+            queued: Notify::new(),
             runtime: OnceLock::new(),
             tasks: OnceLock::new(),
         }
@@ -128,6 +131,17 @@ impl EdgeState {
     pub fn notify_desired(&self) {
         self.desired.notify_one();
         self.functions_desired.notify_one();
+    }
+
+    /// A task result was queued: the uplink sends it now rather than on its next
+    /// flush tick.
+    pub fn notify_queued(&self) {
+        self.queued.notify_one();
+    }
+
+    /// Resolves after the next [`Self::notify_queued`].
+    pub async fn queued(&self) {
+        self.queued.notified().await
     }
 
     /// Like [`Self::desired_changed`], for the function manager (each listener has
