@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use verge_api::Object;
 use verge_api::specs::{FunctionSpec, Schedule, TriggerSpec};
 use verge_proto::{Channel, LogLine, LogStream, Message, Task, TaskResult};
-use verge_runtime::{Input, Output, Runtime, Source};
+use verge_runtime::{Input, Runtime, Source};
 
 use crate::engine::native::Fetcher;
 use crate::error::Result;
@@ -49,37 +49,6 @@ pub struct Functions {
     inbox: mpsc::Receiver<Task>,
     /// name → version deployed.
     deployed: HashMap<String, String>,
-}
-
-/// The JSON of an output (bytes as `{contentType, base64}`).
-pub fn output_json(output: Output) -> Value {
-    use base64::Engine;
-    match output {
-        Output::Json(v) => v,
-        Output::Bytes { content_type, data } => serde_json::json!({
-            "contentType": content_type,
-            "base64": base64::engine::general_purpose::STANDARD.encode(&data),
-        }),
-    }
-}
-
-/// One line (and traceback) saying why an invocation failed, within the result
-/// channel's error bound.
-pub fn describe_error(e: &verge_runtime::Error) -> String {
-    let s = match e {
-        verge_runtime::Error::Handler {
-            error_type,
-            message,
-            traceback,
-            ..
-        } if !traceback.is_empty() => format!("{error_type}: {message}\n{traceback}"),
-        verge_runtime::Error::Timeout { after, .. } => format!(
-            "Timeout: no result within {:.1} s; the worker was replaced",
-            after.as_secs_f64()
-        ),
-        other => other.to_string(),
-    };
-    truncated(s, verge_proto::MAX_TASK_ERROR)
 }
 
 fn truncated(mut s: String, max: usize) -> String {
@@ -349,11 +318,11 @@ async fn run_task(state: &Arc<EdgeState>, runtime: &Runtime, task: Task, trigger
         {
             Ok(Ok(inv)) => {
                 ship_invocation_logs(state, &task, &inv.logs);
-                Ok(output_json(inv.output))
+                Ok(inv.output.into_json())
             }
             Ok(Err(e)) => {
                 ship_invocation_logs(state, &task, e.logs());
-                Err(describe_error(&e))
+                Err(e.describe(verge_proto::MAX_TASK_ERROR))
             }
             Err(_) => Err(format!(
                 "Timeout: no result before the task's deadline ({} ms)",

@@ -364,25 +364,25 @@ fn bad_request(message: String) -> Resp {
     error(StatusCode::BAD_REQUEST, "BadRequest", message)
 }
 
+/// The whole request body, at most `max` bytes (else 413 naming `what`).
+async fn read_body(req: Request<Incoming>, max: usize, what: &str) -> Result<Bytes, Resp> {
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLarge",
+            format!("{what} may be at most {max} bytes"),
+        )),
+        Err(e) => Err(bad_request(format!("reading the body: {e}"))),
+    }
+}
+
 /// `POST /v1/results`: checks the report, gives it the next sequence number and
 /// queues it for the cloud.
 async fn post_result(state: Arc<EdgeState>, req: Request<Incoming>) -> Resp {
-    let body = match Limited::new(req.into_body(), MAX_RESULT_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return if e.is::<http_body_util::LengthLimitError>() {
-                error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "PayloadTooLarge",
-                    format!("a result body may be at most {MAX_RESULT_BODY} bytes"),
-                )
-            } else {
-                bad_request(format!("reading the body: {e}"))
-            };
-        }
+    let body = match read_body(req, MAX_RESULT_BODY, "a result body").await {
+        Ok(b) => b,
+        Err(resp) => return resp,
     };
     let report: ResultReport = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -451,22 +451,9 @@ async fn invoke_function(state: Arc<EdgeState>, name: &str, req: Request<Incomin
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    let body = match Limited::new(req.into_body(), MAX_INVOKE_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return if e.is::<http_body_util::LengthLimitError>() {
-                error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "PayloadTooLarge",
-                    format!("an invoke body may be at most {MAX_INVOKE_BODY} bytes"),
-                )
-            } else {
-                bad_request(format!("reading the body: {e}"))
-            };
-        }
+    let body = match read_body(req, MAX_INVOKE_BODY, "an invoke body").await {
+        Ok(b) => b,
+        Err(resp) => return resp,
     };
     let input = if content_type.split(';').next().unwrap_or("").trim() == "application/json" {
         if body.is_empty() {

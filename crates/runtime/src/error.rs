@@ -55,6 +55,33 @@ impl Error {
         }
     }
 
+    /// What a task's `error` says: the message, with the traceback of a handler error,
+    /// at most `max` bytes (cut at a character boundary, marked).
+    pub fn describe(&self, max: usize) -> String {
+        let mut s = match self {
+            Error::Handler {
+                error_type,
+                message,
+                traceback,
+                ..
+            } if !traceback.is_empty() => format!("{error_type}: {message}\n{traceback}"),
+            Error::Timeout { after, .. } => format!(
+                "Timeout: no result within {:.1} s; the worker was replaced",
+                after.as_secs_f64()
+            ),
+            other => other.to_string(),
+        };
+        if s.len() > max {
+            let mut cut = max.saturating_sub(16);
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            s.truncate(cut);
+            s.push_str(" [... truncated]");
+        }
+        s
+    }
+
     /// The captured output that came with the failure, if any.
     pub fn logs(&self) -> &str {
         match self {
@@ -67,3 +94,30 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_includes_the_traceback_and_stays_within_bounds() {
+        let e = Error::Handler {
+            error_type: "ValueError".into(),
+            message: "bad".into(),
+            traceback: "File \"handler.py\", line 5\n".into(),
+            logs: String::new(),
+        };
+        assert_eq!(e.describe(4096), "ValueError: bad\nFile \"handler.py\", line 5\n");
+        let long = Error::Load {
+            message: "é".repeat(5000),
+        };
+        let d = long.describe(4096);
+        assert!(d.len() <= 4096, "{}", d.len());
+        assert!(d.ends_with(" [... truncated]"));
+        let t = Error::Timeout {
+            after: Duration::from_millis(1500),
+            logs: String::new(),
+        };
+        assert!(t.describe(100).starts_with("Timeout: no result within 1.5 s"));
+    }
+}

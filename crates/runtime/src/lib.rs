@@ -137,6 +137,21 @@ pub enum Output {
     Bytes { content_type: String, data: Bytes },
 }
 
+impl Output {
+    /// The JSON form of an output: the value, or `{contentType, base64}` for bytes
+    /// (how task results carry bytes).
+    pub fn into_json(self) -> serde_json::Value {
+        use base64::Engine;
+        match self {
+            Output::Json(v) => v,
+            Output::Bytes { content_type, data } => serde_json::json!({
+                "contentType": content_type,
+                "base64": base64::engine::general_purpose::STANDARD.encode(&data),
+            }),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Invocation {
     pub output: Output,

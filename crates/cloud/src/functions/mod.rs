@@ -18,11 +18,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
-use serde_json::{Value, json};
+use serde_json::json;
 use verge_api::specs::FunctionSpec;
 use verge_api::{Kind, Object, Reason};
-use verge_runtime::{Error as RtError, Input, Output, Runtime, Source};
+use verge_runtime::{Error as RtError, Input, Runtime, Source};
 use verge_store::DynStore;
 
 use crate::error::ApiError;
@@ -35,45 +34,6 @@ pub type Registry = verge_runtime::Registry;
 pub struct Functions {
     pub host: Arc<FunctionHost>,
     pub tasks: Arc<tasks::Tasks>,
-}
-
-/// JSON form of an output: the value, or `{contentType, base64}` for bytes.
-pub fn output_json(output: Output) -> Value {
-    match output {
-        Output::Json(v) => v,
-        Output::Bytes { content_type, data } => json!({
-            "contentType": content_type,
-            "base64": base64::engine::general_purpose::STANDARD.encode(&data),
-        }),
-    }
-}
-
-/// One line (plus traceback) saying why an invocation failed.
-pub fn describe_error(e: &RtError) -> String {
-    let mut s = match e {
-        RtError::Handler {
-            error_type,
-            message,
-            traceback,
-            ..
-        } if !traceback.is_empty() => format!("{error_type}: {message}\n{traceback}"),
-        RtError::Timeout { after, .. } => {
-            format!(
-                "Timeout: no result within {:.1} s; the worker was replaced",
-                after.as_secs_f64()
-            )
-        }
-        other => other.to_string(),
-    };
-    if s.len() > verge_proto::MAX_TASK_ERROR {
-        let mut cut = verge_proto::MAX_TASK_ERROR - 20;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str(" [... truncated]");
-    }
-    s
 }
 
 /// The `reason` of a failed task for this error.

@@ -451,7 +451,7 @@ impl Tasks {
             let outcome = match r {
                 Ok(Ok(inv)) => Outcome {
                     ok: true,
-                    output: Some(super::output_json(inv.output)),
+                    output: Some(inv.output.into_json()),
                     error: None,
                     reason: None,
                     started_at_ms: started,
@@ -460,7 +460,7 @@ impl Tasks {
                 Ok(Err(e)) => Outcome {
                     ok: false,
                     output: None,
-                    error: Some(super::describe_error(&e)),
+                    error: Some(e.describe(verge_proto::MAX_TASK_ERROR)),
                     reason: Some(super::error_reason(&e).into()),
                     started_at_ms: started,
                     finished_at_ms: now_ms(),

@@ -235,7 +235,7 @@ fn runtime_failure(e: &verge_runtime::Error) -> Response {
         E::Timeout { .. } => failure(
             StatusCode::GATEWAY_TIMEOUT,
             "Timeout",
-            crate::functions::describe_error(e),
+            e.describe(verge_proto::MAX_TASK_ERROR),
             json!({ "logs": logs }),
         ),
         E::WorkerCrashed { .. } => failure(
