@@ -107,7 +107,10 @@ mod tests {
             traceback: "File \"handler.py\", line 5\n".into(),
             logs: String::new(),
         };
-        assert_eq!(e.describe(4096), "ValueError: bad\nFile \"handler.py\", line 5\n");
+        assert_eq!(
+            e.describe(4096),
+            "ValueError: bad\nFile \"handler.py\", line 5\n"
+        );
         let long = Error::Load {
             message: "é".repeat(5000),
         };
@@ -118,6 +121,9 @@ mod tests {
             after: Duration::from_millis(1500),
             logs: String::new(),
         };
-        assert!(t.describe(100).starts_with("Timeout: no result within 1.5 s"));
+        assert!(
+            t.describe(100)
+                .starts_with("Timeout: no result within 1.5 s")
+        );
     }
 }
