@@ -175,14 +175,12 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
     for (i, n) in names.iter().enumerate() {
         let d = dirs.path().join(n);
         let site = format!("site={}", ["sh", "bj", "gz"][i]);
-        let out = Edge::join(&edge_bin, &cloud, &token, n, &["tier=edge", &site], &d)?;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        edges.push(Edge::start(
+        edges.push(Edge::join_and_start(
             &edge_bin,
+            &cloud,
+            &token,
+            n,
+            &["tier=edge", &site],
             &d,
             &[
                 "--heartbeat-interval",
@@ -199,12 +197,7 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
             ],
         )?);
     }
-    for n in &names {
-        eventually(Duration::from_secs(30), "node Ready", async || {
-            (cloud.node_phase(n).await.as_deref() == Some("Ready")).then_some(())
-        })
-        .await?;
-    }
+    cloud.wait_ready(&names).await?;
 
     let healthy =
         json!({"exec": {"command": ["/bin/true"]}, "intervalSeconds": 1, "failureThreshold": 1});

@@ -133,24 +133,17 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
     for (i, n) in names.iter().enumerate() {
         let d = dirs.path().join(n);
         let site = format!("site={}", ["sh", "bj", "gz"][i]);
-        let out = Edge::join(&edge_bin, &cloud, &token, n, &["tier=edge", &site], &d)?;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        edges.push(Edge::start(
+        edges.push(Edge::join_and_start(
             &edge_bin,
+            &cloud,
+            &token,
+            n,
+            &["tier=edge", &site],
             &d,
             &["--heartbeat-interval", "1s", "--status-interval", "5s"],
         )?);
     }
-    for n in &names {
-        eventually(Duration::from_secs(30), "node Ready", async || {
-            (cloud.node_phase(n).await.as_deref() == Some("Ready")).then_some(())
-        })
-        .await?;
-    }
+    cloud.wait_ready(&names).await?;
 
     // Artifacts.
     let sleeper = artifact(

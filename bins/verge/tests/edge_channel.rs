@@ -47,12 +47,7 @@ async fn join_ready_sync_offline_and_reconnect() -> Result<()> {
     let args = ["--heartbeat-interval", "1s"];
     let mut a = Edge::start(&edge_bin, &da, &args)?;
     let _b = Edge::start(&edge_bin, &db, &args)?;
-    for n in ["node-a", "node-b"] {
-        eventually(Duration::from_secs(30), "node Ready", async || {
-            (cloud.node_phase(n).await.as_deref() == Some("Ready")).then_some(())
-        })
-        .await?;
-    }
+    cloud.wait_ready(&["node-a", "node-b"]).await?;
     // Status reports arrived too (through the store-and-forward queue).
     let node = eventually(Duration::from_secs(30), "nodeInfo", async || {
         let v = cloud

@@ -154,12 +154,7 @@ async fn nodes_work_through_an_external_mosquitto() -> Result<()> {
     let args = ["--heartbeat-interval", "1s"];
     let a = Edge::start(&edge_bin, &da, &args)?;
     let mut b = Edge::start(&edge_bin, &db, &args)?;
-    for n in ["node-a", "node-b"] {
-        eventually(Duration::from_secs(30), "node Ready", async || {
-            (cloud.node_phase(n).await.as_deref() == Some("Ready")).then_some(())
-        })
-        .await?;
-    }
+    cloud.wait_ready(&["node-a", "node-b"]).await?;
 
     // node-b's certificate listens on node-a's topics (and a wildcard) while a Config
     // for site=a is delivered: the broker's ACL gives it nothing.

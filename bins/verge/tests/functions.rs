@@ -226,21 +226,16 @@ async fn functions_invoke_tasks_callbacks_triggers_offline() -> Result<()> {
     let node = format!("fn-a-{}", std::process::id());
     let dirs = tempfile::tempdir()?;
     let d = dirs.path().join(&node);
-    let out = Edge::join(&edge_bin, &cloud, &token, &node, &["region=eu"], &d)?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _edge = Edge::start(
+    let _edge = Edge::join_and_start(
         &edge_bin,
+        &cloud,
+        &token,
+        &node,
+        &["region=eu"],
         &d,
         &["--heartbeat-interval", "1s", "--status-interval", "5s"],
     )?;
-    eventually(Duration::from_secs(30), "node Ready", async || {
-        (cloud.node_phase(&node).await.as_deref() == Some("Ready")).then_some(())
-    })
-    .await?;
+    cloud.wait_ready(&[&node]).await?;
 
     // --- verge fn init + deploy, Python and Node; invoked on the node.
     let work = dirs.path().join("fns");

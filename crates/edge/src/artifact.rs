@@ -182,6 +182,74 @@ async fn sync_dir(dir: &Path) {
     }
 }
 
+/// Where artifacts come from.
+#[derive(Clone)]
+pub struct Fetcher {
+    /// The cloud's API base (`https://host:port`).
+    pub cloud: String,
+    /// Authenticates as the node (mutual TLS).
+    pub client: reqwest::Client,
+}
+
+/// Marker written into an unpacked directory, holding the artifact's digest.
+const READY_MARKER: &str = ".verge-ready";
+
+/// Makes `dir` hold the unpacked `artifact` (native apps, function code): nothing to do
+/// when its ready marker names the digest; else downloaded into `downloads` (from
+/// `artifact.url`, or the cloud's store with the node's certificate), verified,
+/// unpacked afresh, marked. A bad archive is not kept: the next attempt downloads again.
+pub async fn install(
+    fetcher: Option<&Fetcher>,
+    artifact: &verge_api::specs::ArtifactRef,
+    downloads: &Path,
+    dir: &Path,
+    max_bytes: u64,
+) -> Result<()> {
+    let marker = dir.join(READY_MARKER);
+    if std::fs::read_to_string(&marker).is_ok_and(|s| s.trim() == artifact.sha256) {
+        return Ok(());
+    }
+    let archive = downloads.join(&artifact.sha256);
+    let (url, client) = match (&artifact.url, fetcher) {
+        (Some(u), Some(f)) if u.starts_with("https://") => (u.clone(), f.client.clone()),
+        (Some(u), _) => (
+            u.clone(),
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(Duration::from_secs(60))
+                .build()
+                .map_err(|e| Error::Http {
+                    url: u.clone(),
+                    message: e.to_string(),
+                })?,
+        ),
+        (None, Some(f)) => (artifact_url(&f.cloud, &artifact.sha256), f.client.clone()),
+        (None, None) => {
+            return Err(Error::Invalid(format!(
+                "no artifact URL and no cloud to fetch sha256:{} from",
+                artifact.sha256
+            )));
+        }
+    };
+    fetch(&client, &url, &artifact.sha256, &archive, max_bytes).await?;
+    let (a, d) = (archive.clone(), dir.to_path_buf());
+    let unpacked = tokio::task::spawn_blocking(move || {
+        if d.exists() {
+            std::fs::remove_dir_all(&d).map_err(io_err(&d))?;
+        }
+        unpack(&a, &d)
+    })
+    .await
+    .map_err(|e| Error::Invalid(format!("unpack task: {e}")))?;
+    if let Err(e) = unpacked {
+        let _ = std::fs::remove_file(&archive);
+        return Err(e);
+    }
+    std::fs::write(&marker, &artifact.sha256).map_err(io_err(&marker))?;
+    let _ = std::fs::remove_file(&archive);
+    Ok(())
+}
+
 /// Downloads `url` to `dest`, verified against `sha256` (64 hex digits), refusing
 /// more than `max_bytes`. Resumes from `dest.partial` when an earlier attempt left
 /// one. When `dest` already holds the right content, nothing is downloaded.

@@ -28,7 +28,7 @@ use verge_api::specs::{FunctionSpec, Schedule, TriggerSpec};
 use verge_proto::{Channel, LogLine, LogStream, Message, Task, TaskResult};
 use verge_runtime::{Input, Runtime, Source};
 
-use crate::engine::native::Fetcher;
+use crate::artifact::Fetcher;
 use crate::error::Result;
 use crate::state::EdgeState;
 
@@ -189,33 +189,15 @@ impl Functions {
             (Some(code), _) => Source::Inline(code.clone()),
             (None, Some(artifact)) => {
                 let dir = self.root.join("code").join(name).join(&artifact.sha256);
-                let marker = dir.join(".verge-ready");
-                if !marker.exists() {
-                    let fetcher = self
-                        .fetcher
-                        .as_ref()
-                        .ok_or("no cloud to fetch the code artifact from")?;
-                    let url = artifact.url.clone().unwrap_or_else(|| {
-                        crate::artifact::artifact_url(&fetcher.cloud, &artifact.sha256)
-                    });
-                    let archive = self.root.join(".downloads").join(&artifact.sha256);
-                    crate::artifact::fetch(
-                        &fetcher.client,
-                        &url,
-                        &artifact.sha256,
-                        &archive,
-                        MAX_CODE_ARTIFACT,
-                    )
-                    .await
-                    .map_err(|e| format!("fetching the code: {e}"))?;
-                    let (a, d) = (archive.clone(), dir.clone());
-                    tokio::task::spawn_blocking(move || crate::artifact::unpack(&a, &d))
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .map_err(|e| format!("unpacking the code: {e}"))?;
-                    std::fs::write(&marker, &artifact.sha256).map_err(|e| e.to_string())?;
-                    let _ = std::fs::remove_file(&archive);
-                }
+                crate::artifact::install(
+                    self.fetcher.as_ref(),
+                    artifact,
+                    &self.root.join(".downloads"),
+                    &dir,
+                    MAX_CODE_ARTIFACT,
+                )
+                .await
+                .map_err(|e| format!("installing the code: {e}"))?;
                 Source::Dir(dir)
             }
             (None, None) => Source::None,

@@ -470,7 +470,6 @@ async fn invoke_function(state: Arc<EdgeState>, name: &str, req: Request<Incomin
             data: body,
         }
     };
-    use verge_runtime::Error as E;
     match runtime.invoke(name, input).await {
         Ok(inv) => {
             let mut resp = match inv.output {
@@ -490,40 +489,12 @@ async fn invoke_function(state: Arc<EdgeState>, name: &str, req: Request<Incomin
             resp
         }
         Err(e) => {
-            let (status, reason) = match &e {
-                E::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
-                E::BadInput { .. } => (StatusCode::BAD_REQUEST, "BadRequest"),
-                E::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
-                E::Handler { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "HandlerError"),
-                E::WorkerCrashed { .. } => (StatusCode::BAD_GATEWAY, "WorkerCrashed"),
-                E::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
-                E::Load { .. } | E::Unavailable { .. } => {
-                    (StatusCode::SERVICE_UNAVAILABLE, "Unavailable")
-                }
-                _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
-            };
-            let mut body = serde_json::json!({
-                "reason": reason,
-                "message": e.to_string(),
-                "logs": e.logs(),
-            });
-            if let E::Handler {
-                error_type,
-                message,
-                traceback,
-                ..
-            } = &e
-            {
-                body["error"] = serde_json::json!({
-                    "type": error_type, "message": message, "traceback": traceback,
-                });
-            }
-            let mut resp = json_response(status, &body);
-            if let E::QueueFull { retry_after, .. } = &e
-                && let Ok(v) =
-                    http::HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
-            {
-                resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+            let status =
+                StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut resp = json_response(status, &e.to_json());
+            if let Some(secs) = e.retry_after_secs() {
+                resp.headers_mut()
+                    .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
             }
             resp
         }

@@ -55,6 +55,65 @@ impl Error {
         }
     }
 
+    /// The machine-readable reason an API answers with (`HandlerError`, `Timeout`, ...).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::NotFound { .. } => "NotFound",
+            Error::QueueFull { .. } => "TooManyRequests",
+            Error::Timeout { .. } => "Timeout",
+            Error::Handler { .. } => "HandlerError",
+            Error::WorkerCrashed { .. } => "WorkerCrashed",
+            Error::BadInput { .. } => "BadRequest",
+            Error::Load { .. } | Error::Unavailable { .. } => "Unavailable",
+            Error::Invalid { .. } | Error::Io { .. } => "InternalError",
+        }
+    }
+
+    /// The HTTP status of a failed invocation: 404 not deployed, 400 bad input, 429
+    /// queue full, 500 the handler raised, 502 the worker crashed, 503 the code does not
+    /// load, 504 timeout.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::NotFound { .. } => 404,
+            Error::BadInput { .. } => 400,
+            Error::QueueFull { .. } => 429,
+            Error::Handler { .. } | Error::Invalid { .. } | Error::Io { .. } => 500,
+            Error::WorkerCrashed { .. } => 502,
+            Error::Load { .. } | Error::Unavailable { .. } => 503,
+            Error::Timeout { .. } => 504,
+        }
+    }
+
+    /// The body of a failed invocation's answer: `{reason, message, logs, error?}`,
+    /// `error` being `{type, message, traceback}` when the handler raised.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut body = serde_json::json!({
+            "reason": self.reason(),
+            "message": self.to_string(),
+            "logs": self.logs(),
+        });
+        if let Error::Handler {
+            error_type,
+            message,
+            traceback,
+            ..
+        } = self
+        {
+            body["error"] = serde_json::json!({
+                "type": error_type, "message": message, "traceback": traceback,
+            });
+        }
+        body
+    }
+
+    /// `Retry-After` seconds for a full queue.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Error::QueueFull { retry_after, .. } => Some(retry_after.as_secs().max(1)),
+            _ => None,
+        }
+    }
+
     /// What a task's `error` says: the message, with the traceback of a handler error,
     /// at most `max` bytes (cut at a character boundary, marked).
     pub fn describe(&self, max: usize) -> String {

@@ -195,6 +195,20 @@ impl Cloud {
         Ok(v)
     }
 
+    /// Waits (up to 30 s) until every one of `nodes` is Ready.
+    pub async fn wait_ready(&self, nodes: &[impl AsRef<str>]) -> Result<()> {
+        for n in nodes {
+            let n = n.as_ref();
+            eventually(
+                Duration::from_secs(30),
+                &format!("node {n} Ready"),
+                async || (self.node_phase(n).await.as_deref() == Some("Ready")).then_some(()),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// A bootstrap token (`id.secret`) good for `uses` joins.
     pub async fn bootstrap_token(&self, uses: u32) -> Result<String> {
         let tok = self
@@ -327,6 +341,25 @@ impl Edge {
             cmd.args(["--label", l]);
         }
         Ok(cmd.output()?)
+    }
+
+    /// `verge-edge join` (which must succeed), then `verge-edge run` with `args`.
+    pub fn join_and_start(
+        bin: &Path,
+        cloud: &Cloud,
+        token: &str,
+        name: &str,
+        labels: &[&str],
+        data_dir: &Path,
+        args: &[&str],
+    ) -> Result<Self> {
+        let out = Self::join(bin, cloud, token, name, labels, data_dir)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "verge-edge join {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self::start(bin, data_dir, args)
     }
 
     pub fn start(bin: &Path, data_dir: &Path, args: &[&str]) -> Result<Self> {

@@ -24,7 +24,6 @@ use verge_api::{Kind, Object, Reason};
 use verge_runtime::{Error as RtError, Input, Runtime, Source};
 use verge_store::DynStore;
 
-use crate::error::ApiError;
 use crate::http::resources::{kind_prefix, modify, object_key};
 
 /// Builtin functions the cloud offers (the binary fills the registry).
@@ -36,45 +35,10 @@ pub struct Functions {
     pub tasks: Arc<tasks::Tasks>,
 }
 
-/// The `reason` of a failed task for this error.
-pub fn error_reason(e: &RtError) -> &'static str {
-    match e {
-        RtError::Timeout { .. } => "TimedOut",
-        RtError::Handler { .. } => "HandlerError",
-        RtError::WorkerCrashed { .. } => "WorkerCrashed",
-        RtError::BadInput { .. } => "BadInput",
-        RtError::QueueFull { .. } => "QueueFull",
-        RtError::NotFound { .. } => "FunctionNotFound",
-        RtError::Load { .. } => "LoadFailed",
-        _ => "Unavailable",
-    }
-}
-
-/// The API answer for a failed invocation (see `POST /api/v1/functions/{name}/invoke`).
-pub fn invoke_error(e: &RtError) -> ApiError {
-    match e {
-        RtError::NotFound { name } => {
-            ApiError::not_found(format!("function {name:?} is not deployed in the cloud"))
-        }
-        RtError::QueueFull { retry_after, .. } => {
-            let mut err = ApiError::new(Reason::TooManyRequests, e.to_string());
-            err.retry_after = Some(retry_after.as_secs().max(1));
-            err
-        }
-        RtError::BadInput { .. } => ApiError::bad_request(e.to_string()).field("body"),
-        RtError::Load { .. } | RtError::Unavailable { .. } => {
-            ApiError::new(Reason::Unavailable, e.to_string())
-        }
-        _ => ApiError::internal(e),
-    }
-}
-
 /// The cloud's runtime and how to build pool definitions from Function objects.
 pub struct FunctionHost {
     runtime: Runtime,
     store: DynStore,
-    /// name → version deployed.
-    deployed: Mutex<HashMap<String, String>>,
 }
 
 /// Version string of a Function object: changes with its uid or generation.
@@ -95,7 +59,6 @@ impl FunctionHost {
         Arc::new(Self {
             runtime: Runtime::new(config),
             store,
-            deployed: Mutex::new(HashMap::new()),
         })
     }
 
@@ -119,18 +82,11 @@ impl FunctionHost {
             (None, None) => Source::None,
         };
         let def = verge_runtime::spec::def_from_spec(&o.metadata.name, &version, spec, source);
-        self.runtime.deploy(def).await?;
-        if let Ok(mut d) = self.deployed.lock() {
-            d.insert(o.metadata.name.clone(), version);
-        }
-        Ok(())
+        self.runtime.deploy(def).await
     }
 
     pub async fn remove(&self, name: &str) {
         self.runtime.remove(name).await;
-        if let Ok(mut d) = self.deployed.lock() {
-            d.remove(name);
-        }
     }
 
     /// Invokes a cloud-placed function, deploying it first if the controller has not

@@ -233,19 +233,19 @@ impl Tasks {
         Some((spec, status, o))
     }
 
-    /// Applies `change` to the stored status; `None` when the task is gone or
-    /// `change` declined (returned false).
+    /// Applies `change` to the stored status (it also sees the stored object); `None`
+    /// when the task is gone or `change` declined (returned false).
     async fn update(
         &self,
         name: &str,
-        change: impl Fn(&mut TaskStatus) -> bool,
+        change: impl Fn(&mut TaskStatus, &Object) -> bool,
     ) -> Option<TaskStatus> {
         let key = object_key(Kind::Task, name);
         let out: Mutex<Option<TaskStatus>> = Mutex::new(None);
         let r = modify(&self.store, Kind::Task, &key, name, None, |cur| {
             let mut st = TaskStatus::from_value(&cur.status);
             let mut next = cur.clone();
-            if change(&mut st) {
+            if change(&mut st, cur) {
                 next.status = serde_json::to_value(&st).map_err(ApiError::internal)?;
                 if let Ok(mut o) = out.lock() {
                     *o = Some(st);
@@ -342,7 +342,7 @@ impl Tasks {
         }
         let Some(function) = self.function(&spec.function).await else {
             let message = format!("function {:?} not found", spec.function);
-            self.update(name, |st| {
+            self.update(name, |st, _| {
                 let changed = st.reason.as_deref() != Some("FunctionNotFound");
                 st.reason = Some("FunctionNotFound".into());
                 st.message = Some(message.clone());
@@ -351,18 +351,19 @@ impl Tasks {
             .await;
             return;
         };
-        let placement = place(
-            spec.target.as_ref(),
-            &function,
-            &self.nodes().await,
-            &self.load(),
-        );
+        // A cloud run needs no node list (read from the store otherwise).
+        let nodes = if spec.target.is_none() && function.in_cloud() {
+            Vec::new()
+        } else {
+            self.nodes().await
+        };
+        let placement = place(spec.target.as_ref(), &function, &nodes, &self.load());
         match placement {
             Placement::Cloud => self.run_in_cloud(name, &spec).await,
             Placement::Node(node) => self.dispatch(name, &spec, &node, &obj).await,
             Placement::FanOut(nodes) => self.fan_out(name, &spec, &obj, nodes).await,
             Placement::Wait { reason, message } | Placement::Fail { reason, message } => {
-                self.update(name, |st| {
+                self.update(name, |st, _| {
                     let changed = st.reason.as_deref() != Some(reason)
                         || st.message.as_deref() != Some(message.as_str());
                     st.reason = Some(reason.to_string());
@@ -377,7 +378,7 @@ impl Tasks {
     async fn dispatch(self: &Arc<Self>, name: &str, spec: &TaskSpec, node: &str, obj: &Object) {
         let now = now_ms();
         let Some(st) = self
-            .update(name, |st| {
+            .update(name, |st, _| {
                 if st.phase.is_final() {
                     return false;
                 }
@@ -417,7 +418,7 @@ impl Tasks {
     async fn run_in_cloud(self: &Arc<Self>, name: &str, spec: &TaskSpec) {
         let now = now_ms();
         if self
-            .update(name, |st| {
+            .update(name, |st, _| {
                 if st.phase != Phase::Pending {
                     return false;
                 }
@@ -461,7 +462,11 @@ impl Tasks {
                     ok: false,
                     output: None,
                     error: Some(e.describe(verge_proto::MAX_TASK_ERROR)),
-                    reason: Some(super::error_reason(&e).into()),
+                    // `TimedOut` makes the phase TimedOut (see `finish`).
+                    reason: Some(match e {
+                        verge_runtime::Error::Timeout { .. } => "TimedOut".into(),
+                        _ => e.reason().into(),
+                    }),
                     started_at_ms: started,
                     finished_at_ms: now_ms(),
                 },
@@ -529,7 +534,7 @@ impl Tasks {
             });
         }
         let now = now_ms();
-        self.update(name, |st| {
+        self.update(name, |st, _| {
             if st.phase != Phase::Pending {
                 return false;
             }
@@ -557,7 +562,7 @@ impl Tasks {
         let phase = parent_phase(&children);
         if !phase.is_final() {
             if children != status.children {
-                self.update(name, |st| {
+                self.update(name, |st, _| {
                     st.children = children.clone();
                     true
                 })
@@ -582,7 +587,7 @@ impl Tasks {
             started_at_ms: status.started_at_ms.unwrap_or(now),
             finished_at_ms: now,
         };
-        self.update(name, |st| {
+        self.update(name, |st, _| {
             st.children = children.clone();
             true
         })
@@ -613,9 +618,8 @@ impl Tasks {
             }
             None => (None, None, None),
         };
-        let spec_cb = self.read(name).await.and_then(|(s, _, _)| s.callback_url);
         let Some(st) = self
-            .update(name, |st| {
+            .update(name, |st, cur| {
                 if st.phase.is_final() {
                     return false;
                 }
@@ -639,7 +643,7 @@ impl Tasks {
                 st.error = outcome.error.clone();
                 st.reason = outcome.reason.clone();
                 st.message = None;
-                if spec_cb.is_some() {
+                if cur.spec["callbackUrl"].is_string() {
                     st.callback = Some(CallbackStatus {
                         next_attempt_ms: Some(outcome.finished_at_ms),
                         ..Default::default()
@@ -717,7 +721,7 @@ impl Tasks {
             let r = callbacks::deliver(&this.http, &url, &this.callback_key, &name, attempt, &body)
                 .await;
             let now = now_ms();
-            this.update(&name, |st| {
+            this.update(&name, |st, _| {
                 let Some(cb) = st.callback.as_mut() else {
                     return false;
                 };
@@ -805,7 +809,7 @@ impl Tasks {
                 }
             }
             let node_owned = node.to_string();
-            self.update(&r.id, |st| {
+            self.update(&r.id, |st, _| {
                 if st.node.is_some() {
                     return false;
                 }
@@ -836,7 +840,7 @@ impl Tasks {
         }
         let now = now_ms();
         let st = self
-            .update(name, |st| {
+            .update(name, |st, _| {
                 if st.phase.is_final() {
                     return false;
                 }

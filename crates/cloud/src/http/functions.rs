@@ -40,15 +40,9 @@ pub struct InvokeQuery {
     timeout_seconds: Option<u64>,
 }
 
-/// The failure answer of an invocation: `{reason, message, error: {type, message,
-/// traceback}, logs}` with 500 (handler raised), 502 (worker crashed), 504 (timeout).
-fn failure(status: StatusCode, reason: &str, message: String, extra: Value) -> Response {
-    let mut body = json!({ "reason": reason, "message": message });
-    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            b.insert(k.clone(), v.clone());
-        }
-    }
+/// A failed task as an invoke answer: `{reason, message, taskId}`.
+fn task_failure(status: StatusCode, reason: &str, message: String, id: &str) -> Response {
+    let body = json!({ "reason": reason, "message": message, "taskId": id });
     (status, Json(body)).into_response()
 }
 
@@ -188,19 +182,19 @@ fn task_answer(id: &str, s: &TaskStatus) -> Response {
             }
             (None, None) => Json(Value::Null).into_response(),
         },
-        Phase::TimedOut => failure(
+        Phase::TimedOut => task_failure(
             StatusCode::GATEWAY_TIMEOUT,
             "Timeout",
             s.error.clone().unwrap_or_default(),
-            json!({ "taskId": id }),
+            id,
         ),
-        _ => failure(
+        _ => task_failure(
             StatusCode::INTERNAL_SERVER_ERROR,
             s.reason.as_deref().unwrap_or("FunctionError"),
             s.error
                 .clone()
                 .unwrap_or_else(|| s.phase.as_str().to_string()),
-            json!({ "taskId": id }),
+            id,
         ),
     };
     let h = resp.headers_mut();
@@ -217,35 +211,15 @@ fn task_answer(id: &str, s: &TaskStatus) -> Response {
     resp
 }
 
+/// A failed cloud invocation: the runtime's status and body (`Error::to_json`).
 fn runtime_failure(e: &verge_runtime::Error) -> Response {
-    use verge_runtime::Error as E;
-    let logs = e.logs().to_string();
-    match e {
-        E::Handler {
-            error_type,
-            message,
-            traceback,
-            ..
-        } => failure(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "HandlerError",
-            format!("{error_type}: {message}"),
-            json!({ "error": { "type": error_type, "message": message, "traceback": traceback }, "logs": logs }),
-        ),
-        E::Timeout { .. } => failure(
-            StatusCode::GATEWAY_TIMEOUT,
-            "Timeout",
-            e.describe(verge_proto::MAX_TASK_ERROR),
-            json!({ "logs": logs }),
-        ),
-        E::WorkerCrashed { .. } => failure(
-            StatusCode::BAD_GATEWAY,
-            "WorkerCrashed",
-            e.to_string(),
-            json!({ "logs": logs }),
-        ),
-        other => crate::functions::invoke_error(other).into_response(),
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (status, Json(e.to_json())).into_response();
+    if let Some(secs) = e.retry_after_secs() {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
+    resp
 }
 
 /// `POST /api/v1/tasks`.

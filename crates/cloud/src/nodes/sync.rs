@@ -369,27 +369,8 @@ impl Sync {
     ) -> bool {
         cache.revision = cache.revision.max(revision);
         if let Some(name) = key.strip_prefix(CONFIG_PREFIX) {
-            match kind {
-                EventKind::Delete => {
-                    cache.configs.remove(name);
-                }
-                EventKind::Put => {
-                    // Parsed once here; a spec that does not parse (stored objects are
-                    // validated, so never) matches no node, as before.
-                    if let Ok(mut o) = serde_json::from_slice::<Object>(value) {
-                        match serde_json::from_value::<ConfigSpec>(o.spec.clone()) {
-                            Ok(spec) => {
-                                o.metadata.resource_version = Some(revision.to_string());
-                                cache.configs.insert(name.to_string(), (revision, o, spec));
-                            }
-                            Err(_) => {
-                                cache.configs.remove(name);
-                            }
-                        }
-                    }
-                }
-            }
-            return true;
+            // Parsed once here, matched per node.
+            return Self::apply_spec(&mut cache.configs, name, kind, value, revision);
         }
         if let Some(name) = key.strip_prefix(FUNCTION_PREFIX) {
             return Self::apply_spec(&mut cache.functions, name, kind, value, revision);
@@ -430,8 +411,9 @@ impl Sync {
         false
     }
 
-    /// Keeps `map[name]` at the stored object without its status (a status write sends
-    /// nothing). Returns whether what nodes get changed.
+    /// Keeps `map[name]` at the stored object (Config, Function, Trigger) with its spec
+    /// parsed, without its status (a status write sends nothing). Returns whether what
+    /// nodes get changed.
     fn apply_spec<S: serde::de::DeserializeOwned>(
         map: &mut BTreeMap<String, (i64, Object, S)>,
         name: &str,
@@ -454,6 +436,7 @@ impl Sync {
         if let Some((_, old, _)) = map.get(name)
             && old.spec == o.spec
             && old.metadata.labels == o.metadata.labels
+            && old.metadata.annotations == o.metadata.annotations
         {
             return false;
         }

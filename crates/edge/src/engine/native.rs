@@ -153,14 +153,7 @@ impl NativeHandle {
     }
 }
 
-/// Where artifacts come from.
-#[derive(Clone)]
-pub struct Fetcher {
-    /// The cloud's API base (`https://host:port`).
-    pub cloud: String,
-    /// Authenticates as the node (mutual TLS).
-    pub client: reqwest::Client,
-}
+pub use crate::artifact::Fetcher;
 
 pub struct NativeEngine {
     root: PathBuf,
@@ -531,61 +524,14 @@ impl Engine for NativeEngine {
     async fn prepare(&self, spec: &InstanceSpec) -> Result<()> {
         let n = Self::native(spec)?;
         let dir = self.app_dir(&spec.key.app, &spec.version);
-        let marker = dir.join(".verge-ready");
-        if std::fs::read_to_string(&marker).is_ok_and(|s| s.trim() == n.artifact.sha256) {
-            return Ok(());
-        }
-        let downloads = self.root.join(".downloads");
-        let archive = downloads.join(&n.artifact.sha256);
-        let (url, client) = match (&n.artifact.url, &self.fetcher) {
-            (Some(u), Some(f)) if u.starts_with("https://") => (u.clone(), f.client.clone()),
-            (Some(u), _) => (
-                u.clone(),
-                reqwest::Client::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .read_timeout(Duration::from_secs(60))
-                    .build()
-                    .map_err(|e| Error::Http {
-                        url: u.clone(),
-                        message: e.to_string(),
-                    })?,
-            ),
-            (None, Some(f)) => (
-                crate::artifact::artifact_url(&f.cloud, &n.artifact.sha256),
-                f.client.clone(),
-            ),
-            (None, None) => {
-                return Err(Error::Invalid(format!(
-                    "app {}: no artifact URL and no cloud to fetch sha256:{} from",
-                    spec.key.app, n.artifact.sha256
-                )));
-            }
-        };
-        crate::artifact::fetch(
-            &client,
-            &url,
-            &n.artifact.sha256,
-            &archive,
+        crate::artifact::install(
+            self.fetcher.as_ref(),
+            &n.artifact,
+            &self.root.join(".downloads"),
+            &dir,
             MAX_ARTIFACT_BYTES,
         )
-        .await?;
-        let (a, d) = (archive.clone(), dir.clone());
-        let unpacked = tokio::task::spawn_blocking(move || {
-            if d.exists() {
-                std::fs::remove_dir_all(&d).map_err(io_err(&d))?;
-            }
-            crate::artifact::unpack(&a, &d)
-        })
         .await
-        .map_err(|e| Error::Invalid(format!("unpack task: {e}")))?;
-        if let Err(e) = unpacked {
-            // A bad archive is not kept: the next attempt downloads again.
-            let _ = std::fs::remove_file(&archive);
-            return Err(e);
-        }
-        std::fs::write(&marker, &n.artifact.sha256).map_err(io_err(&marker))?;
-        let _ = std::fs::remove_file(&archive);
-        Ok(())
     }
 
     async fn start(&self, spec: &InstanceSpec) -> Result<(NativeHandle, Enforcement)> {
