@@ -1,0 +1,1 @@
+//! Fetching source images by URL, with an SSRF guard. (Being written.)

@@ -1,0 +1,1 @@
+//! The imgproxy-compatible URL format. (Being written.)

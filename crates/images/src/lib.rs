@@ -1,0 +1,14 @@
+//! `verge-images`: the image service around `verge-imaging`.
+//!
+//! - [`imgproxy`]: the imgproxy-compatible URL format (`/{signature}/{options}/plain/{source}@{ext}`
+//!   and the base64 source form), its HMAC-SHA256 signatures, and the mapping of its
+//!   processing options onto a `verge_imaging::Pipeline`. Pure; no I/O.
+//! - [`fetch`]: fetching source images by URL with an SSRF guard (allow-list, private and
+//!   loopback addresses blocked unless allowed, size cap, redirect limit, timeout).
+
+pub mod fetch;
+pub mod imgproxy;
+
+mod error;
+
+pub use error::{Error, Result};
