@@ -330,7 +330,7 @@ async fn run(a: RunArgs) -> Result<()> {
     let functions = verge_edge::functions::Functions::for_node(
         state.clone(),
         &identity,
-        Arc::new(verge_runtime::Registry::with_defaults()),
+        Arc::new(builtins(&identity, &a.data_dir)?),
     )?;
     let functions_task = tokio::spawn(functions.run(stop_rx.clone()));
 
@@ -422,6 +422,63 @@ fn configs_table(items: &[serde_json::Value]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The builtin functions of an edge node: the runtime's own and the image pack, whose
+/// `{"artifact": ...}` sources are downloaded from the cloud with the node's certificate
+/// and `{"url": ...}` sources fetched under the default SSRF policy (public addresses only).
+fn builtins(identity: &Identity, data_dir: &Path) -> Result<verge_runtime::Registry> {
+    let fetcher = verge_images::fetch::Fetcher::new(verge_images::fetch::FetchPolicy::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut env = verge_images::functions::ImageEnv::new(fetcher);
+    env.artifacts = Some(Arc::new(EdgeArtifacts {
+        fetcher: verge_edge::artifact::Fetcher {
+            cloud: identity.cloud.clone(),
+            client: verge_edge::artifact::node_https_client(identity)?,
+        },
+        dir: data_dir.join("image-sources"),
+    }));
+    let mut r = verge_runtime::Registry::with_defaults();
+    verge_images::functions::register(&mut r, Arc::new(env));
+    Ok(r)
+}
+
+/// Artifacts read from the cloud's store, verified against their digest.
+struct EdgeArtifacts {
+    fetcher: verge_edge::artifact::Fetcher,
+    dir: PathBuf,
+}
+
+impl verge_images::functions::ArtifactSource for EdgeArtifacts {
+    fn read<'a>(
+        &'a self,
+        sha256: &'a str,
+        max_bytes: u64,
+    ) -> futures::future::BoxFuture<'a, verge_images::Result<bytes::Bytes>> {
+        Box::pin(async move {
+            let url = verge_edge::artifact::artifact_url(&self.fetcher.cloud, sha256);
+            let unreachable = |e: &dyn std::fmt::Display| verge_images::Error::SourceUnreachable {
+                url: url.clone(),
+                message: e.to_string(),
+            };
+            tokio::fs::create_dir_all(&self.dir)
+                .await
+                .map_err(|e| unreachable(&e))?;
+            // A file per call (concurrent calls never share one), verified, read, removed.
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dest = self.dir.join(format!("{sha256}.{n}"));
+            let got =
+                verge_edge::artifact::fetch(&self.fetcher.client, &url, sha256, &dest, max_bytes)
+                    .await;
+            let out = match got {
+                Ok(path) => tokio::fs::read(&path).await.map_err(|e| unreachable(&e)),
+                Err(e) => Err(unreachable(&e)),
+            };
+            let _ = tokio::fs::remove_file(&dest).await;
+            out.map(bytes::Bytes::from)
+        })
+    }
 }
 
 #[cfg(test)]

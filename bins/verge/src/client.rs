@@ -139,6 +139,11 @@ impl Client {
         })
     }
 
+    /// The server's base URL (`https://host:port`).
+    pub fn server(&self) -> &str {
+        &self.base
+    }
+
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{}", self.base, path))

@@ -20,13 +20,21 @@ pub fn dev_home() -> Result<PathBuf> {
 
 pub async fn run(
     listen: SocketAddr,
+    images: &crate::images::ImageServiceArgs,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let home = dev_home()?;
     let addr_file = home.join(files::API_ADDR);
     let _ = std::fs::remove_file(&addr_file);
     let mut cfg = CloudConfig::new(&home, listen);
-    cfg.builtins = std::sync::Arc::new(crate::builtins::registry());
+    let image_env = crate::images::cloud_env(&home, images)?;
+    cfg.builtins = std::sync::Arc::new(crate::builtins::registry(image_env.clone()));
+    cfg.mounts = vec![crate::images::img_mount(
+        &home,
+        images,
+        image_env.clone(),
+        true,
+    )?];
     cfg.mqtt_listen = Some(SocketAddr::new(listen.ip(), 8883));
     // One shutdown signal for the control plane and the local edge node.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -51,7 +59,14 @@ pub async fn run(
     if let Err(e) = example_function(&admin).await {
         eprintln!("warning: could not deploy the example function: {e:#}");
     }
-    let edge = dev_edge(&home, &admin, stopped(stop_rx.clone()));
+    match crate::images::install(&Client::new(&admin)?, None).await {
+        Ok(_) => outln!(
+            "Image functions: `verge image list`; signed /img URLs: `verge image url` (keys in {}).",
+            home.join(crate::images::KEYS_FILE).display()
+        ),
+        Err(e) => eprintln!("warning: could not create the image functions: {e:#}"),
+    }
+    let edge = dev_edge(&home, &admin, image_env, stopped(stop_rx.clone()));
     tokio::pin!(edge);
     let mut edge_done = false;
     loop {
@@ -73,6 +88,7 @@ pub async fn run(
 async fn dev_edge(
     home: &std::path::Path,
     admin: &ClientConfig,
+    images: std::sync::Arc<verge_images::functions::ImageEnv>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let dir = home.join("edge");
@@ -136,7 +152,7 @@ async fn dev_edge(
     let functions = verge_edge::functions::Functions::for_node(
         state.clone(),
         &identity,
-        std::sync::Arc::new(crate::builtins::registry()),
+        std::sync::Arc::new(crate::builtins::registry(images)),
     )?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_workloads = {

@@ -31,12 +31,14 @@ mod artifact;
 mod bench;
 mod bench_app;
 mod bench_fleet;
+mod bench_image;
 mod bench_invoke;
 mod builtins;
 mod client;
 mod commands;
 mod dev;
 mod functions;
+mod images;
 mod output;
 mod rollout;
 
@@ -143,11 +145,15 @@ enum Cmd {
         /// Lifetime of node certificates; nodes renew theirs after two thirds of it.
         #[arg(long, default_value = "30d")]
         node_cert_validity: String,
+        #[command(flatten)]
+        images: images::ImageServiceArgs,
     },
     /// Run a local control plane with embedded defaults ($VERGE_HOME or ~/.verge/dev).
     Dev {
         #[arg(long, default_value = "127.0.0.1:7443")]
         listen: SocketAddr,
+        #[command(flatten)]
+        images: images::ImageServiceArgs,
     },
     /// Create or update the objects in a file (`-` for stdin).
     Apply {
@@ -216,6 +222,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: rollout::RolloutCmd,
     },
+    /// Images: run an image function locally, sign `/img` URLs, install the image functions.
+    Image {
+        #[command(subcommand)]
+        cmd: images::ImageCmd,
+    },
     /// The artifact store: push files native apps run from, list them.
     Artifact {
         #[command(subcommand)]
@@ -277,6 +288,12 @@ enum BenchCmd {
     App(bench_app::AppBenchArgs),
     /// Function invocation: warm latency, throughput, cold start, fork baseline, edge dispatch.
     Invoke(bench_invoke::InvokeBenchArgs),
+    /// Image pipeline vs vipsthumbnail and ImageMagick: 12-MP JPEGs → 1200 px + watermark.
+    Image(bench_image::ImageBenchArgs),
+    #[command(hide = true)]
+    ImageWorker(bench_image::ImageWorkerArgs),
+    #[command(hide = true)]
+    ImageMeasure(bench_image::ImageMeasureArgs),
 }
 
 /// First Ctrl-C or SIGTERM: graceful shutdown. Second Ctrl-C: exit at once.
@@ -341,6 +358,7 @@ async fn run(cli: Cli) -> Result<()> {
             heartbeat_misses,
             mqtt_url,
             node_cert_validity,
+            images,
         } => {
             let data_dir = data_dir
                 .as_ref()
@@ -349,7 +367,9 @@ async fn run(cli: Cli) -> Result<()> {
                 anyhow::bail!("--join-rate must be a positive number");
             }
             let mut cfg = verge_cloud::CloudConfig::new(data_dir, *listen);
-            cfg.builtins = std::sync::Arc::new(builtins::registry());
+            let image_env = images::cloud_env(data_dir, images)?;
+            cfg.builtins = std::sync::Arc::new(builtins::registry(image_env.clone()));
+            cfg.mounts = vec![images::img_mount(data_dir, images, image_env, false)?];
             cfg.insecure_http = *insecure_http;
             cfg.tls_sans = tls_san.clone();
             cfg.max_body_bytes = *max_body_bytes;
@@ -384,7 +404,8 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .map_err(|e| anyhow!("{e}"))
         }
-        Cmd::Dev { listen } => dev::run(*listen, shutdown_signal()).await,
+        Cmd::Dev { listen, images } => dev::run(*listen, images, shutdown_signal()).await,
+        Cmd::Image { cmd } => images::run(cmd, || client(&cli)).await,
         Cmd::Apply { file } => commands::apply(&client(&cli)?, file).await,
         Cmd::Get {
             kind,
@@ -498,6 +519,9 @@ async fn run(cli: Cli) -> Result<()> {
                 let c = args.node.as_ref().map(|_| client(&cli)).transpose()?;
                 bench_invoke::run(args, c).await
             }
+            BenchCmd::Image(args) => bench_image::run(args),
+            BenchCmd::ImageWorker(args) => bench_image::worker(args),
+            BenchCmd::ImageMeasure(args) => bench_image::measure(args),
         },
     }
 }

@@ -73,6 +73,9 @@ pub struct CloudConfig {
     pub gateway: gateway::GatewayConfig,
     /// Builtin functions (`runtime: builtin`) the cloud can run.
     pub builtins: Arc<functions::Registry>,
+    /// Services mounted at a path prefix without the API's authentication, because they
+    /// authenticate requests themselves: the `/img` endpoint (signed URLs).
+    pub mounts: Vec<(String, axum::Router)>,
 }
 
 impl CloudConfig {
@@ -94,6 +97,7 @@ impl CloudConfig {
             lifecycle: nodes::LifecycleConfig::default(),
             gateway: gateway::GatewayConfig::default(),
             builtins: Arc::new(functions::Registry::with_defaults()),
+            mounts: Vec::new(),
         }
     }
 }
@@ -368,7 +372,7 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
             tasks,
         })),
     });
-    let app = http::router(state);
+    let app = http::router(state, &cfg.mounts);
     let compactor = tokio::spawn(compact_loop(
         store.clone(),
         cfg.history_revisions,

@@ -5,9 +5,15 @@
 //!   processing options onto a `verge_imaging::Pipeline`. Pure; no I/O.
 //! - [`fetch`]: fetching source images by URL with an SSRF guard (allow-list, private and
 //!   loopback addresses blocked unless allowed, size cap, redirect limit, timeout).
+//! - [`functions`]: the builtin image functions (`image.resize`, `image.qrcode`,
+//!   `video.frame`, `image.pipeline`, ...) registered into the function runtime.
+//! - [`server`]: the `/img` endpoint (signature check, source, pipeline, [`cache`]).
 
+pub mod cache;
 pub mod fetch;
+pub mod functions;
 pub mod imgproxy;
+pub mod server;
 
 mod error;
 

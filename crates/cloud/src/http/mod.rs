@@ -25,8 +25,9 @@ use crate::error::ApiError;
 use crate::metrics::{RequestLabels, RouteLabels};
 pub use state::{AppState, SharedState};
 
-/// Builds the whole router.
-pub fn router(st: SharedState) -> Router {
+/// Builds the whole router; `mounts` are services nested at their path prefix, outside
+/// the API's authentication (they check requests themselves) but inside the metrics.
+pub fn router(st: SharedState, mounts: &[(String, Router)]) -> Router {
     let api = Router::new()
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
@@ -80,9 +81,11 @@ pub fn router(st: SharedState) -> Router {
             st.clone(),
             artifacts::authenticate_token_or_node,
         ));
-    api.merge(public)
-        .merge(node_readable)
-        .fallback(not_found)
+    let mut all = api.merge(public).merge(node_readable);
+    for (prefix, service) in mounts {
+        all = all.nest_service(prefix, service.clone());
+    }
+    all.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(st.clone(), track))
         .with_state(st)

@@ -1,0 +1,490 @@
+//! The image service in this binary: the builtin image functions and the `/img` endpoint
+//! of `verge cloud` / `verge dev` (wiring of `verge-images`), and the `verge image`
+//! commands (local processing, signed URLs, installing the function pack).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use verge_images::fetch::{FetchPolicy, Fetcher};
+use verge_images::functions::{ArtifactSource, FUNCTIONS, ImageEnv};
+use verge_images::imgproxy::SigningKeys;
+use verge_images::server::{ImgConfig, ImgService};
+
+use crate::client::Client;
+
+/// Name of the signing keys file in a data directory (`KEY_HEX:SALT_HEX` per line, 0600).
+pub const KEYS_FILE: &str = "img-keys";
+
+/// `verge cloud` flags of the image service.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ImageServiceArgs {
+    /// `/img` signing keys file, `KEY_HEX:SALT_HEX` per line, first one signs
+    /// (default DATA_DIR/img-keys, created with a random pair).
+    #[arg(long)]
+    pub img_keys_file: Option<PathBuf>,
+    /// Serve unsigned `/img/unsafe/...` URLs too.
+    #[arg(long)]
+    pub img_allow_unsigned: bool,
+    /// Image drawn by the `watermark`/`wm` option.
+    #[arg(long)]
+    pub img_watermark: Option<PathBuf>,
+    /// Disk cache of `/img` outputs, in MiB (0: none).
+    #[arg(long, default_value_t = 512)]
+    pub img_cache_mb: u64,
+    /// Hosts image sources may come from (repeatable; `*.example.com`; default any public).
+    #[arg(long = "img-allow-host")]
+    pub img_allow_hosts: Vec<String>,
+    /// Non-public networks image sources may come from (repeatable; `10.0.0.0/8`).
+    #[arg(long = "img-allow-network")]
+    pub img_allow_networks: Vec<String>,
+}
+
+/// The cloud's artifact store as an image source.
+struct CloudArtifacts(verge_cloud::artifacts::ArtifactStore);
+
+impl ArtifactSource for CloudArtifacts {
+    fn read<'a>(
+        &'a self,
+        sha256: &'a str,
+        max_bytes: u64,
+    ) -> BoxFuture<'a, verge_images::Result<Bytes>> {
+        Box::pin(async move {
+            let path = self.0.path(sha256);
+            let url = format!("artifact://{sha256}");
+            let len = match tokio::fs::metadata(&path).await {
+                Ok(m) => m.len(),
+                Err(_) => {
+                    return Err(verge_images::Error::SourceStatus { url, status: 404 });
+                }
+            };
+            if len > max_bytes {
+                return Err(verge_images::Error::SourceTooLarge {
+                    url,
+                    max: max_bytes,
+                });
+            }
+            tokio::fs::read(&path)
+                .await
+                .map(Bytes::from)
+                .map_err(|source| verge_images::Error::Io {
+                    path: path.display().to_string(),
+                    source,
+                })
+        })
+    }
+}
+
+/// The image environment of a control plane over `data_dir`.
+pub fn cloud_env(data_dir: &Path, args: &ImageServiceArgs) -> Result<Arc<ImageEnv>> {
+    let policy = FetchPolicy {
+        allow_hosts: args.img_allow_hosts.clone(),
+        allow_networks: args.img_allow_networks.clone(),
+        ..FetchPolicy::default()
+    };
+    let fetcher = Fetcher::new(policy).map_err(|e| anyhow!("{e}"))?;
+    let store = verge_cloud::artifacts::ArtifactStore::open(data_dir, u64::MAX)
+        .map_err(|e| anyhow!("{e}"))?;
+    let mut env = ImageEnv::new(fetcher);
+    env.artifacts = Some(Arc::new(CloudArtifacts(store)));
+    Ok(Arc::new(env))
+}
+
+/// The `/img` service of a control plane over `data_dir`, to mount at `/img`.
+/// `dev`: without `--img-watermark`, the `wm` option draws a built-in "verge" mark.
+pub fn img_mount(
+    data_dir: &Path,
+    args: &ImageServiceArgs,
+    env: Arc<ImageEnv>,
+    dev: bool,
+) -> Result<(String, axum::Router)> {
+    let keys_file = args
+        .img_keys_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join(KEYS_FILE));
+    let keys = load_or_create_keys(&keys_file)?;
+    let mut cfg = ImgConfig::new(keys);
+    cfg.allow_unsigned = args.img_allow_unsigned;
+    if let Some(w) = &args.img_watermark {
+        cfg.watermark =
+            Some(std::fs::read(w).with_context(|| format!("--img-watermark {}", w.display()))?);
+    } else if dev {
+        cfg.watermark = Some(dev_watermark()?);
+    }
+    if args.img_cache_mb > 0 {
+        cfg.cache_dir = Some(data_dir.join("img-cache"));
+        cfg.cache_max_bytes = args.img_cache_mb.saturating_mul(1 << 20);
+    }
+    let svc = ImgService::new(cfg, env).map_err(|e| anyhow!("{e}"))?;
+    Ok(("/img".to_string(), svc.router()))
+}
+
+/// The `verge dev` watermark: "verge" in white with a dark outline on transparency.
+fn dev_watermark() -> Result<Vec<u8>> {
+    let spec: verge_imaging::ComposeSpec = serde_json::from_value(serde_json::json!({
+        "width": 300, "height": 110, "background": "transparent",
+        "layers": [{"type": "text", "text": "verge", "x": 14, "y": 4, "size": 88,
+                    "color": "#ffffffd0", "strokeWidth": 3, "strokeColor": "#00000090"}],
+        "output": {"format": "png"}
+    }))?;
+    Ok(
+        verge_imaging::compose(&spec, &verge_imaging::NoAssets, &Default::default())
+            .map_err(|e| anyhow!("dev watermark: {e}"))?
+            .bytes,
+    )
+}
+
+/// Reads a keys file, creating it (0600, one random pair) when missing.
+pub fn load_or_create_keys(path: &Path) -> Result<SigningKeys> {
+    if !path.exists() {
+        use rand::RngCore;
+        let mut key = [0u8; 32];
+        let mut salt = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut key);
+        rand::thread_rng().fill_bytes(&mut salt);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let line = format!("{}:{}\n", hex_encode(&key), hex_encode(&salt));
+        write_private(path, line.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    read_keys(path)
+}
+
+/// Reads a keys file (`KEY_HEX:SALT_HEX` per line; `#` comments).
+pub fn read_keys(path: &Path) -> Result<SigningKeys> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut pairs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, s) = line
+            .split_once(':')
+            .ok_or_else(|| anyhow!("{}:{}: expected KEY_HEX:SALT_HEX", path.display(), i + 1))?;
+        pairs.push((k.trim().to_string(), s.trim().to_string()));
+    }
+    if pairs.is_empty() {
+        bail!("{}: no KEY_HEX:SALT_HEX line", path.display());
+    }
+    SigningKeys::from_hex(&pairs).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The Function resource name of a builtin (`image.resize` → `image-resize`).
+pub fn function_name(builtin: &str) -> String {
+    builtin.replace('.', "-")
+}
+
+/// Creates (or leaves as they are) one Function per image builtin, cloud-placed unless
+/// `node_selector` is given. Returns how many were created.
+pub async fn install(client: &Client, node_selector: Option<&str>) -> Result<usize> {
+    let mut created = 0;
+    let placement = match node_selector {
+        None => serde_json::json!({"cloud": true}),
+        Some(sel) => {
+            let mut m = serde_json::Map::new();
+            for part in sel.split(',').filter(|p| !p.is_empty()) {
+                let (k, v) = part
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--node-selector: expected key=value,..."))?;
+                m.insert(k.to_string(), serde_json::Value::String(v.to_string()));
+            }
+            serde_json::json!({"nodeSelector": m})
+        }
+    };
+    for (builtin, _) in FUNCTIONS {
+        let name = function_name(builtin);
+        let path = format!("/api/v1/functions/{name}");
+        if client
+            .send_json::<serde_json::Value>(reqwest::Method::GET, &path, None)
+            .await
+            .is_ok()
+        {
+            continue;
+        }
+        let body = serde_json::json!({
+            "apiVersion": verge_api::API_VERSION,
+            "kind": "Function",
+            "metadata": {"name": name, "labels": {"verge.io/pack": "images"}},
+            "spec": {"runtime": "builtin", "handler": builtin, "placement": placement,
+                     "resources": {"timeoutSeconds": 60}},
+        });
+        client
+            .send_json::<serde_json::Value>(reqwest::Method::POST, "/api/v1/functions", Some(&body))
+            .await
+            .with_context(|| format!("creating function {name}"))?;
+        created += 1;
+    }
+    Ok(created)
+}
+
+/// `verge image ...`.
+#[derive(clap::Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Print a signed `/img` URL (imgproxy format).
+    Url {
+        /// Processing options, imgproxy style: `rs:fit:300:300/q:80` (may be empty).
+        options: String,
+        /// Source: https://..., artifact://SHA256, or fn://image.qrcode?{"payload":"..."}.
+        source: String,
+        /// Output extension (png, jpg, webp); default from the Accept header.
+        #[arg(long)]
+        ext: Option<String>,
+        /// Encode the source as URL-safe base64 instead of `plain/...`.
+        #[arg(long)]
+        base64: bool,
+        /// Keys file (default: ~/.verge/dev/img-keys, what `verge dev` uses).
+        #[arg(long, conflicts_with_all = ["key", "salt"])]
+        keys_file: Option<PathBuf>,
+        /// Signing key, hex (with --salt).
+        #[arg(long, requires = "salt", env = "VERGE_IMG_KEY", hide_env_values = true)]
+        key: Option<String>,
+        /// Signing salt, hex (with --key).
+        #[arg(long, requires = "key", env = "VERGE_IMG_SALT", hide_env_values = true)]
+        salt: Option<String>,
+        /// Unsigned (`/unsafe/...`; the server must allow it).
+        #[arg(long, conflicts_with_all = ["keys_file", "key", "salt"])]
+        unsigned: bool,
+        /// Server base URL (default: the configured server).
+        #[arg(long)]
+        base: Option<String>,
+    },
+    /// Create the image functions (`image-resize`, `image-qrcode`, `video-frame`, ...) as
+    /// Function resources, cloud-placed unless --node-selector is given.
+    Install {
+        /// Place them on edge nodes with these labels (`key=value,...`).
+        #[arg(long)]
+        node_selector: Option<String>,
+    },
+    /// List the image functions and their inputs.
+    List,
+    /// Run an image function locally: `verge image OP [--data JSON|@FILE] [IN] OUT`
+    /// (OP: resize, crop, watermark, qrcode, compose, video.frame, ...; OUT `-` is stdout).
+    #[command(external_subcommand)]
+    Run(Vec<String>),
+}
+
+/// Runs `verge image ...`; `client` is built on demand (only some commands need it).
+pub async fn run(cmd: &ImageCmd, client: impl FnOnce() -> Result<Client>) -> Result<()> {
+    match cmd {
+        ImageCmd::Url {
+            options,
+            source,
+            ext,
+            base64,
+            keys_file,
+            key,
+            salt,
+            unsigned,
+            base,
+        } => {
+            let keys = if *unsigned {
+                SigningKeys::from_hex(&[]).map_err(|e| anyhow!("{e}"))?
+            } else if let (Some(k), Some(s)) = (key, salt) {
+                SigningKeys::from_hex(&[(k.clone(), s.clone())]).map_err(|e| anyhow!("{e}"))?
+            } else {
+                let path = match keys_file {
+                    Some(p) => p.clone(),
+                    None => crate::dev::dev_home()?.join(KEYS_FILE),
+                };
+                read_keys(&path).context("no signing keys: give --keys-file or --key/--salt")?
+            };
+            let path = verge_images::imgproxy::build_path(
+                &keys,
+                options.trim_matches('/'),
+                source,
+                ext.as_deref(),
+                *base64,
+            )
+            .map_err(|e| anyhow!("{e}"))?;
+            let base = match base {
+                Some(b) => b.clone(),
+                None => client().map(|c| c.server().to_string()).unwrap_or_default(),
+            };
+            outln!("{}/img{path}", base.trim_end_matches('/'));
+            Ok(())
+        }
+        ImageCmd::Install { node_selector } => {
+            let c = client()?;
+            let n = install(&c, node_selector.as_deref()).await?;
+            outln!(
+                "{n} image functions created ({} in the pack); `verge get functions` lists them.",
+                FUNCTIONS.len()
+            );
+            Ok(())
+        }
+        ImageCmd::List => {
+            for (name, summary) in FUNCTIONS {
+                outln!("{:<16} {:<18} {summary}", name, function_name(name));
+            }
+            Ok(())
+        }
+        ImageCmd::Run(args) => run_local(args).await,
+    }
+}
+
+/// `verge image OP [--data JSON|@FILE] [IN] OUT`.
+async fn run_local(args: &[String]) -> Result<()> {
+    let (op, rest) = args.split_first().ok_or_else(|| anyhow!("missing OP"))?;
+    let name = if op.contains('.') {
+        op.clone()
+    } else if op == "video-frame" || op == "frame" {
+        "video.frame".to_string()
+    } else {
+        format!("image.{op}")
+    };
+    if !FUNCTIONS.iter().any(|(n, _)| *n == name) {
+        let ops: Vec<&str> = FUNCTIONS.iter().map(|(n, _)| *n).collect();
+        bail!("unknown image operation `{op}`; one of: {}", ops.join(", "));
+    }
+    let mut data: Option<String> = None;
+    let mut files = Vec::new();
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--data" | "-d" => {
+                data = Some(
+                    it.next()
+                        .ok_or_else(|| anyhow!("--data needs a value"))?
+                        .clone(),
+                )
+            }
+            s if s.starts_with("--data=") => data = Some(s["--data=".len()..].to_string()),
+            s if s.starts_with('-') && s != "-" => bail!("unknown flag {s}"),
+            _ => files.push(PathBuf::from(a)),
+        }
+    }
+    let mut input = match data {
+        None => serde_json::Map::new(),
+        Some(d) => {
+            let text = match d.strip_prefix('@') {
+                Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading {f}"))?,
+                None => d,
+            };
+            match serde_json::from_str(&text).context("--data: not JSON")? {
+                serde_json::Value::Object(m) => m,
+                _ => bail!("--data: expected a JSON object"),
+            }
+        }
+    };
+    let needs_input = !matches!(name.as_str(), "image.qrcode" | "image.compose");
+    let (inp, out) = match (needs_input, files.as_slice()) {
+        (true, [i, o]) => (Some(i.clone()), o.clone()),
+        (false, [o]) => (None, o.clone()),
+        (true, _) => bail!("usage: verge image {op} [--data JSON] IN OUT"),
+        (false, _) => bail!("usage: verge image {op} [--data JSON] OUT"),
+    };
+    let env = ImageEnv::new(Fetcher::new(FetchPolicy::default()).map_err(|e| anyhow!("{e}"))?);
+    let inline = match &inp {
+        Some(p) => {
+            let max = if name == "video.frame" {
+                env.video.max_input_bytes
+            } else {
+                env.limits.max_input_bytes as u64
+            };
+            let len = std::fs::metadata(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .len();
+            if len > max {
+                bail!("{}: {len} bytes, more than the limit of {max}", p.display());
+            }
+            Some(Bytes::from(std::fs::read(p)?))
+        }
+        None => None,
+    };
+    // The output file's extension picks the format unless the input says otherwise.
+    let produces_image = !matches!(name.as_str(), "image.info" | "image.frames");
+    if produces_image
+        && let Some(fmt) = out
+            .extension()
+            .and_then(|e| e.to_str())
+            .and_then(format_of_ext)
+    {
+        let output = input
+            .entry("output")
+            .or_insert_with(|| serde_json::json!({}));
+        if let Some(o) = output.as_object_mut() {
+            o.entry("format")
+                .or_insert(serde_json::Value::String(fmt.into()));
+        }
+    }
+    let call_input = match inline {
+        Some(bytes) => {
+            // The file is the main source; the other fields stay options.
+            let key = if name == "video.frame" {
+                "video"
+            } else {
+                "image"
+            };
+            if input.contains_key(key) {
+                bail!("give the {key} either as IN or in --data, not both");
+            }
+            let b64 = base64_encode(&bytes);
+            input.insert(key.into(), serde_json::json!({ "base64": b64 }));
+            serde_json::Value::Object(input)
+        }
+        None => serde_json::Value::Object(input),
+    };
+    let n = name.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        verge_images::functions::call(&env, &n, verge_runtime::Input::Json(call_input))
+    })
+    .await?
+    .map_err(|e| anyhow!("{name}: {e}"))?;
+    match result {
+        verge_runtime::Output::Bytes { content_type, data } => {
+            if out.as_os_str() == "-" {
+                use std::io::Write;
+                std::io::stdout().write_all(&data)?;
+            } else {
+                std::fs::write(&out, &data)
+                    .with_context(|| format!("writing {}", out.display()))?;
+                eprintln!("{} ({content_type}, {} bytes)", out.display(), data.len());
+            }
+        }
+        verge_runtime::Output::Json(v) => {
+            let text = serde_json::to_string_pretty(&v)?;
+            if out.as_os_str() == "-" {
+                outln!("{text}");
+            } else {
+                std::fs::write(&out, text)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn format_of_ext(ext: &str) -> Option<&'static str> {
+    match ext.to_ascii_lowercase().as_str() {
+        "jpg" | "jpeg" => Some("jpeg"),
+        "png" => Some("png"),
+        "webp" => Some("webp"),
+        _ => None,
+    }
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
