@@ -1312,23 +1312,10 @@ fn crop_op(
         }
     };
     let (dx, dy) = (offset(g.x_offset, outer.0), offset(g.y_offset, outer.1));
-    let (ow, oh) = (f64::from(outer.0), f64::from(outer.1));
-    let (iw, ih) = (f64::from(inner.0), f64::from(inner.1));
-    let (left, right, hcentre) = (dx, ow - iw - dx, (ow - iw) / 2.0 + dx);
-    let (top, bottom, vcentre) = (dy, oh - ih - dy, (oh - ih) / 2.0 + dy);
-    let (x, y) = match g.kind {
-        Gravity::Centre | Gravity::Smart => (hcentre, vcentre),
-        Gravity::North => (hcentre, top),
-        Gravity::South => (hcentre, bottom),
-        Gravity::East => (right, vcentre),
-        Gravity::West => (left, vcentre),
-        Gravity::NorthEast => (right, top),
-        Gravity::NorthWest => (left, top),
-        Gravity::SouthEast => (right, bottom),
-        Gravity::SouthWest => (left, bottom),
-    };
-    let x = x.round().clamp(0.0, ow - iw) as u32;
-    let y = y.round().clamp(0.0, oh - ih) as u32;
+    let px = |v: f64| v.round().clamp(f64::from(i32::MIN), f64::from(i32::MAX)) as i32;
+    let (x, y) = g.kind.place(outer, inner, (px(dx), px(dy)));
+    let x = x.clamp(0, i64::from(outer.0.saturating_sub(inner.0))) as u32;
+    let y = y.clamp(0, i64::from(outer.1.saturating_sub(inner.1))) as u32;
     crop(Gravity::Centre, Some(x), Some(y))
 }
 

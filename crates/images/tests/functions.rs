@@ -1,6 +1,9 @@
 //! The builtin image functions, called as the runtime calls them (on the blocking pool),
 //! with real sources: inline bytes, base64, a real HTTP server, real ffmpeg.
 
+mod common;
+use common::jpeg;
+
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -16,20 +19,6 @@ fn env(allow_loopback: bool) -> Arc<ImageEnv> {
         policy.allow_networks = vec!["127.0.0.1".into()];
     }
     Arc::new(ImageEnv::new(Fetcher::new(policy).unwrap()))
-}
-
-/// A synthetic photo-like JPEG made with the imaging crate itself.
-fn jpeg(w: u32, h: u32) -> Vec<u8> {
-    let spec: verge_imaging::ComposeSpec = serde_json::from_value(json!({
-        "width": w, "height": h, "background": "#3a6ea5",
-        "layers": [{"type": "text", "text": "Verge", "size": (h / 4).max(8), "color": "#ffcc00",
-                    "x": w / 8, "y": h / 3}],
-        "output": {"format": "jpeg", "quality": 90}
-    }))
-    .unwrap();
-    verge_imaging::compose(&spec, &verge_imaging::NoAssets, &Default::default())
-        .unwrap()
-        .bytes
 }
 
 fn b64(b: &[u8]) -> String {

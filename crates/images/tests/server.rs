@@ -1,6 +1,9 @@
 //! The `/img` endpoint over real HTTP: signed URLs, formats, the disk cache, ETags, and the
 //! bad inputs (signatures, options, SSRF sources, bombs), with a real source server.
 
+mod common;
+use common::jpeg;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -15,19 +18,6 @@ const SALT: &str = "520f986b998545b4785e0defbc4f3c1203f22de2374a3d53cb7a7fe9fea3
 
 fn keys() -> SigningKeys {
     SigningKeys::from_hex(&[(KEY.into(), SALT.into())]).unwrap()
-}
-
-fn jpeg(w: u32, h: u32) -> Vec<u8> {
-    let spec: verge_imaging::ComposeSpec = serde_json::from_value(json!({
-        "width": w, "height": h, "background": "#806040",
-        "layers": [{"type": "text", "text": "Verge", "size": (h / 4).max(8), "color": "#ffffff",
-                    "x": w / 8, "y": h / 3}],
-        "output": {"format": "jpeg", "quality": 90}
-    }))
-    .unwrap();
-    verge_imaging::compose(&spec, &verge_imaging::NoAssets, &Default::default())
-        .unwrap()
-        .bytes
 }
 
 /// A PNG header claiming 100000x100000 pixels (a decompression bomb), valid CRCs not needed:

@@ -92,13 +92,9 @@ pub enum Gravity {
 
 impl Gravity {
     /// Top-left position of an `inner` box placed in an `outer` box, moved inwards by
-    /// `offset` from the anchored edges (or shifted by it when centred).
-    pub(crate) fn place(
-        self,
-        outer: (u32, u32),
-        inner: (u32, u32),
-        offset: (i32, i32),
-    ) -> (i64, i64) {
+    /// `offset` from the anchored edges (or shifted by it when centred). May be negative
+    /// or past the edge; callers clamp.
+    pub fn place(self, outer: (u32, u32), inner: (u32, u32), offset: (i32, i32)) -> (i64, i64) {
         let (ow, oh) = (i64::from(outer.0), i64::from(outer.1));
         let (iw, ih) = (i64::from(inner.0), i64::from(inner.1));
         let (dx, dy) = (i64::from(offset.0), i64::from(offset.1));
