@@ -5,7 +5,8 @@
 //!    [`photo`]) and a semi-transparent PNG watermark ([`watermark_png`]) into a work
 //!    directory.
 //! 2. Runs every contender as **one process over the whole batch** (start-up amortised),
-//!    one after the other, pinned to one CPU with `taskset -c CPU` when `taskset` exists:
+//!    one after the other (`--runs` rounds, round robin), pinned to one CPU with
+//!    `taskset -c CPU` when `taskset` exists:
 //!    - Verge: the hidden `verge bench image-worker`, which calls
 //!      [`verge_imaging::thumbnail_jpeg`] per file on one thread (resize only, then resize
 //!      + watermark);
@@ -71,7 +72,8 @@ pub struct ImageBenchArgs {
     /// Keep the temporary work directory (sources and outputs) and print its path.
     #[arg(long)]
     pub keep: bool,
-    /// Runs per contender; the median wall time and the largest peak RSS are reported.
+    /// Rounds over all contenders (round robin, so that a slow spell of the machine hits
+    /// them alike); the median wall time and the largest peak RSS are reported.
     #[arg(long, default_value_t = 1)]
     pub runs: usize,
     /// CPU every contender is pinned to (with `taskset`, when installed).
@@ -797,6 +799,8 @@ struct Contender {
 /// The measured result of a contender.
 struct Outcome {
     wall_s: f64,
+    /// Fastest and slowest run.
+    wall_range: (f64, f64),
     cpu_s: f64,
     max_rss_kb: i64,
     worker: Option<WorkerReport>,
@@ -804,45 +808,53 @@ struct Outcome {
     out_size: Option<(usize, usize)>,
 }
 
-/// Runs `c` `runs` times through `image-measure` (pinned with `pin`); median wall time,
-/// largest peak RSS.
-fn run_contender(c: &Contender, runs: usize, pin: &[OsString], n: usize) -> Result<Outcome> {
+/// Runs `c` once through `image-measure` (pinned with `pin`).
+fn run_once(c: &Contender, pin: &[OsString]) -> Result<(Measurement, Option<WorkerReport>)> {
     let exe = std::env::current_exe().context("locating the verge binary")?;
-    let mut samples = Vec::new();
-    for run in 0..runs {
-        if let Some(out) = &c.out {
-            if out.exists() {
-                std::fs::remove_dir_all(out)?;
-            }
-            std::fs::create_dir_all(out)?;
+    if let Some(out) = &c.out {
+        if out.exists() {
+            std::fs::remove_dir_all(out)?;
         }
-        eprintln!("  {} ({}/{runs})...", c.label, run + 1);
-        let output = Command::new(&exe)
-            .args(["bench", "image-measure", "--"])
-            .args(pin)
-            .arg(&c.program)
-            .args(&c.args)
-            .envs(c.env.iter().copied())
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .context("starting image-measure")?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        let line = text.lines().last().unwrap_or_default();
-        let m: Measurement = serde_json::from_str(line)
-            .with_context(|| format!("{}: no measurement ({line:?})", c.label))?;
-        if m.exit_code != 0 {
-            bail!("{} exited with code {}", c.label, m.exit_code);
-        }
-        let worker = c
-            .report
-            .as_ref()
-            .map(|p| -> Result<WorkerReport> { Ok(serde_json::from_slice(&std::fs::read(p)?)?) })
-            .transpose()?;
-        samples.push((m, worker));
+        std::fs::create_dir_all(out)?;
     }
+    let output = Command::new(&exe)
+        .args(["bench", "image-measure", "--"])
+        .args(pin)
+        .arg(&c.program)
+        .args(&c.args)
+        .envs(c.env.iter().copied())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("starting image-measure")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    let m: Measurement = serde_json::from_str(line)
+        .with_context(|| format!("{}: no measurement ({line:?})", c.label))?;
+    if m.exit_code != 0 {
+        bail!("{} exited with code {}", c.label, m.exit_code);
+    }
+    let worker = c
+        .report
+        .as_ref()
+        .map(|p| -> Result<WorkerReport> { Ok(serde_json::from_slice(&std::fs::read(p)?)?) })
+        .transpose()?;
+    Ok((m, worker))
+}
+
+/// Sums up the runs of `c`: median wall time (with its in-process report), largest peak
+/// RSS, and checks the outputs of the last run (one per input, their size).
+fn outcome(
+    c: &Contender,
+    mut samples: Vec<(Measurement, Option<WorkerReport>)>,
+    n: usize,
+) -> Result<Outcome> {
     samples.sort_by(|a, b| a.0.wall_s.total_cmp(&b.0.wall_s));
     let max_rss_kb = samples.iter().map(|s| s.0.max_rss_kb).max().unwrap_or(0);
+    let wall_range = (
+        samples.first().map_or(f64::NAN, |s| s.0.wall_s),
+        samples.last().map_or(f64::NAN, |s| s.0.wall_s),
+    );
     let (m, worker) = samples.swap_remove(samples.len() / 2);
     let (mut out_bytes, mut out_size) = (0, None);
     if let Some(out) = &c.out {
@@ -863,6 +875,7 @@ fn run_contender(c: &Contender, runs: usize, pin: &[OsString], n: usize) -> Resu
     }
     Ok(Outcome {
         wall_s: m.wall_s,
+        wall_range,
         cpu_s: m.user_s + m.sys_s,
         max_rss_kb,
         worker,
@@ -943,6 +956,9 @@ pub fn run(args: &ImageBenchArgs) -> Result<()> {
         .ok_or_else(|| anyhow!("no work directory"))?;
     let input = root.join("in");
     let wm = root.join("wm.png");
+    if cfg!(debug_assertions) {
+        eprintln!("warning: a debug build; build with --release for meaningful figures");
+    }
     let load_before = load_average();
     if load_before > 0.5 {
         eprintln!(
@@ -1120,10 +1136,17 @@ pub fn run(args: &ImageBenchArgs) -> Result<()> {
         "running (one process per contender, pinned: {})...",
         !pin.is_empty()
     );
+    // Round robin, so that a slow spell of the machine hits every contender alike.
+    let mut samples: Vec<Vec<_>> = contenders.iter().map(|_| Vec::new()).collect();
+    for run in 0..args.runs {
+        for (c, s) in contenders.iter().zip(&mut samples) {
+            eprintln!("  {} ({}/{})...", c.label, run + 1, args.runs);
+            s.push(run_once(c, &pin)?);
+        }
+    }
     let mut results = Vec::new();
-    for c in &contenders {
-        let o = run_contender(c, args.runs, &pin, files.len())?;
-        results.push((c, o));
+    for (c, s) in contenders.iter().zip(samples) {
+        results.push((c, outcome(c, s, files.len())?));
     }
     let load = (load_before, load_average());
 
@@ -1179,6 +1202,7 @@ fn build_report(
                 "wall_s": r4(o.wall_s),
                 "cpu_s": r4(o.cpu_s),
                 "images_per_s": r2(n / o.wall_s),
+                "images_per_s_range": [r2(n / o.wall_range.1), r2(n / o.wall_range.0)],
                 "ms_per_image": r2(o.wall_s * 1000.0 / n),
                 "in_process_ms_per_image": o.worker.as_ref().map(|w| r2(w.busy_s * 1000.0 / n)),
                 "peak_rss_kib": o.max_rss_kb,
@@ -1282,7 +1306,7 @@ fn print_report(r: &Value) {
     };
     let i = &r["input"];
     outln!(
-        "{} × {}x{} JPEG q90 (mean {} KiB) → {} px wide, JPEG q{}; {} run(s) each, median wall time; {}",
+        "{} × {}x{} JPEG q90 (mean {} KiB) → {} px wide, JPEG q{}; {} round(s) (round robin), median wall time; {}",
         i["images"],
         i["width"],
         i["height"],
@@ -1306,11 +1330,16 @@ fn print_report(r: &Value) {
     );
     outln!();
     outln!(
-        "| contender | work | images/s | ms/image (in-process) | peak RSS MiB | CPU s | × vipsthumbnail | × ImageMagick | PSNR dB / SSIM vs libvips | out KiB |"
+        "| contender | work | images/s (range) | ms/image (in-process) | peak RSS MiB | CPU s | × vipsthumbnail | × ImageMagick | PSNR dB / SSIM vs libvips | out KiB |"
     );
     outln!("|---|---|---|---|---|---|---|---|---|---|");
     for row in r["rows"].as_array().into_iter().flatten() {
         let ips = row["images_per_s"].as_f64().unwrap_or(f64::NAN);
+        let range = &row["images_per_s_range"];
+        let ips_text = match (range[0].as_f64(), range[1].as_f64()) {
+            (Some(lo), Some(hi)) if hi > lo => format!("{ips:.2} ({lo:.2}–{hi:.2})"),
+            _ => format!("{ips:.2}"),
+        };
         let key = row["key"].as_str().unwrap_or_default();
         let decode = key.starts_with("decode");
         let wall_ms = row["ms_per_image"].as_f64().unwrap_or(f64::NAN);
@@ -1334,7 +1363,7 @@ fn print_report(r: &Value) {
             format!("{} / {}", q["psnr_db_mean"], q["ssim_mean"])
         };
         outln!(
-            "| {} | {} | {ips:.2} | {} | {:.1} | {:.2} | {} | {} | {} | {} |",
+            "| {} | {} | {ips_text} | {} | {:.1} | {:.2} | {} | {} | {} | {} |",
             fmt(&row["contender"]),
             fmt(&row["work"]),
             ms,
