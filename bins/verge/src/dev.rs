@@ -27,14 +27,7 @@ pub async fn run(
     let addr_file = home.join(files::API_ADDR);
     let _ = std::fs::remove_file(&addr_file);
     let mut cfg = CloudConfig::new(&home, listen);
-    let image_env = crate::images::cloud_env(&home, images)?;
-    cfg.builtins = std::sync::Arc::new(crate::builtins::registry(image_env.clone()));
-    cfg.mounts = vec![crate::images::img_mount(
-        &home,
-        images,
-        image_env.clone(),
-        true,
-    )?];
+    let image_env = crate::images::wire(&mut cfg, &home, images, true)?;
     cfg.mqtt_listen = Some(SocketAddr::new(listen.ip(), 8883));
     // One shutdown signal for the control plane and the local edge node.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -77,8 +77,22 @@ impl ArtifactSource for CloudArtifacts {
     }
 }
 
+/// Gives a control plane over `data_dir` the image service: the image functions among its
+/// builtins and `/img` among its mounts. Returns the image environment (for a local node).
+pub fn wire(
+    cfg: &mut verge_cloud::CloudConfig,
+    data_dir: &Path,
+    args: &ImageServiceArgs,
+    dev: bool,
+) -> Result<Arc<ImageEnv>> {
+    let env = cloud_env(data_dir, args)?;
+    cfg.builtins = Arc::new(crate::builtins::registry(env.clone()));
+    cfg.mounts = vec![img_mount(data_dir, args, env.clone(), dev)?];
+    Ok(env)
+}
+
 /// The image environment of a control plane over `data_dir`.
-pub fn cloud_env(data_dir: &Path, args: &ImageServiceArgs) -> Result<Arc<ImageEnv>> {
+fn cloud_env(data_dir: &Path, args: &ImageServiceArgs) -> Result<Arc<ImageEnv>> {
     let policy = FetchPolicy {
         allow_hosts: args.img_allow_hosts.clone(),
         allow_networks: args.img_allow_networks.clone(),
@@ -94,7 +108,7 @@ pub fn cloud_env(data_dir: &Path, args: &ImageServiceArgs) -> Result<Arc<ImageEn
 
 /// The `/img` service of a control plane over `data_dir`, to mount at `/img`.
 /// `dev`: without `--img-watermark`, the `wm` option draws a built-in "verge" mark.
-pub fn img_mount(
+fn img_mount(
     data_dir: &Path,
     args: &ImageServiceArgs,
     env: Arc<ImageEnv>,
@@ -147,7 +161,7 @@ pub fn load_or_create_keys(path: &Path) -> Result<SigningKeys> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let line = format!("{}:{}\n", hex_encode(&key), hex_encode(&salt));
+        let line = format!("{}:{}\n", hex::encode(key), hex::encode(salt));
         write_private(path, line.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
@@ -185,10 +199,6 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(data)?;
     f.sync_all()
-}
-
-fn hex_encode(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The Function resource name of a builtin (`image.resize` → `image-resize`).
@@ -429,26 +439,20 @@ async fn run_local(args: &[String]) -> Result<()> {
                 .or_insert(serde_json::Value::String(fmt.into()));
         }
     }
-    let call_input = match inline {
-        Some(bytes) => {
-            // The file is the main source; the other fields stay options.
-            let key = if name == "video.frame" {
-                "video"
-            } else {
-                "image"
-            };
-            if input.contains_key(key) {
-                bail!("give the {key} either as IN or in --data, not both");
-            }
-            let b64 = base64_encode(&bytes);
-            input.insert(key.into(), serde_json::json!({ "base64": b64 }));
-            serde_json::Value::Object(input)
+    if inline.is_some() {
+        // The file is the main source; the other fields stay options.
+        let key = if name == "video.frame" {
+            "video"
+        } else {
+            "image"
+        };
+        if input.contains_key(key) {
+            bail!("give the {key} either as IN or in --data, not both");
         }
-        None => serde_json::Value::Object(input),
-    };
+    }
     let n = name.clone();
     let result = tokio::task::spawn_blocking(move || {
-        verge_images::functions::call(&env, &n, verge_runtime::Input::Json(call_input))
+        verge_images::functions::call_with(&env, &n, input, inline)
     })
     .await?
     .map_err(|e| anyhow!("{name}: {e}"))?;
@@ -482,9 +486,4 @@ fn format_of_ext(ext: &str) -> Option<&'static str> {
         "webp" => Some("webp"),
         _ => None,
     }
-}
-
-fn base64_encode(b: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(b)
 }

@@ -367,9 +367,7 @@ async fn run(cli: Cli) -> Result<()> {
                 anyhow::bail!("--join-rate must be a positive number");
             }
             let mut cfg = verge_cloud::CloudConfig::new(data_dir, *listen);
-            let image_env = images::cloud_env(data_dir, images)?;
-            cfg.builtins = std::sync::Arc::new(builtins::registry(image_env.clone()));
-            cfg.mounts = vec![images::img_mount(data_dir, images, image_env, false)?];
+            images::wire(&mut cfg, data_dir, images, false)?;
             cfg.insecure_http = *insecure_http;
             cfg.tls_sans = tls_san.clone();
             cfg.max_body_bytes = *max_body_bytes;

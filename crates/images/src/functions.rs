@@ -130,11 +130,22 @@ pub fn to_builtin_error(e: &Error) -> BuiltinError {
 /// thread: sources are fetched by blocking on the current tokio runtime, so call it from
 /// a blocking-pool thread (as the runtime does for builtins).
 pub fn call(env: &ImageEnv, name: &str, input: Input) -> Result<Output> {
-    let (args, inline) = match input {
-        Input::Json(Value::Object(m)) => (m, None),
-        Input::Json(_) => return Err(Error::invalid("input", "expected a JSON object")),
-        Input::Bytes { data, .. } => (Map::new(), Some(data)),
-    };
+    match input {
+        Input::Json(Value::Object(m)) => call_with(env, name, m, None),
+        Input::Json(_) => Err(Error::invalid("input", "expected a JSON object")),
+        Input::Bytes { data, .. } => call_with(env, name, Map::new(), Some(data)),
+    }
+}
+
+/// [`call`] with the options in `args` and the main source (`image`, or `video` for
+/// `video.frame`) given as bytes (`inline`) when `args` names none — how `verge image OP IN
+/// OUT` passes a local file without re-encoding it.
+pub fn call_with(
+    env: &ImageEnv,
+    name: &str,
+    args: Map<String, Value>,
+    inline: Option<Bytes>,
+) -> Result<Output> {
     let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::Config {
         field: "runtime".into(),
         message: "image functions need a tokio runtime".into(),

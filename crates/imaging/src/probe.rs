@@ -63,6 +63,23 @@ pub(crate) struct Header {
     pub cmyk: bool,
 }
 
+impl Header {
+    /// A still image of `format` and size with no metadata; probes fill in the rest.
+    fn new(format: Format, width: u32, height: u32) -> Self {
+        Header {
+            format,
+            width,
+            height,
+            frames: 1,
+            orientation: 1,
+            has_alpha: false,
+            has_icc: false,
+            has_exif: false,
+            cmyk: false,
+        }
+    }
+}
+
 /// Detects the format from magic bytes; unsupported or unknown inputs get a clear error.
 pub(crate) fn sniff(input: &[u8]) -> Result<Format> {
     if input.is_empty() {
@@ -174,17 +191,7 @@ fn truncated(format: Format) -> Error {
 
 fn jpeg(b: &[u8], limits: &Limits) -> Result<Header> {
     let f = Format::Jpeg;
-    let mut h = Header {
-        format: f,
-        width: 0,
-        height: 0,
-        frames: 1,
-        orientation: 1,
-        has_alpha: false,
-        has_icc: false,
-        has_exif: false,
-        cmyk: false,
-    };
+    let mut h = Header::new(f, 0, 0);
     let mut seen_sof = false;
     let mut metadata = 0usize;
     let mut pos = 2;
@@ -264,15 +271,8 @@ fn png(b: &[u8], limits: &Limits) -> Result<Header> {
     let color = *b.get(25).ok_or_else(|| truncated(f))?;
     limits.check_dimensions(u64::from(width), u64::from(height))?;
     let mut h = Header {
-        format: f,
-        width,
-        height,
-        frames: 1,
-        orientation: 1,
         has_alpha: matches!(color, 4 | 6),
-        has_icc: false,
-        has_exif: false,
-        cmyk: false,
+        ..Header::new(f, width, height)
     };
     // Walk the chunks before the first IDAT for metadata and animation control.
     let mut pos = 8usize;
@@ -382,31 +382,15 @@ fn gif(b: &[u8], limits: &Limits) -> Result<Header> {
         return Err(Error::decode(f, "no image frames"));
     }
     Ok(Header {
-        format: f,
-        width,
-        height,
         frames,
-        orientation: 1,
         has_alpha,
-        has_icc: false,
-        has_exif: false,
-        cmyk: false,
+        ..Header::new(f, width, height)
     })
 }
 
 fn webp(b: &[u8], limits: &Limits) -> Result<Header> {
     let f = Format::Webp;
-    let mut h = Header {
-        format: f,
-        width: 0,
-        height: 0,
-        frames: 1,
-        orientation: 1,
-        has_alpha: false,
-        has_icc: false,
-        has_exif: false,
-        cmyk: false,
-    };
+    let mut h = Header::new(f, 0, 0);
     let mut pos = 12usize;
     let mut anim_frames = 0usize;
     let mut seen_size = false;
