@@ -98,13 +98,16 @@ enum CloudAction {
 /// unless allowed here. Image sources have their own `--img-allow-*` flags.
 #[derive(clap::Args)]
 struct OutboundArgs {
-    /// Non-public networks those requests may reach, as IPs or CIDRs (comma-separated or
-    /// repeated), e.g. `10.0.0.0/8,127.0.0.1/32`. Default: none — public addresses only.
+    /// Non-public networks that requests made on a user's behalf (task callbacks;
+    /// `artifact.url`s on the `verge dev` node) may reach, as IPs or CIDRs
+    /// (comma-separated or repeated), e.g. `10.0.0.0/8,127.0.0.1/32`. Default: none —
+    /// public addresses only.
     #[arg(long, value_name = "CIDR", value_delimiter = ',',
           value_parser = verge_outbound::allow_network_entry)]
     outbound_allow_networks: Vec<String>,
-    /// When given, the only hosts those requests may reach (exact names or `*.domain`,
-    /// comma-separated or repeated); the address check applies to them too.
+    /// When given, the only hosts requests made on a user's behalf may reach (exact
+    /// names or `*.domain`, comma-separated or repeated); the address check applies to
+    /// them too.
     #[arg(long, value_name = "HOST", value_delimiter = ',',
           value_parser = verge_outbound::allow_host_entry)]
     outbound_allow_hosts: Vec<String>,
