@@ -93,6 +93,26 @@ enum CloudAction {
     },
 }
 
+/// Where requests made on a user's behalf (task callbacks; `artifact.url` downloads on
+/// the `verge dev` node) may go: through the outbound guard, public addresses only
+/// unless allowed here. Image sources have their own `--img-allow-*` flags.
+#[derive(clap::Args)]
+struct OutboundArgs {
+    /// Non-public networks that requests made on a user's behalf (task callbacks;
+    /// `artifact.url`s on the `verge dev` node) may reach, as IPs or CIDRs
+    /// (comma-separated or repeated), e.g. `10.0.0.0/8,127.0.0.1/32`. Default: none —
+    /// public addresses only.
+    #[arg(long, value_name = "CIDR", value_delimiter = ',',
+          value_parser = verge_outbound::allow_network_entry)]
+    outbound_allow_networks: Vec<String>,
+    /// When given, the only hosts requests made on a user's behalf may reach (exact
+    /// names or `*.domain`, comma-separated or repeated); the address check applies to
+    /// them too.
+    #[arg(long, value_name = "HOST", value_delimiter = ',',
+          value_parser = verge_outbound::allow_host_entry)]
+    outbound_allow_hosts: Vec<String>,
+}
+
 // Parsed once per process; boxing the `cloud` flags would only add noise.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
@@ -147,6 +167,8 @@ enum Cmd {
         node_cert_validity: String,
         #[command(flatten)]
         images: images::ImageServiceArgs,
+        #[command(flatten)]
+        outbound: OutboundArgs,
     },
     /// Run a local control plane with embedded defaults ($VERGE_HOME or ~/.verge/dev).
     Dev {
@@ -154,6 +176,8 @@ enum Cmd {
         listen: SocketAddr,
         #[command(flatten)]
         images: images::ImageServiceArgs,
+        #[command(flatten)]
+        outbound: OutboundArgs,
     },
     /// Create or update the objects in a file (`-` for stdin).
     Apply {
@@ -359,6 +383,7 @@ async fn run(cli: Cli) -> Result<()> {
             mqtt_url,
             node_cert_validity,
             images,
+            outbound,
         } => {
             let data_dir = data_dir
                 .as_ref()
@@ -398,11 +423,23 @@ async fn run(cli: Cli) -> Result<()> {
             {
                 anyhow::bail!("--node-cert-validity must be between 30s and 5y (1825d)");
             }
+            cfg.outbound_allow_networks = outbound.outbound_allow_networks.clone();
+            cfg.outbound_allow_hosts = outbound.outbound_allow_hosts.clone();
             verge_cloud::run(cfg, shutdown_signal())
                 .await
                 .map_err(|e| anyhow!("{e}"))
         }
-        Cmd::Dev { listen, images } => dev::run(*listen, images, shutdown_signal()).await,
+        Cmd::Dev {
+            listen,
+            images,
+            outbound,
+        } => {
+            let allow = dev::OutboundAllow {
+                networks: outbound.outbound_allow_networks.clone(),
+                hosts: outbound.outbound_allow_hosts.clone(),
+            };
+            dev::run(*listen, images, &allow, shutdown_signal()).await
+        }
         Cmd::Image { cmd } => images::run(cmd, || client(&cli)).await,
         Cmd::Apply { file } => commands::apply(&client(&cli)?, file).await,
         Cmd::Get {

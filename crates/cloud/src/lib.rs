@@ -76,6 +76,14 @@ pub struct CloudConfig {
     /// Services mounted at a path prefix without the API's authentication, because they
     /// authenticate requests themselves: the `/img` endpoint (signed URLs).
     pub mounts: Vec<(String, axum::Router)>,
+    /// Non-public networks (IPs or CIDRs) that requests made on a user's behalf —
+    /// task callbacks — may reach; by default none: public addresses only
+    /// (`verge cloud --outbound-allow-networks`). The image service has its own
+    /// (`--img-allow-network`).
+    pub outbound_allow_networks: Vec<String>,
+    /// When not empty, the only hosts those requests may reach (exact names or
+    /// `*.domain`); the address check applies to them too (`--outbound-allow-hosts`).
+    pub outbound_allow_hosts: Vec<String>,
 }
 
 impl CloudConfig {
@@ -98,6 +106,8 @@ impl CloudConfig {
             gateway: gateway::GatewayConfig::default(),
             builtins: Arc::new(functions::Registry::with_defaults()),
             mounts: Vec::new(),
+            outbound_allow_networks: Vec::new(),
+            outbound_allow_hosts: Vec::new(),
         }
     }
 }
@@ -333,6 +343,7 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         function_host.clone(),
         artifact_store.clone(),
         functions::callbacks::load_or_create_key(&cfg.data_dir)?,
+        functions::callbacks::http_client(&cfg.outbound_allow_networks, &cfg.outbound_allow_hosts)?,
     );
     if let Some(gw) = &gateway {
         tasks.set_downlink(gw.clone());

@@ -1,7 +1,16 @@
-//! Artifacts on the node: download from the cloud's artifact store over mutual TLS
-//! (resumable, verified by SHA-256) and unpack tar / tar.gz archives safely.
+//! Artifacts on the node: download from the cloud's artifact store over mutual TLS, or
+//! from the `artifact.url` an App or Function names through the outbound guard
+//! (resumable, verified by SHA-256), and unpack tar / tar.gz archives safely.
 //!
 //! # Download ([`fetch`])
+//!
+//! Two ways in ([`Via`]): the cloud's store (no `url`, or a `url` on the cloud's own
+//! origin) with the node's certificate, trusting only the cluster CA; any other URL is
+//! the user's choice and goes through `verge_outbound` ([`outbound_client`]): public
+//! addresses only unless the operator allowed a network (`verge-edge run
+//! --outbound-allow-networks`), every redirect hop and the connected peer checked. A
+//! guarded download that gets no answer fails with the same words whatever the reason
+//! (refused, unreachable, timeout, TLS); the detail is logged at debug level.
 //!
 //! The content goes to `DEST.partial` first. When that file exists from an earlier,
 //! interrupted attempt, the request asks for the rest only (`Range: bytes=N-`); a
@@ -33,6 +42,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderValue, RANGE};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
@@ -54,6 +65,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest error answer read from the cloud.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Deadline over a whole guarded download (an interrupted one resumes next time).
+const GUARDED_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// `{cloud}/api/v1/artifacts/{sha256}`.
 pub fn artifact_url(cloud_base: &str, sha256: &str) -> String {
@@ -83,6 +96,137 @@ pub fn node_https_client(identity: &Identity) -> Result<reqwest::Client> {
         })
 }
 
+/// The outbound guard for `artifact.url` downloads: public addresses only, plus
+/// `allow_networks` (IPs or CIDRs) and, when not empty, only the hosts on `allow_hosts`;
+/// system roots for https; redirects followed (at most 5, each hop checked); connects
+/// time out after 10 s, a stalled transfer after 60 s, a whole download after 30 min.
+/// Fails naming a bad allow-list entry.
+pub fn outbound_client(
+    allow_networks: &[String],
+    allow_hosts: &[String],
+) -> Result<verge_outbound::Client> {
+    verge_outbound::Client::new(verge_outbound::Policy {
+        allow_networks: allow_networks.to_vec(),
+        allow_hosts: allow_hosts.to_vec(),
+        max_bytes: MAX_UNPACKED_BYTES,
+        timeout: GUARDED_TIMEOUT,
+        connect_timeout: CONNECT_TIMEOUT,
+        read_timeout: Some(READ_TIMEOUT),
+        ..verge_outbound::Policy::default()
+    })
+    .map_err(|e| Error::Invalid(format!("outbound requests: {e}")))
+}
+
+/// Whether `url` is on the cloud's own origin (`https`, same host and port as `cloud`):
+/// the cloud's store, fetched with the node's certificate rather than through the guard.
+pub fn on_cloud_origin(url: &str, cloud: &str) -> bool {
+    match (reqwest::Url::parse(url), reqwest::Url::parse(cloud)) {
+        (Ok(u), Ok(c)) => {
+            u.scheme() == "https"
+                && c.scheme() == "https"
+                && u.username().is_empty()
+                && u.password().is_none()
+                && u.host_str().is_some()
+                && u.host_str() == c.host_str()
+                && u.port_or_known_default() == c.port_or_known_default()
+        }
+        _ => false,
+    }
+}
+
+/// How a download reaches its server.
+#[derive(Clone, Copy)]
+pub enum Via<'a> {
+    /// The cloud's artifact store: the node's mutual-TLS client ([`node_https_client`]).
+    Node(&'a reqwest::Client),
+    /// A URL an App or Function named: the outbound guard ([`outbound_client`]).
+    Guarded(&'a verge_outbound::Client),
+}
+
+impl<'a> From<&'a reqwest::Client> for Via<'a> {
+    fn from(client: &'a reqwest::Client) -> Self {
+        Via::Node(client)
+    }
+}
+
+impl<'a> From<&'a verge_outbound::Client> for Via<'a> {
+    fn from(client: &'a verge_outbound::Client) -> Self {
+        Via::Guarded(client)
+    }
+}
+
+impl Via<'_> {
+    async fn get(self, url: &str, headers: HeaderMap) -> Result<Answer> {
+        match self {
+            Via::Node(client) => client
+                .get(url)
+                .headers(headers)
+                .send()
+                .await
+                .map(Answer::Node)
+                .map_err(|e| http_err(url, &e)),
+            Via::Guarded(client) => client
+                .get(url, headers)
+                .await
+                .map(Answer::Guarded)
+                .map_err(|e| guarded_err(url, e)),
+        }
+    }
+}
+
+/// An answer from either way in.
+enum Answer {
+    Node(reqwest::Response),
+    Guarded(verge_outbound::Response),
+}
+
+impl Answer {
+    fn status(&self) -> reqwest::StatusCode {
+        let code = match self {
+            Answer::Node(r) => return r.status(),
+            Answer::Guarded(r) => r.status(),
+        };
+        reqwest::StatusCode::from_u16(code).unwrap_or(reqwest::StatusCode::BAD_GATEWAY)
+    }
+
+    fn headers(&self) -> &HeaderMap {
+        match self {
+            Answer::Node(r) => r.headers(),
+            Answer::Guarded(r) => r.headers(),
+        }
+    }
+
+    fn content_length(&self) -> Option<u64> {
+        match self {
+            Answer::Node(r) => r.content_length(),
+            Answer::Guarded(r) => r.content_length(),
+        }
+    }
+
+    async fn chunk(&mut self, url: &str) -> Result<Option<Bytes>> {
+        match self {
+            Answer::Node(r) => r.chunk().await.map_err(|e| http_err(url, &e)),
+            Answer::Guarded(r) => r.chunk().await.map_err(|e| guarded_err(url, e)),
+        }
+    }
+}
+
+/// A guard error as the node reports it: an oversized answer as such, anything without
+/// an answer in the guard's redacted words (the detail at debug level only).
+fn guarded_err(url: &str, e: verge_outbound::Error) -> Error {
+    if let verge_outbound::Error::TooLarge { max, .. } = e {
+        return Error::ArtifactTooLarge {
+            url: url.to_owned(),
+            max,
+        };
+    }
+    tracing::debug!(%url, error = %e, "artifact download failed");
+    Error::Http {
+        url: url.to_owned(),
+        message: e.redacted(),
+    }
+}
+
 /// `DEST.partial`.
 pub fn partial_path(dest: &Path) -> PathBuf {
     let mut s = dest.as_os_str().to_owned();
@@ -109,12 +253,8 @@ fn parse_digest(s: &str) -> Result<String> {
 }
 
 /// `bytes START-END/TOTAL` → (START, TOTAL); `bytes */TOTAL` → (None, TOTAL).
-fn content_range(resp: &reqwest::Response) -> Option<(Option<u64>, Option<u64>)> {
-    let v = resp
-        .headers()
-        .get(reqwest::header::CONTENT_RANGE)?
-        .to_str()
-        .ok()?;
+fn content_range(headers: &HeaderMap) -> Option<(Option<u64>, Option<u64>)> {
+    let v = headers.get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
     let rest = v.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
     let total = total.trim().parse::<u64>().ok();
@@ -126,11 +266,11 @@ fn content_range(resp: &reqwest::Response) -> Option<(Option<u64>, Option<u64>)>
 }
 
 /// The server's `message` from an error answer, or the status' reason.
-async fn refusal(url: &str, resp: reqwest::Response) -> Error {
+async fn refusal(url: &str, resp: Answer) -> Error {
     let status = resp.status();
     let mut body = Vec::new();
     let mut resp = resp;
-    while let Ok(Some(chunk)) = resp.chunk().await {
+    while let Ok(Some(chunk)) = resp.chunk(url).await {
         body.extend_from_slice(&chunk);
         if body.len() > MAX_ERROR_BODY {
             break;
@@ -205,15 +345,29 @@ pub struct Fetcher {
     pub cloud: String,
     /// Authenticates as the node (mutual TLS).
     pub client: reqwest::Client,
+    /// Every other URL: the outbound guard ([`outbound_client`]).
+    pub outbound: verge_outbound::Client,
+}
+
+impl Fetcher {
+    /// The node's way to its cloud, and `outbound` for everything else.
+    pub fn new(identity: &Identity, outbound: verge_outbound::Client) -> Result<Self> {
+        Ok(Fetcher {
+            cloud: identity.cloud.clone(),
+            client: node_https_client(identity)?,
+            outbound,
+        })
+    }
 }
 
 /// Marker written into an unpacked directory, holding the artifact's digest.
 const READY_MARKER: &str = ".verge-ready";
 
 /// Makes `dir` hold the unpacked `artifact` (native apps, function code): nothing to do
-/// when its ready marker names the digest; else downloaded into `downloads` (from
-/// `artifact.url`, or the cloud's store with the node's certificate), verified,
-/// unpacked afresh, marked.
+/// when its ready marker names the digest; else downloaded into `downloads` (from the
+/// cloud's store with the node's certificate, or `artifact.url` through the outbound
+/// guard — with the default policy when there is no `fetcher`), verified, unpacked
+/// afresh, marked.
 ///
 /// An archive refused for its content is [`Error::ArtifactRefused`], deleted and
 /// remembered by digest: asked again, `install` answers the same refusal without
@@ -239,20 +393,18 @@ pub async fn install(
         });
     }
     let archive = downloads.join(&artifact.sha256);
-    let (url, client) = match (&artifact.url, fetcher) {
-        (Some(u), Some(f)) if u.starts_with("https://") => (u.clone(), f.client.clone()),
-        (Some(u), _) => (
-            u.clone(),
-            reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .read_timeout(Duration::from_secs(60))
-                .build()
-                .map_err(|e| Error::Http {
-                    url: u.clone(),
-                    message: e.to_string(),
-                })?,
+    let public_only;
+    let (url, via) = match (&artifact.url, fetcher) {
+        (Some(u), Some(f)) if on_cloud_origin(u, &f.cloud) => (u.clone(), Via::Node(&f.client)),
+        (Some(u), Some(f)) => (u.clone(), Via::Guarded(&f.outbound)),
+        (Some(u), None) => {
+            public_only = outbound_client(&[], &[])?;
+            (u.clone(), Via::Guarded(&public_only))
+        }
+        (None, Some(f)) => (
+            artifact_url(&f.cloud, &artifact.sha256),
+            Via::Node(&f.client),
         ),
-        (None, Some(f)) => (artifact_url(&f.cloud, &artifact.sha256), f.client.clone()),
         (None, None) => {
             return Err(Error::Invalid(format!(
                 "no artifact URL and no cloud to fetch sha256:{} from",
@@ -260,7 +412,7 @@ pub async fn install(
             )));
         }
     };
-    fetch(&client, &url, &artifact.sha256, &archive, max_bytes).await?;
+    fetch(via, &url, &artifact.sha256, &archive, max_bytes).await?;
     let (a, d) = (archive.clone(), dir.to_path_buf());
     let unpacked = tokio::task::spawn_blocking(move || {
         if d.exists() {
@@ -314,16 +466,18 @@ fn write_marker(marker: &Path, sha256: &str) -> Result<()> {
     f.write_all(sha256.as_bytes()).map_err(io_err(marker))
 }
 
-/// Downloads `url` to `dest`, verified against `sha256` (64 hex digits), refusing
-/// more than `max_bytes`. Resumes from `dest.partial` when an earlier attempt left
-/// one. When `dest` already holds the right content, nothing is downloaded.
-pub async fn fetch(
-    client: &reqwest::Client,
+/// Downloads `url` to `dest` (with the node's client or through the guard, see
+/// [`Via`]), verified against `sha256` (64 hex digits), refusing more than
+/// `max_bytes`. Resumes from `dest.partial` when an earlier attempt left one. When
+/// `dest` already holds the right content, nothing is downloaded.
+pub async fn fetch<'a>(
+    via: impl Into<Via<'a>>,
     url: &str,
     sha256: &str,
     dest: &Path,
     max_bytes: u64,
 ) -> Result<PathBuf> {
+    let via = via.into();
     let expected = parse_digest(sha256)?;
     if file_len(dest).await?.is_some() {
         let got = hex::encode(hash_prefix(dest, u64::MAX).await?.finalize());
@@ -347,14 +501,16 @@ pub async fn fetch(
     // At most two requests: a resume the server cannot serve falls back to a full one.
     // `None`: the partial file already holds everything.
     let resp = loop {
-        let mut req = client.get(url);
-        if offset > 0 {
-            req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        let mut headers = HeaderMap::new();
+        if offset > 0
+            && let Ok(range) = HeaderValue::from_str(&format!("bytes={offset}-"))
+        {
+            headers.insert(RANGE, range);
         }
-        let resp = req.send().await.map_err(|e| http_err(url, &e))?;
+        let resp = via.get(url, headers).await?;
         match resp.status().as_u16() {
             206 if offset > 0 => {
-                let (start, total) = content_range(&resp).unwrap_or((None, None));
+                let (start, total) = content_range(resp.headers()).unwrap_or((None, None));
                 if start != Some(offset) {
                     return Err(Error::Http {
                         url: url.to_owned(),
@@ -387,7 +543,7 @@ pub async fn fetch(
             }
             416 if offset > 0 => {
                 // Nothing left to send: the partial file may be complete already.
-                if content_range(&resp).and_then(|(_, t)| t) == Some(offset) {
+                if content_range(resp.headers()).and_then(|(_, t)| t) == Some(offset) {
                     break None;
                 }
                 offset = 0;
@@ -418,13 +574,13 @@ pub async fn fetch(
         let mut file = tokio::io::BufWriter::with_capacity(256 * 1024, file);
         let mut size = offset;
         loop {
-            let chunk = match resp.chunk().await {
+            let chunk = match resp.chunk(url).await {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(e) => {
                     // Keep what arrived for the next attempt.
                     let _ = file.flush().await;
-                    return Err(http_err(url, &e));
+                    return Err(e);
                 }
             };
             size += chunk.len() as u64;
@@ -468,3 +624,6 @@ pub async fn fetch(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod guarded_tests;

@@ -61,22 +61,21 @@ fn now_ms() -> i64 {
 }
 
 impl Functions {
-    /// Sets up the runtime under `DATA_DIR/functions`, and installs it and the task
-    /// inbox in `state`.
+    /// Sets up the runtime under `DATA_DIR/functions` (code artifacts from the cloud with
+    /// the node's certificate, `artifact.url`s through `outbound`), and installs it and
+    /// the task inbox in `state`.
     pub fn for_node(
         state: Arc<EdgeState>,
         identity: &crate::Identity,
         builtins: Arc<verge_runtime::Registry>,
+        outbound: verge_outbound::Client,
     ) -> Result<Functions> {
         let root = identity.data_dir.join("functions");
         let runtime = Runtime::new(verge_runtime::RuntimeConfig::new(
             root.join("work"),
             builtins,
         ));
-        let fetcher = Some(Fetcher {
-            cloud: identity.cloud.clone(),
-            client: crate::artifact::node_https_client(identity)?,
-        });
+        let fetcher = Some(Fetcher::new(identity, outbound)?);
         Ok(Self::new(state, runtime, fetcher, root))
     }
 

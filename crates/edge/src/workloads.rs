@@ -289,14 +289,16 @@ impl Workloads {
     }
 
     /// The engines for a joined node: native apps under `DATA_DIR/apps` (artifacts
-    /// fetched from the cloud with the node's certificate, cgroups detected), and the
-    /// Docker engine on `docker_socket` (default `DOCKER_HOST`, else
-    /// /var/run/docker.sock) — or, when none answers, the reason Docker apps fail.
+    /// fetched from the cloud with the node's certificate, `artifact.url`s through
+    /// `outbound`, cgroups detected), and the Docker engine on `docker_socket` (default
+    /// `DOCKER_HOST`, else /var/run/docker.sock) — or, when none answers, the reason
+    /// Docker apps fail.
     pub async fn for_node(
         state: Arc<EdgeState>,
         identity: &crate::Identity,
         docker_socket: Option<&std::path::Path>,
         docker_network: Option<String>,
+        outbound: verge_outbound::Client,
     ) -> crate::Result<Self> {
         use crate::engine::native::{Cgroups, Fetcher};
         let cgroups = Cgroups::detect(&identity.name);
@@ -306,10 +308,7 @@ impl Workloads {
         let native = NativeEngine::new(
             identity.data_dir.join("apps"),
             cgroups,
-            Some(Fetcher {
-                cloud: identity.cloud.clone(),
-                client: crate::artifact::node_https_client(identity)?,
-            }),
+            Some(Fetcher::new(identity, outbound)?),
         );
         let docker = LazyDocker::new(
             docker_socket.map(std::path::Path::to_path_buf),

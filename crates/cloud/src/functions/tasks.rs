@@ -66,7 +66,8 @@ pub struct Tasks {
     artifacts: Arc<ArtifactStore>,
     downlink: OnceLock<DynDownlink>,
     callback_key: Vec<u8>,
-    http: reqwest::Client,
+    /// Callbacks go out through the outbound guard ([`callbacks::http_client`]).
+    http: verge_outbound::Client,
     /// Unfinished tasks (and finished ones with a callback to deliver) → node.
     active: Mutex<HashMap<String, Option<String>>>,
     delivering: Mutex<HashSet<String>>,
@@ -80,8 +81,8 @@ impl Tasks {
         host: Arc<FunctionHost>,
         artifacts: Arc<ArtifactStore>,
         callback_key: Vec<u8>,
+        http: verge_outbound::Client,
     ) -> Arc<Self> {
-        let http = callbacks::http_client();
         Arc::new(Self {
             store,
             host,

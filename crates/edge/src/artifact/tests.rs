@@ -15,19 +15,19 @@ use super::*;
 // ---- fetch ----
 
 #[derive(Clone, Copy, PartialEq)]
-enum Ranges {
+pub(super) enum Ranges {
     Honor,
     Ignore,
 }
 
-struct Server {
-    url: String,
+pub(super) struct Server {
+    pub(super) url: String,
     /// The `Range` header of every request, in order.
-    seen: Arc<Mutex<Vec<Option<String>>>>,
+    pub(super) seen: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 /// Serves `content` at `/a` (404 elsewhere), honouring or ignoring `Range: bytes=N-`.
-async fn serve(content: Vec<u8>, ranges: Ranges) -> Server {
+pub(super) async fn serve(content: Vec<u8>, ranges: Ranges) -> Server {
     serve_at(content, ranges, "/a").await
 }
 
@@ -104,7 +104,7 @@ async fn serve_at(content: Vec<u8>, ranges: Ranges, path: &'static str) -> Serve
     }
 }
 
-fn content() -> (Vec<u8>, String) {
+pub(super) fn content() -> (Vec<u8>, String) {
     let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let digest = hex::encode(Sha256::digest(&data));
     (data, digest)
