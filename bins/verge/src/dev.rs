@@ -21,6 +21,7 @@ pub fn dev_home() -> Result<PathBuf> {
 pub async fn run(
     listen: SocketAddr,
     images: &crate::images::ImageServiceArgs,
+    sandbox: &crate::SandboxArgs,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let home = dev_home()?;
@@ -28,6 +29,9 @@ pub async fn run(
     let _ = std::fs::remove_file(&addr_file);
     let mut cfg = CloudConfig::new(&home, listen);
     let image_env = crate::images::wire(&mut cfg, &home, images, true)?;
+    sandbox.apply(&mut cfg.function_sandbox)?;
+    let mut edge_sandbox = verge_runtime::SandboxConfig::default();
+    sandbox.apply(&mut edge_sandbox)?;
     cfg.mqtt_listen = Some(SocketAddr::new(listen.ip(), 8883));
     // One shutdown signal for the control plane and the local edge node.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -59,7 +63,13 @@ pub async fn run(
         ),
         Err(e) => eprintln!("warning: could not create the image functions: {e:#}"),
     }
-    let edge = dev_edge(&home, &admin, image_env, stopped(stop_rx.clone()));
+    let edge = dev_edge(
+        &home,
+        &admin,
+        image_env,
+        edge_sandbox,
+        stopped(stop_rx.clone()),
+    );
     tokio::pin!(edge);
     let mut edge_done = false;
     loop {
@@ -82,12 +92,14 @@ async fn dev_edge(
     home: &std::path::Path,
     admin: &ClientConfig,
     images: std::sync::Arc<verge_images::functions::ImageEnv>,
+    sandbox: verge_runtime::SandboxConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let dir = home.join("edge");
     if !dir.join("identity.json").exists() {
         let c = Client::new(admin)?;
         let body = serde_json::json!({"role": "bootstrap", "uses": 1, "ttlSeconds": 600,
+            "labels": {"verge.dev/dev": "true"},
             "description": "verge dev local edge node"});
         let tok: serde_json::Value = c
             .send_json(reqwest::Method::POST, "/api/v1/tokens", Some(&body))
@@ -146,6 +158,7 @@ async fn dev_edge(
         state.clone(),
         &identity,
         std::sync::Arc::new(crate::builtins::registry(images)),
+        sandbox,
     )?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_workloads = {

@@ -6,6 +6,7 @@
 //! binary only parses flags and calls it.
 
 pub mod apps;
+pub mod artifact_access;
 pub mod artifacts;
 pub mod auth;
 mod client_config;
@@ -76,6 +77,9 @@ pub struct CloudConfig {
     /// Services mounted at a path prefix without the API's authentication, because they
     /// authenticate requests themselves: the `/img` endpoint (signed URLs).
     pub mounts: Vec<(String, axum::Router)>,
+    /// How the cloud's python3/node function workers are sandboxed (the data directory
+    /// is added to what they must never see).
+    pub function_sandbox: verge_runtime::SandboxConfig,
 }
 
 impl CloudConfig {
@@ -98,6 +102,10 @@ impl CloudConfig {
             gateway: gateway::GatewayConfig::default(),
             builtins: Arc::new(functions::Registry::with_defaults()),
             mounts: Vec::new(),
+            function_sandbox: verge_runtime::SandboxConfig {
+                cgroup_parent: "verge-fn-cloud".into(),
+                ..verge_runtime::SandboxConfig::default()
+            },
         }
     }
 }
@@ -323,11 +331,23 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         }));
     }
     // Functions: the cloud's runtime, the Function, Task and Trigger controllers.
+    let mut sandbox = cfg.function_sandbox.clone();
+    sandbox.hide.push(cfg.data_dir.clone());
     let function_host = functions::FunctionHost::new(
         store.clone(),
         cfg.data_dir.join("functions"),
         cfg.builtins.clone(),
+        sandbox,
     );
+    {
+        let host = function_host.clone();
+        tokio::spawn(async move {
+            let st = host.runtime().sandbox_status().await;
+            if !st.is_enforced() {
+                tracing::warn!(state = %st.state, reason = ?st.reason, "python3/node functions are not sandboxed in the cloud");
+            }
+        });
+    }
     let tasks = functions::tasks::Tasks::new(
         store.clone(),
         function_host.clone(),
