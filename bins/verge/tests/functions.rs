@@ -222,7 +222,7 @@ async fn functions_invoke_tasks_callbacks_triggers_offline() -> Result<()> {
         &["--heartbeat-interval", "1s", "--heartbeat-misses", "5"],
     )
     .await?;
-    let token = cloud.bootstrap_token(1).await?;
+    let token = cloud.bootstrap_token_with(1, &["region=eu"]).await?;
     let node = format!("fn-a-{}", std::process::id());
     let dirs = tempfile::tempdir()?;
     let d = dirs.path().join(&node);
