@@ -105,6 +105,15 @@ struct RunArgs {
     #[arg(long, env = "VERGE_EDGE_OUTBOUND_ALLOW_HOSTS", value_name = "HOST",
           value_delimiter = ',', value_parser = verge_outbound::allow_host_entry)]
     outbound_allow_hosts: Vec<String>,
+    /// Run python3/node function workers WITHOUT the sandbox: no uid switch, no
+    /// namespaces, cgroup or seccomp filter, so function code can read and do all that
+    /// the agent can (its key, the local store). Only where the sandbox cannot be set
+    /// up (not root, no bubblewrap) and every function's code is trusted.
+    #[arg(long)]
+    unsafe_unsandboxed_functions: bool,
+    /// The uid and gid sandboxed function workers run as (never 0, never the agent's).
+    #[arg(long, default_value_t = verge_runtime::sandbox::DEFAULT_UID)]
+    function_uid: u32,
 }
 
 #[derive(Subcommand)]
@@ -342,11 +351,25 @@ async fn run(a: RunArgs) -> Result<()> {
     .await?;
     let workloads_task = tokio::spawn(workloads.run(stop_rx.clone()));
     // Functions: warm pools, dispatched tasks, and cron triggers (offline too).
+    if a.function_uid == 0 {
+        anyhow::bail!("--function-uid must not be 0");
+    }
+    let sandbox = verge_runtime::SandboxConfig {
+        mode: if a.unsafe_unsandboxed_functions {
+            verge_runtime::SandboxMode::Unsafe
+        } else {
+            verge_runtime::SandboxMode::Enforce
+        },
+        uid: a.function_uid,
+        gid: a.function_uid,
+        ..verge_runtime::SandboxConfig::default()
+    };
     let functions = verge_edge::functions::Functions::for_node(
         state.clone(),
         &identity,
         Arc::new(builtins(&identity, &a.data_dir, &outbound)?),
         outbound,
+        sandbox,
     )?;
     let functions_task = tokio::spawn(functions.run(stop_rx.clone()));
 

@@ -29,6 +29,7 @@ pub async fn run(
     listen: SocketAddr,
     images: &crate::images::ImageServiceArgs,
     outbound: &OutboundAllow,
+    sandbox: &crate::SandboxArgs,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let home = dev_home()?;
@@ -40,6 +41,9 @@ pub async fn run(
     let edge_outbound = verge_edge::artifact::outbound_client(&outbound.networks, &outbound.hosts)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let image_env = crate::images::wire(&mut cfg, &home, images, true)?;
+    sandbox.apply(&mut cfg.function_sandbox)?;
+    let mut edge_sandbox = verge_runtime::SandboxConfig::default();
+    sandbox.apply(&mut edge_sandbox)?;
     cfg.mqtt_listen = Some(SocketAddr::new(listen.ip(), 8883));
     // One shutdown signal for the control plane and the local edge node.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -76,6 +80,7 @@ pub async fn run(
         &admin,
         image_env,
         edge_outbound,
+        edge_sandbox,
         stopped(stop_rx.clone()),
     );
     tokio::pin!(edge);
@@ -101,12 +106,14 @@ async fn dev_edge(
     admin: &ClientConfig,
     images: std::sync::Arc<verge_images::functions::ImageEnv>,
     outbound: verge_outbound::Client,
+    sandbox: verge_runtime::SandboxConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let dir = home.join("edge");
     if !dir.join("identity.json").exists() {
         let c = Client::new(admin)?;
         let body = serde_json::json!({"role": "bootstrap", "uses": 1, "ttlSeconds": 600,
+            "labels": {"verge.dev/dev": "true"},
             "description": "verge dev local edge node"});
         let tok: serde_json::Value = c
             .send_json(reqwest::Method::POST, "/api/v1/tokens", Some(&body))
@@ -167,6 +174,7 @@ async fn dev_edge(
         &identity,
         std::sync::Arc::new(crate::builtins::registry(images)),
         outbound,
+        sandbox,
     )?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_workloads = {

@@ -115,6 +115,37 @@ struct OutboundArgs {
 
 // Parsed once per process; boxing the `cloud` flags would only add noise.
 #[allow(clippy::large_enum_variant)]
+/// How python3/node function workers are isolated (decision 011).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SandboxArgs {
+    /// Run python3/node function workers WITHOUT the sandbox: no uid switch, no
+    /// namespaces, cgroup or seccomp filter, so function code can read and do all that
+    /// this process can (keys, tokens, the store). Only where the sandbox cannot be set
+    /// up (not root, no bubblewrap) and every function's code is trusted.
+    #[arg(long)]
+    pub unsafe_unsandboxed_functions: bool,
+    /// The uid and gid sandboxed function workers run as (never 0, never this
+    /// process's own).
+    #[arg(long, default_value_t = verge_runtime::sandbox::DEFAULT_UID)]
+    pub function_uid: u32,
+}
+
+impl SandboxArgs {
+    pub fn apply(&self, cfg: &mut verge_runtime::SandboxConfig) -> Result<()> {
+        if self.function_uid == 0 {
+            anyhow::bail!("--function-uid must not be 0");
+        }
+        cfg.uid = self.function_uid;
+        cfg.gid = self.function_uid;
+        if self.unsafe_unsandboxed_functions {
+            cfg.mode = verge_runtime::SandboxMode::Unsafe;
+        }
+        Ok(())
+    }
+}
+
+// Parsed once per process: the size of the `cloud` variant's flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the control plane.
@@ -169,6 +200,7 @@ enum Cmd {
         images: images::ImageServiceArgs,
         #[command(flatten)]
         outbound: OutboundArgs,
+        sandbox: SandboxArgs,
     },
     /// Run a local control plane with embedded defaults ($VERGE_HOME or ~/.verge/dev).
     Dev {
@@ -178,6 +210,7 @@ enum Cmd {
         images: images::ImageServiceArgs,
         #[command(flatten)]
         outbound: OutboundArgs,
+        sandbox: SandboxArgs,
     },
     /// Create or update the objects in a file (`-` for stdin).
     Apply {
@@ -384,6 +417,7 @@ async fn run(cli: Cli) -> Result<()> {
             node_cert_validity,
             images,
             outbound,
+            sandbox,
         } => {
             let data_dir = data_dir
                 .as_ref()
@@ -393,6 +427,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let mut cfg = verge_cloud::CloudConfig::new(data_dir, *listen);
             images::wire(&mut cfg, data_dir, images, false)?;
+            sandbox.apply(&mut cfg.function_sandbox)?;
             cfg.insecure_http = *insecure_http;
             cfg.tls_sans = tls_san.clone();
             cfg.max_body_bytes = *max_body_bytes;
@@ -433,12 +468,13 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             images,
             outbound,
+            sandbox,
         } => {
             let allow = dev::OutboundAllow {
                 networks: outbound.outbound_allow_networks.clone(),
                 hosts: outbound.outbound_allow_hosts.clone(),
             };
-            dev::run(*listen, images, &allow, shutdown_signal()).await
+            dev::run(*listen, images, &allow, sandbox, shutdown_signal()).await
         }
         Cmd::Image { cmd } => images::run(cmd, || client(&cli)).await,
         Cmd::Apply { file } => commands::apply(&client(&cli)?, file).await,

@@ -231,7 +231,7 @@ async fn functions_invoke_tasks_callbacks_triggers_offline() -> Result<()> {
         ],
     )
     .await?;
-    let token = cloud.bootstrap_token(1).await?;
+    let token = cloud.bootstrap_token_with(1, &["region=eu"]).await?;
     let node = format!("fn-a-{}", std::process::id());
     let dirs = tempfile::tempdir()?;
     let d = dirs.path().join(&node);

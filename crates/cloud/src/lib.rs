@@ -6,6 +6,7 @@
 //! binary only parses flags and calls it.
 
 pub mod apps;
+pub mod artifact_access;
 pub mod artifacts;
 pub mod auth;
 mod client_config;
@@ -84,6 +85,9 @@ pub struct CloudConfig {
     /// When not empty, the only hosts those requests may reach (exact names or
     /// `*.domain`); the address check applies to them too (`--outbound-allow-hosts`).
     pub outbound_allow_hosts: Vec<String>,
+    /// How the cloud's python3/node function workers are sandboxed (the data directory
+    /// is added to what they must never see).
+    pub function_sandbox: verge_runtime::SandboxConfig,
 }
 
 impl CloudConfig {
@@ -108,6 +112,10 @@ impl CloudConfig {
             mounts: Vec::new(),
             outbound_allow_networks: Vec::new(),
             outbound_allow_hosts: Vec::new(),
+            function_sandbox: verge_runtime::SandboxConfig {
+                cgroup_parent: "verge-fn-cloud".into(),
+                ..verge_runtime::SandboxConfig::default()
+            },
         }
     }
 }
@@ -333,11 +341,23 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         }));
     }
     // Functions: the cloud's runtime, the Function, Task and Trigger controllers.
+    let mut sandbox = cfg.function_sandbox.clone();
+    sandbox.hide.push(cfg.data_dir.clone());
     let function_host = functions::FunctionHost::new(
         store.clone(),
         cfg.data_dir.join("functions"),
         cfg.builtins.clone(),
+        sandbox,
     );
+    {
+        let host = function_host.clone();
+        tokio::spawn(async move {
+            let st = host.runtime().sandbox_status().await;
+            if !st.is_enforced() {
+                tracing::warn!(state = %st.state, reason = ?st.reason, "python3/node functions are not sandboxed in the cloud");
+            }
+        });
+    }
     let tasks = functions::tasks::Tasks::new(
         store.clone(),
         function_host.clone(),

@@ -249,11 +249,22 @@ impl Cloud {
 
     /// A bootstrap token (`id.secret`) good for `uses` joins.
     pub async fn bootstrap_token(&self, uses: u32) -> Result<String> {
+        self.bootstrap_token_with(uses, &[]).await
+    }
+
+    /// A bootstrap token granting `labels` (`k=v`) to the nodes that join with it (a
+    /// node can only ask for labels its token grants).
+    pub async fn bootstrap_token_with(&self, uses: u32, labels: &[&str]) -> Result<String> {
+        let mut map = serde_json::Map::new();
+        for l in labels {
+            let (k, v) = l.split_once('=').context("label k=v")?;
+            map.insert(k.to_string(), v.into());
+        }
         let tok = self
             .api(
                 reqwest::Method::POST,
                 "/api/v1/tokens",
-                Some(serde_json::json!({"role": "bootstrap", "uses": uses})),
+                Some(serde_json::json!({"role": "bootstrap", "uses": uses, "labels": map})),
             )
             .await?;
         tok["token"]

@@ -396,10 +396,16 @@ impl Tasks {
             return;
         };
         self.track(name, Some(node.to_string()));
+        let input = spec.input.clone().unwrap_or(Value::Null);
+        // Artifacts the input names (image sources): the node may fetch them for this
+        // attempt.
+        self.artifacts
+            .grants()
+            .grant_referenced(node, &input, now + attempt_timeout_ms(spec));
         let msg = Message::Task(verge_proto::Task {
             id: name.to_string(),
             function: spec.function.clone(),
-            input: spec.input.clone().unwrap_or(Value::Null),
+            input,
             deadline_ms: now + attempt_timeout_ms(spec),
             idempotency_key: Some(
                 spec.idempotency_key
