@@ -200,6 +200,7 @@ enum Cmd {
         images: images::ImageServiceArgs,
         #[command(flatten)]
         outbound: OutboundArgs,
+        #[command(flatten)]
         sandbox: SandboxArgs,
     },
     /// Run a local control plane with embedded defaults ($VERGE_HOME or ~/.verge/dev).
@@ -210,6 +211,7 @@ enum Cmd {
         images: images::ImageServiceArgs,
         #[command(flatten)]
         outbound: OutboundArgs,
+        #[command(flatten)]
         sandbox: SandboxArgs,
     },
     /// Create or update the objects in a file (`-` for stdin).

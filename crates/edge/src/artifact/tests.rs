@@ -296,6 +296,7 @@ async fn cloud_store(data: Vec<u8>, digest: &str) -> (Server, Fetcher) {
     let fetcher = Fetcher {
         cloud: srv.url.trim_end_matches(path).to_string(),
         client: client(),
+        outbound: crate::artifact::outbound_client(&[], &[]).unwrap(),
     };
     (srv, fetcher)
 }
