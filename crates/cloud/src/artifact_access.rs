@@ -30,6 +30,11 @@ const MAX_GRANTS_PER_NODE: usize = 1024;
 /// Digests taken from one task input.
 const MAX_DIGESTS_PER_INPUT: usize = 64;
 
+/// The digest a string names: 64 hex digits, optionally `sha256:`-prefixed.
+fn digest_in(s: &str) -> Option<String> {
+    crate::artifacts::parse_sha256(s.strip_prefix("sha256:").unwrap_or(s))
+}
+
 /// Every string in `v` that is a SHA-256 digest (64 hex digits, optionally
 /// `sha256:`-prefixed), lowercased; at most [`MAX_DIGESTS_PER_INPUT`].
 pub fn referenced_digests(v: &Value) -> Vec<String> {
@@ -38,7 +43,7 @@ pub fn referenced_digests(v: &Value) -> Vec<String> {
     while let Some(v) = stack.pop() {
         match v {
             Value::String(s) => {
-                if let Some(d) = crate::artifacts::parse_sha256(s) {
+                if let Some(d) = digest_in(s) {
                     if !out.contains(&d) {
                         out.push(d);
                     }
@@ -58,7 +63,7 @@ pub fn referenced_digests(v: &Value) -> Vec<String> {
 /// Whether `v` names `digest` anywhere.
 fn mentions(v: &Value, digest: &str) -> bool {
     match v {
-        Value::String(s) => crate::artifacts::parse_sha256(s).as_deref() == Some(digest),
+        Value::String(s) => digest_in(s).as_deref() == Some(digest),
         Value::Array(a) => a.iter().any(|x| mentions(x, digest)),
         Value::Object(m) => m.values().any(|x| mentions(x, digest)),
         _ => false,
