@@ -672,7 +672,7 @@ impl Tasks {
             .as_ref()
             .map(|v| serde_json::to_vec(v).unwrap_or_default());
         let large = bytes.as_ref().is_some_and(|b| b.len() > MAX_INLINE_RESULT);
-        let _writing = if large {
+        let writing = if large {
             Some(self.result_files.read().await)
         } else {
             None
@@ -729,7 +729,7 @@ impl Tasks {
                 true
             })
             .await;
-        drop(_writing);
+        drop(writing);
         match st {
             Some(st) => {
                 self.settled(name, &st).await;
