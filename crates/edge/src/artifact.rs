@@ -13,14 +13,24 @@
 //!
 //! # Unpacking ([`unpack`])
 //!
-//! Tar and gzip-compressed tar, recognised by their magic bytes (never by name). Every
-//! entry is checked before anything is written: no absolute paths, no `..`, no device
-//! files or FIFOs, links that stay inside the archive, and bounds on the total size and
-//! the number of entries. Everything is unpacked into `DIR.tmp`, which is renamed to
-//! `DIR` only when complete, so a crash never leaves a half-unpacked `DIR`.
+//! Tar and gzip-compressed tar of untrusted content, in three parts: a bounded tar
+//! reader of its own (`tar_reader`: every header size is checked before anything is
+//! allocated), the pure rules of what may be created (`tree`: never through a symlink,
+//! no link resolving outside by any chain, hard links only to earlier files) and the
+//! I/O that creates it (`unpack`: `O_NOFOLLOW | O_EXCL`, into `DIR.tmp`, renamed when
+//! the whole archive passed). Decision 015.
+//!
+//! # Refusals ([`install`])
+//!
+//! An archive whose *content* is refused (not a tar, or unsafe) is
+//! [`Error::ArtifactRefused`], and remembered by its SHA-256 in
+//! `DOWNLOADS/refused/{sha256}`: the same digest is never downloaded again (also after
+//! a restart), so a refused artifact costs one download. Callers treat the refusal as
+//! final for that version; a different digest is a new attempt. Failing to *write*
+//! (a full disk) is an ordinary error: the verified download is kept for the retry.
 
-use std::io::{self, Read};
-use std::path::{Component, Path, PathBuf};
+use std::io;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -29,10 +39,16 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use crate::error::{Error, Result, chain, io_err};
 use crate::identity::Identity;
 
-/// Default bound on what one archive may unpack to (sum of entry sizes).
-pub const MAX_UNPACKED_BYTES: u64 = 4 * 1024 * 1024 * 1024;
-/// Default bound on the number of entries of one archive.
-pub const MAX_ENTRIES: u64 = 100_000;
+mod refused;
+mod tar_reader;
+mod tree;
+mod unpack;
+
+pub use unpack::{
+    MAX_ENTRIES, MAX_LONG_NAME_HEADER, MAX_META_BYTES, MAX_PATH_BYTES, MAX_PAX_HEADER,
+    MAX_UNPACKED_BYTES, UnpackLimits, unpack, unpack_with_limits,
+};
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A download that receives nothing for this long is abandoned (and resumed later).
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -197,7 +213,12 @@ const READY_MARKER: &str = ".verge-ready";
 /// Makes `dir` hold the unpacked `artifact` (native apps, function code): nothing to do
 /// when its ready marker names the digest; else downloaded into `downloads` (from
 /// `artifact.url`, or the cloud's store with the node's certificate), verified,
-/// unpacked afresh, marked. A bad archive is not kept: the next attempt downloads again.
+/// unpacked afresh, marked.
+///
+/// An archive refused for its content is [`Error::ArtifactRefused`], deleted and
+/// remembered by digest: asked again, `install` answers the same refusal without
+/// downloading (see the module docs). When writing fails, the verified download is
+/// kept for the next attempt.
 pub async fn install(
     fetcher: Option<&Fetcher>,
     artifact: &verge_api::specs::ArtifactRef,
@@ -208,6 +229,14 @@ pub async fn install(
     let marker = dir.join(READY_MARKER);
     if std::fs::read_to_string(&marker).is_ok_and(|s| s.trim() == artifact.sha256) {
         return Ok(());
+    }
+    let sha256 = parse_digest(&artifact.sha256)?;
+    if let Some(reason) = refused::recall(downloads, &sha256) {
+        return Err(Error::ArtifactRefused {
+            sha256,
+            reason,
+            remembered: true,
+        });
     }
     let archive = downloads.join(&artifact.sha256);
     let (url, client) = match (&artifact.url, fetcher) {
@@ -242,12 +271,47 @@ pub async fn install(
     .await
     .map_err(|e| Error::Invalid(format!("unpack task: {e}")))?;
     if let Err(e) = unpacked {
+        let Some(reason) = e.archive_refusal() else {
+            // Failing to write: the verified download is kept for the next attempt.
+            return Err(e);
+        };
         let _ = std::fs::remove_file(&archive);
-        return Err(e);
+        refused::remember(downloads, &sha256, &reason);
+        return Err(Error::ArtifactRefused {
+            sha256,
+            reason,
+            remembered: false,
+        });
     }
-    std::fs::write(&marker, &artifact.sha256).map_err(io_err(&marker))?;
+    write_marker(&marker, &artifact.sha256)?;
     let _ = std::fs::remove_file(&archive);
     Ok(())
+}
+
+/// Writes the ready marker as a new file, never through a symlink: an archive cannot
+/// bring one of that name, and the file is created with `O_EXCL | O_NOFOLLOW`. One
+/// left by a concurrent install of the same directory is replaced (unlinked, never
+/// followed).
+fn write_marker(marker: &Path, sha256: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .mode(0o644)
+            .open(marker)
+    };
+    let mut f = match create() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(marker).map_err(io_err(marker))?;
+            create()
+        }
+        other => other,
+    }
+    .map_err(io_err(marker))?;
+    f.write_all(sha256.as_bytes()).map_err(io_err(marker))
 }
 
 /// Downloads `url` to `dest`, verified against `sha256` (64 hex digits), refusing
@@ -400,273 +464,6 @@ pub async fn fetch(
         sync_dir(parent).await;
     }
     Ok(dest.to_path_buf())
-}
-
-/// Bounds for [`unpack_with_limits`].
-#[derive(Debug, Clone, Copy)]
-pub struct UnpackLimits {
-    /// Sum of the entries' sizes.
-    pub max_bytes: u64,
-    pub max_entries: u64,
-}
-
-impl Default for UnpackLimits {
-    fn default() -> Self {
-        Self {
-            max_bytes: MAX_UNPACKED_BYTES,
-            max_entries: MAX_ENTRIES,
-        }
-    }
-}
-
-/// What an archive file is, from its first bytes.
-enum ArchiveKind {
-    Tar,
-    TarGz,
-}
-
-/// `ustar` at offset 257 (POSIX `ustar\0`, GNU `ustar `), or an all-zero first block
-/// (an empty archive).
-fn is_tar_header(block: &[u8]) -> bool {
-    block.len() >= 512 && (&block[257..262] == b"ustar" || block[..512].iter().all(|b| *b == 0))
-}
-
-/// Reads up to `buf.len()` bytes (fewer only at the end of the input).
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
-fn detect(archive: &Path) -> Result<ArchiveKind> {
-    let not_archive = || Error::NotAnArchive {
-        path: archive.to_path_buf(),
-    };
-    let mut f = std::fs::File::open(archive).map_err(io_err(archive))?;
-    let mut head = [0u8; 512];
-    let n = read_full(&mut f, &mut head).map_err(io_err(archive))?;
-    if n >= 2 && head[..2] == [0x1f, 0x8b] {
-        // gzip: it must hold a tar.
-        let f = std::fs::File::open(archive).map_err(io_err(archive))?;
-        let mut gz = flate2::read::GzDecoder::new(f);
-        let mut inner = [0u8; 512];
-        let n = read_full(&mut gz, &mut inner).map_err(|_| not_archive())?;
-        return if n == 512 && is_tar_header(&inner) {
-            Ok(ArchiveKind::TarGz)
-        } else {
-            Err(not_archive())
-        };
-    }
-    if n == 512 && is_tar_header(&head) {
-        return Ok(ArchiveKind::Tar);
-    }
-    Err(not_archive())
-}
-
-/// `DIR.tmp`.
-fn tmp_dir(dir: &Path) -> PathBuf {
-    let mut s = dir.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
-}
-
-/// Unpacks a `.tar` or `.tar.gz` (by magic bytes) into `dir`, with the default limits
-/// ([`MAX_UNPACKED_BYTES`], [`MAX_ENTRIES`]). Blocking: call it from
-/// `spawn_blocking` in async code.
-pub fn unpack(archive: &Path, dir: &Path) -> Result<()> {
-    unpack_with_limits(archive, dir, UnpackLimits::default())
-}
-
-/// [`unpack`] with explicit bounds.
-pub fn unpack_with_limits(archive: &Path, dir: &Path, limits: UnpackLimits) -> Result<()> {
-    let kind = detect(archive)?;
-    let tmp = tmp_dir(dir);
-    // A crash may have left one behind.
-    remove_tree(&tmp)?;
-    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    let result = (|| {
-        let f = std::fs::File::open(archive).map_err(io_err(archive))?;
-        let reader: Box<dyn Read> = match kind {
-            ArchiveKind::Tar => Box::new(io::BufReader::new(f)),
-            ArchiveKind::TarGz => Box::new(flate2::read::GzDecoder::new(io::BufReader::new(f))),
-        };
-        unpack_entries(reader, archive, &tmp, limits)
-    })();
-    if let Err(e) = result {
-        let _ = remove_tree(&tmp);
-        return Err(e);
-    }
-    // Swap in: an existing DIR is moved aside first (a rename cannot replace a
-    // non-empty directory), then removed.
-    let old = {
-        let mut s = dir.as_os_str().to_owned();
-        s.push(".old");
-        PathBuf::from(s)
-    };
-    if dir.exists() {
-        remove_tree(&old)?;
-        std::fs::rename(dir, &old).map_err(io_err(dir))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
-    if let Some(parent) = dir.parent()
-        && let Ok(d) = std::fs::File::open(parent)
-    {
-        let _ = d.sync_all();
-    }
-    remove_tree(&old)?;
-    Ok(())
-}
-
-fn remove_tree(path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).map_err(io_err(path)),
-        Ok(_) => std::fs::remove_file(path).map_err(io_err(path)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err(path)(e)),
-    }
-}
-
-/// The relative path of an entry, or why it is refused.
-fn safe_relative(path: &Path) -> std::result::Result<PathBuf, &'static str> {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir => {}
-            Component::ParentDir => return Err("a '..' component"),
-            Component::RootDir | Component::Prefix(_) => return Err("an absolute path"),
-        }
-    }
-    Ok(out)
-}
-
-/// Whether a symlink at `entry` (relative to the root) pointing to `target` stays
-/// inside the root.
-fn symlink_stays_inside(entry: &Path, target: &Path) -> bool {
-    let mut depth: i64 = entry.components().count() as i64 - 1;
-    for c in target.components() {
-        match c {
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::ParentDir => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-    }
-    true
-}
-
-fn unpack_entries(
-    reader: Box<dyn Read>,
-    archive_path: &Path,
-    into: &Path,
-    limits: UnpackLimits,
-) -> Result<()> {
-    let refuse = |message: String| Error::UnsafeArchive {
-        path: archive_path.to_path_buf(),
-        message,
-    };
-    let read_err = |e: io::Error| Error::UnsafeArchive {
-        path: archive_path.to_path_buf(),
-        message: format!("reading the archive: {e}"),
-    };
-    let mut ar = tar::Archive::new(reader);
-    ar.set_preserve_permissions(false);
-    ar.set_preserve_ownerships(false);
-    ar.set_unpack_xattrs(false);
-    ar.set_mask(0o022);
-    let mut total: u64 = 0;
-    let mut count: u64 = 0;
-    for entry in ar.entries().map_err(read_err)? {
-        let mut entry = entry.map_err(read_err)?;
-        count += 1;
-        if count > limits.max_entries {
-            return Err(refuse(format!(
-                "more than {} entries; refusing to unpack",
-                limits.max_entries
-            )));
-        }
-        let raw = entry.path().map_err(read_err)?.into_owned();
-        let shown = raw.display().to_string();
-        let rel = safe_relative(&raw)
-            .map_err(|why| refuse(format!("entry {shown:?} has {why}; refusing to unpack")))?;
-        let kind = entry.header().entry_type();
-        use tar::EntryType as T;
-        match kind {
-            T::Regular | T::Continuous | T::GNUSparse | T::Directory => {}
-            T::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(read_err)?
-                    .ok_or_else(|| refuse(format!("symlink {shown:?} has no target")))?
-                    .into_owned();
-                if !symlink_stays_inside(&rel, &target) {
-                    return Err(refuse(format!(
-                        "symlink {shown:?} points outside the archive ({}); refusing to unpack",
-                        target.display()
-                    )));
-                }
-            }
-            T::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(read_err)?
-                    .ok_or_else(|| refuse(format!("hard link {shown:?} has no target")))?
-                    .into_owned();
-                safe_relative(&target).map_err(|why| {
-                    refuse(format!(
-                        "hard link {shown:?} targets {} with {why}; refusing to unpack",
-                        target.display()
-                    ))
-                })?;
-            }
-            T::Char | T::Block => {
-                return Err(refuse(format!(
-                    "entry {shown:?} is a device file; refusing to unpack"
-                )));
-            }
-            T::Fifo => {
-                return Err(refuse(format!(
-                    "entry {shown:?} is a FIFO; refusing to unpack"
-                )));
-            }
-            other => {
-                return Err(refuse(format!(
-                    "entry {shown:?} has an unsupported type ({other:?}); refusing to unpack"
-                )));
-            }
-        }
-        total = total.saturating_add(entry.header().entry_size().map_err(read_err)?);
-        if total > limits.max_bytes {
-            return Err(refuse(format!(
-                "unpacks to more than {} bytes; refusing to unpack",
-                limits.max_bytes
-            )));
-        }
-        if rel.as_os_str().is_empty() {
-            continue;
-        }
-        if !entry
-            .unpack_in(into)
-            .map_err(|e| refuse(format!("entry {shown:?}: {e}")))?
-        {
-            return Err(refuse(format!(
-                "entry {shown:?} would land outside the directory"
-            )));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -400,6 +400,11 @@ impl Edge {
         self.spawn()
     }
 
+    /// The running `verge-edge run` process' id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `verge-edge result --id ID --output JSON`: hands a task result to the running
     /// node. `Err` (with its stderr) if the node did not take it.
     pub fn result(&self, id: &str, output: &serde_json::Value) -> Result<()> {
