@@ -196,6 +196,14 @@ enum Cmd {
         /// Lifetime of node certificates; nodes renew theirs after two thirds of it.
         #[arg(long, default_value = "30d")]
         node_cert_validity: String,
+        /// Memory for the log lines one node ships, in bytes (its oldest lines go
+        /// first; at least 131072).
+        #[arg(long, default_value_t = verge_cloud::nodes::logs::DEFAULT_PER_NODE_BYTES)]
+        node_log_bytes: usize,
+        /// Memory for the log lines all nodes ship, in bytes (the node holding the most
+        /// gives way first).
+        #[arg(long, default_value_t = verge_cloud::nodes::logs::DEFAULT_TOTAL_BYTES)]
+        node_log_total_bytes: usize,
         #[command(flatten)]
         images: images::ImageServiceArgs,
         #[command(flatten)]
@@ -417,6 +425,8 @@ async fn run(cli: Cli) -> Result<()> {
             heartbeat_misses,
             mqtt_url,
             node_cert_validity,
+            node_log_bytes,
+            node_log_total_bytes,
             images,
             outbound,
             sandbox,
@@ -454,6 +464,19 @@ async fn run(cli: Cli) -> Result<()> {
                 anyhow::bail!("--heartbeat-interval and --heartbeat-misses must be positive");
             }
             cfg.lifecycle.misses = *heartbeat_misses;
+            if *node_log_bytes < verge_cloud::nodes::logs::MIN_PER_NODE_BYTES {
+                anyhow::bail!(
+                    "--node-log-bytes must be at least {} (two log messages)",
+                    verge_cloud::nodes::logs::MIN_PER_NODE_BYTES
+                );
+            }
+            if node_log_total_bytes < node_log_bytes {
+                anyhow::bail!("--node-log-total-bytes must be at least --node-log-bytes");
+            }
+            cfg.node_logs = verge_cloud::nodes::logs::LogBudget {
+                per_node_bytes: *node_log_bytes,
+                total_bytes: *node_log_total_bytes,
+            };
             cfg.node_cert_validity = commands::parse_duration(node_cert_validity)?;
             if cfg.node_cert_validity < std::time::Duration::from_secs(30)
                 || cfg.node_cert_validity > std::time::Duration::from_secs(5 * 365 * 86400)

@@ -2,9 +2,9 @@
 //! `verge-edge` nodes joined with bootstrap tokens, connected over mutual-TLS MQTT.
 //! Join → Ready; kill -9 → NotReady after the configured misses → restart → Ready;
 //! a Config reaches exactly the nodes its selector matches; with the cloud stopped an
-//! edge restarted twice still serves its desired state; results queued while the cloud
-//! is down (across an edge restart) arrive once and in order; a Config changed while a
-//! node was down reaches it after reconnect.
+//! edge restarted twice still serves its desired state; results (of tasks dispatched to
+//! the node) queued while the cloud is down (across an edge restart) arrive once and in
+//! order; a Config changed while a node was down reaches it after reconnect.
 
 use std::time::Duration;
 
@@ -119,14 +119,32 @@ async fn join_ready_sync_offline_and_reconnect() -> Result<()> {
     })
     .await?;
 
+    // The cloud takes a node's result only for a task it dispatched to that node:
+    // tasks node-a holds (and will not answer itself during the test).
+    let ids = cloud.held_tasks("node-a", json!({"site": "a"}), 21).await?;
+    // The results of those tasks, as recorded, in the order they were received.
+    let ours = |v: &Value| -> Vec<Value> {
+        v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| {
+                r["id"]
+                    .as_str()
+                    .is_some_and(|id| ids.iter().any(|i| i == id))
+            })
+            .cloned()
+            .collect()
+    };
+
     // One result while online, as a baseline.
-    a.result("r0", &json!({"n": 0}))?;
+    a.result(&ids[0], &json!({"n": 0}))?;
     eventually(Duration::from_secs(20), "online result", async || {
         let v = cloud
             .api(reqwest::Method::GET, "/api/v1/nodes/node-a/results", None)
             .await
             .ok()?;
-        (v["items"].as_array()?.len() == 1).then_some(())
+        (ours(&v).len() == 1).then_some(())
     })
     .await?;
 
@@ -145,7 +163,7 @@ async fn join_ready_sync_offline_and_reconnect() -> Result<()> {
         )
         .await?;
         for _ in 0..10 {
-            a.result(&format!("r{produced}"), &json!({ "n": produced }))?;
+            a.result(&ids[produced], &json!({ "n": produced }))?;
             produced += 1;
         }
     }
@@ -183,13 +201,12 @@ async fn join_ready_sync_offline_and_reconnect() -> Result<()> {
             .api(reqwest::Method::GET, "/api/v1/nodes/node-a/results", None)
             .await
             .ok()?;
-        let items = v["items"].as_array()?.clone();
+        let items = ours(&v);
         (items.len() >= produced).then_some(items)
     })
     .await?;
-    let ids: Vec<&str> = items.iter().map(|r| r["id"].as_str().unwrap()).collect();
-    let want: Vec<String> = (0..produced).map(|i| format!("r{i}")).collect();
-    assert_eq!(ids, want, "once each, in order");
+    let got: Vec<&str> = items.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(got, ids[..produced], "once each, in order");
     let arrival: Vec<i64> = items
         .iter()
         .map(|r| r["receivedRevision"].as_i64().unwrap())
@@ -201,6 +218,16 @@ async fn join_ready_sync_offline_and_reconnect() -> Result<()> {
     for (i, r) in items.iter().enumerate() {
         assert_eq!(r["output"]["n"], i, "{r}");
         assert_eq!(r["ok"], true);
+        // ... and finished the task it answers.
+        let t = cloud
+            .api(
+                reqwest::Method::GET,
+                &format!("/api/v1/tasks/{}", ids[i]),
+                None,
+            )
+            .await?;
+        assert_eq!(t["status"]["phase"], "Succeeded", "{t}");
+        assert_eq!(t["status"]["result"]["n"], i, "{t}");
     }
     let drained = eventually(Duration::from_secs(30), "queue drained", async || {
         let v = a.get(&["status"])?;

@@ -28,6 +28,7 @@ pub use object::{API_VERSION, Object, kind_of};
 pub use parse::{Format, decode_object, parse_documents};
 pub use selector::{LabelSelector, Requirement};
 pub use validate::{
-    is_dns1123_label, is_dns1123_subdomain, is_label_key, is_label_value, validate_object,
+    RESERVED_NODE_NAMES, is_dns1123_label, is_dns1123_subdomain, is_label_key, is_label_value,
+    is_reserved_node_name, validate_object,
 };
 pub use wire::{ApiErrorBody, ListMeta, ObjectList, Reason, WatchEvent, WatchEventType};

@@ -1301,6 +1301,20 @@ fn node_spec_is_optional() {
     );
 }
 
+#[test]
+fn reserved_node_names_are_refused() {
+    for name in crate::RESERVED_NODE_NAMES {
+        assert_invalid(
+            set(good_node(), "/metadata/name", json!(name)),
+            "metadata.name",
+            "is reserved",
+        );
+    }
+    // Only Nodes: an App may be called `cloud`.
+    decode_object(set(good_app(), "/metadata/name", json!("cloud"))).unwrap();
+    decode_object(set(good_node(), "/metadata/name", json!("cloud-1"))).unwrap();
+}
+
 // ---------------------------------------------------------------------------------
 // streams
 

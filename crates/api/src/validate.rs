@@ -30,6 +30,17 @@ pub fn is_dns1123_label(s: &str) -> bool {
         && b.last() != Some(&b'-')
 }
 
+/// Names no Node may have, because the code gives them a meaning of their own: `cloud`
+/// stands for the control plane where a task runs (`status.node`, `X-Verge-Node`), and
+/// `verge-cloud` is the MQTT client id the cloud uses with an external broker (a node
+/// connecting under it would take over the cloud's session).
+pub const RESERVED_NODE_NAMES: [&str; 2] = ["cloud", "verge-cloud"];
+
+/// Whether `name` is one of [`RESERVED_NODE_NAMES`].
+pub fn is_reserved_node_name(name: &str) -> bool {
+    RESERVED_NODE_NAMES.contains(&name)
+}
+
 /// DNS-1123 subdomain: at most 253 chars, dot-separated DNS-1123 labels.
 pub fn is_dns1123_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_LABEL_PREFIX_LEN && s.split('.').all(is_dns1123_label)
@@ -377,6 +388,16 @@ pub(crate) fn check_object(obj: &Object) -> Result<Spec, ValidationError> {
     check_api_version(&obj.api_version)?;
     let kind = check_kind(&obj.kind)?;
     validate_metadata(&obj.metadata)?;
+    if kind == Kind::Node && is_reserved_node_name(&obj.metadata.name) {
+        return Err(ValidationError::new(
+            "metadata.name",
+            format!(
+                "{:?} is reserved (node names may not be any of {})",
+                obj.metadata.name,
+                RESERVED_NODE_NAMES.join(", ")
+            ),
+        ));
+    }
     if !(obj.status.is_null() || obj.status.is_object()) {
         return Err(ValidationError::new(
             "status",

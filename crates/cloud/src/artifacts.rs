@@ -7,6 +7,13 @@
 //! into place, so a stored file is always complete and always matches its name. Temp
 //! files a crash left behind are removed at start-up.
 //!
+//! Large task results are kept apart, under `DATA_DIR/artifacts/results/{first two hex
+//! digits}/{64 hex digits}`: the cloud writes them ([`ArtifactStore::put_result`]) and
+//! deletes them once no task refers to them (the task controller's sweep,
+//! [`ArtifactStore::result_digests`] / [`ArtifactStore::remove_result`]), which never
+//! touches an uploaded artifact even when the bytes are the same. Both are served at
+//! `/api/v1/artifacts/{sha256}` ([`ArtifactStore::locate`]).
+//!
 //! The HTTP side (routes, auth, `Range`) is `crate::http::artifacts`; this module holds
 //! the store and the pure helpers ([`parse_sha256`], [`parse_range`]).
 
@@ -40,13 +47,65 @@ pub struct ArtifactList {
     pub items: Vec<ArtifactInfo>,
 }
 
-/// The store rooted at `DATA_DIR/artifacts/sha256`.
+/// The store rooted at `DATA_DIR/artifacts/sha256` (uploads) and
+/// `DATA_DIR/artifacts/results` (large task results).
 #[derive(Debug)]
 pub struct ArtifactStore {
     root: PathBuf,
+    results: PathBuf,
     max_bytes: u64,
     /// Digests nodes may fetch because tasks dispatched to them name them.
     grants: crate::artifact_access::Grants,
+}
+
+/// Removes the temp files a crash left in `dir`.
+fn remove_stale_uploads(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(UPLOAD_PREFIX)
+        {
+            let path = entry.path();
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove a stale upload");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every `{first2}/{hex}` file under `root`, as digests with sizes.
+fn list_digests(root: &Path) -> Result<Vec<ArtifactInfo>> {
+    let mut out = Vec::new();
+    for dir in std::fs::read_dir(root).map_err(io_err(root))? {
+        let dir = dir.map_err(io_err(root))?;
+        let prefix = dir.file_name().to_string_lossy().into_owned();
+        if prefix.len() != 2 || !dir.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            continue;
+        }
+        let path = dir.path();
+        for f in std::fs::read_dir(&path).map_err(io_err(&path))? {
+            let f = f.map_err(io_err(&path))?;
+            let name = f.file_name().to_string_lossy().into_owned();
+            let Some(sha256) = parse_sha256(&name) else {
+                continue;
+            };
+            if sha256 != name || !name.starts_with(&prefix) {
+                continue;
+            }
+            let meta = f.metadata().map_err(io_err(f.path()))?;
+            if meta.is_file() {
+                out.push(ArtifactInfo {
+                    sha256,
+                    size: meta.len(),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+    Ok(out)
 }
 
 impl ArtifactStore {
@@ -56,21 +115,13 @@ impl ArtifactStore {
         ensure_private_dir(&base)?;
         let root = base.join("sha256");
         ensure_private_dir(&root)?;
-        for entry in std::fs::read_dir(&root).map_err(io_err(&root))? {
-            let entry = entry.map_err(io_err(&root))?;
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(UPLOAD_PREFIX)
-            {
-                let path = entry.path();
-                if let Err(e) = std::fs::remove_file(&path) {
-                    tracing::warn!(path = %path.display(), error = %e, "could not remove a stale upload");
-                }
-            }
-        }
+        remove_stale_uploads(&root)?;
+        let results = base.join("results");
+        ensure_private_dir(&results)?;
+        remove_stale_uploads(&results)?;
         Ok(Self {
             root,
+            results,
             max_bytes,
             grants: Default::default(),
         })
@@ -123,51 +174,70 @@ impl ArtifactStore {
         Ok(true)
     }
 
-    /// Stores `data` (a task result, ...) and returns its digest.
-    pub fn put_bytes(&self, data: &[u8]) -> Result<String> {
+    /// Where a large task result with this digest lives.
+    pub fn result_path(&self, sha256: &str) -> PathBuf {
+        self.results.join(&sha256[..2]).join(sha256)
+    }
+
+    /// The file to serve for this digest: an uploaded artifact, else a task result.
+    pub fn locate(&self, sha256: &str) -> Option<PathBuf> {
+        [self.path(sha256), self.result_path(sha256)]
+            .into_iter()
+            .find(|p| p.is_file())
+    }
+
+    /// Stores a large task result (kept apart from uploads, collected with its task)
+    /// and returns its digest. Written to a temp file, synced, then renamed.
+    pub fn put_result(&self, data: &[u8]) -> Result<String> {
         use std::io::Write;
         let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data));
-        if self.path(&sha256).exists() {
+        let dest = self.result_path(&sha256);
+        if dest.exists() {
             return Ok(sha256);
         }
-        let (upload, mut file) = self.create_upload().map_err(io_err(&self.root))?;
-        file.write_all(data)
-            .and_then(|()| file.sync_all())
-            .map_err(io_err(&upload))?;
-        self.commit(&upload, &sha256)?;
+        let upload = self
+            .results
+            .join(format!("{UPLOAD_PREFIX}{}", uuid::Uuid::new_v4().simple()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&upload)
+            .and_then(|mut f| f.write_all(data).and_then(|()| f.sync_all()));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&upload);
+            return Err(io_err(&upload)(e));
+        }
+        let dir = self.results.join(&sha256[..2]);
+        ensure_private_dir(&dir)?;
+        if let Err(e) = std::fs::rename(&upload, &dest) {
+            let _ = std::fs::remove_file(&upload);
+            return Err(io_err(&dest)(e));
+        }
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
         Ok(sha256)
     }
 
-    /// Every stored artifact, by digest.
-    pub fn list(&self) -> Result<Vec<ArtifactInfo>> {
-        let mut out = Vec::new();
-        for dir in std::fs::read_dir(&self.root).map_err(io_err(&self.root))? {
-            let dir = dir.map_err(io_err(&self.root))?;
-            let prefix = dir.file_name().to_string_lossy().into_owned();
-            if prefix.len() != 2 || !dir.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                continue;
-            }
-            let path = dir.path();
-            for f in std::fs::read_dir(&path).map_err(io_err(&path))? {
-                let f = f.map_err(io_err(&path))?;
-                let name = f.file_name().to_string_lossy().into_owned();
-                let Some(sha256) = parse_sha256(&name) else {
-                    continue;
-                };
-                if sha256 != name || !name.starts_with(&prefix) {
-                    continue;
-                }
-                let meta = f.metadata().map_err(io_err(f.path()))?;
-                if meta.is_file() {
-                    out.push(ArtifactInfo {
-                        sha256,
-                        size: meta.len(),
-                    });
-                }
-            }
+    /// Every stored task result, by digest.
+    pub fn result_digests(&self) -> Result<Vec<ArtifactInfo>> {
+        list_digests(&self.results)
+    }
+
+    /// Deletes a stored task result (gone already is fine).
+    pub fn remove_result(&self, sha256: &str) -> Result<()> {
+        let path = self.result_path(sha256);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path)(e)),
         }
-        out.sort_by(|a, b| a.sha256.cmp(&b.sha256));
-        Ok(out)
+    }
+
+    /// Every uploaded artifact, by digest (task results are not listed).
+    pub fn list(&self) -> Result<Vec<ArtifactInfo>> {
+        list_digests(&self.root)
     }
 }
 
@@ -333,5 +403,34 @@ mod tests {
         let (stale, _) = st.create_upload().unwrap();
         ArtifactStore::open(tmp.path(), 100).unwrap();
         assert!(!stale.exists());
+    }
+
+    #[test]
+    fn results_live_apart_from_uploads() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().unwrap();
+        let st = ArtifactStore::open(tmp.path(), 1 << 20).unwrap();
+        let sha = st.put_result(b"{\"big\":1}").unwrap();
+        assert_eq!(st.put_result(b"{\"big\":1}").unwrap(), sha, "idempotent");
+        assert!(
+            st.list().unwrap().is_empty(),
+            "results are not listed as uploads"
+        );
+        assert_eq!(st.result_digests().unwrap().len(), 1);
+        assert_eq!(st.locate(&sha), Some(st.result_path(&sha)));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&st.result_path(&sha)), 0o600);
+        // The same bytes uploaded: served from the upload, which removing the result
+        // leaves alone.
+        let (path, mut f) = st.create_upload().unwrap();
+        f.write_all(b"{\"big\":1}").unwrap();
+        drop(f);
+        assert!(st.commit(&path, &sha).unwrap());
+        st.remove_result(&sha).unwrap();
+        st.remove_result(&sha).unwrap();
+        assert!(st.result_digests().unwrap().is_empty());
+        assert_eq!(st.locate(&sha), Some(st.path(&sha)));
+        assert_eq!(st.locate(&"ab".repeat(32)), None);
     }
 }

@@ -71,6 +71,8 @@ pub struct CloudConfig {
     pub mqtt_url: Option<String>,
     /// Node heartbeat period and misses before NotReady.
     pub lifecycle: nodes::LifecycleConfig,
+    /// Memory for the log lines nodes ship (per node and in all).
+    pub node_logs: nodes::logs::LogBudget,
     pub gateway: gateway::GatewayConfig,
     /// Builtin functions (`runtime: builtin`) the cloud can run.
     pub builtins: Arc<functions::Registry>,
@@ -107,6 +109,7 @@ impl CloudConfig {
             mqtt_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8883))),
             mqtt_url: None,
             lifecycle: nodes::LifecycleConfig::default(),
+            node_logs: nodes::logs::LogBudget::default(),
             gateway: gateway::GatewayConfig::default(),
             builtins: Arc::new(functions::Registry::with_defaults()),
             mounts: Vec::new(),
@@ -249,7 +252,12 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
 
     // Edge nodes: lifecycle + sync, and the MQTT gateway they connect to.
-    let node_manager = nodes::NodeManager::new(store.clone(), cfg.lifecycle.clone());
+    let node_manager = nodes::NodeManager::new(
+        store.clone(),
+        cfg.lifecycle.clone(),
+        cfg.node_logs,
+        metrics.nodes.clone(),
+    );
     let mut background = Vec::new();
     let ca = Arc::new(ca);
     node_manager.set_issuer(

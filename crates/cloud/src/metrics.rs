@@ -50,6 +50,7 @@ pub struct Metrics {
     pub open_watches: Gauge<i64, AtomicI64>,
     pub auth_denials: Counter,
     pub gateway: crate::gateway::GatewayMetrics,
+    pub nodes: crate::nodes::InputMetrics,
 }
 
 impl Default for Metrics {
@@ -120,8 +121,30 @@ impl Metrics {
             "Connections or subscriptions refused, by reason",
             gateway.refused.clone(),
         );
+        let nodes = crate::nodes::InputMetrics::default();
+        registry.register(
+            "node_results_refused",
+            "Task results from nodes refused before anything was stored (unknown-task, finished, fan-out-parent, not-dispatched, other-node, unknown-attempt, trigger-not-placed)",
+            nodes.results_refused.clone(),
+        );
+        registry.register(
+            "node_log_lines_dropped",
+            "Log lines from nodes dropped (not-placed: a source not placed on the node) or evicted over the log budget (evicted)",
+            nodes.log_lines_dropped.clone(),
+        );
+        registry.register(
+            "node_instances_dropped",
+            "Instances nodes reported for apps not placed on them (left out of the apps' status)",
+            nodes.instances_dropped.clone(),
+        );
+        registry.register(
+            "node_log_bytes",
+            "Bytes of node log lines held in memory",
+            nodes.log_bytes.clone(),
+        );
         Self {
             gateway,
+            nodes,
             registry,
             http_requests,
             http_latency,

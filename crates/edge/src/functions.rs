@@ -254,6 +254,7 @@ impl Functions {
                     input: spec.input.clone().unwrap_or(Value::Null),
                     deadline_ms: at + 3_600_000,
                     idempotency_key: None,
+                    attempt: None,
                 };
                 tracing::info!(trigger = %name, task = %task.id, at, "trigger fired");
                 let state = self.state.clone();
@@ -328,6 +329,8 @@ async fn run_task(state: &Arc<EdgeState>, runtime: &Runtime, task: Task, trigger
         finished_at_ms: finished,
         function: trigger.as_ref().map(|_| task.function.clone()),
         trigger,
+        // Echoed so the cloud can tell which of its attempts this answers.
+        attempt: task.attempt,
         ..Default::default()
     };
     match outcome {

@@ -287,6 +287,11 @@ pub struct Task {
     /// Edges run a task at most once per key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Which attempt of the task this is (1, 2, ...); the node echoes it in its
+    /// [`TaskResult`], so the cloud applies a result only for an attempt it sent to
+    /// that node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 /// Edge→cloud on `result`: the outcome of a [`Task`]. `ok` ⇔ no `error`.
@@ -312,6 +317,10 @@ pub struct TaskResult {
     /// The `Trigger` that started the task on the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<String>,
+    /// The [`Task::attempt`] this result answers (absent for runs the node started
+    /// itself and for results handed in through the node's local API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 /// Edge→cloud on `log`: lines from one source (an app instance, the agent, ...).
@@ -657,8 +666,16 @@ impl Task {
         if let Some(key) = &self.idempotency_key {
             required("idempotencyKey", key, MAX_IDEMPOTENCY_KEY)?;
         }
-        Ok(())
+        attempt_field(self.attempt)
     }
+}
+
+/// `attempt`, when present, counts from 1.
+fn attempt_field(attempt: Option<u32>) -> Check {
+    if attempt == Some(0) {
+        return Err("body.attempt: must be at least 1".to_owned());
+    }
+    Ok(())
 }
 
 impl TaskResult {
@@ -677,6 +694,12 @@ impl TaskResult {
         if let Some(t) = &self.trigger {
             dns_label("trigger", t)?;
         }
+        match (&self.function, &self.trigger) {
+            (Some(_), None) => return Err("body.trigger: required with function".to_owned()),
+            (None, Some(_)) => return Err("body.function: required with trigger".to_owned()),
+            _ => {}
+        }
+        attempt_field(self.attempt)?;
         if self.finished_at_ms < self.started_at_ms {
             return Err(format!(
                 "body.finishedAtMs: must not be before startedAtMs ({} < {})",

@@ -110,6 +110,7 @@ fn task() -> Task {
         input: json!({"image": "s3://bucket/a.png", "sizes": [64, 128]}),
         deadline_ms: 1_700_000_060_000,
         idempotency_key: Some("resize-a-png".into()),
+        attempt: Some(1),
     }
 }
 
@@ -846,6 +847,31 @@ fn invalid_task_and_result() {
         ..task_result()
     }));
     assert!(m.starts_with("body.trigger"), "{m}");
+    let m = invalid(Message::Task(Task {
+        attempt: Some(0),
+        ..task()
+    }));
+    assert_eq!(m, "body.attempt: must be at least 1");
+    let m = invalid(Message::TaskResult(TaskResult {
+        attempt: Some(0),
+        ..task_result()
+    }));
+    assert_eq!(m, "body.attempt: must be at least 1");
+    let m = invalid(Message::TaskResult(TaskResult {
+        function: Some("audit".into()),
+        ..task_result()
+    }));
+    assert_eq!(m, "body.trigger: required with function");
+    let m = invalid(Message::TaskResult(TaskResult {
+        trigger: Some("nightly-audit".into()),
+        ..task_result()
+    }));
+    assert_eq!(m, "body.function: required with trigger");
+    let answered = Message::TaskResult(TaskResult {
+        attempt: Some(2),
+        ..task_result()
+    });
+    assert_eq!(decode(Channel::Result, &encode(&answered)), Ok(answered));
     let fired = Message::TaskResult(TaskResult {
         function: Some("audit".into()),
         trigger: Some("nightly-audit".into()),

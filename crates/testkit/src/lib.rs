@@ -1,6 +1,10 @@
 //! Test helpers: start a real `verge cloud` process on a temp data dir and a free
 //! loopback port, talk to it over real HTTPS trusting its CA, kill it with SIGKILL,
-//! restart it on the same data dir. Dev-dependency only.
+//! restart it on the same data dir; join a [`FakeNode`] that speaks the real protocol
+//! with a node certificate (what a compromised node can do). Dev-dependency only.
+
+mod fake_node;
+pub use fake_node::{FakeNode, node_status};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1060,6 +1064,73 @@ impl Cloud {
                 .await?;
         }
         Ok(())
+    }
+
+    /// `n` tasks dispatched to `node` that it will not answer during a test: a
+    /// Function `hold` (the builtin `sleep`, placed by `selector`) is deployed and
+    /// checked with one short call on `node`, then each task sleeps (one at a time, the
+    /// first for 15 minutes, its function's longest timeout; an attempt may take two
+    /// hours) and waits in the node's queue. Their ids, in creation order, for
+    /// results handed in with [`Edge::result`] (the cloud takes a node's result only
+    /// for a task dispatched to it).
+    pub async fn held_tasks(
+        &self,
+        node: &str,
+        selector: serde_json::Value,
+        n: usize,
+    ) -> Result<Vec<String>> {
+        self.apply(
+            "functions",
+            &serde_json::json!({"apiVersion": "verge.dev/v1", "kind": "Function",
+                "metadata": {"name": "hold"},
+                "spec": {"runtime": "builtin", "handler": "sleep",
+                    "resources": {"timeoutSeconds": 900},
+                    "placement": {"nodeSelector": selector}}}),
+        )
+        .await?;
+        let invoke = format!("/api/v1/functions/hold/invoke?node={node}&timeoutSeconds=10");
+        let mut last = None;
+        eventually(
+            Duration::from_secs(60),
+            "hold placed on the node",
+            async || {
+                let r = self
+                    .api(
+                        reqwest::Method::POST,
+                        &invoke,
+                        Some(serde_json::json!({"ms": 1})),
+                    )
+                    .await;
+                r.map_err(|e| last = Some(e)).ok()
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; last answer: {last:?}"))?;
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let r = self
+                .api(
+                    reqwest::Method::POST,
+                    "/api/v1/tasks",
+                    Some(
+                        serde_json::json!({"function": "hold", "input": {"ms": 3_600_000},
+                        "target": {"node": node}, "timeoutSeconds": 7200, "maxAttempts": 1}),
+                    ),
+                )
+                .await?;
+            ids.push(r["taskId"].as_str().context("taskId")?.to_string());
+        }
+        for id in &ids {
+            eventually(Duration::from_secs(30), "task dispatched", async || {
+                let t = self
+                    .api(reqwest::Method::GET, &format!("/api/v1/tasks/{id}"), None)
+                    .await
+                    .ok()?;
+                (t["status"]["phase"] == "Dispatched").then_some(())
+            })
+            .await?;
+        }
+        Ok(ids)
     }
 
     /// `GET /api/v1/apps/NAME`.

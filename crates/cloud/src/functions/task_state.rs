@@ -95,6 +95,10 @@ pub struct TaskStatus {
     /// Where it runs: a node name, or `cloud`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Where each attempt went, in order (`attemptNodes[0]` ran attempt 1): a result
+    /// that names an attempt is applied only from that attempt's node.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attempt_nodes: Vec<String>,
     pub created_at_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dispatched_at_ms: Option<i64>,
@@ -288,6 +292,144 @@ pub fn timing(spec: &TaskSpec, status: &TaskStatus, now_ms: i64) -> Timing {
     }
 }
 
+/// Who says that a task finished (see [`judge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reporter<'a> {
+    /// The task controller itself: a timeout, a fan-out parent from its children.
+    Controller,
+    /// The cloud's runtime, for a task it runs.
+    Cloud,
+    /// A node's result, answering `attempt` when the node says which.
+    Node { node: &'a str, attempt: Option<u32> },
+}
+
+/// Why a node's result is not applied to a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No such task (and not a run of a trigger placed on the node).
+    UnknownTask,
+    /// The task already finished (a late or repeated answer).
+    Finished,
+    /// A fan-out parent: only its children's results complete it.
+    FanOutParent,
+    /// Not sent to any node (pending, or run by the cloud).
+    NotDispatched,
+    /// The task's current attempt went to another node.
+    OtherNode,
+    /// An attempt the cloud never sent to this node.
+    UnknownAttempt,
+    /// A run the node says a trigger started, but the trigger is not one the node
+    /// fires, names another function, or the id is not a trigger run's.
+    TriggerNotPlaced,
+}
+
+impl Refusal {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::UnknownTask => "unknown-task",
+            Refusal::Finished => "finished",
+            Refusal::FanOutParent => "fan-out-parent",
+            Refusal::NotDispatched => "not-dispatched",
+            Refusal::OtherNode => "other-node",
+            Refusal::UnknownAttempt => "unknown-attempt",
+            Refusal::TriggerNotPlaced => "trigger-not-placed",
+        }
+    }
+}
+
+/// Whether `by` may finish a task in `status`: nothing finishes a final task; the
+/// controller finishes any other; the cloud only what it runs; a node only a task whose
+/// current attempt the cloud dispatched to it — and, when the node names the attempt it
+/// answers, only an attempt that went to that node. Fan-out parents are never finished
+/// by a node.
+pub fn judge(status: &TaskStatus, by: Reporter<'_>) -> Result<(), Refusal> {
+    if status.phase.is_final() {
+        return Err(Refusal::Finished);
+    }
+    match by {
+        Reporter::Controller => Ok(()),
+        Reporter::Cloud => {
+            if status.node.as_deref() == Some("cloud") && status.children.is_empty() {
+                Ok(())
+            } else {
+                Err(Refusal::NotDispatched)
+            }
+        }
+        Reporter::Node { node, attempt } => {
+            if !status.children.is_empty() {
+                return Err(Refusal::FanOutParent);
+            }
+            let current = match status.node.as_deref() {
+                None | Some("cloud") => return Err(Refusal::NotDispatched),
+                Some(_) if status.phase != Phase::Dispatched => {
+                    return Err(Refusal::NotDispatched);
+                }
+                Some(n) => n,
+            };
+            if current != node {
+                return Err(Refusal::OtherNode);
+            }
+            let Some(attempt) = attempt else {
+                // The node did not say (its local API, an older agent): the current
+                // attempt is its own, which is what counts.
+                return Ok(());
+            };
+            if attempt == 0 || attempt > status.attempts {
+                return Err(Refusal::UnknownAttempt);
+            }
+            match status.attempt_nodes.get(attempt as usize - 1) {
+                Some(n) if n == node => Ok(()),
+                Some(_) => Err(Refusal::UnknownAttempt),
+                // Recorded before attempts were: the current attempt is this node's.
+                None if status.attempt_nodes.is_empty() => Ok(()),
+                None => Err(Refusal::UnknownAttempt),
+            }
+        }
+    }
+}
+
+/// Whether `id` has the shape of a run a trigger started on a node: `tr-` and 16
+/// lowercase hex digits (the edge derives it from node, trigger and fire time), so it
+/// can never be a task the cloud created (`t-…`) or a fan-out child (`…-{i}`).
+pub fn is_trigger_run_id(id: &str) -> bool {
+    id.strip_prefix("tr-").is_some_and(|h| {
+        h.len() == 16
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// A token bucket over plain values: `rate` tokens per second up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    tokens: f64,
+    at_ms: i64,
+}
+
+impl Bucket {
+    /// A full bucket at `now_ms`.
+    pub fn full(burst: f64, now_ms: i64) -> Self {
+        Self {
+            tokens: burst,
+            at_ms: now_ms,
+        }
+    }
+
+    /// Takes a token if there is one at `now_ms`.
+    pub fn take(&mut self, now_ms: i64, rate: f64, burst: f64) -> bool {
+        let elapsed = (now_ms - self.at_ms).max(0) as f64 / 1000.0;
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.at_ms = self.at_ms.max(now_ms);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// A fan-out parent's phase from its children's.
 pub fn parent_phase(children: &[Child]) -> Phase {
     if children.iter().any(|c| !c.phase.is_final()) {
@@ -408,6 +550,128 @@ mod tests {
         assert_eq!(timing(&spec, &st, 5000), Timing::Redispatch);
         st.attempts = 2;
         assert!(matches!(timing(&spec, &st, 5000), Timing::TimedOut(_)));
+    }
+
+    fn dispatched(attempt_nodes: &[&str]) -> TaskStatus {
+        TaskStatus {
+            phase: Phase::Dispatched,
+            attempts: attempt_nodes.len() as u32,
+            node: attempt_nodes.last().map(|n| n.to_string()),
+            attempt_nodes: attempt_nodes.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn from(node: &str, attempt: Option<u32>) -> Reporter<'_> {
+        Reporter::Node { node, attempt }
+    }
+
+    #[test]
+    fn a_node_finishes_only_the_attempt_it_was_sent() {
+        let st = dispatched(&["a"]);
+        assert_eq!(judge(&st, from("a", Some(1))), Ok(()));
+        assert_eq!(judge(&st, from("a", None)), Ok(()), "local API results");
+        assert_eq!(judge(&st, from("b", Some(1))), Err(Refusal::OtherNode));
+        assert_eq!(judge(&st, from("a", Some(2))), Err(Refusal::UnknownAttempt));
+        assert_eq!(judge(&st, from("a", Some(0))), Err(Refusal::UnknownAttempt));
+        // Re-dispatched to b: a's late answer to attempt 1 is refused; b's is taken.
+        let st = dispatched(&["a", "b"]);
+        assert_eq!(judge(&st, from("a", Some(1))), Err(Refusal::OtherNode));
+        assert_eq!(judge(&st, from("a", None)), Err(Refusal::OtherNode));
+        assert_eq!(judge(&st, from("b", Some(2))), Ok(()));
+        // b claims attempt 1, which went to a: refused even though b is current.
+        assert_eq!(judge(&st, from("b", Some(1))), Err(Refusal::UnknownAttempt));
+        // a → b → a: a may answer attempt 1 or 3 (it runs a task once per key).
+        let st = dispatched(&["a", "b", "a"]);
+        assert_eq!(judge(&st, from("a", Some(1))), Ok(()));
+        assert_eq!(judge(&st, from("a", Some(3))), Ok(()));
+        assert_eq!(judge(&st, from("a", Some(2))), Err(Refusal::UnknownAttempt));
+        // Recorded before attempt nodes were: the current node is enough.
+        let legacy = TaskStatus {
+            attempt_nodes: Vec::new(),
+            ..dispatched(&["a", "a"])
+        };
+        assert_eq!(judge(&legacy, from("a", Some(2))), Ok(()));
+        assert_eq!(judge(&legacy, from("b", Some(2))), Err(Refusal::OtherNode));
+    }
+
+    #[test]
+    fn parents_pending_cloud_and_final_tasks_are_not_a_nodes_to_finish() {
+        let parent = TaskStatus {
+            phase: Phase::Running,
+            children: vec![Child {
+                name: "t-1-0".into(),
+                node: "a".into(),
+                phase: Phase::Dispatched,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(judge(&parent, from("a", None)), Err(Refusal::FanOutParent));
+        assert_eq!(
+            judge(&parent, from("a", Some(1))),
+            Err(Refusal::FanOutParent)
+        );
+        assert_eq!(judge(&parent, Reporter::Cloud), Err(Refusal::NotDispatched));
+        assert_eq!(judge(&parent, Reporter::Controller), Ok(()));
+        let pending = TaskStatus::default();
+        assert_eq!(
+            judge(&pending, from("a", None)),
+            Err(Refusal::NotDispatched)
+        );
+        let cloud = TaskStatus {
+            phase: Phase::Running,
+            node: Some("cloud".into()),
+            attempts: 1,
+            attempt_nodes: vec!["cloud".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            judge(&cloud, from("cloud", Some(1))),
+            Err(Refusal::NotDispatched)
+        );
+        assert_eq!(judge(&cloud, Reporter::Cloud), Ok(()));
+        assert_eq!(
+            judge(&dispatched(&["a"]), Reporter::Cloud),
+            Err(Refusal::NotDispatched)
+        );
+        let done = TaskStatus {
+            phase: Phase::Succeeded,
+            ..dispatched(&["a"])
+        };
+        assert_eq!(judge(&done, from("a", Some(1))), Err(Refusal::Finished));
+        assert_eq!(judge(&done, Reporter::Controller), Err(Refusal::Finished));
+    }
+
+    #[test]
+    fn trigger_run_ids() {
+        assert!(is_trigger_run_id("tr-0123456789abcdef"));
+        for bad in [
+            "t-0123456789abcdef",
+            "tr-0123456789ABCDEF",
+            "tr-0123456789abcde",
+            "tr-0123456789abcdef0",
+            "tr-0123456789abcdeg",
+            "tr-0123456789abcdef-0",
+            "",
+        ] {
+            assert!(!is_trigger_run_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bucket_refills_at_its_rate_up_to_its_burst() {
+        let mut b = Bucket::full(2.0, 0);
+        assert!(b.take(0, 1.0, 2.0));
+        assert!(b.take(0, 1.0, 2.0));
+        assert!(!b.take(0, 1.0, 2.0));
+        assert!(!b.take(500, 1.0, 2.0));
+        assert!(b.take(1000, 1.0, 2.0));
+        // A long pause refills to the burst, not beyond.
+        assert!(b.take(100_000, 1.0, 2.0));
+        assert!(b.take(100_000, 1.0, 2.0));
+        assert!(!b.take(100_000, 1.0, 2.0));
+        // A clock going back refills nothing.
+        assert!(!b.take(50_000, 1.0, 2.0));
     }
 
     #[test]

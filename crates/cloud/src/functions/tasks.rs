@@ -4,6 +4,14 @@
 //! times them out, records results (inline, or in the artifact store above
 //! [`MAX_INLINE_RESULT`]), cancels, and delivers callbacks.
 //!
+//! Results are node-scoped: [`Tasks::admit`] decides, before anything is stored,
+//! whether a node's result may be taken ([`judge`]: only for the attempt the cloud
+//! dispatched to that node; never for a fan-out parent; never for an unknown task,
+//! except a run of a trigger the node fires, within the active-task cap and a per-node
+//! rate), and [`Tasks::finish`] checks again inside its compare-and-swap. Large result
+//! files are collected once no task refers to them (the sweep after each prune, and
+//! at start-up).
+//!
 //! Unfinished tasks are kept in an in-memory index (rebuilt from the store at start)
 //! that a loop advances every [`TICK`]; creating a task and receiving a result
 //! advance it at once, so dispatch does not wait for the tick.
@@ -39,6 +47,23 @@ pub const LABEL_TRIGGER: &str = "verge.io/trigger";
 /// Label on fan-out children: their parent.
 pub const LABEL_PARENT: &str = "verge.io/parent";
 const KEY_PREFIX: &str = "/system/taskkeys/";
+/// Task records a node may create with trigger runs: per second, sustained.
+pub const TRIGGER_RUNS_PER_SEC: f64 = 5.0;
+/// ... and at once (a catch-up after an offline period).
+pub const TRIGGER_RUNS_BURST: f64 = verge_api::limits::MAX_CATCH_UP as f64;
+/// Where large results are served (`resultUrl`): this prefix and the digest.
+const RESULT_URL_PREFIX: &str = "/api/v1/artifacts/";
+
+/// Whether a node's result may be taken (see [`Tasks::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Take,
+    /// Refused for good: acknowledge it and store nothing.
+    Refuse(Refusal),
+    /// Not now (the store failed, the active-task cap or the node's trigger-run rate
+    /// is reached): do not acknowledge it, so the node sends it again later.
+    Later,
+}
 
 fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
@@ -73,6 +98,11 @@ pub struct Tasks {
     delivering: Mutex<HashSet<String>>,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<TaskStatus>>>>,
     wake: Notify,
+    /// Held (shared) while a large result is written and referenced, and (exclusive)
+    /// by the sweep, so the sweep never sees a result file between the two.
+    result_files: tokio::sync::RwLock<()>,
+    /// Per node: the budget for Task records its trigger runs create.
+    trigger_runs: Mutex<HashMap<String, Bucket>>,
 }
 
 impl Tasks {
@@ -94,6 +124,8 @@ impl Tasks {
             delivering: Mutex::new(HashSet::new()),
             waiters: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            result_files: tokio::sync::RwLock::new(()),
+            trigger_runs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -227,11 +259,25 @@ impl Tasks {
     }
 
     async fn read(&self, name: &str) -> Option<(TaskSpec, TaskStatus, Object)> {
-        let kv = self.store.get(&object_key(Kind::Task, name)).await.ok()??;
-        let o: Object = serde_json::from_slice(&kv.value).ok()?;
-        let spec: TaskSpec = serde_json::from_value(o.spec.clone()).ok()?;
-        let status = TaskStatus::from_value(&o.status);
-        Some((spec, status, o))
+        self.fetch(name).await.ok().flatten()
+    }
+
+    /// Like `read`, but a store failure is an `Err` (not "no such task").
+    async fn fetch(
+        &self,
+        name: &str,
+    ) -> Result<Option<(TaskSpec, TaskStatus, Object)>, verge_store::Error> {
+        let Some(kv) = self.store.get(&object_key(Kind::Task, name)).await? else {
+            return Ok(None);
+        };
+        let parsed = serde_json::from_slice::<Object>(&kv.value)
+            .ok()
+            .and_then(|o| {
+                let spec: TaskSpec = serde_json::from_value(o.spec.clone()).ok()?;
+                let status = TaskStatus::from_value(&o.status);
+                Some((spec, status, o))
+            });
+        Ok(parsed)
     }
 
     /// Applies `change` to the stored status (it also sees the stored object); `None`
@@ -315,19 +361,20 @@ impl Tasks {
         }
         match timing(&spec, &status, now) {
             Timing::TimedOut(message) => {
-                self.finish(
-                    name,
-                    Outcome {
-                        ok: false,
-                        output: None,
-                        error: Some(message),
-                        reason: Some("TimedOut".into()),
-                        started_at_ms: status.started_at_ms.unwrap_or(now),
-                        finished_at_ms: now,
-                    },
-                    None,
-                )
-                .await;
+                let _ = self
+                    .finish(
+                        name,
+                        Outcome {
+                            ok: false,
+                            output: None,
+                            error: Some(message),
+                            reason: Some("TimedOut".into()),
+                            started_at_ms: status.started_at_ms.unwrap_or(now),
+                            finished_at_ms: now,
+                        },
+                        Reporter::Controller,
+                    )
+                    .await;
                 return;
             }
             Timing::Redispatch => {
@@ -386,6 +433,7 @@ impl Tasks {
                 st.phase = Phase::Dispatched;
                 st.node = Some(node.to_string());
                 st.attempts += 1;
+                st.attempt_nodes.push(node.to_string());
                 st.dispatched_at_ms = Some(now);
                 st.reason = None;
                 st.message = None;
@@ -412,6 +460,7 @@ impl Tasks {
                     .clone()
                     .unwrap_or_else(|| obj.metadata.uid.clone().unwrap_or(name.to_string())),
             ),
+            attempt: Some(st.attempts),
         });
         let sent = self
             .downlink
@@ -432,6 +481,7 @@ impl Tasks {
                 st.phase = Phase::Running;
                 st.node = Some("cloud".into());
                 st.attempts += 1;
+                st.attempt_nodes.push("cloud".into());
                 st.started_at_ms = Some(now);
                 st.reason = None;
                 st.message = None;
@@ -486,7 +536,9 @@ impl Tasks {
                     finished_at_ms: now_ms(),
                 },
             };
-            this.finish(&name, outcome, Some("cloud")).await;
+            if let Err(why) = this.finish(&name, outcome, Reporter::Cloud).await {
+                tracing::debug!(task = %name, why = why.as_str(), "cloud run finished after the task did");
+            }
         });
     }
 
@@ -599,40 +651,65 @@ impl Tasks {
             true
         })
         .await;
-        self.finish(name, outcome, None).await;
+        let _ = self.finish(name, outcome, Reporter::Controller).await;
     }
 
-    /// Records how a task ended (once: a task already final is left alone).
-    pub async fn finish(self: &Arc<Self>, name: &str, outcome: Outcome, from_node: Option<&str>) {
-        let (result, result_url, result_bytes) = match &outcome.output {
-            Some(v) => {
-                let bytes = serde_json::to_vec(v).unwrap_or_default();
-                if bytes.len() > MAX_INLINE_RESULT {
-                    match self.artifacts.put_bytes(&bytes) {
-                        Ok(sha) => (
-                            None,
-                            Some(format!("/api/v1/artifacts/{sha}")),
-                            Some(bytes.len() as u64),
-                        ),
-                        Err(e) => {
-                            tracing::warn!(task = %name, error = %e, "could not store a large result");
-                            (None, None, Some(bytes.len() as u64))
-                        }
+    /// Records how a task ended, once, when `by` may finish it ([`judge`], checked on
+    /// the stored task first and again inside the compare-and-swap). A large output is
+    /// written to the artifact store only after the first check passed, so a refused
+    /// result stores nothing; one written for a task that then went another way is
+    /// collected by the next sweep.
+    pub async fn finish(
+        self: &Arc<Self>,
+        name: &str,
+        outcome: Outcome,
+        by: Reporter<'_>,
+    ) -> Result<(), Refusal> {
+        let status = match self.fetch(name).await {
+            Ok(Some((_, status, _))) => status,
+            Ok(None) => return Err(Refusal::UnknownTask),
+            Err(e) => {
+                tracing::warn!(task = %name, error = %e, "could not read the task to finish it");
+                return Err(Refusal::UnknownTask);
+            }
+        };
+        judge(&status, by)?;
+        let bytes = outcome
+            .output
+            .as_ref()
+            .map(|v| serde_json::to_vec(v).unwrap_or_default());
+        let large = bytes.as_ref().is_some_and(|b| b.len() > MAX_INLINE_RESULT);
+        let writing = if large {
+            Some(self.result_files.read().await)
+        } else {
+            None
+        };
+        let (result, result_url, result_bytes) = match (&outcome.output, bytes) {
+            (Some(_), Some(bytes)) if large => {
+                let len = bytes.len() as u64;
+                let store = self.artifacts.clone();
+                match tokio::task::spawn_blocking(move || store.put_result(&bytes)).await {
+                    Ok(Ok(sha)) => (None, Some(format!("{RESULT_URL_PREFIX}{sha}")), Some(len)),
+                    Ok(Err(e)) => {
+                        tracing::warn!(task = %name, error = %e, "could not store a large result");
+                        (None, None, Some(len))
                     }
-                } else {
-                    (Some(v.clone()), None, Some(bytes.len() as u64))
+                    Err(e) => {
+                        tracing::warn!(task = %name, error = %e, "could not store a large result");
+                        (None, None, Some(len))
+                    }
                 }
             }
-            None => (None, None, None),
+            (Some(v), Some(bytes)) => (Some(v.clone()), None, Some(bytes.len() as u64)),
+            _ => (None, None, None),
         };
-        let Some(st) = self
+        let refused: Mutex<Option<Refusal>> = Mutex::new(None);
+        let st = self
             .update(name, |st, cur| {
-                if st.phase.is_final() {
-                    return false;
-                }
-                if let (Some(node), Some(expected)) = (from_node, st.node.as_deref())
-                    && node != expected
-                {
+                if let Err(why) = judge(st, by) {
+                    if let Ok(mut r) = refused.lock() {
+                        *r = Some(why);
+                    }
                     return false;
                 }
                 st.phase = if outcome.ok {
@@ -658,11 +735,19 @@ impl Tasks {
                 }
                 true
             })
-            .await
-        else {
-            return;
-        };
-        self.settled(name, &st).await;
+            .await;
+        drop(writing);
+        match st {
+            Some(st) => {
+                self.settled(name, &st).await;
+                Ok(())
+            }
+            None => Err(refused
+                .into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or(Refusal::UnknownTask)),
+        }
     }
 
     /// A task reached a final phase: wake waiters, the parent, the callback.
@@ -768,8 +853,60 @@ impl Tasks {
         });
     }
 
-    /// A node reported a result.
-    pub async fn on_result(self: &Arc<Self>, node: &str, r: &TaskResult) {
+    /// Whether node `node`'s result `r` may be taken, decided before anything of it
+    /// is stored. A result for an existing task must pass [`judge`]. One for no task is
+    /// taken only as a run of a trigger the node fires itself: `trigger_function` is
+    /// that trigger's function when the node fires it (from the desired-state sync),
+    /// and it must be the result's; the id must be a trigger run's; and the Task it
+    /// creates counts against [`MAX_ACTIVE_TASKS`] and the node's
+    /// [`TRIGGER_RUNS_PER_SEC`].
+    pub async fn admit(
+        &self,
+        node: &str,
+        r: &TaskResult,
+        trigger_function: Option<&str>,
+    ) -> Admission {
+        let by = Reporter::Node {
+            node,
+            attempt: r.attempt,
+        };
+        match self.fetch(&r.id).await {
+            Err(e) => {
+                tracing::warn!(%node, task = %r.id, error = %e, "could not read the task of a result; the node will re-send it");
+                Admission::Later
+            }
+            Ok(Some((_, status, _))) => match judge(&status, by) {
+                Ok(()) => Admission::Take,
+                Err(why) => Admission::Refuse(why),
+            },
+            Ok(None) => {
+                let (Some(_), Some(function)) = (&r.trigger, &r.function) else {
+                    return Admission::Refuse(Refusal::UnknownTask);
+                };
+                if !is_trigger_run_id(&r.id) || trigger_function != Some(function.as_str()) {
+                    return Admission::Refuse(Refusal::TriggerNotPlaced);
+                }
+                if self.active.lock().map(|a| a.len()).unwrap_or(0) >= MAX_ACTIVE_TASKS {
+                    return Admission::Later;
+                }
+                let now = now_ms();
+                let allowed = self.trigger_runs.lock().is_ok_and(|mut m| {
+                    m.entry(node.to_string())
+                        .or_insert_with(|| Bucket::full(TRIGGER_RUNS_BURST, now))
+                        .take(now, TRIGGER_RUNS_PER_SEC, TRIGGER_RUNS_BURST)
+                });
+                if allowed {
+                    Admission::Take
+                } else {
+                    Admission::Later
+                }
+            }
+        }
+    }
+
+    /// A node reported a result that [`Tasks::admit`] took: records a trigger run's
+    /// Task the first time, then finishes the task (checked again).
+    pub async fn on_result(self: &Arc<Self>, node: &str, r: &TaskResult) -> Result<(), Refusal> {
         let outcome = Outcome {
             ok: r.ok,
             output: r.output.clone(),
@@ -785,6 +922,7 @@ impl Tasks {
             finished_at_ms: r.finished_at_ms,
         };
         if let (Some(trigger), Some(function)) = (&r.trigger, &r.function)
+            && is_trigger_run_id(&r.id)
             && self.read(&r.id).await.is_none()
         {
             // Started by a trigger on the node: recorded here once (the id is unique
@@ -812,7 +950,7 @@ impl Tasks {
                 Err(e) if e.reason == Reason::AlreadyExists => {}
                 Err(e) => {
                     tracing::warn!(task = %r.id, error = %e.message, "could not record a triggered task");
-                    return;
+                    return Err(Refusal::UnknownTask);
                 }
             }
             let node_owned = node.to_string();
@@ -823,11 +961,20 @@ impl Tasks {
                 st.phase = Phase::Dispatched;
                 st.node = Some(node_owned.clone());
                 st.attempts = 1;
+                st.attempt_nodes = vec![node_owned.clone()];
                 true
             })
             .await;
         }
-        self.finish(&r.id, outcome, Some(node)).await;
+        self.finish(
+            &r.id,
+            outcome,
+            Reporter::Node {
+                node,
+                attempt: r.attempt,
+            },
+        )
+        .await
     }
 
     /// Cancels an unfinished task (and its fan-out children). A node already running
@@ -932,27 +1079,61 @@ impl Tasks {
         }
     }
 
+    /// Deletes finished tasks after [`RETENTION_MS`], then the large-result files no
+    /// remaining task refers to (result files a crash or a deleted task left behind
+    /// included: the first pass runs right after start-up).
     async fn prune(&self, now: i64) {
+        // Exclusive: no result file is being written and referenced meanwhile.
+        let _sweeping = self.result_files.write().await;
         let Ok(list) = self.store.list(&kind_prefix(Kind::Task), None).await else {
             return;
         };
+        let mut referenced: HashSet<String> = HashSet::new();
         for kv in &list.items {
             let Ok(o) = serde_json::from_slice::<Object>(&kv.value) else {
                 continue;
             };
             let st = TaskStatus::from_value(&o.status);
-            if st.phase.is_final()
+            let expired = st.phase.is_final()
                 && st.finished_at_ms.is_some_and(|f| now - f > RETENTION_MS)
                 && !self
                     .active
                     .lock()
-                    .is_ok_and(|a| a.contains_key(&o.metadata.name))
-            {
-                let _ = self
+                    .is_ok_and(|a| a.contains_key(&o.metadata.name));
+            if expired
+                && self
                     .store
                     .delete(&kv.key, Expect::ModRevision(kv.mod_revision))
-                    .await;
+                    .await
+                    .is_ok()
+            {
+                continue;
             }
+            if let Some(sha) = st
+                .result_url
+                .as_deref()
+                .and_then(|u| u.strip_prefix(RESULT_URL_PREFIX))
+            {
+                referenced.insert(sha.to_string());
+            }
+        }
+        let store = self.artifacts.clone();
+        let swept = tokio::task::spawn_blocking(move || -> crate::Result<usize> {
+            let mut removed = 0;
+            for f in store.result_digests()? {
+                if !referenced.contains(&f.sha256) {
+                    store.remove_result(&f.sha256)?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await;
+        match swept {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(files = n, "removed result files no task refers to"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not sweep result files"),
+            Err(e) => tracing::warn!(error = %e, "could not sweep result files"),
         }
     }
 }

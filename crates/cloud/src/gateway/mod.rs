@@ -184,7 +184,6 @@ impl Default for GatewayConfig {
 pub(crate) enum Outbound {
     /// Boxed to keep channel slots small (tokio allocates them 32 at a time).
     Publish(Box<(String, Bytes)>),
-    PubAck(u16),
     Close,
 }
 

@@ -23,6 +23,16 @@ pub const MAX_PACKET: usize = 1024 * 1024 + 4096;
 /// Keep-alive used when a client asks for none.
 const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(300);
 
+/// What the bulk worker tells its session. Sent without waiting (unbounded): the
+/// session may itself be waiting for room in the worker's queue, so a worker that
+/// waited for the session would deadlock the connection under a burst. The number in
+/// flight is bounded by the messages the session handed to the worker since it last
+/// looked (the worker's queue plus what one read held).
+enum FromWorker {
+    Ack(u16),
+    Close,
+}
+
 /// Node name and certificate serial (hex) from the client certificate (also used by
 /// the HTTPS listener, `http::serve`).
 pub(crate) fn identity(
@@ -140,11 +150,12 @@ pub(crate) async fn run(
     // Bulk messages: a worker per connection, rate-limited, acks when handled.
     let (bulk_tx, bulk_rx) =
         mpsc::channel::<(Box<Message>, Option<u16>)>(shared.config.ingest_queue);
+    let (worker_tx, mut worker_rx) = mpsc::unbounded_channel::<FromWorker>();
     let worker = tokio::spawn(bulk_worker(
         shared.clone(),
         node.clone(),
         bulk_rx,
-        tx.clone(),
+        worker_tx,
     ));
 
     let mut skip: usize = 0;
@@ -201,10 +212,15 @@ pub(crate) async fn run(
                         p.pkid = pkid;
                         let _ = Packet::Publish(p).write(&mut out, usize::MAX);
                     }
-                    Some(Outbound::PubAck(id)) => {
+                    Some(Outbound::Close) | None => break 'session,
+                }
+            }
+            said = worker_rx.recv() => {
+                match said {
+                    Some(FromWorker::Ack(id)) => {
                         let _ = Packet::PubAck(PubAck::new(id)).write(&mut out, 16);
                     }
-                    Some(Outbound::Close) | None => break 'session,
+                    Some(FromWorker::Close) | None => break 'session,
                 }
             }
             _ = tick.tick() => {
@@ -339,7 +355,7 @@ async fn bulk_worker(
     shared: Arc<Shared>,
     node: String,
     mut rx: mpsc::Receiver<(Box<Message>, Option<u16>)>,
-    tx: mpsc::Sender<Outbound>,
+    tx: mpsc::UnboundedSender<FromWorker>,
 ) {
     let mut pacer = super::Pacer::new(shared.config.ingest_rate);
     while let Some((msg, ack)) = rx.recv().await {
@@ -348,11 +364,11 @@ async fn bulk_worker(
             // No PUBACK: acknowledging a later message would release this one from the
             // node's queue too (acks are cumulative there). Close; the node re-sends.
             shared.metrics.drop("retry");
-            let _ = tx.send(Outbound::Close).await;
+            let _ = tx.send(FromWorker::Close);
             return;
         }
         if let Some(id) = ack
-            && tx.send(Outbound::PubAck(id)).await.is_err()
+            && tx.send(FromWorker::Ack(id)).is_err()
         {
             return;
         }

@@ -197,7 +197,11 @@ pub async fn download(
             ));
         }
     }
-    let path = st.artifacts.path(&sha256);
+    // An uploaded artifact, or a large task result (kept apart, same URL).
+    let path = st
+        .artifacts
+        .locate(&sha256)
+        .unwrap_or_else(|| st.artifacts.path(&sha256));
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -145,6 +145,16 @@ pub async fn join(
             ),
         ));
     }
+    if verge_api::is_reserved_node_name(&req.name) {
+        return Err(ApiError::invalid(
+            "name",
+            format!(
+                "name: {:?} is reserved and cannot name a node (reserved: {})",
+                req.name,
+                verge_api::RESERVED_NODE_NAMES.join(", ")
+            ),
+        ));
+    }
     for (k, v) in &req.labels {
         if !verge_api::is_label_key(k) || !verge_api::is_label_value(v) {
             return Err(ApiError::invalid(

@@ -8,6 +8,16 @@
 //!
 //! The cloud's own clock decides liveness (receive time), so a node whose clock is
 //! skewed is still judged correctly; the skew is reported in its status.
+//!
+//! What a node sends is taken only for what is placed on it: a task result only when
+//! the task controller admits it (`Tasks::admit`: the attempt was dispatched to this
+//! node, or a run of a trigger the node fires) — refused results are acknowledged,
+//! counted (`verge_node_results_refused_total{reason}`) and not stored; log lines only
+//! from sources placed on the node (its App replicas, its Functions, see
+//! [`NodeManager::may_log`]) and within the log budget ([`logs::LogBudget`]); others
+//! are counted (`verge_node_log_lines_dropped_total{reason}`) and dropped; instance
+//! reports only for App replicas placed on the node. A node's status is written to the
+//! store at most once per [`STATUS_WRITE_INTERVAL`] (the latest report wins).
 
 pub mod logs;
 pub mod results;
@@ -23,8 +33,63 @@ use verge_api::Kind;
 use verge_proto::{Heartbeat, Message, NodeStatus};
 use verge_store::DynStore;
 
-use crate::gateway::{DynDownlink, Handled, Inbound};
+use crate::functions::task_state::Refusal;
+use crate::functions::tasks::Admission;
+use crate::gateway::{DropLabel, DynDownlink, Handled, Inbound};
 use crate::http::resources::{modify, object_key};
+
+/// Counters of node input the cloud refused (registered in the cloud's metrics).
+#[derive(Clone, Default)]
+pub struct InputMetrics {
+    /// Task results refused, by [`Refusal::as_str`].
+    pub results_refused: prometheus_client::metrics::family::Family<
+        DropLabel,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    /// Log lines dropped (`not-placed`) or evicted over the budget (`evicted`).
+    pub log_lines_dropped: prometheus_client::metrics::family::Family<
+        DropLabel,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    /// Bytes of log lines held in memory.
+    pub log_bytes: prometheus_client::metrics::gauge::Gauge,
+    /// Instances a node reported for apps not placed on it (left out).
+    pub instances_dropped: prometheus_client::metrics::counter::Counter,
+}
+
+impl InputMetrics {
+    fn result_refused(&self, why: Refusal) {
+        self.results_refused
+            .get_or_create(&DropLabel {
+                reason: why.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    fn log_lines(&self, reason: &str, n: usize) {
+        if n > 0 {
+            self.log_lines_dropped
+                .get_or_create(&DropLabel {
+                    reason: reason.to_string(),
+                })
+                .inc_by(n as u64);
+        }
+    }
+}
+
+/// A node whose input was refused is named in the log at most this often.
+const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// A node's status report is written to the store at most this often; one arriving
+/// sooner waits (the latest replaces it) and the lifecycle loop writes it when due, so
+/// a node sending reports as fast as it can costs one store write a second.
+pub const STATUS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct StatusWrites {
+    last: Option<Instant>,
+    pending: Option<Box<NodeStatus>>,
+}
 
 #[derive(Debug, Clone)]
 pub struct LifecycleConfig {
@@ -74,6 +139,11 @@ pub struct NodeManager {
     pub apps: Arc<crate::apps::Reports>,
     /// App output the nodes ship.
     pub logs: logs::Logs,
+    metrics: InputMetrics,
+    /// When each node was last named in the log for refused input.
+    warned: Mutex<HashMap<String, Instant>>,
+    /// Per node: the last status write and a report waiting for its turn.
+    status_writes: Mutex<HashMap<String, StatusWrites>>,
     gateway: OnceLock<DynDownlink>,
     issuer: OnceLock<Issuer>,
     /// Last certificate renewal per node (at most one per [`RENEW_MIN_INTERVAL`]).
@@ -98,13 +168,21 @@ fn now_rfc3339() -> String {
 }
 
 impl NodeManager {
-    pub fn new(store: DynStore, cfg: LifecycleConfig) -> Arc<Self> {
+    pub fn new(
+        store: DynStore,
+        cfg: LifecycleConfig,
+        log_budget: logs::LogBudget,
+        metrics: InputMetrics,
+    ) -> Arc<Self> {
         Arc::new(Self {
             sync: Arc::new(sync::Sync::new(store.clone())),
             results: results::Results::new(store.clone()),
             tasks: std::sync::OnceLock::new(),
             apps: Arc::new(crate::apps::Reports::default()),
-            logs: logs::Logs::default(),
+            logs: logs::Logs::new(log_budget),
+            metrics,
+            warned: Mutex::new(HashMap::new()),
+            status_writes: Mutex::new(HashMap::new()),
             issuer: OnceLock::new(),
             renewed: Mutex::new(HashMap::new()),
             store,
@@ -297,6 +375,26 @@ impl NodeManager {
             if flush_due {
                 last_flush = Instant::now();
             }
+            // Status reports that waited for their node's write interval.
+            let waiting: Vec<(String, Box<NodeStatus>)> = self
+                .status_writes
+                .lock()
+                .map(|mut w| {
+                    w.iter_mut()
+                        .filter(|(_, s)| {
+                            s.pending.is_some()
+                                && s.last.is_none_or(|t| t.elapsed() >= STATUS_WRITE_INTERVAL)
+                        })
+                        .filter_map(|(n, s)| {
+                            s.last = Some(Instant::now());
+                            s.pending.take().map(|p| (n.clone(), p))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (name, st) in waiting {
+                self.write_status(&name, &st).await;
+            }
             for (name, ready, seen, skew) in changes {
                 let misses = self.cfg.misses;
                 self.patch_status(&name, |m| {
@@ -332,8 +430,43 @@ impl NodeManager {
         }
     }
 
+    /// A status report: the instances of apps placed on the node go to the App
+    /// controller at once (others are left out and counted); the rest is written to the
+    /// Node's status, at most once per [`STATUS_WRITE_INTERVAL`].
     async fn on_status(&self, node: &str, s: &NodeStatus) {
-        self.apps.report(node, &s.apps);
+        let placed: Vec<verge_proto::InstanceStatus> = s
+            .apps
+            .iter()
+            .filter(|i| {
+                self.sync
+                    .app_replicas(node, &i.app)
+                    .is_some_and(|n| i.replica < n)
+            })
+            .cloned()
+            .collect();
+        let left_out = s.apps.len() - placed.len();
+        if left_out > 0 {
+            self.metrics.instances_dropped.inc_by(left_out as u64);
+            self.note_refusal(node, "instance reports for apps not placed on it");
+        }
+        self.apps.report(node, &placed);
+        let due = self.status_writes.lock().is_ok_and(|mut w| {
+            let w = w.entry(node.to_string()).or_default();
+            if w.last.is_none_or(|t| t.elapsed() >= STATUS_WRITE_INTERVAL) {
+                w.last = Some(Instant::now());
+                w.pending = None;
+                true
+            } else {
+                w.pending = Some(Box::new(s.clone()));
+                false
+            }
+        });
+        if due {
+            self.write_status(node, s).await;
+        }
+    }
+
+    async fn write_status(&self, node: &str, s: &NodeStatus) {
         let info = serde_json::json!({
             "arch": s.arch, "os": s.os, "kernel": s.kernel, "cpus": s.cpus,
             "memoryBytes": s.memory_bytes, "diskBytes": s.disk_bytes,
@@ -441,25 +574,9 @@ impl Inbound for NodeManager {
                 }
             }
             Message::NodeStatus(s) => self.on_status(node, &s).await,
-            Message::LogBatch(b) => self.logs.record(node, &b),
+            Message::LogBatch(b) => self.on_logs(node, &b),
             Message::CertRequest(req) => return self.renew(node, &req).await,
-            Message::TaskResult(r) => match self.results.record(node, &r).await {
-                Ok(results::Recorded::New) => {
-                    if let Some(tasks) = self.tasks.get() {
-                        tasks.on_result(node, &r).await;
-                    }
-                }
-                Ok(results::Recorded::UnknownNode) => {
-                    tracing::warn!(%node, seq = r.seq, "result from a node that does not exist; dropped");
-                }
-                Ok(results::Recorded::Duplicate) => {
-                    tracing::debug!(%node, seq = r.seq, "duplicate result acknowledged again");
-                }
-                Err(e) => {
-                    tracing::warn!(%node, seq = r.seq, error = %e, "could not record a result; the node will re-send it");
-                    return Handled::Retry;
-                }
-            },
+            Message::TaskResult(r) => return self.on_result(node, &r).await,
             other => {
                 tracing::warn!(%node, kind = other.type_name(), "this cloud version has no handler for this message; dropped");
             }
@@ -473,6 +590,94 @@ impl Inbound for NodeManager {
 }
 
 impl NodeManager {
+    /// Whether `node` may ship log lines from `source`: a replica of an App placed on
+    /// it, or a Function placed on it (as the desired-state sync sends them).
+    pub fn may_log(&self, node: &str, source: &str) -> bool {
+        match logs::parse_source(source) {
+            Some(logs::LogSource::App { app, replica }) => self
+                .sync
+                .app_replicas(node, app)
+                .is_some_and(|n| replica < n),
+            Some(logs::LogSource::Function { name }) => self.sync.function_placed(node, name),
+            None => false,
+        }
+    }
+
+    fn on_logs(&self, node: &str, b: &verge_proto::LogBatch) {
+        if !self.may_log(node, &b.source) {
+            self.metrics.log_lines("not-placed", b.lines.len());
+            self.note_refusal(node, "log lines from a source not placed on it");
+            return;
+        }
+        let r = self.logs.record(node, b);
+        self.metrics.log_lines("evicted", r.evicted);
+        self.metrics.log_bytes.set(self.logs.bytes() as i64);
+    }
+
+    /// Names a node in the log for refused input, at most once per
+    /// [`REFUSAL_WARN_EVERY`] (a hostile node must not flood the cloud's own log).
+    fn note_refusal(&self, node: &str, what: &str) {
+        let due = self.warned.lock().is_ok_and(|mut w| {
+            let due = w
+                .get(node)
+                .is_none_or(|t| t.elapsed() >= REFUSAL_WARN_EVERY);
+            if due {
+                w.insert(node.to_string(), Instant::now());
+            }
+            due
+        });
+        if due {
+            tracing::warn!(%node, "refused {what} (counted in verge_node_results_refused_total / verge_node_log_lines_dropped_total; further refusals from this node are not logged for a minute)");
+        }
+    }
+
+    /// A task result: admitted by the task controller before anything is stored,
+    /// then recorded once per `(node, seq)` and applied.
+    async fn on_result(&self, node: &str, r: &verge_proto::TaskResult) -> Handled {
+        let Some(tasks) = self.tasks.get() else {
+            self.metrics.result_refused(Refusal::UnknownTask);
+            return Handled::Done;
+        };
+        let placed = r
+            .trigger
+            .as_deref()
+            .and_then(|t| self.sync.trigger_function(node, t));
+        match tasks.admit(node, r, placed.as_deref()).await {
+            Admission::Take => {}
+            Admission::Later => return Handled::Retry,
+            Admission::Refuse(why) => {
+                self.metrics.result_refused(why);
+                tracing::debug!(%node, task = %r.id, seq = r.seq, why = why.as_str(), "result refused");
+                if why != Refusal::Finished {
+                    self.note_refusal(
+                        node,
+                        &format!("a result for task {:?} ({})", r.id, why.as_str()),
+                    );
+                }
+                return Handled::Done;
+            }
+        }
+        match self.results.record(node, r).await {
+            Ok(results::Recorded::New) => {
+                if let Err(why) = tasks.on_result(node, r).await {
+                    self.metrics.result_refused(why);
+                    tracing::debug!(%node, task = %r.id, why = why.as_str(), "result not applied");
+                }
+            }
+            Ok(results::Recorded::UnknownNode) => {
+                tracing::warn!(%node, seq = r.seq, "result from a node that does not exist; dropped");
+            }
+            Ok(results::Recorded::Duplicate) => {
+                tracing::debug!(%node, seq = r.seq, "duplicate result acknowledged again");
+            }
+            Err(e) => {
+                tracing::warn!(%node, seq = r.seq, error = %e, "could not record a result; the node will re-send it");
+                return Handled::Retry;
+            }
+        }
+        Handled::Done
+    }
+
     /// Forgets a deleted node.
     pub fn forget(&self, node: &str) {
         if let Ok(mut rt) = self.runtime.lock() {
@@ -480,6 +685,12 @@ impl NodeManager {
         }
         if let Ok(mut r) = self.renewed.lock() {
             r.remove(node);
+        }
+        if let Ok(mut w) = self.warned.lock() {
+            w.remove(node);
+        }
+        if let Ok(mut w) = self.status_writes.lock() {
+            w.remove(node);
         }
         self.sync.forget(node);
         if let Some(gw) = self.gateway.get() {

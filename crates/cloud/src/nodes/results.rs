@@ -7,9 +7,14 @@
 //! store revision at which a record was created is its arrival order, which the API
 //! returns (`receivedRevision`) so arrival order can be checked against `seq`.
 //!
+//! Only results the task controller admitted reach this module (`Tasks::admit`: for
+//! an attempt dispatched to the node, or a run of a trigger it fires), so a node cannot
+//! fill the store with answers to tasks it was never sent.
+//!
 //! Bound: at most [`MAX_RESULTS_PER_NODE`] records are kept per node; older ones are
-//! pruned (checked every [`PRUNE_EVERY`] new records). Deleting a node deletes its
-//! records. The task controller (functions issue) consumes them.
+//! pruned (checked every [`PRUNE_EVERY`] new records), and a record keeps the output
+//! only up to [`MAX_RECORD_OUTPUT`] bytes (the task has all of it). Deleting a node
+//! deletes its records. The task controller consumes them.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,6 +29,8 @@ use crate::error::Result;
 pub const RESULTS_PREFIX: &str = "/system/results/";
 /// Records kept per node.
 pub const MAX_RESULTS_PER_NODE: usize = 1000;
+/// Largest output (as JSON) a record keeps; larger ones keep only their size.
+pub const MAX_RECORD_OUTPUT: usize = 4 * 1024;
 /// New records per node between two prune checks.
 pub const PRUNE_EVERY: u64 = 100;
 
@@ -45,8 +52,12 @@ pub struct ResultRecord {
     /// The task's id.
     pub id: String,
     pub ok: bool,
+    /// The output, when at most [`MAX_RECORD_OUTPUT`] bytes as JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<serde_json::Value>,
+    /// Size of the output as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub started_at_ms: i64,
@@ -89,12 +100,20 @@ impl Results {
             // Deleted (or never joined): nothing to attach it to. Acked, not kept.
             return Ok(Recorded::UnknownNode);
         }
+        let output_bytes = r
+            .output
+            .as_ref()
+            .map(|v| serde_json::to_vec(v).map_or(0, |b| b.len()));
         let rec = ResultRecord {
             node: node.to_owned(),
             seq: r.seq,
             id: r.id.clone(),
             ok: r.ok,
-            output: r.output.clone(),
+            output: r
+                .output
+                .clone()
+                .filter(|_| output_bytes.is_some_and(|n| n <= MAX_RECORD_OUTPUT)),
+            output_bytes: output_bytes.map(|n| n as u64),
             error: r.error.clone(),
             started_at_ms: r.started_at_ms,
             finished_at_ms: r.finished_at_ms,
@@ -240,6 +259,21 @@ mod tests {
         r.forget("n1").await.unwrap();
         assert!(r.list("n1").await.unwrap().is_empty());
         assert_eq!(r.list("n10").await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn records_keep_small_outputs_only() {
+        let (_d, r) = results().await;
+        let big = TaskResult {
+            output: Some(serde_json::json!("x".repeat(MAX_RECORD_OUTPUT))),
+            ..result(1)
+        };
+        r.record("n1", &big).await.unwrap();
+        r.record("n1", &result(2)).await.unwrap();
+        let got = r.list("n1").await.unwrap();
+        assert_eq!(got[0].output, None);
+        assert_eq!(got[0].output_bytes, Some(MAX_RECORD_OUTPUT as u64 + 2));
+        assert_eq!(got[1].output, Some(serde_json::json!({ "seq": 2 })));
     }
 
     #[tokio::test]

@@ -187,6 +187,39 @@ impl Sync {
         (cache.revision, set)
     }
 
+    /// Replicas of App `app` placed on `node`, as sent to it; `None` when the app is
+    /// not placed there. (What a node may report or log for, see `nodes::logs`.)
+    pub fn app_replicas(&self, node: &str, app: &str) -> Option<u32> {
+        let cache = self.cache.read().ok()?;
+        let app = cache.apps.get(app)?;
+        app.nodes.get(node).map(|(_, replicas)| *replicas)
+    }
+
+    /// Whether Function `name` is placed on `node` (synced to it).
+    pub fn function_placed(&self, node: &str, name: &str) -> bool {
+        let Ok(cache) = self.cache.read() else {
+            return false;
+        };
+        let empty = BTreeMap::new();
+        let labels = cache.node_labels.get(node).unwrap_or(&empty);
+        cache
+            .functions
+            .get(name)
+            .is_some_and(|(_, _, spec)| spec.placed_on(labels))
+    }
+
+    /// The function Trigger `name` runs, when `node` fires that trigger itself (it is
+    /// synced to the node); `None` otherwise.
+    pub fn trigger_function(&self, node: &str, name: &str) -> Option<String> {
+        let cache = self.cache.read().ok()?;
+        let (_, _, spec) = cache.triggers.get(name)?;
+        let empty = BTreeMap::new();
+        let labels = cache.node_labels.get(node).unwrap_or(&empty);
+        let function = cache.functions.get(&spec.function).map(|(_, _, f)| f);
+        spec.fired_by(node, labels, function)
+            .then(|| spec.function.clone())
+    }
+
     async fn load_record(&self, node: &str) -> Option<Record> {
         let kv = self
             .store
