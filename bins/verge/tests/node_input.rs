@@ -182,7 +182,18 @@ impl CallbackReceiver {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_finishes_only_what_it_was_sent() -> Result<()> {
-    let mut cloud = Cloud::start(Path::new(BIN), &["--heartbeat-interval", "1s"]).await?;
+    // The callback receiver listens on loopback: allowed explicitly (callbacks reach
+    // public addresses only by default).
+    let mut cloud = Cloud::start(
+        Path::new(BIN),
+        &[
+            "--heartbeat-interval",
+            "1s",
+            "--outbound-allow-networks",
+            "127.0.0.1/32",
+        ],
+    )
+    .await?;
     let token = cloud.bootstrap_token(10).await?;
 
     // Reserved names: refused at join (422 naming the field) and as Node objects.
