@@ -59,13 +59,21 @@ struct Child {
     config: ClientConfig,
 }
 
-async fn start_server() -> Result<Child> {
+async fn start_server(watchers: u64) -> Result<Child> {
     let dir = tempfile::tempdir().context("temp dir")?;
     let exe = std::env::current_exe().context("locating the verge binary")?;
+    // Every watcher is one connection from 127.0.0.1 with the admin token: past the
+    // default caps per address and per token.
+    let per_ip = (watchers + 256).to_string();
+    let per_token = (watchers + 16).to_string();
+    let total = (watchers + 512).max(4096).to_string();
     let child = tokio::process::Command::new(exe)
         .args(["cloud", "--data-dir"])
         .arg(dir.path())
         .args(["--listen", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0"])
+        .args(["--max-connections-per-ip", &per_ip])
+        .args(["--max-watches-per-token", &per_token])
+        .args(["--max-connections", &total])
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()
@@ -108,7 +116,7 @@ pub async fn run(args: ApiBenchArgs, config: Option<ClientConfig>) -> Result<()>
     let (server, cfg) = if args.use_config {
         (None, config.context("--use-config needs a CLI config")?)
     } else {
-        let s = start_server().await?;
+        let s = start_server(args.watchers).await?;
         let cfg = s.config.clone();
         (Some(s), cfg)
     };

@@ -198,16 +198,32 @@ pub async fn run(args: FleetArgs) -> Result<()> {
     // Fixed ports so the restart phase comes back on the same addresses.
     let api_port = free_port()?;
     let mqtt_port = free_port()?;
-    let cloud_args = vec![
+    let mut cloud_args = vec![
         "--listen".to_string(),
         format!("127.0.0.1:{api_port}"),
         "--mqtt-listen".to_string(),
         format!("0.0.0.0:{mqtt_port}"),
         "--join-rate".to_string(),
         "1000000".to_string(),
+        "--join-rate-global".to_string(),
+        "1000000".to_string(),
         "--heartbeat-interval".to_string(),
         args.heartbeat_interval.clone(),
     ];
+    // Every simulated node dials from 127.0.0.1, far past the default per-address cap;
+    // the API needs few connections, which leaves the gateway the open-file budget.
+    let mqtt_cap = (args.nodes + 1000).to_string();
+    cloud_args.extend(
+        [
+            "--mqtt-max-connections",
+            &mqtt_cap,
+            "--mqtt-max-connections-per-ip",
+            &mqtt_cap,
+            "--max-connections",
+            "256",
+        ]
+        .map(String::from),
+    );
     let (mut cloud, cfg, port) = CloudChild::start(dir.path(), cloud_args).await?;
     let base_rss = crate::bench::rss_kib(Some(cloud.pid())).unwrap_or(0);
     println!(

@@ -35,6 +35,7 @@ mod bench_image;
 mod bench_invoke;
 mod builtins;
 mod client;
+mod cloud_limits;
 mod commands;
 mod dev;
 mod functions;
@@ -177,7 +178,8 @@ enum Cmd {
         /// Seconds between history compactions.
         #[arg(long, default_value_t = 60)]
         compact_interval: u64,
-        /// Edge join attempts allowed per second (burst 4x).
+        /// Edge join attempts per second from one source address (burst 4x), counted
+        /// once the bootstrap token is verified.
         #[arg(long, default_value_t = 20.0)]
         join_rate: f64,
         /// MQTT (mutual TLS) listen address for edge nodes; "off" disables it.
@@ -210,6 +212,8 @@ enum Cmd {
         outbound: OutboundArgs,
         #[command(flatten)]
         sandbox: SandboxArgs,
+        #[command(flatten)]
+        limits: cloud_limits::LimitArgs,
     },
     /// Run a local control plane with embedded defaults ($VERGE_HOME or ~/.verge/dev).
     Dev {
@@ -430,6 +434,7 @@ async fn run(cli: Cli) -> Result<()> {
             images,
             outbound,
             sandbox,
+            limits,
         } => {
             let data_dir = data_dir
                 .as_ref()
@@ -447,6 +452,7 @@ async fn run(cli: Cli) -> Result<()> {
             cfg.history_revisions = (*history_revisions).max(1);
             cfg.compact_interval = std::time::Duration::from_secs((*compact_interval).max(1));
             cfg.join_rate_per_sec = *join_rate;
+            limits.apply(&mut cfg)?;
             cfg.mqtt_listen = match mqtt_listen.as_str() {
                 "off" => None,
                 a => Some(

@@ -27,16 +27,17 @@ async fn join_ready_sync_offline_and_reconnect() -> Result<()> {
         &["--heartbeat-interval", "1s", "--heartbeat-misses", "3"],
     )
     .await?;
-    let token = cloud.bootstrap_token(2).await?;
-
     let dirs = tempfile::tempdir()?;
     let (da, db) = (dirs.path().join("a"), dirs.path().join("b"));
+    // Node labels come from the bootstrap token: one token per site.
+    let token = cloud.bootstrap_token_with(1, &["site=a"]).await?;
     let out = Edge::join(&edge_bin, &cloud, &token, "node-a", &["site=a"], &da)?;
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let token = cloud.bootstrap_token_with(1, &["site=b"]).await?;
     let out = Edge::join(&edge_bin, &cloud, &token, "node-b", &["site=b"], &db)?;
     assert!(
         out.status.success(),

@@ -1,5 +1,6 @@
 //! Edge onboarding over real HTTPS: bootstrap tokens (expired, revoked, used up,
-//! unknown, wrong kind), CSRs for another node's name, re-joins, body and rate caps.
+//! unknown, wrong kind), CSRs for another node's name, re-joins, body and rate caps
+//! (the rate counted per source address, after the token check).
 
 use std::time::Duration;
 
@@ -235,18 +236,31 @@ async fn bad_tokens_and_csrs_are_refused() -> Result<()> {
 #[tokio::test]
 async fn join_attempts_are_rate_limited() -> Result<()> {
     let t = T::start(&["--join-rate", "2"]).await?;
-    let mut limited = None;
-    for _ in 0..40 {
+    // Bad tokens are refused before the limit and spend nothing (see conn_limits.rs).
+    for _ in 0..20 {
         let r = t
             .http
             .post(format!("{}/api/v1/join", t.cloud.url))
             .json(&json!({"token": "abcdefgh.x", "name": "n", "csr": "x"}))
             .send()
             .await?;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    // A valid token's holder is limited.
+    let (_, good) = t.bootstrap(json!({"uses": 100})).await?;
+    let mut limited = None;
+    for _ in 0..40 {
+        let r = t
+            .http
+            .post(format!("{}/api/v1/join", t.cloud.url))
+            .json(&json!({"token": good, "name": "n", "csr": "x"}))
+            .send()
+            .await?;
         if r.status() == StatusCode::TOO_MANY_REQUESTS {
             limited = Some(r);
             break;
         }
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     }
     let r = limited.expect("40 rapid joins at 2/s (burst 8) were never limited");
     assert!(r.headers().get("retry-after").is_some());

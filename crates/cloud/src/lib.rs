@@ -5,6 +5,7 @@
 //! Entry point: [`run`], which takes its shutdown signal as an input. The `verge`
 //! binary only parses flags and calls it.
 
+pub mod admission;
 pub mod apps;
 pub mod artifact_access;
 pub mod artifacts;
@@ -14,6 +15,7 @@ mod error;
 pub mod functions;
 pub mod gateway;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod mosquitto;
 pub mod nodes;
@@ -62,7 +64,8 @@ pub struct CloudConfig {
     pub drain_timeout: Duration,
     /// Lifetime of node client certificates (rotated by the edge before expiry).
     pub node_cert_validity: Duration,
-    /// Join attempts per second (burst 4x).
+    /// Join attempts per second from one source address (burst 4x), counted once the
+    /// bootstrap token is verified; `limits.join_rate_global` bounds all together.
     pub join_rate_per_sec: f64,
     /// MQTT gateway listen address for edge nodes (`None`: no gateway).
     pub mqtt_listen: Option<SocketAddr>,
@@ -90,6 +93,9 @@ pub struct CloudConfig {
     /// How the cloud's python3/node function workers are sandboxed (the data directory
     /// is added to what they must never see).
     pub function_sandbox: verge_runtime::SandboxConfig,
+    /// Connection limits of the API listener and the MQTT gateway, the watch cap per
+    /// token, the global join rate (decision 012; defaults in `Limits::default`).
+    pub limits: limits::Limits,
 }
 
 impl CloudConfig {
@@ -119,6 +125,7 @@ impl CloudConfig {
                 cgroup_parent: "verge-fn-cloud".into(),
                 ..verge_runtime::SandboxConfig::default()
             },
+            limits: limits::Limits::default(),
         }
     }
 }
@@ -155,6 +162,9 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
             cfg.listen.ip()
         )));
     }
+    cfg.limits
+        .check()
+        .map_err(|e| Error::Config(format!("connection limits: {e}")))?;
     ensure_private_dir(&cfg.data_dir)?;
     let ca = ClusterCa::load_or_create(&cfg.data_dir)?;
 
@@ -250,6 +260,7 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     }
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let (api_admission, mqtt_admission) = admissions(&cfg, &metrics);
 
     // Edge nodes: lifecycle + sync, and the MQTT gateway they connect to.
     let node_manager = nodes::NodeManager::new(
@@ -323,8 +334,11 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
             let mqtt_tls = pki::mqtt_tls_config(&ca, &issued)?;
             let serve_gw = gw.clone();
             let rx = shutdown_rx.clone();
+            let tls_timeout = cfg.limits.tls_handshake_timeout;
             background.push(tokio::spawn(async move {
-                serve_gw.serve(listener, mqtt_tls, rx).await;
+                serve_gw
+                    .serve(listener, mqtt_tls, mqtt_admission, tls_timeout, rx)
+                    .await;
             }));
             tracing::info!(%url, "mqtt gateway listening");
             (Some(Arc::new(gw) as gateway::DynDownlink), Some(url))
@@ -396,9 +410,9 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         openapi_json,
         ca_pem: ca.cert_pem.clone(),
         ca,
-        join_limiter: http::join::RateLimiter::new(
+        join_limiter: http::join::JoinLimiter::new(
             cfg.join_rate_per_sec,
-            cfg.join_rate_per_sec * 4.0,
+            cfg.limits.join_rate_global,
         ),
         node_cert_validity: time::Duration::try_from(cfg.node_cert_validity)
             .unwrap_or(time::Duration::days(30)),
@@ -410,6 +424,7 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
             host: function_host,
             tasks,
         })),
+        watches: http::watch::WatchLimit::new(cfg.limits.max_watches_per_token),
     });
     let app = http::router(state, &cfg.mounts);
     let compactor = tokio::spawn(compact_loop(
@@ -424,7 +439,11 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         tls,
         app,
         shutdown_rx,
-        cfg.drain_timeout,
+        http::serve::ServeOptions {
+            drain: cfg.drain_timeout,
+            limits: cfg.limits.clone(),
+            admission: api_admission,
+        },
     ));
     shutdown.await;
     tracing::info!("shutting down: draining connections");
@@ -437,6 +456,51 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     sqlite.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The API's and the embedded gateway's admissions, their caps fitted to the
+/// open-file limit (logged when that lowers them).
+fn admissions(
+    cfg: &CloudConfig,
+    metrics: &Metrics,
+) -> (Arc<admission::Admission>, Arc<admission::Admission>) {
+    let l = &cfg.limits;
+    let gateway_on = cfg.mqtt_url.is_none() && cfg.mqtt_listen.is_some();
+    let mqtt_want = if gateway_on {
+        l.mqtt_max_connections
+    } else {
+        0
+    };
+    let (api, mqtt) = match limits::open_files_limit() {
+        Some(files) => {
+            let (api, mqtt) = limits::fit_to_open_files(l.max_connections, mqtt_want, files);
+            if (api, mqtt) != (l.max_connections, mqtt_want) {
+                tracing::info!(
+                    open_files = files,
+                    api,
+                    mqtt,
+                    "connection caps lowered to fit the open-file limit (raise `ulimit -n` for more)"
+                );
+            }
+            (api, mqtt)
+        }
+        None => (l.max_connections, mqtt_want),
+    };
+    let m = &metrics.connections;
+    (
+        admission::Admission::new(
+            http::serve::LISTENER,
+            api,
+            l.max_connections_per_ip,
+            m.clone(),
+        ),
+        admission::Admission::new(
+            gateway::LISTENER,
+            mqtt.max(1),
+            l.mqtt_max_connections_per_ip,
+            m.clone(),
+        ),
+    )
 }
 
 /// Keeps `keep` revisions of history.

@@ -1,6 +1,6 @@
 //! Prometheus metrics with an explicit registry (no global recorder): HTTP requests by
 //! route, method and code; request latency by route; store operation latency; open
-//! watches. [`InstrumentedStore`] wraps any [`Store`] to time its operations.
+//! watches; connections per listener (open, refused, closed). [`InstrumentedStore`] wraps any [`Store`] to time its operations.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
@@ -51,6 +51,8 @@ pub struct Metrics {
     pub auth_denials: Counter,
     pub gateway: crate::gateway::GatewayMetrics,
     pub nodes: crate::nodes::InputMetrics,
+    /// Open, refused and closed connections per listener (`api`, `mqtt`).
+    pub connections: crate::admission::ConnMetrics,
 }
 
 impl Default for Metrics {
@@ -142,9 +144,26 @@ impl Metrics {
             "Bytes of node log lines held in memory",
             nodes.log_bytes.clone(),
         );
+        let connections = crate::admission::ConnMetrics::default();
+        registry.register(
+            "connections_open",
+            "Connections a listener holds, by listener (api, mqtt)",
+            connections.open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept, by listener and reason (per-ip: the source address holds its cap; full: every connection busy)",
+            connections.refused.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections the listener closed, by listener and reason (evicted, header-timeout, idle, write-stall, tls-timeout, tls-error)",
+            connections.closed.clone(),
+        );
         Self {
             gateway,
             nodes,
+            connections,
             registry,
             http_requests,
             http_latency,

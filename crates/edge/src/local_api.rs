@@ -28,8 +28,11 @@
 //! node gives it the next per-node sequence number and the store-and-forward queue
 //! delivers it once the cloud is reachable (the cloud drops redeliveries by `seq`).
 //! Headers are
-//! capped at 16 KiB and must arrive within 10 s; at most [`MAX_CONNECTIONS`]
-//! connections are served at once.
+//! capped at 16 KiB and must arrive within 10 s (hyper's timer, which also closes a
+//! keep-alive connection idle that long), a body within 30 s (408); at most
+//! [`MAX_CONNECTIONS`] connections are served at once, more are closed on accept. No
+//! per-address cap: the socket is 0600 in the 0700 data dir, so every client is the
+//! node's own user (decision 012).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -57,6 +60,8 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// Largest answer the client helper reads.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for a whole request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -364,9 +369,19 @@ fn bad_request(message: String) -> Resp {
     error(StatusCode::BAD_REQUEST, "BadRequest", message)
 }
 
-/// The whole request body, at most `max` bytes (else 413 naming `what`).
+/// The whole request body, at most `max` bytes (else 413 naming `what`), within
+/// [`BODY_TIMEOUT`] (else 408: a stalled client must not hold one of the few
+/// connection slots for ever).
 async fn read_body(req: Request<Incoming>, max: usize, what: &str) -> Result<Bytes, Resp> {
-    match Limited::new(req.into_body(), max).collect().await {
+    let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), max).collect());
+    let Ok(read) = read.await else {
+        return Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeout",
+            format!("{what} did not arrive within {}s", BODY_TIMEOUT.as_secs()),
+        ));
+    };
+    match read {
         Ok(b) => Ok(b.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -6,6 +6,9 @@
 //! where `verge_proto::{node_may_publish, node_may_subscribe}` allow; anything else is
 //! refused (SUBACK failure) or dropped and counted, and the connection stays up.
 //! Certificates of deleted nodes are refused at connect and their sessions closed.
+//! Connections are admitted under the gateway's caps (per source address and in all,
+//! `crate::admission`); until a node's CONNECT is accepted its connection may be closed
+//! to make room, after it never (one session per node: a newer one takes over).
 //!
 //! Messages from nodes go to an [`Inbound`] handler (the node manager): heartbeats
 //! inline (cheap, never queued behind bulk traffic), everything else through a
@@ -31,7 +34,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use verge_proto::{Channel, Heartbeat, Message};
 
+use crate::admission::Admission;
+
 pub use session::MAX_PACKET;
+
+/// The gateway's name in the connection metrics.
+pub const LISTENER: &str = "mqtt";
 pub(crate) use session::identity as node_identity;
 
 /// How the cloud reaches nodes: the embedded [`Gateway`], or an external broker
@@ -166,7 +174,8 @@ pub struct GatewayConfig {
     pub ingest_queue: usize,
     /// Messages buffered towards a node before sends to it fail.
     pub outbound_queue: usize,
-    /// Time allowed for the TLS handshake and the CONNECT packet.
+    /// Time allowed for the CONNECT packet after the TLS handshake (the handshake's own
+    /// limit and the connection caps are in [`crate::limits::Limits`]).
     pub connect_timeout: Duration,
 }
 
@@ -271,11 +280,16 @@ impl Gateway {
         }
     }
 
-    /// Accepts node connections until `shutdown` flips.
+    /// Accepts node connections until `shutdown` flips. Each socket first asks
+    /// `admission` for a place (refused ones are closed at once; a full gateway closes
+    /// its oldest connection that has not sent CONNECT yet to make room), then gets
+    /// `tls_handshake_timeout` for the handshake and `connect_timeout` for CONNECT.
     pub async fn serve(
         &self,
         listener: TcpListener,
         tls: Arc<rustls::ServerConfig>,
+        admission: Arc<Admission>,
+        tls_handshake_timeout: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -291,12 +305,22 @@ impl Gateway {
                 },
                 _ = shutdown.changed() => return,
             };
+            let Some(slot) = admission.admit(peer.ip()) else {
+                // Refused (counted by the admission): closed at once.
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let shared = self.shared.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                session::run(shared, acceptor, tcp, peer, shutdown).await;
+                let start = session::Start {
+                    acceptor,
+                    tls_timeout: tls_handshake_timeout,
+                    slot,
+                };
+                session::run(shared, start, tcp, peer, shutdown).await;
             });
         }
     }

@@ -1,5 +1,8 @@
 //! One node's MQTT session: TLS handshake → identity from the client certificate →
 //! CONNECT → packets until disconnect, keep-alive expiry, takeover, kick or shutdown.
+//! Every phase is bounded: the handshake and CONNECT by their timeouts (and, until
+//! CONNECT, by the admission closing the connection to make room), reads by the
+//! keep-alive, writes by the same idle limit (a node that stops reading is dropped).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use verge_proto::{Channel, Message};
 
 use super::{Outbound, Shared};
+use crate::admission::Slot;
 
 /// Largest MQTT packet read whole (the largest edge→cloud payload, `result`, is 1 MiB).
 /// Larger packets are skipped as they stream in and counted as dropped.
@@ -67,76 +71,66 @@ fn header_len(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// How a connection starts: its TLS acceptor and handshake limit, and its place in
+/// the gateway's admission.
+pub(crate) struct Start {
+    pub(crate) acceptor: tokio_rustls::TlsAcceptor,
+    pub(crate) tls_timeout: Duration,
+    pub(crate) slot: Slot,
+}
+
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    acceptor: tokio_rustls::TlsAcceptor,
+    start: Start,
     tcp: TcpStream,
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let timeout = shared.config.connect_timeout;
-    let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            shared.metrics.refuse("tls");
-            tracing::debug!(%peer, error = %e, "mqtt tls handshake failed");
-            return;
-        }
-        Err(_) => {
-            shared.metrics.refuse("tls-timeout");
+    let Start {
+        acceptor,
+        tls_timeout,
+        slot,
+    } = start;
+    // Until CONNECT is accepted the admission may close this connection to make room.
+    let opened = tokio::select! {
+        r = open(&shared, acceptor, tls_timeout, tcp, peer) => r,
+        why = slot.closed() => {
+            // Counted by the admission (`verge_connections_closed_total`).
+            tracing::debug!(%peer, reason = why.as_str(), "mqtt connection closed before CONNECT");
             return;
         }
     };
-    let Some((node, serial)) = tls.get_ref().1.peer_certificates().and_then(identity) else {
-        shared.metrics.refuse("identity");
-        tracing::warn!(%peer, "mqtt client certificate is not a node certificate");
+    let Some(Opened {
+        tls,
+        node,
+        serial,
+        keep_alive,
+        mut buf,
+    }) = opened
+    else {
         return;
     };
+    // A session: never evicted; it ends by itself, by takeover, kick or shutdown.
+    slot.mark_busy();
     let (mut rd, mut wr) = tokio::io::split(tls);
-    // Small: most node traffic is heartbeats of ~100 bytes; it grows for big messages
-    // and is shrunk back after them.
-    let mut buf = BytesMut::with_capacity(256);
     let mut out = BytesMut::with_capacity(256);
-
-    // CONNECT first, within the timeout.
-    let connect = tokio::time::timeout(timeout, async {
-        loop {
-            match Packet::read(&mut buf, 64 * 1024) {
-                Ok(p) => return Some(p),
-                Err(MqttError::InsufficientBytes(_)) => {}
-                Err(_) => return None,
-            }
-            match rd.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    let keep_alive = match connect {
-        Ok(Some(Packet::Connect(c))) => {
-            if c.keep_alive == 0 {
-                DEFAULT_KEEP_ALIVE
-            } else {
-                Duration::from_secs(u64::from(c.keep_alive))
-            }
-        }
-        _ => {
-            shared.metrics.refuse("connect");
-            return;
-        }
-    };
     if shared.is_revoked(&serial) {
         shared.metrics.refuse("revoked");
         tracing::warn!(%node, %serial, "refused a revoked node certificate");
         let _ = Packet::ConnAck(ConnAck::new(ConnectReturnCode::NotAuthorized, false))
             .write(&mut out, 16);
-        let _ = wr.write_all(&out).await;
-        let _ = wr.shutdown().await;
+        let _ = tokio::time::timeout(tls_timeout, async {
+            let _ = wr.write_all(&out).await;
+            let _ = wr.shutdown().await;
+        })
+        .await;
         return;
     }
     let _ = Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)).write(&mut out, 16);
-    if wr.write_all(&out).await.is_err() {
+    if !matches!(
+        tokio::time::timeout(tls_timeout, wr.write_all(&out)).await,
+        Ok(Ok(()))
+    ) {
         return;
     }
     out.clear();
@@ -232,8 +226,16 @@ pub(crate) async fn run(
             _ = shutdown.changed() => break 'session,
         }
         if !out.is_empty() {
-            if wr.write_all(&out).await.is_err() {
-                break;
+            // A node that stops reading must not hold its session (and block takeover)
+            // forever: a write that cannot finish within the idle limit ends it.
+            match tokio::time::timeout(idle_limit, wr.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    shared.metrics.drop("write-stall");
+                    tracing::debug!(%node, "writes to the node stalled; closing");
+                    break;
+                }
             }
             out.clear();
             if out.capacity() > 64 * 1024 {
@@ -243,12 +245,88 @@ pub(crate) async fn run(
     }
     drop(bulk_tx);
     let _ = worker.await;
-    let _ = wr.shutdown().await;
+    let _ = tokio::time::timeout(tls_timeout, wr.shutdown()).await;
     shared.metrics.connections.dec();
     if shared.unregister(&node, conn_id) {
         shared.inbound.disconnected(&node);
     }
     tracing::debug!(%node, "node disconnected");
+}
+
+/// A connection that completed TLS with a node certificate and sent CONNECT.
+struct Opened {
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    node: String,
+    serial: String,
+    keep_alive: Duration,
+    /// What arrived after the CONNECT packet.
+    buf: BytesMut,
+}
+
+/// TLS handshake (within `tls_timeout`), identity from the client certificate, then
+/// the CONNECT packet (within the gateway's `connect_timeout`). `None`: refused and
+/// counted.
+async fn open(
+    shared: &Shared,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tls_timeout: Duration,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<Opened> {
+    let mut tls = match tokio::time::timeout(tls_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            shared.metrics.refuse("tls");
+            tracing::debug!(%peer, error = %e, "mqtt tls handshake failed");
+            return None;
+        }
+        Err(_) => {
+            shared.metrics.refuse("tls-timeout");
+            return None;
+        }
+    };
+    let Some((node, serial)) = tls.get_ref().1.peer_certificates().and_then(identity) else {
+        shared.metrics.refuse("identity");
+        tracing::warn!(%peer, "mqtt client certificate is not a node certificate");
+        return None;
+    };
+    // Small: most node traffic is heartbeats of ~100 bytes; it grows for big messages
+    // and is shrunk back after them.
+    let mut buf = BytesMut::with_capacity(256);
+    let connect = tokio::time::timeout(shared.config.connect_timeout, async {
+        loop {
+            match Packet::read(&mut buf, 64 * 1024) {
+                Ok(p) => return Some(p),
+                Err(MqttError::InsufficientBytes(_)) => {}
+                Err(_) => return None,
+            }
+            match tls.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    let keep_alive = match connect {
+        Ok(Some(Packet::Connect(c))) => {
+            if c.keep_alive == 0 {
+                DEFAULT_KEEP_ALIVE
+            } else {
+                Duration::from_secs(u64::from(c.keep_alive))
+            }
+        }
+        _ => {
+            shared.metrics.refuse("connect");
+            return None;
+        }
+    };
+    Some(Opened {
+        tls,
+        node,
+        serial,
+        keep_alive,
+        buf,
+    })
 }
 
 /// Handles one packet; `false` closes the session.

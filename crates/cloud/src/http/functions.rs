@@ -268,10 +268,11 @@ pub async fn create_task(
 
 pub async fn list_tasks(
     st: State<SharedState>,
+    principal: Extension<Principal>,
     q: Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    resources::list(st, Path("tasks".to_string()), q, headers).await
+    resources::list(st, principal, Path("tasks".to_string()), q, headers).await
 }
 
 pub async fn get_task(

@@ -2,15 +2,19 @@
 //!
 //! A node proves it holds a bootstrap token and sends a CSR for its own key; the cloud
 //! signs a client certificate whose CN is the node name and records the Node. The
-//! endpoint is public (the token is in the body), so it caps the body at 16 KiB and the
-//! rate of attempts (KubeEdge CVE-2022-31075 was an unbounded join endpoint). The
+//! endpoint is public (the token is in the body), so it caps the body at 16 KiB and its
+//! arrival at 10 s, and the rate of attempts (KubeEdge CVE-2022-31075 was an unbounded
+//! join endpoint) per source address and in all — counted only once the token is
+//! verified, so a flood of bad tokens (401) cannot lock anyone else out. The
 //! cluster CA is public too: the edge checks it against the `sha256:` hash it was given
 //! out of band before trusting it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use axum::Extension;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
@@ -23,11 +27,14 @@ use verge_api::{API_VERSION, Format, Kind, Object, ObjectMeta, Reason};
 
 use super::body;
 use super::resources::object_key;
+use super::serve::PeerAddr;
 use super::state::SharedState;
 use crate::auth::now_rfc3339;
 use crate::error::ApiError;
 
 pub const MAX_JOIN_BODY: usize = 16 * 1024;
+/// Time allowed for the whole join request body.
+const JOIN_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Annotation holding the serial of the node's current certificate.
 pub const CERT_SERIAL_ANNOTATION: &str = "verge.dev/cert-serial";
 pub const CERT_EXPIRES_ANNOTATION: &str = "verge.dev/cert-not-after";
@@ -64,37 +71,102 @@ pub struct JoinResponse {
     pub mqtt_url: Option<String>,
 }
 
-/// A token bucket shared by all join attempts.
-pub struct RateLimiter {
-    state: Mutex<(f64, Instant)>,
-    per_sec: f64,
-    burst: f64,
+/// A token bucket: `rate` per second up to `burst`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
 }
 
-impl RateLimiter {
-    pub fn new(per_sec: f64, burst: f64) -> Self {
+impl Bucket {
+    fn full(burst: f64, now: Instant) -> Self {
         Self {
-            state: Mutex::new((burst, Instant::now())),
-            per_sec,
-            burst,
+            tokens: burst,
+            last: now,
         }
     }
 
+    fn refill(&mut self, now: Instant, rate: f64, burst: f64) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * rate).min(burst);
+        self.last = now;
+    }
+
     /// Takes one token; `Err(seconds to wait)` when empty.
-    pub fn take(&self) -> Result<(), u64> {
+    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> Result<(), u64> {
+        self.refill(now, rate, burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - self.tokens) / rate).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+/// Source addresses tracked at most; beyond, full (idle) buckets are forgotten first.
+const MAX_SOURCES: usize = 16_384;
+
+/// The join rate limit, applied once the bootstrap token is verified (so a caller
+/// without a valid token cannot spend anyone's budget): a bucket per source address
+/// (`per_source` per second, burst 4x) and one for all sources together (`global`,
+/// burst 4x), which bounds the CPU that holders of valid tokens can make the cloud
+/// spend on signing CSRs.
+pub struct JoinLimiter {
+    per_source: f64,
+    global: f64,
+    state: Mutex<Buckets>,
+}
+
+struct Buckets {
+    global: Bucket,
+    sources: HashMap<IpAddr, Bucket>,
+}
+
+impl JoinLimiter {
+    pub fn new(per_source: f64, global: f64) -> Self {
+        let now = Instant::now();
+        Self {
+            per_source,
+            global,
+            state: Mutex::new(Buckets {
+                global: Bucket::full(global * 4.0, now),
+                sources: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Takes a join from `source`'s bucket, then from the global one; `Err(seconds to
+    /// wait)` when either is empty (a refusal by the global bucket gives the source's
+    /// token back).
+    pub fn take(&self, source: IpAddr, now: Instant) -> Result<(), u64> {
         let Ok(mut st) = self.state.lock() else {
             return Err(1);
         };
-        let now = Instant::now();
-        let refill = now.duration_since(st.1).as_secs_f64() * self.per_sec;
-        st.0 = (st.0 + refill).min(self.burst);
-        st.1 = now;
-        if st.0 >= 1.0 {
-            st.0 -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - st.0) / self.per_sec).ceil().max(1.0) as u64)
+        let source = crate::admission::source_key(source);
+        let (rate, burst) = (self.per_source, self.per_source * 4.0);
+        if !st.sources.contains_key(&source) && st.sources.len() >= MAX_SOURCES {
+            st.sources.retain(|_, b| {
+                b.refill(now, rate, burst);
+                b.tokens < burst
+            });
+            if st.sources.len() >= MAX_SOURCES {
+                return Err(1);
+            }
         }
+        let bucket = st
+            .sources
+            .entry(source)
+            .or_insert_with(|| Bucket::full(burst, now));
+        bucket.take(now, rate, burst)?;
+        let (grate, gburst) = (self.global, self.global * 4.0);
+        if let Err(wait) = st.global.take(now, grate, gburst) {
+            if let Some(b) = st.sources.get_mut(&source) {
+                b.tokens = (b.tokens + 1.0).min(burst);
+            }
+            return Err(wait);
+        }
+        Ok(())
     }
 }
 
@@ -109,18 +181,23 @@ pub async fn cluster_ca(State(st): State<SharedState>) -> Response {
 
 pub async fn join(
     State(st): State<SharedState>,
+    peer: Option<Extension<PeerAddr>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<JoinResponse>), ApiError> {
-    if let Err(wait) = st.join_limiter.take() {
-        let mut e = ApiError::new(
-            Reason::TooManyRequests,
-            "too many join attempts; retry later",
-        );
-        e.retry_after = Some(wait);
-        return Err(e);
-    }
-    let (format, text) = body::read_text(&headers, body, MAX_JOIN_BODY).await?;
+    // A public endpoint: the body must arrive in time, or the request would hold its
+    // connection busy (and safe from eviction) for as long as the client likes.
+    let (format, text) = tokio::time::timeout(
+        JOIN_BODY_TIMEOUT,
+        body::read_text(&headers, body, MAX_JOIN_BODY),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::bad_request(format!(
+            "the join request body did not arrive within {}s",
+            JOIN_BODY_TIMEOUT.as_secs()
+        ))
+    })??;
     if format != Format::Json {
         return Err(ApiError::new(
             Reason::UnsupportedMediaType,
@@ -134,8 +211,18 @@ pub async fn join(
             ApiError::bad_request(format!("malformed json: {e}"))
         }
     })?;
-    // The token first, read-only: nothing else is revealed to a caller without one.
+    // The token first, read-only: nothing else is revealed to a caller without one,
+    // and a caller without one spends no one's join budget.
     let granted = st.auth.verify_bootstrap(&req.token)?.labels;
+    let source = peer.map_or(IpAddr::from([0, 0, 0, 0]), |Extension(PeerAddr(a))| a.ip());
+    if let Err(wait) = st.join_limiter.take(source, Instant::now()) {
+        let mut e = ApiError::new(
+            Reason::TooManyRequests,
+            "too many join attempts from this address (or from all together); retry later",
+        );
+        e.retry_after = Some(wait);
+        return Err(e);
+    }
     if !verge_api::is_dns1123_label(&req.name) {
         return Err(ApiError::invalid(
             "name",
@@ -355,4 +442,59 @@ fn ungranted_label(
         )
         .field(format!("labels.{k}")),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, last])
+    }
+
+    #[test]
+    fn each_source_has_its_own_bucket() {
+        let t0 = Instant::now();
+        let l = JoinLimiter::new(1.0, 1000.0);
+        for _ in 0..4 {
+            assert_eq!(l.take(ip(1), t0), Ok(()));
+        }
+        assert_eq!(l.take(ip(1), t0), Err(1));
+        // Another address is not affected.
+        assert_eq!(l.take(ip(2), t0), Ok(()));
+        // The first refills at its rate.
+        assert_eq!(l.take(ip(1), t0 + Duration::from_secs(1)), Ok(()));
+    }
+
+    #[test]
+    fn the_global_bucket_bounds_all_sources_and_refunds_the_source() {
+        let t0 = Instant::now();
+        let l = JoinLimiter::new(10.0, 1.0);
+        for i in 0..4 {
+            assert_eq!(l.take(ip(i), t0), Ok(()));
+        }
+        assert!(l.take(ip(9), t0).is_err());
+        // Refused by the global bucket: ip 9 kept its own budget (burst 40).
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(l.take(ip(9), later), Ok(()));
+        let st = l.state.lock().unwrap();
+        assert!(st.sources[&ip(9)].tokens >= 38.0);
+    }
+
+    #[test]
+    fn sources_are_forgotten_once_their_buckets_are_full_again() {
+        let t0 = Instant::now();
+        let l = JoinLimiter::new(1000.0, 1e9);
+        for i in 0..MAX_SOURCES {
+            let a = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i as u32));
+            assert_eq!(l.take(a, t0), Ok(()));
+        }
+        assert_eq!(l.state.lock().unwrap().sources.len(), MAX_SOURCES);
+        // All buckets still short of full: a new source must wait.
+        assert_eq!(l.take(ip(1), t0), Err(1));
+        // A second later every bucket is full again and forgotten.
+        assert_eq!(l.take(ip(1), t0 + Duration::from_secs(1)), Ok(()));
+        assert_eq!(l.state.lock().unwrap().sources.len(), 1);
+    }
 }

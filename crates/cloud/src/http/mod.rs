@@ -9,7 +9,7 @@ pub mod resources;
 pub mod serve;
 pub mod state;
 pub mod tokens;
-mod watch;
+pub mod watch;
 
 use std::time::Instant;
 

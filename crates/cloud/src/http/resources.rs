@@ -113,6 +113,7 @@ const LIST_PARAMS: &[&str] = &[
 
 pub async fn list(
     State(st): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     Path(plural): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -160,7 +161,16 @@ pub async fn list(
             }
             None => None,
         };
-        return watch::start(st, kind, selector, from, timeout, &headers).await;
+        return watch::start(
+            st,
+            &principal.token_id,
+            kind,
+            selector,
+            from,
+            timeout,
+            &headers,
+        )
+        .await;
     }
     let res = st.store.list(&kind_prefix(kind), selector.as_ref()).await?;
     let items = res

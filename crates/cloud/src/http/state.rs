@@ -6,7 +6,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use verge_store::DynStore;
 
-use super::join::RateLimiter;
+use super::join::JoinLimiter;
+use super::watch::WatchLimit;
 use crate::auth::Authenticator;
 use crate::metrics::Metrics;
 use crate::pki::ClusterCa;
@@ -23,8 +24,9 @@ pub struct AppState {
     /// The cluster CA (signs node certificates) and its PEM.
     pub ca: Arc<ClusterCa>,
     pub ca_pem: String,
-    /// Join attempts allowed (all callers together).
-    pub join_limiter: RateLimiter,
+    /// Join attempts allowed (per source address, and all together), counted after
+    /// the bootstrap token is verified.
+    pub join_limiter: JoinLimiter,
     /// Lifetime of node client certificates.
     pub node_cert_validity: time::Duration,
     /// Broker URL handed to joining nodes.
@@ -36,6 +38,8 @@ pub struct AppState {
     pub artifacts: Arc<crate::artifacts::ArtifactStore>,
     /// The function runtime and the task controller.
     pub functions: Option<Arc<crate::functions::Functions>>,
+    /// Open watch streams per token.
+    pub watches: Arc<WatchLimit>,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -12,7 +12,13 @@
 //!
 //! Label-selector watches filter on the object's labels at each event; an object whose
 //! labels stop matching produces no event (clients relist to reconcile).
+//!
+//! A token may hold at most [`WatchLimit`]'s cap of streams at once (`verge cloud
+//! --max-watches-per-token`); one more is answered 429 naming the cap, before anything
+//! is read from the store. Other tokens are not affected.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -20,7 +26,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
-use verge_api::{Kind, LabelSelector, WatchEvent, WatchEventType};
+use verge_api::{Kind, LabelSelector, Reason, WatchEvent, WatchEventType};
 use verge_store::{Event, EventKind, Revision, WatchStream};
 
 use super::resources::{kind_prefix, kv_to_object};
@@ -75,29 +81,101 @@ fn encode_event(ev: &Event) -> Result<Bytes, ApiError> {
     Ok(ev.encoded.get_or_init(|| b).clone())
 }
 
-struct WatchGuard(SharedState);
+/// Open watch streams per token, capped.
+pub struct WatchLimit {
+    max: usize,
+    open: Mutex<HashMap<String, usize>>,
+}
+
+impl WatchLimit {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max: max.max(1),
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A place for one more stream of `token_id`, or the 429 naming the cap.
+    fn acquire(self: &Arc<Self>, token_id: &str) -> Result<WatchPermit, ApiError> {
+        let full = || {
+            ApiError::new(
+                Reason::TooManyRequests,
+                format!(
+                    "too many open watches for this token: at most {} at once (verge cloud --max-watches-per-token); close one first",
+                    self.max
+                ),
+            )
+        };
+        let mut open = self.open.lock().map_err(|_| full())?;
+        let n = open.entry(token_id.to_string()).or_insert(0);
+        if *n >= self.max {
+            return Err(full());
+        }
+        *n += 1;
+        Ok(WatchPermit {
+            limit: self.clone(),
+            token_id: token_id.to_string(),
+        })
+    }
+
+    /// Streams `token_id` holds now.
+    pub fn open_for(&self, token_id: &str) -> usize {
+        self.open
+            .lock()
+            .map(|o| o.get(token_id).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
+struct WatchPermit {
+    limit: Arc<WatchLimit>,
+    token_id: String,
+}
+
+impl Drop for WatchPermit {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.limit.open.lock()
+            && let Some(n) = open.get_mut(&self.token_id)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.token_id);
+            }
+        }
+    }
+}
+
+struct WatchGuard {
+    st: SharedState,
+    _permit: WatchPermit,
+}
 
 impl WatchGuard {
-    fn new(st: SharedState) -> Self {
+    fn new(st: SharedState, permit: WatchPermit) -> Self {
         st.metrics.open_watches.inc();
-        Self(st)
+        Self {
+            st,
+            _permit: permit,
+        }
     }
 }
 
 impl Drop for WatchGuard {
     fn drop(&mut self) {
-        self.0.metrics.open_watches.dec();
+        self.st.metrics.open_watches.dec();
     }
 }
 
 pub async fn start(
     st: SharedState,
+    token_id: &str,
     kind: Kind,
     selector: Option<LabelSelector>,
     from: Option<Revision>,
     timeout: Option<u64>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    let permit = st.watches.acquire(token_id)?;
     let framing = match headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) {
         Some(a) if a.contains("text/event-stream") => Framing::Sse,
         _ => Framing::NdJson,
@@ -133,7 +211,7 @@ pub async fn start(
             selector,
             framing,
             done: false,
-            _guard: WatchGuard::new(st.clone()),
+            _guard: WatchGuard::new(st.clone(), permit),
         },
         next_frame,
     );
@@ -194,5 +272,26 @@ async fn next_frame(mut st: Live) -> Option<(Result<Bytes, std::io::Error>, Live
                 return Some((Ok(frame), st));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_is_per_token_and_freed_on_drop() {
+        let limit = WatchLimit::new(2);
+        let a1 = limit.acquire("a").unwrap();
+        let _a2 = limit.acquire("a").unwrap();
+        let err = limit.acquire("a").err().unwrap();
+        assert_eq!(err.reason, Reason::TooManyRequests);
+        assert!(err.message.contains("at most 2"), "{}", err.message);
+        assert!(err.message.contains("--max-watches-per-token"));
+        let _b = limit.acquire("b").unwrap();
+        drop(a1);
+        assert_eq!(limit.open_for("a"), 1);
+        let _a3 = limit.acquire("a").unwrap();
+        assert_eq!(limit.open_for("b"), 1);
     }
 }

@@ -319,3 +319,56 @@ async fn results_are_queued_with_increasing_seq_and_bad_reports_are_refused() {
     r.stop.send(()).unwrap();
     r.task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn stalled_connections_are_closed_and_a_stalled_body_gets_408() {
+    let r = start().await;
+    // A result body that stops after 10 of its 100 bytes.
+    let mut body_stall = UnixStream::connect(&r.sock).await.unwrap();
+    body_stall
+        .write_all(b"POST /v1/results HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"id\": \"t1")
+        .await
+        .unwrap();
+    // Every other slot taken by half a request line.
+    let mut stalled = Vec::new();
+    for _ in 1..MAX_CONNECTIONS {
+        let mut s = UnixStream::connect(&r.sock).await.unwrap();
+        s.write_all(b"GET /v1/sta").await.unwrap();
+        stalled.push(s);
+    }
+    // The server closes each of them (header timeout, 10 s).
+    let closed = futures::future::join_all(stalled.into_iter().map(|mut s| async move {
+        let mut buf = [0u8; 64];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }));
+    tokio::time::timeout(Duration::from_secs(120), closed)
+        .await
+        .expect("stalled connections still open after 120 s");
+    // The stalled body gets its answer (30 s).
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        body_stall.read_to_end(&mut answer),
+    )
+    .await
+    .expect("no answer to the stalled body after 120 s")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("RequestTimeout"), "{answer}");
+    // Nothing was queued, and the API answers again.
+    assert!(r.state.queue().peek(10, now_ms()).unwrap().is_empty());
+    let (status, _) = raw(
+        &r.sock,
+        "GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    r.stop.send(()).unwrap();
+    r.task.await.unwrap().unwrap();
+}
