@@ -194,7 +194,7 @@ async fn a_node_finishes_only_what_it_was_sent() -> Result<()> {
         ],
     )
     .await?;
-    let token = cloud.bootstrap_token(10).await?;
+    let token = cloud.bootstrap_token_with(10, &["region=eu"]).await?;
 
     // Reserved names: refused at join (422 naming the field) and as Node objects.
     for name in ["cloud", "verge-cloud"] {
@@ -542,8 +542,9 @@ async fn a_log_flood_stays_within_the_budget_and_its_own_sources() -> Result<()>
     )
     .await?;
     let pid = cloud.pid().context("cloud pid")?;
-    let token = cloud.bootstrap_token(2).await?;
+    let token = cloud.bootstrap_token_with(1, &["role=flood"]).await?;
     let flood = FakeNode::join(&cloud, &token, "flood", &["role=flood"]).await?;
+    let token = cloud.bootstrap_token_with(1, &["role=quiet"]).await?;
     let quiet = FakeNode::join(&cloud, &token, "quiet", &["role=quiet"]).await?;
     cloud.wait_ready(&["flood", "quiet"]).await?;
     cloud
