@@ -240,7 +240,7 @@ pub async fn run(args: FleetArgs) -> Result<()> {
         .send_json(
             reqwest::Method::POST,
             "/api/v1/tokens",
-            Some(&serde_json::json!({"role": "bootstrap", "ttlSeconds": 86400})),
+            Some(&serde_json::json!({"role": "bootstrap", "ttlSeconds": 86400, "labels": {"fleet": "bench"}})),
         )
         .await?;
     let token = tok["token"].as_str().context("token")?.to_string();

@@ -257,7 +257,7 @@ async fn artifact_urls_to_private_destinations_are_refused() -> Result<()> {
 
     let edge_bin = workspace_bin("verge-edge-cli", "verge-edge")?;
     let cloud = Cloud::start(Path::new(BIN), &["--heartbeat-interval", "1s"]).await?;
-    let token = cloud.bootstrap_token(1).await?;
+    let token = cloud.bootstrap_token_with(1, &["site=ob"]).await?;
     let node = format!("ob-{}", std::process::id());
     let _edge = Edge::join_and_start(
         &edge_bin,

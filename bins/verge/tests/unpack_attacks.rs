@@ -212,7 +212,7 @@ fn the_bomb_builder_makes_a_valid_gzip() {
 async fn hostile_archives_are_refused_once_with_memory_bounded() -> Result<()> {
     let edge_bin = verge_testkit::workspace_bin("verge-edge-cli", "verge-edge")?;
     let cloud = Cloud::start(Path::new(BIN), &["--heartbeat-interval", "1s"]).await?;
-    let token = cloud.bootstrap_token(1).await?;
+    let token = cloud.bootstrap_token_with(1, &["tier=edge"]).await?;
     let node = format!("unpack-{}", std::process::id());
     let _cleanup = CgroupCleanup(node.clone());
     let dirs = tempfile::tempdir()?;

@@ -30,8 +30,14 @@ const MAX_GRANTS_PER_NODE: usize = 1024;
 /// Digests taken from one task input.
 const MAX_DIGESTS_PER_INPUT: usize = 64;
 
-/// The digest a string names: 64 hex digits, optionally `sha256:`-prefixed.
+/// The digest a string names: 64 hex digits, optionally `sha256:`-prefixed, or a URL
+/// of this store's download route (`…/api/v1/artifacts/DIGEST`, an `artifact.url` on
+/// the cloud's own origin).
 fn digest_in(s: &str) -> Option<String> {
+    let s = match s.rsplit_once("/api/v1/artifacts/") {
+        Some((_, tail)) => tail.split(['?', '#']).next().unwrap_or(tail),
+        None => s,
+    };
     crate::artifacts::parse_sha256(s.strip_prefix("sha256:").unwrap_or(s))
 }
 
@@ -206,6 +212,8 @@ mod tests {
         d.sort();
         assert_eq!(d, vec![A.to_string(), B.to_string()]);
         assert!(referenced_digests(&json!({"x": "abc"})).is_empty());
+        let url = format!("https://cloud:7443/api/v1/artifacts/{A}?x=1");
+        assert_eq!(referenced_digests(&json!({"url": url})), vec![A.to_string()]);
         let many: Vec<String> = (0..200).map(|i| format!("{i:064x}")).collect();
         assert_eq!(
             referenced_digests(&json!(many)).len(),
