@@ -94,6 +94,26 @@ struct RunArgs {
     /// Docker's.
     #[arg(long, env = "VERGE_EDGE_DOCKER_NETWORK")]
     docker_network: Option<String>,
+    /// Non-public networks that requests made on a user's behalf (`artifact.url`
+    /// downloads, image sources) may reach, as IPs or CIDRs (comma-separated or
+    /// repeated). Default: none — public addresses only.
+    #[arg(long, env = "VERGE_EDGE_OUTBOUND_ALLOW_NETWORKS", value_name = "CIDR",
+          value_delimiter = ',', value_parser = verge_outbound::allow_network_entry)]
+    outbound_allow_networks: Vec<String>,
+    /// When given, the only hosts those requests may reach (exact names or
+    /// `*.domain`, comma-separated or repeated); the address check applies to them too.
+    #[arg(long, env = "VERGE_EDGE_OUTBOUND_ALLOW_HOSTS", value_name = "HOST",
+          value_delimiter = ',', value_parser = verge_outbound::allow_host_entry)]
+    outbound_allow_hosts: Vec<String>,
+    /// Run python3/node function workers WITHOUT the sandbox: no uid switch, no
+    /// namespaces, cgroup or seccomp filter, so function code can read and do all that
+    /// the agent can (its key, the local store). Only where the sandbox cannot be set
+    /// up (not root, no bubblewrap) and every function's code is trusted.
+    #[arg(long)]
+    unsafe_unsandboxed_functions: bool,
+    /// The uid and gid sandboxed function workers run as (never 0, never the agent's).
+    #[arg(long, default_value_t = verge_runtime::sandbox::DEFAULT_UID)]
+    function_uid: u32,
 }
 
 #[derive(Subcommand)]
@@ -318,20 +338,39 @@ async fn run(a: RunArgs) -> Result<()> {
         },
     ));
 
+    // Requests made on a user's behalf go through the outbound guard.
+    let outbound =
+        verge_edge::artifact::outbound_client(&a.outbound_allow_networks, &a.outbound_allow_hosts)?;
     // Workloads: Docker and native apps from the local store, with or without the cloud.
     let workloads = verge_edge::workloads::Workloads::for_node(
         state.clone(),
         &identity,
         a.docker_socket.as_deref(),
         a.docker_network.clone(),
+        outbound.clone(),
     )
     .await?;
     let workloads_task = tokio::spawn(workloads.run(stop_rx.clone()));
     // Functions: warm pools, dispatched tasks, and cron triggers (offline too).
+    if a.function_uid == 0 {
+        anyhow::bail!("--function-uid must not be 0");
+    }
+    let sandbox = verge_runtime::SandboxConfig {
+        mode: if a.unsafe_unsandboxed_functions {
+            verge_runtime::SandboxMode::Unsafe
+        } else {
+            verge_runtime::SandboxMode::Enforce
+        },
+        uid: a.function_uid,
+        gid: a.function_uid,
+        ..verge_runtime::SandboxConfig::default()
+    };
     let functions = verge_edge::functions::Functions::for_node(
         state.clone(),
         &identity,
-        Arc::new(builtins(&identity, &a.data_dir)?),
+        Arc::new(builtins(&identity, &a.data_dir, &outbound)?),
+        outbound,
+        sandbox,
     )?;
     let functions_task = tokio::spawn(functions.run(stop_rx.clone()));
 
@@ -427,16 +466,23 @@ fn configs_table(items: &[serde_json::Value]) -> String {
 
 /// The builtin functions of an edge node: the runtime's own and the image pack, whose
 /// `{"artifact": ...}` sources are downloaded from the cloud with the node's certificate
-/// and `{"url": ...}` sources fetched under the default SSRF policy (public addresses only).
-fn builtins(identity: &Identity, data_dir: &Path) -> Result<verge_runtime::Registry> {
-    let fetcher = verge_images::fetch::Fetcher::new(verge_images::fetch::FetchPolicy::default())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+/// and `{"url": ...}` sources fetched through the outbound guard under the node's allow
+/// lists (public addresses only by default).
+fn builtins(
+    identity: &Identity,
+    data_dir: &Path,
+    outbound: &verge_outbound::Client,
+) -> Result<verge_runtime::Registry> {
+    let allowed = outbound.policy();
+    let fetcher = verge_images::fetch::Fetcher::new(verge_images::fetch::FetchPolicy {
+        allow_networks: allowed.allow_networks.clone(),
+        allow_hosts: allowed.allow_hosts.clone(),
+        ..verge_images::fetch::FetchPolicy::default()
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut env = verge_images::functions::ImageEnv::new(fetcher);
     env.artifacts = Some(Arc::new(EdgeArtifacts {
-        fetcher: verge_edge::artifact::Fetcher {
-            cloud: identity.cloud.clone(),
-            client: verge_edge::artifact::node_https_client(identity)?,
-        },
+        fetcher: verge_edge::artifact::Fetcher::new(identity, outbound.clone())?,
         dir: data_dir.join("image-sources"),
     }));
     let mut r = verge_runtime::Registry::with_defaults();

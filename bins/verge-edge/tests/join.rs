@@ -179,9 +179,18 @@ fn mode(p: &Path) -> u32 {
 async fn join_writes_private_files_and_registers_the_node() -> Result<()> {
     let t = T::start().await?;
     let (_, token) = t
-        .bootstrap(json!({"uses": 2, "labels": {"site": "lab-1"}}))
+        .bootstrap(json!({"uses": 2, "labels": {"site": "lab-1", "zone": "z1"}}))
         .await?;
     let dir = t.dir("node-a");
+    // A label the token does not grant is refused, and no use of the token is spent.
+    let refused = t.join(&token, Some("edge-a"), &dir, &["--label", "tier=gold"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("tier=gold is not granted by the bootstrap token"),
+        "{}",
+        stderr(&refused)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     let out = t.join(&token, Some("edge-a"), &dir, &["--label", "zone=z1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
@@ -213,7 +222,7 @@ async fn join_writes_private_files_and_registers_the_node() -> Result<()> {
     assert!(id.cert_expires_at_time().is_some());
     id.tls_client_config()?;
 
-    // The cloud recorded the node with the token's labels and the node's own.
+    // The cloud recorded the node with the token's labels.
     let (status, node) = t
         .admin(reqwest::Method::GET, "/api/v1/nodes/edge-a")
         .await?;

@@ -18,16 +18,32 @@ pub fn dev_home() -> Result<PathBuf> {
     }
 }
 
+/// `verge dev --outbound-allow-*`: passed to its control plane (callbacks) and its edge
+/// node (`artifact.url` downloads).
+pub struct OutboundAllow {
+    pub networks: Vec<String>,
+    pub hosts: Vec<String>,
+}
+
 pub async fn run(
     listen: SocketAddr,
     images: &crate::images::ImageServiceArgs,
+    outbound: &OutboundAllow,
+    sandbox: &crate::SandboxArgs,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let home = dev_home()?;
     let addr_file = home.join(files::API_ADDR);
     let _ = std::fs::remove_file(&addr_file);
     let mut cfg = CloudConfig::new(&home, listen);
+    cfg.outbound_allow_networks = outbound.networks.clone();
+    cfg.outbound_allow_hosts = outbound.hosts.clone();
+    let edge_outbound = verge_edge::artifact::outbound_client(&outbound.networks, &outbound.hosts)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let image_env = crate::images::wire(&mut cfg, &home, images, true)?;
+    sandbox.apply(&mut cfg.function_sandbox)?;
+    let mut edge_sandbox = verge_runtime::SandboxConfig::default();
+    sandbox.apply(&mut edge_sandbox)?;
     cfg.mqtt_listen = Some(SocketAddr::new(listen.ip(), 8883));
     // One shutdown signal for the control plane and the local edge node.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -59,7 +75,14 @@ pub async fn run(
         ),
         Err(e) => eprintln!("warning: could not create the image functions: {e:#}"),
     }
-    let edge = dev_edge(&home, &admin, image_env, stopped(stop_rx.clone()));
+    let edge = dev_edge(
+        &home,
+        &admin,
+        image_env,
+        edge_outbound,
+        edge_sandbox,
+        stopped(stop_rx.clone()),
+    );
     tokio::pin!(edge);
     let mut edge_done = false;
     loop {
@@ -82,12 +105,15 @@ async fn dev_edge(
     home: &std::path::Path,
     admin: &ClientConfig,
     images: std::sync::Arc<verge_images::functions::ImageEnv>,
+    outbound: verge_outbound::Client,
+    sandbox: verge_runtime::SandboxConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let dir = home.join("edge");
     if !dir.join("identity.json").exists() {
         let c = Client::new(admin)?;
         let body = serde_json::json!({"role": "bootstrap", "uses": 1, "ttlSeconds": 600,
+            "labels": {"verge.dev/dev": "true"},
             "description": "verge dev local edge node"});
         let tok: serde_json::Value = c
             .send_json(reqwest::Method::POST, "/api/v1/tokens", Some(&body))
@@ -140,12 +166,15 @@ async fn dev_edge(
         &identity,
         socket.as_deref(),
         network,
+        outbound.clone(),
     )
     .await?;
     let functions = verge_edge::functions::Functions::for_node(
         state.clone(),
         &identity,
         std::sync::Arc::new(crate::builtins::registry(images)),
+        outbound,
+        sandbox,
     )?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_workloads = {

@@ -100,7 +100,58 @@ enum CloudAction {
     },
 }
 
+/// Where requests made on a user's behalf (task callbacks; `artifact.url` downloads on
+/// the `verge dev` node) may go: through the outbound guard, public addresses only
+/// unless allowed here. Image sources have their own `--img-allow-*` flags.
+#[derive(clap::Args)]
+struct OutboundArgs {
+    /// Non-public networks that requests made on a user's behalf (task callbacks;
+    /// `artifact.url`s on the `verge dev` node) may reach, as IPs or CIDRs
+    /// (comma-separated or repeated), e.g. `10.0.0.0/8,127.0.0.1/32`. Default: none —
+    /// public addresses only.
+    #[arg(long, value_name = "CIDR", value_delimiter = ',',
+          value_parser = verge_outbound::allow_network_entry)]
+    outbound_allow_networks: Vec<String>,
+    /// When given, the only hosts requests made on a user's behalf may reach (exact
+    /// names or `*.domain`, comma-separated or repeated); the address check applies to
+    /// them too.
+    #[arg(long, value_name = "HOST", value_delimiter = ',',
+          value_parser = verge_outbound::allow_host_entry)]
+    outbound_allow_hosts: Vec<String>,
+}
+
 // Parsed once per process; boxing the `cloud` flags would only add noise.
+#[allow(clippy::large_enum_variant)]
+/// How python3/node function workers are isolated (decision 011).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SandboxArgs {
+    /// Run python3/node function workers WITHOUT the sandbox: no uid switch, no
+    /// namespaces, cgroup or seccomp filter, so function code can read and do all that
+    /// this process can (keys, tokens, the store). Only where the sandbox cannot be set
+    /// up (not root, no bubblewrap) and every function's code is trusted.
+    #[arg(long)]
+    pub unsafe_unsandboxed_functions: bool,
+    /// The uid and gid sandboxed function workers run as (never 0, never this
+    /// process's own).
+    #[arg(long, default_value_t = verge_runtime::sandbox::DEFAULT_UID)]
+    pub function_uid: u32,
+}
+
+impl SandboxArgs {
+    pub fn apply(&self, cfg: &mut verge_runtime::SandboxConfig) -> Result<()> {
+        if self.function_uid == 0 {
+            anyhow::bail!("--function-uid must not be 0");
+        }
+        cfg.uid = self.function_uid;
+        cfg.gid = self.function_uid;
+        if self.unsafe_unsandboxed_functions {
+            cfg.mode = verge_runtime::SandboxMode::Unsafe;
+        }
+        Ok(())
+    }
+}
+
+// Parsed once per process: the size of the `cloud` variant's flags does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
@@ -154,6 +205,10 @@ enum Cmd {
         node_cert_validity: String,
         #[command(flatten)]
         images: images::ImageServiceArgs,
+        #[command(flatten)]
+        outbound: OutboundArgs,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
     },
     /// Run a local control plane with embedded defaults ($VERGE_HOME or ~/.verge/dev).
     Dev {
@@ -161,6 +216,10 @@ enum Cmd {
         listen: SocketAddr,
         #[command(flatten)]
         images: images::ImageServiceArgs,
+        #[command(flatten)]
+        outbound: OutboundArgs,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
     },
     /// Create or update the objects in a file (`-` for stdin).
     Apply {
@@ -388,6 +447,8 @@ async fn run(cli: Cli) -> Result<()> {
             mqtt_url,
             node_cert_validity,
             images,
+            outbound,
+            sandbox,
         } => {
             let data_dir = data_dir
                 .as_ref()
@@ -397,6 +458,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let mut cfg = verge_cloud::CloudConfig::new(data_dir, *listen);
             images::wire(&mut cfg, data_dir, images, false)?;
+            sandbox.apply(&mut cfg.function_sandbox)?;
             cfg.insecure_http = *insecure_http;
             cfg.tls_sans = tls_san.clone();
             cfg.max_body_bytes = *max_body_bytes;
@@ -427,11 +489,24 @@ async fn run(cli: Cli) -> Result<()> {
             {
                 anyhow::bail!("--node-cert-validity must be between 30s and 5y (1825d)");
             }
+            cfg.outbound_allow_networks = outbound.outbound_allow_networks.clone();
+            cfg.outbound_allow_hosts = outbound.outbound_allow_hosts.clone();
             verge_cloud::run(cfg, shutdown_signal())
                 .await
                 .map_err(|e| anyhow!("{e}"))
         }
-        Cmd::Dev { listen, images } => dev::run(*listen, images, shutdown_signal()).await,
+        Cmd::Dev {
+            listen,
+            images,
+            outbound,
+            sandbox,
+        } => {
+            let allow = dev::OutboundAllow {
+                networks: outbound.outbound_allow_networks.clone(),
+                hosts: outbound.outbound_allow_hosts.clone(),
+            };
+            dev::run(*listen, images, &allow, sandbox, shutdown_signal()).await
+        }
         Cmd::Image { cmd } => images::run(cmd, || client(&cli)).await,
         Cmd::Apply { file } => commands::apply(&client(&cli)?, file).await,
         Cmd::Get {

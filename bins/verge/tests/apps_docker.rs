@@ -169,12 +169,12 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
         &["--heartbeat-interval", "1s", "--heartbeat-misses", "5"],
     )
     .await?;
-    let token = cloud.bootstrap_token(3).await?;
     let socket = dockerd.socket().to_str().unwrap().to_string();
     let mut edges = Vec::new();
     for (i, n) in names.iter().enumerate() {
         let d = dirs.path().join(n);
         let site = format!("site={}", ["sh", "bj", "gz"][i]);
+        let token = cloud.bootstrap_token_with(1, &["tier=edge", &site]).await?;
         edges.push(Edge::join_and_start(
             &edge_bin,
             &cloud,

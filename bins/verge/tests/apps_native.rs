@@ -121,7 +121,6 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
         &["--heartbeat-interval", "1s", "--heartbeat-misses", "5"],
     )
     .await?;
-    let token = cloud.bootstrap_token(3).await?;
     let tag = std::process::id();
     let names: Vec<String> = ["a", "b", "c"]
         .iter()
@@ -133,6 +132,7 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
     for (i, n) in names.iter().enumerate() {
         let d = dirs.path().join(n);
         let site = format!("site={}", ["sh", "bj", "gz"][i]);
+        let token = cloud.bootstrap_token_with(1, &["tier=edge", &site]).await?;
         edges.push(Edge::join_and_start(
             &edge_bin,
             &cloud,

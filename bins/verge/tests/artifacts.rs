@@ -14,7 +14,7 @@ use reqwest::StatusCode;
 use reqwest::header::{
     ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG, RANGE, WWW_AUTHENTICATE,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use verge_edge::artifact::{artifact_url, fetch, node_https_client, partial_path};
 use verge_testkit::{Cloud, Edge, workspace_bin};
@@ -305,6 +305,33 @@ async fn push_download_ranges_auth_caps_and_node_certificates() -> Result<()> {
     );
     let identity = verge_edge::Identity::load(&node_dir)?;
     let node = node_https_client(&identity)?;
+    // A node certificate reads only what is placed on its node: nothing yet.
+    let r = node.get(&url).send().await?;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let e = error_body(r).await;
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not referenced by anything placed on node"),
+        "{e}"
+    );
+    // A Function placed on every node ships its code in the artifact.
+    cloud
+        .apply(
+            "functions",
+            &json!({"apiVersion": "verge.dev/v1", "kind": "Function",
+                    "metadata": {"name": "packaged"},
+                    "spec": {"runtime": "python3", "handler": "handler.main",
+                             "artifact": {"sha256": digest}}}),
+        )
+        .await?;
+    // The other artifact is still not the node's to read.
+    let r = node
+        .get(artifact_url(&cloud.url, &sha256_hex(&other)))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let cache = tmp.path().join("cache");
     let dest = cache.join(&digest);
     let got = fetch(&node, &url, &digest, &dest, 16 << 20).await?;

@@ -144,10 +144,10 @@ async fn nodes_work_through_an_external_mosquitto() -> Result<()> {
     assert_eq!(std::fs::read_to_string(&conf)?, conf_text);
     let mut broker = Broker::start(&conf, port)?;
 
-    let token = cloud.bootstrap_token(2).await?;
     let dirs = tempfile::tempdir()?;
     let (da, db) = (dirs.path().join("a"), dirs.path().join("b"));
     for (name, dir, label) in [("node-a", &da, "site=a"), ("node-b", &db, "site=b")] {
+        let token = cloud.bootstrap_token_with(1, &[label]).await?;
         let out = Edge::join(&edge_bin, &cloud, &token, name, &[label], dir)?;
         assert!(out.status.success(), "{}", text(&out));
     }

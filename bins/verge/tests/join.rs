@@ -89,8 +89,25 @@ async fn join_signs_a_node_certificate_and_records_the_node() -> Result<()> {
         .await?;
     assert_eq!(pem, t.cloud.ca_pem);
 
-    let (_, token) = t
+    // A node asks for labels; only those its token grants are accepted (they decide
+    // what is placed on it).
+    let (_, stingy) = t
         .bootstrap(json!({"uses": 5, "labels": {"site": "sh-01"}}))
+        .await?;
+    let (s, b) = t.join(&stingy, "edge-0", "edge-0").await?;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert_eq!(b["field"], "labels.arch", "{b}");
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not granted by the bootstrap token"),
+        "{b}"
+    );
+    let (s, _) = t.admin_get("/api/v1/nodes/edge-0").await?;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a refused join records no node");
+    let (_, token) = t
+        .bootstrap(json!({"uses": 5, "labels": {"site": "sh-01", "arch": "arm64"}}))
         .await?;
     let (s, b) = t.join(&token, "edge-1", "edge-1").await?;
     assert_eq!(s, StatusCode::CREATED, "{b}");
@@ -145,7 +162,7 @@ async fn bad_tokens_and_csrs_are_refused() -> Result<()> {
     // Unknown token, wrong secret, not a bootstrap token.
     let (s, b) = t.join("abcdefgh.nothing", "n1", "n1").await?;
     assert_401(s, &b, "invalid token");
-    let (id, good) = t.bootstrap(json!({})).await?;
+    let (id, good) = t.bootstrap(json!({"labels": {"arch": "arm64"}})).await?;
     let (s, b) = t.join(&format!("{id}.wrong"), "n1", "n1").await?;
     assert_401(s, &b, "invalid token");
     let (s, b) = t.join(&t.cloud.admin_token, "n1", "n1").await?;
@@ -171,14 +188,16 @@ async fn bad_tokens_and_csrs_are_refused() -> Result<()> {
     assert_eq!(s, StatusCode::CREATED, "{b}");
 
     // Used up.
-    let (_, once) = t.bootstrap(json!({"uses": 1})).await?;
+    let (_, once) = t
+        .bootstrap(json!({"uses": 1, "labels": {"arch": "arm64"}}))
+        .await?;
     let (s, _) = t.join(&once, "n2", "n2").await?;
     assert_eq!(s, StatusCode::CREATED);
     let (s, b) = t.join(&once, "n3", "n3").await?;
     assert_401(s, &b, "used up");
 
     // Revoked.
-    let (rid, revoked) = t.bootstrap(json!({})).await?;
+    let (rid, revoked) = t.bootstrap(json!({"labels": {"arch": "arm64"}})).await?;
     let r = t
         .http
         .delete(format!("{}/api/v1/tokens/{rid}", t.cloud.url))

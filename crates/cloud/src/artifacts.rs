@@ -45,6 +45,8 @@ pub struct ArtifactList {
 pub struct ArtifactStore {
     root: PathBuf,
     max_bytes: u64,
+    /// Digests nodes may fetch because tasks dispatched to them name them.
+    grants: crate::artifact_access::Grants,
 }
 
 impl ArtifactStore {
@@ -67,7 +69,16 @@ impl ArtifactStore {
                 }
             }
         }
-        Ok(Self { root, max_bytes })
+        Ok(Self {
+            root,
+            max_bytes,
+            grants: Default::default(),
+        })
+    }
+
+    /// What nodes may download because of the tasks dispatched to them.
+    pub fn grants(&self) -> &crate::artifact_access::Grants {
+        &self.grants
     }
 
     /// Largest artifact accepted, in bytes.

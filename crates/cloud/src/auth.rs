@@ -330,6 +330,23 @@ impl Authenticator {
         Ok(rec.clone())
     }
 
+    /// Verifies a bootstrap token without spending a use: a valid, unexpired,
+    /// unrevoked bootstrap token with uses left (as far as this replica's cache knows;
+    /// [`Authenticator::consume_bootstrap`] is the authority).
+    pub fn verify_bootstrap(&self, token: &str) -> Result<TokenRecord, ApiError> {
+        let rec = self.verify(token)?;
+        if rec.role != Role::Bootstrap {
+            return Err(deny(
+                &rec.id,
+                "not a bootstrap token: create one with `verge token create --bootstrap`",
+            ));
+        }
+        if rec.uses_left == Some(0) {
+            return Err(deny(&rec.id, "token used up"));
+        }
+        Ok(rec)
+    }
+
     /// Verifies a bootstrap token and uses it up by one (compare-and-swap in the store,
     /// so concurrent joins cannot overspend it).
     pub async fn consume_bootstrap(&self, token: &str) -> Result<TokenRecord, ApiError> {

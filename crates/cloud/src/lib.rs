@@ -6,6 +6,7 @@
 //! binary only parses flags and calls it.
 
 pub mod apps;
+pub mod artifact_access;
 pub mod artifacts;
 pub mod auth;
 mod client_config;
@@ -77,6 +78,17 @@ pub struct CloudConfig {
     /// Services mounted at a path prefix without the API's authentication, because they
     /// authenticate requests themselves: the `/img` endpoint (signed URLs).
     pub mounts: Vec<(String, axum::Router)>,
+    /// Non-public networks (IPs or CIDRs) that requests made on a user's behalf —
+    /// task callbacks — may reach; by default none: public addresses only
+    /// (`verge cloud --outbound-allow-networks`). The image service has its own
+    /// (`--img-allow-network`).
+    pub outbound_allow_networks: Vec<String>,
+    /// When not empty, the only hosts those requests may reach (exact names or
+    /// `*.domain`); the address check applies to them too (`--outbound-allow-hosts`).
+    pub outbound_allow_hosts: Vec<String>,
+    /// How the cloud's python3/node function workers are sandboxed (the data directory
+    /// is added to what they must never see).
+    pub function_sandbox: verge_runtime::SandboxConfig,
 }
 
 impl CloudConfig {
@@ -99,6 +111,12 @@ impl CloudConfig {
             gateway: gateway::GatewayConfig::default(),
             builtins: Arc::new(functions::Registry::with_defaults()),
             mounts: Vec::new(),
+            outbound_allow_networks: Vec::new(),
+            outbound_allow_hosts: Vec::new(),
+            function_sandbox: verge_runtime::SandboxConfig {
+                cgroup_parent: "verge-fn-cloud".into(),
+                ..verge_runtime::SandboxConfig::default()
+            },
         }
     }
 }
@@ -328,16 +346,29 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         }));
     }
     // Functions: the cloud's runtime, the Function, Task and Trigger controllers.
+    let mut sandbox = cfg.function_sandbox.clone();
+    sandbox.hide.push(cfg.data_dir.clone());
     let function_host = functions::FunctionHost::new(
         store.clone(),
         cfg.data_dir.join("functions"),
         cfg.builtins.clone(),
+        sandbox,
     );
+    {
+        let host = function_host.clone();
+        tokio::spawn(async move {
+            let st = host.runtime().sandbox_status().await;
+            if !st.is_enforced() {
+                tracing::warn!(state = %st.state, reason = ?st.reason, "python3/node functions are not sandboxed in the cloud");
+            }
+        });
+    }
     let tasks = functions::tasks::Tasks::new(
         store.clone(),
         function_host.clone(),
         artifact_store.clone(),
         functions::callbacks::load_or_create_key(&cfg.data_dir)?,
+        functions::callbacks::http_client(&cfg.outbound_allow_networks, &cfg.outbound_allow_hosts)?,
     );
     if let Some(gw) = &gateway {
         tasks.set_downlink(gw.clone());

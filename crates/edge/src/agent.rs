@@ -212,6 +212,10 @@ impl<'a> Session<'a> {
         s.applied_revision = self.state.store().applied_revision().unwrap_or(0);
         s.queue = self.state.queue().stats().unwrap_or_default();
         s.apps = self.state.apps();
+        if let Some(sb) = self.state.sandbox() {
+            s.conditions
+                .push(sysinfo::sandbox_condition(sb, s.sent_at_ms));
+        }
         Message::NodeStatus(Box::new(s))
     }
 

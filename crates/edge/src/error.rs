@@ -94,15 +94,46 @@ pub enum Error {
     #[error("{}: not a tar or tar.gz archive", path.display())]
     NotAnArchive { path: PathBuf },
     /// An archive `artifact::unpack` refuses (absolute or `..` paths, device files,
-    /// links leaving it, too large, too many entries) or cannot read.
+    /// links leaving it or written through, oversized headers, too large, too many
+    /// entries) or cannot read; `message` names the entry.
     #[error("{}: {message}", path.display())]
     UnsafeArchive { path: PathBuf, message: String },
+    /// `artifact::install` refused an artifact for its content (not an archive, or
+    /// unsafe); final for that digest: it is remembered and not downloaded again.
+    #[error(
+        "artifact sha256:{sha256} refused{}: {reason}",
+        if *remembered { " (remembered; not downloaded again)" } else { "" }
+    )]
+    ArtifactRefused {
+        sha256: String,
+        reason: String,
+        /// Answered from the memory of an earlier refusal, without a download.
+        remembered: bool,
+    },
     /// A native app's `command` is not in its artifact nor on `PATH`.
     #[error("app {app}: command not found: {command}")]
     CommandNotFound { app: String, command: String },
     /// Starting or stopping a process failed (the OS's words).
     #[error("app {app}: {message}")]
     Process { app: String, message: String },
+}
+
+impl Error {
+    /// Whether this is a refusal of an artifact's content, which trying again cannot
+    /// change ([`Error::ArtifactRefused`]): callers stop retrying that version.
+    pub fn is_refused_artifact(&self) -> bool {
+        matches!(self, Error::ArtifactRefused { .. })
+    }
+
+    /// Why an archive is refused, when this error is about its content (not an
+    /// archive, or unsafe) rather than about the node (a full disk).
+    pub(crate) fn archive_refusal(&self) -> Option<String> {
+        match self {
+            Error::NotAnArchive { .. } => Some("not a tar or tar.gz archive".into()),
+            Error::UnsafeArchive { message, .. } => Some(message.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// `Result` with [`Error`].

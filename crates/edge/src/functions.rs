@@ -61,22 +61,25 @@ fn now_ms() -> i64 {
 }
 
 impl Functions {
-    /// Sets up the runtime under `DATA_DIR/functions`, and installs it and the task
-    /// inbox in `state`.
+    /// Sets up the runtime under `DATA_DIR/functions` (code artifacts from the cloud with
+    /// the node's certificate, `artifact.url`s through `outbound`), and installs it and
+    /// the task inbox in `state`.
     pub fn for_node(
         state: Arc<EdgeState>,
         identity: &crate::Identity,
         builtins: Arc<verge_runtime::Registry>,
+        outbound: verge_outbound::Client,
+        sandbox: verge_runtime::SandboxConfig,
     ) -> Result<Functions> {
         let root = identity.data_dir.join("functions");
-        let runtime = Runtime::new(verge_runtime::RuntimeConfig::new(
-            root.join("work"),
-            builtins,
-        ));
-        let fetcher = Some(Fetcher {
-            cloud: identity.cloud.clone(),
-            client: crate::artifact::node_https_client(identity)?,
-        });
+        let mut config = verge_runtime::RuntimeConfig::new(root.join("work"), builtins);
+        config.sandbox = sandbox;
+        if config.sandbox.cgroup_parent == verge_runtime::SandboxConfig::default().cgroup_parent {
+            config.sandbox.cgroup_parent = format!("verge-fn-{}", identity.name);
+        }
+        config.sandbox.hide.push(identity.data_dir.clone());
+        let runtime = Runtime::new(config);
+        let fetcher = Some(Fetcher::new(identity, outbound)?);
         Ok(Self::new(state, runtime, fetcher, root))
     }
 
@@ -100,6 +103,11 @@ impl Functions {
 
     /// Runs until `stop`; then stops every worker.
     pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let sandbox = self.runtime.sandbox_status().await;
+        if !sandbox.is_enforced() {
+            tracing::warn!(state = %sandbox.state, reason = ?sandbox.reason, "python3/node functions are not sandboxed on this node");
+        }
+        self.state.set_sandbox(sandbox);
         self.reconcile().await;
         while !*stop.borrow() {
             let tick = 1000 - now_ms().rem_euclid(1000) + 5;

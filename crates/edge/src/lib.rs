@@ -4,7 +4,7 @@
 //! | module        | owns                                                              |
 //! |---------------|-------------------------------------------------------------------|
 //! | [`identity`]  | joining (CA pinning, CSR), the node key/cert/CA, mTLS config       |
-//! | [`artifact`]  | resumable, verified artifact downloads; safe tar/tar.gz unpacking |
+//! | [`artifact`]  | verified downloads; bounded, link-safe unpacking; refusals kept   |
 //! | [`store`]     | the local desired-state store (redb) and the apply rules          |
 //! | [`queue`]     | the disk-backed store-and-forward queue (byte bound, TTL, drops)  |
 //! | [`sysinfo`]   | system facts and pressure conditions for `NodeStatus`             |

@@ -41,6 +41,8 @@ pub struct EdgeState {
     runtime: OnceLock<verge_runtime::Runtime>,
     /// Where tasks the cloud dispatches go, once functions run.
     tasks: OnceLock<tokio::sync::mpsc::Sender<verge_proto::Task>>,
+    /// Whether python3/node workers run sandboxed, once the function manager knows.
+    sandbox: OnceLock<verge_runtime::SandboxStatus>,
 }
 
 /// The body of `GET /v1/status`.
@@ -53,6 +55,8 @@ pub struct StatusReport {
     pub queue: QueueStats,
     /// Unix ms of the last sync with the cloud, `null` if none since start.
     pub last_sync: Option<i64>,
+    /// Whether python3/node functions run sandboxed here (`null` until known).
+    pub function_sandbox: Option<verge_runtime::SandboxStatus>,
 }
 
 impl EdgeState {
@@ -70,7 +74,17 @@ impl EdgeState {
             queued: Notify::new(),
             runtime: OnceLock::new(),
             tasks: OnceLock::new(),
+            sandbox: OnceLock::new(),
         }
+    }
+
+    /// Records (once) whether function workers run sandboxed on this node.
+    pub fn set_sandbox(&self, status: verge_runtime::SandboxStatus) {
+        let _ = self.sandbox.set(status);
+    }
+
+    pub fn sandbox(&self) -> Option<&verge_runtime::SandboxStatus> {
+        self.sandbox.get()
     }
 
     /// Installs the function runtime and the task inbox (once).
@@ -185,6 +199,7 @@ impl EdgeState {
             connected: self.connected(),
             queue: self.queue.stats()?,
             last_sync: self.last_sync(),
+            function_sandbox: self.sandbox().cloned(),
         })
     }
 }

@@ -187,6 +187,33 @@ pub fn conditions(
     ]
 }
 
+/// The `FunctionSandbox` condition: true when python3/node workers run sandboxed;
+/// otherwise the reason (`Unavailable`: they do not start; `Disabled`: the operator
+/// runs them unsandboxed).
+pub fn sandbox_condition(st: &verge_runtime::SandboxStatus, now: i64) -> Condition {
+    let (status, reason) = match st.state.as_str() {
+        "enforced" => (true, "Enforced"),
+        "disabled" => (false, "Disabled"),
+        _ => (false, "Unavailable"),
+    };
+    let message = match (&st.reason, st.uid) {
+        (Some(r), _) => r.clone(),
+        (None, Some(uid)) => format!(
+            "function workers run as uid {uid} in their own namespaces, cgroup and seccomp filter"
+        ),
+        (None, None) => String::new(),
+    };
+    let mut message = message;
+    crate::workloads::truncate_utf8(&mut message, verge_proto::messages::MAX_CONDITION_MESSAGE);
+    Condition {
+        condition_type: ConditionType::FunctionSandbox,
+        status,
+        reason: reason.into(),
+        message,
+        last_transition_ms: now,
+    }
+}
+
 /// Keeps `lastTransitionMs` from `previous` for every condition whose status did not
 /// change.
 pub fn carry_transitions(previous: &[Condition], current: &mut [Condition]) {

@@ -8,7 +8,9 @@
 //!   start, probe health, sample usage, and restart per `restartPolicy` with
 //!   exponential backoff (1 s doubling to 60 s; reset after 60 s of running). A
 //!   health check failing `failureThreshold` times in a row marks the instance
-//!   unhealthy and restarts it, like a liveness probe.
+//!   unhealthy and restarts it, like a liveness probe. An artifact refused for its
+//!   content ([`crate::Error::is_refused_artifact`]) is final: the instance stays
+//!   `Failed` with the reason and is not retried until the App changes.
 //! - Instances found running when the agent starts are adopted (see each engine), so an
 //!   agent restart never duplicates them.
 //! - Every change is published to [`crate::EdgeState`], which the uplink reports in
@@ -287,14 +289,16 @@ impl Workloads {
     }
 
     /// The engines for a joined node: native apps under `DATA_DIR/apps` (artifacts
-    /// fetched from the cloud with the node's certificate, cgroups detected), and the
-    /// Docker engine on `docker_socket` (default `DOCKER_HOST`, else
-    /// /var/run/docker.sock) — or, when none answers, the reason Docker apps fail.
+    /// fetched from the cloud with the node's certificate, `artifact.url`s through
+    /// `outbound`, cgroups detected), and the Docker engine on `docker_socket` (default
+    /// `DOCKER_HOST`, else /var/run/docker.sock) — or, when none answers, the reason
+    /// Docker apps fail.
     pub async fn for_node(
         state: Arc<EdgeState>,
         identity: &crate::Identity,
         docker_socket: Option<&std::path::Path>,
         docker_network: Option<String>,
+        outbound: verge_outbound::Client,
     ) -> crate::Result<Self> {
         use crate::engine::native::{Cgroups, Fetcher};
         let cgroups = Cgroups::detect(&identity.name);
@@ -304,10 +308,7 @@ impl Workloads {
         let native = NativeEngine::new(
             identity.data_dir.join("apps"),
             cgroups,
-            Some(Fetcher {
-                cloud: identity.cloud.clone(),
-                client: crate::artifact::node_https_client(identity)?,
-            }),
+            Some(Fetcher::new(identity, outbound)?),
         );
         let docker = LazyDocker::new(
             docker_socket.map(std::path::Path::to_path_buf),
@@ -631,6 +632,19 @@ async fn supervise<E: Engine>(
                         s.limits = Some(text.clone());
                     });
                     h
+                }
+                Err(e) if e.is_refused_artifact() => {
+                    // The artifact's content is refused: no attempt can change that, so
+                    // the version ends Failed here, reported once, until the App changes
+                    // (a new spec replaces this supervisor).
+                    let msg = e.to_string();
+                    tracing::warn!(instance = %w.spec.key, error = %msg, "artifact refused; not retried");
+                    set(&|s| {
+                        s.state = InstanceState::Failed;
+                        s.last_error = Some(msg.clone());
+                    });
+                    let _ = stop.changed().await;
+                    return;
                 }
                 Err(e) => {
                     restarts += 1;
@@ -1002,5 +1016,111 @@ mod tests {
         );
         o.metadata.annotations.clear();
         assert_eq!(wanted_instances("n1", &[o], &[]).1.len(), 1);
+    }
+
+    /// An engine whose `prepare` always fails with `error()`, counting the calls (an
+    /// in-memory fake: what is under test is the supervisor's retry policy).
+    struct FailingPrepare {
+        calls: std::sync::atomic::AtomicU32,
+        error: fn() -> crate::Error,
+    }
+
+    impl Engine for FailingPrepare {
+        type Handle = ();
+        async fn prepare(&self, _: &InstanceSpec) -> crate::Result<()> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err((self.error)())
+        }
+        async fn start(&self, _: &InstanceSpec) -> crate::Result<((), Enforcement)> {
+            Err(crate::Error::Invalid("never prepared".into()))
+        }
+        async fn wait(&self, _: &()) -> crate::engine::Exit {
+            std::future::pending().await
+        }
+        async fn stop(&self, _: &(), _: Duration) -> crate::Result<()> {
+            Ok(())
+        }
+        async fn exec(&self, _: &(), _: &[String], _: Duration) -> crate::Result<i64> {
+            Ok(0)
+        }
+        async fn usage(&self, _: &()) -> Option<crate::engine::Usage> {
+            None
+        }
+        async fn adopt(&self, _: &str) -> crate::Result<Vec<crate::engine::Adopted<()>>> {
+            Ok(Vec::new())
+        }
+        async fn logs(&self, _: &(), _: usize) -> crate::Result<Vec<String>> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Supervises one instance on `engine` for `run` of (paused, auto-advanced) time;
+    /// returns the calls to `prepare` and the final status.
+    async fn supervise_for(engine: Arc<FailingPrepare>, run: Duration) -> (u32, InstanceStatus) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::LocalStore::open(&dir.path().join("store.redb")).unwrap();
+        let queue = crate::Queue::open(
+            &dir.path().join("queue.redb"),
+            crate::QueueConfig::default(),
+        )
+        .unwrap();
+        let shared = Arc::new(Shared {
+            state: Arc::new(EdgeState::new("n", store, queue)),
+            changed: Notify::new(),
+        });
+        let (_, w) = wanted("web", 0, "1.0.0", 1);
+        let status = Arc::new(Mutex::new(blank_status(&w.spec)));
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(supervise(
+            engine.clone(),
+            w,
+            None,
+            status.clone(),
+            shared,
+            rx,
+        ));
+        tokio::time::sleep(run).await;
+        let st = status.lock().unwrap().clone();
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        (engine.calls.load(std::sync::atomic::Ordering::SeqCst), st)
+    }
+
+    /// A refused artifact ends the version: one attempt, `Failed` with the reason, no
+    /// backoff loop (which would download it again each time). Other preparation
+    /// errors keep being retried on the backoff.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_artifact_is_not_retried() {
+        let refused = Arc::new(FailingPrepare {
+            calls: Default::default(),
+            error: || crate::Error::ArtifactRefused {
+                sha256: "ab".repeat(32),
+                reason: r#"entry "dev/null" is a character device"#.into(),
+                remembered: false,
+            },
+        });
+        let (calls, st) = supervise_for(refused, Duration::from_secs(600)).await;
+        assert_eq!(calls, 1);
+        assert_eq!(st.state, InstanceState::Failed);
+        assert_eq!(st.restarts, 0);
+        assert!(
+            st.last_error
+                .as_deref()
+                .unwrap()
+                .ends_with(r#"refused: entry "dev/null" is a character device"#),
+            "{st:?}"
+        );
+
+        let transient = Arc::new(FailingPrepare {
+            calls: Default::default(),
+            error: || crate::Error::Http {
+                url: "https://cloud".into(),
+                message: "connection refused".into(),
+            },
+        });
+        let (calls, st) = supervise_for(transient, Duration::from_secs(600)).await;
+        assert!(calls >= 5, "retried on the backoff: {calls}");
+        assert_eq!(st.state, InstanceState::Failed);
+        assert!(st.restarts >= 5);
     }
 }

@@ -3,8 +3,9 @@
 //! - [`imgproxy`]: the imgproxy-compatible URL format (`/{signature}/{options}/plain/{source}@{ext}`
 //!   and the base64 source form), its HMAC-SHA256 signatures, and the mapping of its
 //!   processing options onto a `verge_imaging::Pipeline`. Pure; no I/O.
-//! - [`fetch`]: fetching source images by URL with an SSRF guard (allow-list, private and
-//!   loopback addresses blocked unless allowed, size cap, redirect limit, timeout).
+//! - [`fetch`]: fetching source images by URL through Verge's outbound guard
+//!   (`verge-outbound`: allow-list, private and loopback addresses blocked unless allowed,
+//!   size cap, redirect limit, timeout).
 //! - [`functions`]: the builtin image functions (`image.resize`, `image.qrcode`,
 //!   `video.frame`, `image.pipeline`, ...) registered into the function runtime.
 //! - [`server`]: the `/img` endpoint (signature check, source, pipeline, [`cache`]).

@@ -194,6 +194,8 @@ pub enum ConditionType {
     Ready,
     MemoryPressure,
     DiskPressure,
+    /// True when python3/node function workers run sandboxed on the node.
+    FunctionSandbox,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -31,6 +31,7 @@ mod builtin;
 mod error;
 pub mod frame;
 mod pool;
+pub mod sandbox;
 pub mod spec;
 
 use std::collections::{BTreeMap, HashMap};
@@ -47,9 +48,11 @@ use tokio::sync::{OnceCell, Semaphore};
 
 pub use builtin::{BuiltinError, Registry};
 pub use error::{Error, Result};
+pub use sandbox::{SandboxConfig, SandboxMode, SandboxStatus};
 
 use builtin::BuiltinFn;
 use pool::{Dispatch, Launch, ProcPool};
+use sandbox::Sandbox;
 
 /// Default cap on the output captured per invocation.
 pub const DEFAULT_MAX_LOG_BYTES: usize = 64 * 1024;
@@ -190,9 +193,13 @@ pub struct RuntimeConfig {
     /// None: `node` or `nodejs` on PATH.
     pub node: Option<PathBuf>,
     pub max_log_bytes: usize,
+    /// How python3/node workers are isolated (builtins run in-process: they are
+    /// Verge's own code).
+    pub sandbox: SandboxConfig,
 }
 
 impl RuntimeConfig {
+    /// Defaults: the sandbox enforced, with its default limits.
     pub fn new(work_dir: PathBuf, builtins: Arc<Registry>) -> Self {
         RuntimeConfig {
             work_dir,
@@ -200,6 +207,7 @@ impl RuntimeConfig {
             python: None,
             node: None,
             max_log_bytes: DEFAULT_MAX_LOG_BYTES,
+            sandbox: SandboxConfig::default(),
         }
     }
 }
@@ -258,6 +266,7 @@ struct Inner {
     python: OnceCell<std::result::Result<PathBuf, String>>,
     node: OnceCell<std::result::Result<PathBuf, String>>,
     scripts: OnceCell<std::result::Result<PathBuf, String>>,
+    sandbox: OnceCell<std::result::Result<Arc<Sandbox>, String>>,
     seq: Arc<AtomicU64>,
     shut: AtomicBool,
 }
@@ -285,6 +294,7 @@ impl Runtime {
                 python: OnceCell::new(),
                 node: OnceCell::new(),
                 scripts: OnceCell::new(),
+                sandbox: OnceCell::new(),
                 seq: Arc::new(AtomicU64::new(1)),
                 shut: AtomicBool::new(false),
             }),
@@ -325,7 +335,7 @@ impl Runtime {
                 Pool::Builtin(Arc::new(BuiltinPool::new(def.clone(), f)))
             }
             Kind::Python3 | Kind::Nodejs => {
-                let launch = self.launch(&def).await?;
+                let launch = self.launch(&def, false).await?;
                 Pool::Proc(
                     ProcPool::start(
                         def.clone(),
@@ -346,6 +356,88 @@ impl Runtime {
         }
         tracing::info!(function = %def.name, version = %def.version, runtime = ?def.runtime, "function deployed");
         Ok(())
+    }
+
+    /// Compiles a python3/node function's code inside the sandbox without running any
+    /// of it (no module-level code, no handler lookup): the check for code that is
+    /// deployed elsewhere. Builtins are checked by name.
+    pub async fn check(&self, def: FunctionDef) -> Result<()> {
+        validate(&def)?;
+        if def.runtime == Kind::Builtin {
+            return match self.inner.config.builtins.get(&def.handler) {
+                Some(_) => Ok(()),
+                None => Err(Error::Load {
+                    message: format!("builtin {:?} is not registered", def.handler),
+                }),
+            };
+        }
+        let launch = self.launch(&def, true).await?;
+        let mut def = def;
+        def.min_warm = 1;
+        let pool = ProcPool::start(
+            def,
+            launch,
+            self.inner.config.max_log_bytes,
+            self.inner.seq.clone(),
+        )
+        .await?;
+        pool.close(true);
+        Ok(())
+    }
+
+    /// Whether python3/node workers run sandboxed here, and if not, why. Sets the
+    /// sandbox up on first use (a test worker is started once).
+    pub async fn sandbox_status(&self) -> SandboxStatus {
+        let cfg = &self.inner.config.sandbox;
+        if cfg.mode == SandboxMode::Unsafe {
+            return SandboxStatus {
+                state: "disabled".into(),
+                reason: Some(
+                    "the operator started Verge with --unsafe-unsandboxed-functions".into(),
+                ),
+                uid: None,
+            };
+        }
+        match self.sandbox().await {
+            Ok(sb) => SandboxStatus {
+                state: "enforced".into(),
+                reason: None,
+                uid: Some(sb.config().uid),
+            },
+            Err(reason) => SandboxStatus {
+                state: "unavailable".into(),
+                reason: Some(reason),
+                uid: None,
+            },
+        }
+    }
+
+    async fn sandbox(&self) -> std::result::Result<Arc<Sandbox>, String> {
+        let inner = &self.inner;
+        inner
+            .sandbox
+            .get_or_init(|| async {
+                let sys = self.scripts_dir().await.map_err(|e| e.to_string())?;
+                let mut cfg = inner.config.sandbox.clone();
+                // One cgroup parent per runtime: two runtimes (two processes, or the
+                // cloud and the node of `verge dev`) never share groups.
+                static RUNTIMES: AtomicU64 = AtomicU64::new(0);
+                cfg.cgroup_parent = format!(
+                    "{}-{}-{}",
+                    cfg.cgroup_parent,
+                    std::process::id(),
+                    RUNTIMES.fetch_add(1, Ordering::Relaxed)
+                );
+                sandbox::cgroup::sweep(&cfg.cgroup_base, &inner.config.sandbox.cgroup_parent);
+                let r = Sandbox::prepare(cfg, &sys).await.map(Arc::new);
+                match &r {
+                    Ok(_) => tracing::info!("function sandbox ready"),
+                    Err(e) => tracing::warn!("function sandbox unavailable: {e}"),
+                }
+                r
+            })
+            .await
+            .clone()
     }
 
     /// Removes the function and kills its workers; queued invocations fail with
@@ -476,7 +568,19 @@ impl Runtime {
         })
     }
 
-    async fn launch(&self, def: &FunctionDef) -> Result<Launch> {
+    async fn launch(&self, def: &FunctionDef, check_only: bool) -> Result<Launch> {
+        let sandbox = match self.inner.config.sandbox.mode {
+            SandboxMode::Unsafe => None,
+            SandboxMode::Enforce => {
+                Some(self.sandbox().await.map_err(|reason| Error::Unavailable {
+                    message: format!(
+                        "function sandbox unavailable: {reason}; python3 and node functions do \
+                         not run without it (an operator may start Verge with \
+                         --unsafe-unsandboxed-functions to run them unsandboxed)"
+                    ),
+                })?)
+            }
+        };
         let program = self.interpreter(def.runtime).await?;
         let sys = self.scripts_dir().await?;
         let (module, _func) = def.handler.rsplit_once('.').ok_or_else(|| Error::Invalid {
@@ -518,8 +622,30 @@ impl Runtime {
                 });
             }
         };
+        let script = sys.join(if def.runtime == Kind::Python3 {
+            "python_worker.py"
+        } else {
+            "node_worker.js"
+        });
+        // Inside the sandbox the code is at /code; the worker must be able to read it
+        // and its script.
+        let code_seen: PathBuf = match &sandbox {
+            Some(sb) => {
+                for p in [&code_dir, &script] {
+                    sb.hand_over(p)
+                        .map_err(|e| Error::io(format!("preparing {}", p.display()), e))?;
+                }
+                PathBuf::from(sandbox::CODE_DIR)
+            }
+            None => code_dir.clone(),
+        };
         let mut env: Vec<(OsString, OsString)> = Vec::new();
-        for key in ["PATH", "HOME", "LANG"] {
+        let inherited: &[&str] = if sandbox.is_some() {
+            &["LANG"]
+        } else {
+            &["PATH", "HOME", "LANG"]
+        };
+        for key in inherited {
             if let Some(v) = std::env::var_os(key) {
                 env.push((key.into(), v));
             }
@@ -527,36 +653,46 @@ impl Runtime {
         for (k, v) in &def.env {
             env.push((k.into(), v.into()));
         }
-        env.push(("VERGE_DIR".into(), code_dir.clone().into()));
+        env.push(("VERGE_DIR".into(), code_seen.clone().into()));
         env.push(("VERGE_HANDLER".into(), def.handler.clone().into()));
         env.push((
             "VERGE_MAX_LOG".into(),
             self.inner.config.max_log_bytes.to_string().into(),
         ));
-        let mut args: Vec<OsString> = Vec::new();
+        let mut flags: Vec<OsString> = Vec::new();
         match def.runtime {
             Kind::Python3 => {
                 if let Some(m) = def.memory_bytes {
                     env.push(("VERGE_MEMORY".into(), m.to_string().into()));
                 }
-                args.push("-B".into());
-                args.push(sys.join("python_worker.py").into());
+                flags.push("-B".into());
             }
             _ => {
-                if let Some(m) = def.memory_bytes {
+                let heap = def
+                    .memory_bytes
+                    .or_else(|| sandbox.as_ref().map(|sb| sb.memory_of(None)));
+                if let Some(m) = heap {
                     let mib = (m / (1024 * 1024)).max(8);
-                    args.push(format!("--max-old-space-size={mib}").into());
+                    flags.push(format!("--max-old-space-size={mib}").into());
                 }
-                env.push(("NODE_PATH".into(), code_dir.clone().into()));
-                args.push(sys.join("node_worker.js").into());
+                env.push(("NODE_PATH".into(), code_seen.into()));
             }
         }
+        let script_args: Vec<OsString> = if check_only {
+            vec!["--check".into()]
+        } else {
+            Vec::new()
+        };
         Ok(Launch {
             program,
-            args,
+            flags,
+            script,
+            script_args,
             env,
             code_dir,
             sock_dir: sys,
+            sandbox,
+            memory_bytes: def.memory_bytes,
         })
     }
 }

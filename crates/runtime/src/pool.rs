@@ -26,6 +26,8 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::frame::{FrameError, FrameReader};
+use crate::sandbox::cgroup::Group;
+use crate::sandbox::{Sandbox, WorkerSpec};
 use crate::{FunctionDef, Invocation, Output, PoolStats};
 
 /// How long a caller is asked to wait when the queue is full.
@@ -39,11 +41,47 @@ const TRACE_CAP: usize = 256 * 1024;
 #[derive(Debug)]
 pub(crate) struct Launch {
     pub program: PathBuf,
-    pub args: Vec<OsString>,
+    /// Interpreter flags before the worker script.
+    pub flags: Vec<OsString>,
+    pub script: PathBuf,
+    /// Arguments after the worker script (`--check`).
+    pub script_args: Vec<OsString>,
     /// The complete environment (the parent's is cleared).
     pub env: Vec<(OsString, OsString)>,
     pub code_dir: PathBuf,
     pub sock_dir: PathBuf,
+    /// `None` only when the operator chose to run functions unsandboxed.
+    pub sandbox: Option<Arc<Sandbox>>,
+    /// The function's own memory limit (the sandbox applies its default otherwise).
+    pub memory_bytes: Option<u64>,
+}
+
+/// A sandboxed worker's cgroup: everything in it is killed and the group removed when
+/// the worker is dropped.
+struct WorkerGroup(Option<Group>);
+
+impl WorkerGroup {
+    fn kill(&self) {
+        if let Some(g) = &self.0 {
+            g.kill();
+        }
+    }
+
+    /// What the cgroup says about how the worker ended (the OOM killer), if anything.
+    fn note(&self, launch: &Launch) -> Option<String> {
+        let (g, sb) = (self.0.as_ref()?, launch.sandbox.as_ref()?);
+        Sandbox::oom_note(g, sb.memory_of(launch.memory_bytes))
+    }
+}
+
+impl Drop for WorkerGroup {
+    fn drop(&mut self) {
+        if let Some(g) = self.0.take() {
+            g.kill();
+            // Removal waits for the kernel to reap; not on an async thread.
+            std::thread::spawn(move || g.remove());
+        }
+    }
 }
 
 pub(crate) struct Job {
@@ -426,6 +464,7 @@ struct Proc {
     tail: Arc<Mutex<Tail>>,
     drains: Vec<JoinHandle<()>>,
     reaped: bool,
+    group: WorkerGroup,
 }
 
 fn lock_tail(tail: &Mutex<Tail>) -> MutexGuard<'_, Tail> {
@@ -476,13 +515,41 @@ impl Proc {
         let _ = std::fs::remove_file(&sock_path);
         let listener = UnixListener::bind(&sock_path)
             .map_err(|e| Error::io(format!("bind {}", sock_path.display()), e))?;
-        let mut cmd = tokio::process::Command::new(&launch.program);
-        cmd.args(&launch.args)
-            .env_clear()
-            .envs(launch.env.iter().map(|(k, v)| (k, v)))
-            .env("VERGE_SOCK", &sock_path)
-            .current_dir(&launch.code_dir)
-            .stdin(Stdio::null())
+        let (mut cmd, group) = match &launch.sandbox {
+            Some(sb) => {
+                sb.hand_over(&sock_path)
+                    .map_err(|e| Error::io(format!("preparing {}", sock_path.display()), e))?;
+                let spec = WorkerSpec {
+                    program: &launch.program,
+                    script: &launch.script,
+                    flags: &launch.flags,
+                    script_args: &launch.script_args,
+                    env: &launch.env,
+                    code_dir: &launch.code_dir,
+                    socket: &sock_path,
+                    memory_bytes: launch.memory_bytes,
+                };
+                let (cmd, g) = sb.command(&spec, &format!("w{n}")).map_err(|m| {
+                    let _ = std::fs::remove_file(&sock_path);
+                    Error::Unavailable {
+                        message: format!("function sandbox: {m}"),
+                    }
+                })?;
+                (cmd, WorkerGroup(Some(g)))
+            }
+            None => {
+                let mut cmd = tokio::process::Command::new(&launch.program);
+                cmd.args(&launch.flags)
+                    .arg(&launch.script)
+                    .args(&launch.script_args)
+                    .env_clear()
+                    .envs(launch.env.iter().map(|(k, v)| (k, v)))
+                    .env("VERGE_SOCK", &sock_path)
+                    .current_dir(&launch.code_dir);
+                (cmd, WorkerGroup(None))
+            }
+        };
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -544,8 +611,9 @@ impl Proc {
                     pid,
                     tail,
                     drains,
+                    group,
                 };
-                let msg = p.describe_exit().await;
+                let msg = p.describe_exit(launch).await;
                 return Err(Error::Load {
                     message: format!("worker exited before loading the handler: {msg}"),
                 });
@@ -586,9 +654,10 @@ impl Proc {
                 pid,
                 tail,
                 drains,
+                group,
             };
             let message = if message.is_empty() {
-                let exit = p.describe_exit().await;
+                let exit = p.describe_exit(launch).await;
                 format!("worker exited while loading the handler: {exit}")
             } else {
                 kill_group(pid);
@@ -605,6 +674,7 @@ impl Proc {
             tail,
             drains,
             reaped: false,
+            group,
         })
     }
 
@@ -636,7 +706,7 @@ impl Proc {
                 Err(e) => (Err(self.protocol_error(&e)), false),
             },
             Ok(Err(FrameError::Closed | FrameError::Io(_))) => {
-                let message = self.exit_message().await;
+                let message = self.exit_message(&shared.launch).await;
                 let logs = lock_tail(&self.tail).take();
                 (Err(Error::WorkerCrashed { message, logs }), false)
             }
@@ -676,6 +746,7 @@ impl Proc {
         if !self.reaped {
             kill_group(self.pid);
         }
+        self.group.kill();
     }
 
     async fn wait_drains(&mut self) {
@@ -685,7 +756,7 @@ impl Proc {
     }
 
     /// Waits for the exited worker and says how it ended.
-    async fn exit_message(&mut self) -> String {
+    async fn exit_message(&mut self, launch: &Launch) -> String {
         let status = match tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await {
             Ok(Ok(s)) => Some(s),
             _ => {
@@ -696,7 +767,12 @@ impl Proc {
         self.reaped = true;
         self.wait_drains().await;
         let tail = String::from_utf8_lossy(&lock_tail(&self.tail).buf).into_owned();
-        describe(self.pid, status, &tail)
+        let mut msg = describe(self.pid, status, &tail, launch.sandbox.is_some());
+        if let Some(note) = self.group.note(launch) {
+            msg.push_str("; ");
+            msg.push_str(&note);
+        }
+        msg
     }
 }
 
@@ -714,10 +790,11 @@ struct PendingExit {
     pid: i32,
     tail: Arc<Mutex<Tail>>,
     drains: Vec<JoinHandle<()>>,
+    group: WorkerGroup,
 }
 
 impl PendingExit {
-    async fn describe_exit(&mut self) -> String {
+    async fn describe_exit(&mut self, launch: &Launch) -> String {
         let status = match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
             Ok(Ok(s)) => Some(s),
             _ => {
@@ -729,7 +806,11 @@ impl PendingExit {
             let _ = tokio::time::timeout(Duration::from_millis(500), h).await;
         }
         let tail = lock_tail(&self.tail).take();
-        let mut msg = describe(self.pid, status, &tail);
+        let mut msg = describe(self.pid, status, &tail, launch.sandbox.is_some());
+        if let Some(note) = self.group.note(launch) {
+            msg.push_str("; ");
+            msg.push_str(&note);
+        }
         if !tail.trim().is_empty() {
             msg.push_str(": ");
             msg.push_str(tail.trim());
@@ -744,16 +825,24 @@ fn kill_group(pid: i32) {
     }
 }
 
-fn describe(pid: i32, status: Option<ExitStatus>, output: &str) -> String {
+fn describe(pid: i32, status: Option<ExitStatus>, output: &str, sandboxed: bool) -> String {
+    // bubblewrap exits with 128 + N when the worker inside was killed by signal N.
+    let signal = status.and_then(|s| {
+        s.signal().or_else(|| {
+            s.code()
+                .filter(|c| sandboxed && (129..=128 + 64).contains(c))
+                .map(|c| c - 128)
+        })
+    });
     let mut msg = match status {
-        Some(s) => match (s.code(), s.signal()) {
-            (Some(code), _) => format!("worker process (pid {pid}) exited with code {code}"),
-            (None, Some(sig)) => {
+        Some(s) => match (s.code(), signal) {
+            (_, Some(sig)) => {
                 let name = Signal::try_from(sig)
                     .map(|s| s.as_str().to_string())
                     .unwrap_or_else(|_| format!("signal {sig}"));
                 format!("worker process (pid {pid}) was killed by signal {name} ({sig})")
             }
+            (Some(code), _) => format!("worker process (pid {pid}) exited with code {code}"),
             _ => format!("worker process (pid {pid}) ended: {s}"),
         },
         None => format!("worker process (pid {pid}) ended (status unknown)"),
@@ -762,7 +851,7 @@ fn describe(pid: i32, status: Option<ExitStatus>, output: &str) -> String {
         msg.push_str("; out of memory (JavaScript heap limit reached)");
     } else if output.contains("MemoryError") {
         msg.push_str("; out of memory (MemoryError)");
-    } else if status.and_then(|s| s.signal()) == Some(Signal::SIGKILL as i32) {
+    } else if signal == Some(Signal::SIGKILL as i32) {
         msg.push_str(" (killed externally, or by the kernel's out-of-memory killer)");
     }
     msg

@@ -51,7 +51,14 @@ fn env() -> Env {
     reg.register("fail", |_| {
         Err(BuiltinError::new("ResizeError", "width must be positive"))
     });
-    let rt = Runtime::new(RuntimeConfig::new(dir.path().to_path_buf(), Arc::new(reg)));
+    let mut config = RuntimeConfig::new(dir.path().to_path_buf(), Arc::new(reg));
+    // Sandboxed as in production where that is possible (root; always under CI), so
+    // every behaviour below is checked through the sandbox too.
+    if !nix::unistd::geteuid().is_root() && !ci() {
+        eprintln!("not root: these runtime tests run their workers unsandboxed");
+        config.sandbox.mode = verge_runtime::SandboxMode::Unsafe;
+    }
+    let rt = Runtime::new(config);
     Env { rt, _dir: dir }
 }
 

@@ -119,17 +119,35 @@ function errorFrame(e) {
   return Buffer.from(JSON.stringify({ type, message, traceback }));
 }
 
-// --- load the handler ---
+// --- load the handler (or, with --check, only compile its module) ---
+const checkOnly = process.argv.includes('--check');
 let fn = null;
 let loadError = null;
 try {
   const dot = spec.lastIndexOf('.');
   if (dot <= 0) throw new Error(`handler ${JSON.stringify(spec)} must be module.function`);
-  const mod = require(path.join(codeDir, spec.slice(0, dot)));
-  const name = spec.slice(dot + 1);
-  fn = mod[name];
-  if (typeof fn !== 'function') {
-    throw new TypeError(`handler ${JSON.stringify(spec)} is not a function (exports.${name} is ${typeof fn})`);
+  const modPath = path.join(codeDir, spec.slice(0, dot));
+  if (checkOnly) {
+    // The cloud's deploy-time check of code that runs elsewhere: nothing of it runs.
+    const fs = require('fs');
+    const file = [modPath, modPath + '.js', path.join(modPath, 'index.js')].find((f) => {
+      try { return fs.statSync(f).isFile(); } catch (_) { return false; }
+    });
+    if (!file) throw new Error(`Cannot find module '${spec.slice(0, dot)}'`);
+    const source = fs.readFileSync(file, 'utf8');
+    new (require('vm').Script)(require('module').wrap(source), { filename: file });
+    const name = spec.slice(dot + 1).replace(/[$]/g, '\\$');
+    const exported = new RegExp(`\\bexports\\s*(\\.\\s*${name}\\b|\\[\\s*['"\`]${name}['"\`]\\s*\\])|\\bmodule\\.exports\\b`);
+    if (!exported.test(source)) {
+      throw new TypeError(`handler ${JSON.stringify(spec)} is not exported (no exports.${spec.slice(dot + 1)} or module.exports in ${path.basename(file)})`);
+    }
+  } else {
+    const mod = require(modPath);
+    const name = spec.slice(dot + 1);
+    fn = mod[name];
+    if (typeof fn !== 'function') {
+      throw new TypeError(`handler ${JSON.stringify(spec)} is not a function (exports.${name} is ${typeof fn})`);
+    }
   }
 } catch (e) {
   loadError = e instanceof Error ? String(e.stack || e) : String(e);
@@ -151,6 +169,7 @@ sock.on('connect', () => {
     return;
   }
   send('R', takeLogs(), EMPTY);
+  if (checkOnly) sock.end(() => process.exit(0));
 });
 
 let buf = EMPTY;

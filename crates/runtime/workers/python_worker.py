@@ -26,6 +26,7 @@ def _run():
     memory = env.pop("VERGE_MEMORY", "")
     max_log = int(env.pop("VERGE_MAX_LOG", "65536"))
     max_frame = 16 * 1024 * 1024
+    check_only = sys.argv[1:2] == ["--check"]
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(sock_path)
@@ -135,6 +136,45 @@ def _run():
         module_name, _, func_name = spec.rpartition(".")
         if not module_name:
             raise ValueError("handler %r must be module.function" % spec)
+        if check_only:
+            # Compile the module without running any of it (the cloud's deploy-time
+            # check of code that runs elsewhere).
+            base = os.path.join(code_dir, *module_name.split("."))
+            path = base + ".py" if os.path.isfile(base + ".py") else os.path.join(base, "__init__.py")
+            if not os.path.isfile(path):
+                raise ModuleNotFoundError("No module named %r" % module_name)
+            with open(path, "rb") as f:
+                source = f.read()
+            import ast
+
+            tree = ast.parse(source, path)
+            compile(tree, path, "exec")
+            bound = set()
+            star = False
+            for node in tree.body:
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    bound.add(node.name)
+                elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    for t in targets:
+                        for n in ast.walk(t):
+                            if isinstance(n, ast.Name):
+                                bound.add(n.id)
+                elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                    for a in node.names:
+                        star = star or a.name == "*"
+                        bound.add((a.asname or a.name).split(".")[0])
+                else:
+                    # Conditional or looped definitions: assume they may bind it.
+                    star = True
+            if func_name not in bound and not star:
+                raise AttributeError(
+                    "module %r has no attribute %r (no top-level definition of the handler)"
+                    % (module_name, func_name)
+                )
+            send(b"R", cap.take(), b"")
+            sock.close()
+            os._exit(0)
         module = importlib.import_module(module_name)
         fn = getattr(module, func_name)
         if not callable(fn):

@@ -25,6 +25,10 @@ pub struct Cloud {
     mqtt_port: u16,
     /// `mqtts://127.0.0.1:PORT` of the MQTT gateway.
     pub mqtt_url: String,
+    /// `RUST_LOG` of the process (`warn` unless started with [`Cloud::start_logging`]).
+    log_filter: String,
+    /// Where its stderr goes, when captured ([`Cloud::log`]).
+    log_file: Option<PathBuf>,
 }
 
 fn install_provider() {
@@ -34,7 +38,23 @@ fn install_provider() {
 impl Cloud {
     /// Starts `bin cloud` on a fresh temp dir.
     pub async fn start(bin: &Path, extra_args: &[&str]) -> Result<Self> {
+        Self::start_with(bin, extra_args, "warn", false).await
+    }
+
+    /// Like [`Cloud::start`], with `RUST_LOG=filter` and its log captured to a file in
+    /// the temp dir, for tests about what the cloud logs ([`Cloud::log`]).
+    pub async fn start_logging(bin: &Path, extra_args: &[&str], filter: &str) -> Result<Self> {
+        Self::start_with(bin, extra_args, filter, true).await
+    }
+
+    async fn start_with(
+        bin: &Path,
+        extra_args: &[&str],
+        filter: &str,
+        capture: bool,
+    ) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
+        let log_file = capture.then(|| tmp.path().join("cloud.log"));
         let dir = tmp.path().join("data");
         let mut c = Cloud {
             bin: bin.to_path_buf(),
@@ -48,6 +68,8 @@ impl Cloud {
             port: 0,
             mqtt_port: 0,
             mqtt_url: String::new(),
+            log_filter: filter.to_owned(),
+            log_file,
         };
         c.spawn().await?;
         Ok(c)
@@ -55,6 +77,16 @@ impl Cloud {
 
     pub fn data_dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// What the process logged so far (empty unless started with
+    /// [`Cloud::start_logging`]).
+    pub fn log(&self) -> String {
+        self.log_file
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     async fn spawn(&mut self) -> Result<()> {
@@ -72,12 +104,18 @@ impl Cloud {
             cmd.arg("--mqtt-listen")
                 .arg(format!("127.0.0.1:{}", self.mqtt_port));
         }
-        let child = cmd
-            .args(&self.extra_args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .context("spawning verge cloud")?;
+        cmd.args(&self.extra_args)
+            .env("RUST_LOG", &self.log_filter)
+            .stdin(Stdio::null());
+        if let Some(path) = &self.log_file {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            cmd.stderr(log.try_clone()?).stdout(log);
+        }
+        let child = cmd.spawn().context("spawning verge cloud")?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -211,11 +249,22 @@ impl Cloud {
 
     /// A bootstrap token (`id.secret`) good for `uses` joins.
     pub async fn bootstrap_token(&self, uses: u32) -> Result<String> {
+        self.bootstrap_token_with(uses, &[]).await
+    }
+
+    /// A bootstrap token granting `labels` (`k=v`) to the nodes that join with it (a
+    /// node can only ask for labels its token grants).
+    pub async fn bootstrap_token_with(&self, uses: u32, labels: &[&str]) -> Result<String> {
+        let mut map = serde_json::Map::new();
+        for l in labels {
+            let (k, v) = l.split_once('=').context("label k=v")?;
+            map.insert(k.to_string(), v.into());
+        }
         let tok = self
             .api(
                 reqwest::Method::POST,
                 "/api/v1/tokens",
-                Some(serde_json::json!({"role": "bootstrap", "uses": uses})),
+                Some(serde_json::json!({"role": "bootstrap", "uses": uses, "labels": map})),
             )
             .await?;
         tok["token"]
@@ -394,6 +443,11 @@ impl Edge {
     pub fn restart(&mut self) -> Result<()> {
         self.kill9()?;
         self.spawn()
+    }
+
+    /// The running `verge-edge run` process' id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// `verge-edge result --id ID --output JSON`: hands a task result to the running

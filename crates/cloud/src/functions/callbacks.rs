@@ -5,6 +5,13 @@
 //! Headers: `X-Verge-Signature: sha256=<hex HMAC of the body>`, `X-Verge-Task: <id>`,
 //! `X-Verge-Delivery: <attempt>`. The key is `DATA_DIR/callback.key` (hex, 0600),
 //! created at first start; receivers verify with it.
+//!
+//! The URL is the user's: every attempt goes through the outbound guard
+//! (`verge_outbound`, [`http_client`]): public addresses only unless the operator
+//! allowed a network, no redirects. What the task's status says about a failed attempt
+//! is the answer's HTTP status or [`NOT_DELIVERED`] — never why a destination without
+//! an answer failed (refused, connection refused, timeout, TLS); that detail goes to the
+//! cloud's log at debug level only.
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,12 +19,13 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use rand::Rng;
 use sha2::Sha256;
+use verge_outbound::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
 use crate::error::{Result, io_err};
 
 /// Attempts before a callback is dead-lettered.
 pub const MAX_ATTEMPTS: u32 = 5;
-/// Per-attempt time limit (connect + answer).
+/// Per-attempt time limit (connect, send, answer).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Backoff base and cap.
 const BASE: Duration = Duration::from_millis(500);
@@ -57,64 +65,74 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(ms)
 }
 
-/// Where the system's trusted CAs are (Debian `ca-certificates`), for https callbacks.
-const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// What a task's status says about an attempt that got no HTTP answer, whatever the
+/// reason.
+pub const NOT_DELIVERED: &str = "callback failed: destination not allowed or unreachable";
 
-/// The client callbacks go out with: system roots for https, no redirects (a
-/// redirect is a failed attempt: the signature was for this URL).
-pub fn http_client() -> reqwest::Client {
-    let mut roots = rustls::RootCertStore::empty();
-    if let Ok(pem) = std::fs::read(SYSTEM_ROOTS) {
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()).flatten() {
-            let _ = roots.add(cert);
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map(|b| b.with_root_certificates(roots).with_no_client_auth());
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(ATTEMPT_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none());
-    if let Ok(tls) = tls {
-        builder = builder.use_preconfigured_tls(tls);
-    }
-    builder.build().unwrap_or_default()
+/// Most of an answer read (only its status matters).
+const MAX_ANSWER_BYTES: u64 = 4096;
+
+/// The client callbacks go out with: the outbound guard with public addresses only,
+/// plus `allow_networks` (IPs or CIDRs) and, when not empty, only the hosts on
+/// `allow_hosts`; system roots for https; no redirects (a redirect is an answer, and a
+/// failed attempt: the signature was for this URL); [`ATTEMPT_TIMEOUT`] over each
+/// attempt. Fails naming a bad allow-list entry.
+pub fn http_client(
+    allow_networks: &[String],
+    allow_hosts: &[String],
+) -> Result<verge_outbound::Client> {
+    verge_outbound::Client::new(verge_outbound::Policy {
+        allow_networks: allow_networks.to_vec(),
+        allow_hosts: allow_hosts.to_vec(),
+        max_bytes: MAX_ANSWER_BYTES,
+        follow_redirects: false,
+        timeout: ATTEMPT_TIMEOUT,
+        connect_timeout: ATTEMPT_TIMEOUT,
+        ..verge_outbound::Policy::default()
+    })
+    .map_err(|e| crate::Error::Config(format!("outbound requests: {e}")))
 }
 
-/// One delivery attempt: `Ok(status)` on a 2xx answer; otherwise why it failed.
+/// One delivery attempt: `Ok(status)` on a 2xx answer; otherwise the answer's status, if
+/// there was one, and what the task's status may say.
 pub async fn deliver(
-    client: &reqwest::Client,
+    client: &verge_outbound::Client,
     url: &str,
     key: &[u8],
     task: &str,
     attempt: u32,
     body: &[u8],
 ) -> std::result::Result<u16, (Option<u16>, String)> {
-    let resp = client
-        .post(url)
-        .timeout(ATTEMPT_TIMEOUT)
-        .header("content-type", "application/json")
-        .header("x-verge-signature", sign(key, body))
-        .header("x-verge-task", task)
-        .header("x-verge-delivery", attempt.to_string())
-        .body(body.to_vec())
-        .send()
-        .await
-        .map_err(|e| {
-            let what = if e.is_timeout() {
-                format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs())
-            } else {
-                format!("{e}")
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let signed = [
+        ("x-verge-signature", sign(key, body)),
+        ("x-verge-task", task.to_owned()),
+        ("x-verge-delivery", attempt.to_string()),
+    ];
+    for (name, value) in signed {
+        // Task names and hex digests are always valid header values.
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    }
+    match client.post(url, headers, body.to_vec()).await {
+        Ok(answer) if (200..300).contains(&answer.status) => Ok(answer.status),
+        Ok(answer) => Err((
+            Some(answer.status),
+            format!("callback failed: answered HTTP {}", answer.status),
+        )),
+        Err(e) => {
+            tracing::debug!(%task, attempt, error = %e, "callback attempt got no answer");
+            let shown = match e {
+                // The URL's own form says nothing about the network.
+                verge_outbound::Error::InvalidUrl(_) => {
+                    format!("callback failed: {}", e.redacted())
+                }
+                _ => NOT_DELIVERED.to_owned(),
             };
-            (None, what)
-        })?;
-    let code = resp.status().as_u16();
-    if resp.status().is_success() {
-        Ok(code)
-    } else {
-        Err((Some(code), format!("answered HTTP {code}")))
+            Err((None, shown))
+        }
     }
 }
 
@@ -139,6 +157,31 @@ mod tests {
             assert!(backoff(30) <= CAP);
         }
         assert!(backoff(5) >= Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_allow_lists_are_refused_by_name() {
+        let err = http_client(&["10.0.0.0/33".into()], &[]).unwrap_err();
+        assert!(err.to_string().contains("10.0.0.0/33"), "{err}");
+        let err = http_client(&[], &["a*.example.com".into()]).unwrap_err();
+        assert!(err.to_string().contains("allow_hosts"), "{err}");
+        assert!(http_client(&["127.0.0.1/32".into()], &["hooks.example.com".into()]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn attempts_without_an_answer_read_the_same() {
+        // Nothing is listening and nothing is allowed: refused before connecting; the
+        // same words for a loopback port, a private and a link-local address.
+        let client = http_client(&[], &[]).unwrap();
+        for url in [
+            "http://127.0.0.1:1/hook",
+            "http://10.255.255.1:9/hook",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[::1]:1/hook",
+        ] {
+            let got = deliver(&client, url, b"k", "t", 1, b"{}").await;
+            assert_eq!(got, Err((None, NOT_DELIVERED.to_owned())), "{url}");
+        }
     }
 
     #[test]

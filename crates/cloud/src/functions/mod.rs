@@ -1,8 +1,10 @@
 //! Functions in the control plane:
-//! - [`FunctionHost`]: the cloud's function runtime (`verge-runtime`) — cloud-placed
-//!   functions run here, and every Python/Node function's code is loaded here once at
-//!   deploy so a syntax error or a missing handler fails the deploy with the
-//!   interpreter's own message in the Function's status;
+//! - [`FunctionHost`]: the cloud's function runtime (`verge-runtime`), its python3/node
+//!   workers sandboxed (decision 011). Cloud-placed functions are loaded and run here,
+//!   so a syntax error or a missing handler fails the deploy with the interpreter's own
+//!   message in the Function's status; the code of edge-placed functions is only
+//!   compiled (in the same sandbox), never run: the cloud never executes code placed
+//!   on edge nodes;
 //! - [`FunctionController`]: keeps the host in step with the `Function` objects and
 //!   writes their status;
 //! - [`tasks`]: the Task controller (placement, dispatch to nodes, results,
@@ -54,8 +56,14 @@ pub fn version_of(o: &Object) -> String {
 }
 
 impl FunctionHost {
-    pub fn new(store: DynStore, work_dir: PathBuf, builtins: Arc<Registry>) -> Arc<Self> {
-        let config = verge_runtime::RuntimeConfig::new(work_dir, builtins);
+    pub fn new(
+        store: DynStore,
+        work_dir: PathBuf,
+        builtins: Arc<Registry>,
+        sandbox: verge_runtime::SandboxConfig,
+    ) -> Arc<Self> {
+        let mut config = verge_runtime::RuntimeConfig::new(work_dir, builtins);
+        config.sandbox = sandbox;
         Arc::new(Self {
             runtime: Runtime::new(config),
             store,
@@ -69,6 +77,16 @@ impl FunctionHost {
     /// Loads `o` into the runtime (replacing an older version). Artifact code is not
     /// fetched into the cloud: such functions are checked on the nodes.
     pub async fn deploy(&self, o: &Object, spec: &FunctionSpec) -> Result<(), RtError> {
+        self.runtime.deploy(Self::def(o, spec)?).await
+    }
+
+    /// Compiles an edge-placed function's code in the sandbox without running any of
+    /// it.
+    pub async fn check(&self, o: &Object, spec: &FunctionSpec) -> Result<(), RtError> {
+        self.runtime.check(Self::def(o, spec)?).await
+    }
+
+    fn def(o: &Object, spec: &FunctionSpec) -> Result<verge_runtime::FunctionDef, RtError> {
         let version = version_of(o);
         let source = match (&spec.code, &spec.artifact) {
             (Some(code), _) => Source::Inline(code.clone()),
@@ -81,8 +99,12 @@ impl FunctionHost {
             }
             (None, None) => Source::None,
         };
-        let def = verge_runtime::spec::def_from_spec(&o.metadata.name, &version, spec, source);
-        self.runtime.deploy(def).await
+        Ok(verge_runtime::spec::def_from_spec(
+            &o.metadata.name,
+            &version,
+            spec,
+            source,
+        ))
     }
 
     pub async fn remove(&self, name: &str) {
@@ -174,18 +196,19 @@ impl FunctionController {
             let Ok(spec) = serde_json::from_value::<FunctionSpec>(o.spec.clone()) else {
                 continue;
             };
-            let (phase, message) = match self.host.deploy(&o, &spec).await {
-                Ok(()) => {
-                    if !spec.in_cloud() {
-                        self.host.remove(&name).await;
-                    }
-                    let where_ = if spec.in_cloud() {
-                        "the cloud"
-                    } else {
-                        "edge nodes"
-                    };
-                    ("Ready", format!("loaded; runs on {where_}"))
-                }
+            let checked = if spec.in_cloud() {
+                self.host.deploy(&o, &spec).await
+            } else {
+                // Code placed on edge nodes never runs in the cloud.
+                self.host.remove(&name).await;
+                self.host.check(&o, &spec).await
+            };
+            let (phase, message) = match checked {
+                Ok(()) if spec.in_cloud() => ("Ready", "loaded; runs in the cloud".to_string()),
+                Ok(()) => (
+                    "Ready",
+                    "compiled (none of it run in the cloud); runs on edge nodes".to_string(),
+                ),
                 Err(RtError::Unavailable { message }) if !spec.in_cloud() => {
                     ("Ready", format!("not checked in the cloud: {message}"))
                 }

@@ -66,7 +66,8 @@ pub struct Tasks {
     artifacts: Arc<ArtifactStore>,
     downlink: OnceLock<DynDownlink>,
     callback_key: Vec<u8>,
-    http: reqwest::Client,
+    /// Callbacks go out through the outbound guard ([`callbacks::http_client`]).
+    http: verge_outbound::Client,
     /// Unfinished tasks (and finished ones with a callback to deliver) → node.
     active: Mutex<HashMap<String, Option<String>>>,
     delivering: Mutex<HashSet<String>>,
@@ -80,8 +81,8 @@ impl Tasks {
         host: Arc<FunctionHost>,
         artifacts: Arc<ArtifactStore>,
         callback_key: Vec<u8>,
+        http: verge_outbound::Client,
     ) -> Arc<Self> {
-        let http = callbacks::http_client();
         Arc::new(Self {
             store,
             host,
@@ -395,10 +396,16 @@ impl Tasks {
             return;
         };
         self.track(name, Some(node.to_string()));
+        let input = spec.input.clone().unwrap_or(Value::Null);
+        // Artifacts the input names (image sources): the node may fetch them for this
+        // attempt.
+        self.artifacts
+            .grants()
+            .grant_referenced(node, &input, now + attempt_timeout_ms(spec));
         let msg = Message::Task(verge_proto::Task {
             id: name.to_string(),
             function: spec.function.clone(),
-            input: spec.input.clone().unwrap_or(Value::Null),
+            input,
             deadline_ms: now + attempt_timeout_ms(spec),
             idempotency_key: Some(
                 spec.idempotency_key

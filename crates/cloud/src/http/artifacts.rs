@@ -163,6 +163,8 @@ pub async fn list(State(st): State<SharedState>) -> Result<Json<ArtifactList>, A
 pub async fn download(
     State(st): State<SharedState>,
     Path(param): Path<String>,
+    principal: Option<Extension<Principal>>,
+    peer: Option<Extension<PeerNode>>,
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -172,6 +174,29 @@ pub async fn download(
         ))
         .field("sha256")
     })?;
+    // A node (its certificate, no token) gets only what is placed on it; the answer is
+    // the same whether or not the artifact exists.
+    if let (None, Some(Extension(peer))) = (&principal, &peer) {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+        if !crate::artifact_access::node_may_fetch(
+            &st.store,
+            st.artifacts.grants(),
+            &peer.name,
+            &sha256,
+            now,
+        )
+        .await?
+        {
+            tracing::warn!(node = %peer.name, %sha256, "node asked for an artifact not placed on it");
+            return Err(ApiError::new(
+                Reason::Forbidden,
+                format!(
+                    "artifact sha256:{sha256} is not referenced by anything placed on node {:?}",
+                    peer.name
+                ),
+            ));
+        }
+    }
     let path = st.artifacts.path(&sha256);
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,

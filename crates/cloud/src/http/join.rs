@@ -135,7 +135,7 @@ pub async fn join(
         }
     })?;
     // The token first, read-only: nothing else is revealed to a caller without one.
-    st.auth.verify(&req.token)?;
+    let granted = st.auth.verify_bootstrap(&req.token)?.labels;
     if !verge_api::is_dns1123_label(&req.name) {
         return Err(ApiError::invalid(
             "name",
@@ -155,6 +155,12 @@ pub async fn join(
     }
     if req.labels.len() > 64 {
         return Err(ApiError::invalid("labels", "labels: at most 64"));
+    }
+    // A node's labels decide which Configs, Apps and Functions it receives: they come
+    // from the bootstrap token the admin or operator made, never from the node. A
+    // node may repeat them (or a subset), nothing else.
+    if let Some(problem) = ungranted_label(&req.labels, &granted) {
+        return Err(problem);
     }
     let key = object_key(Kind::Node, &req.name);
     let existing = st.store.get(&key).await?;
@@ -182,8 +188,7 @@ pub async fn join(
         .map_err(|e| ApiError::invalid("csr", format!("csr: {e}")))?;
     let token = st.auth.consume_bootstrap(&req.token).await?;
 
-    let mut labels = req.labels.clone();
-    labels.extend(token.labels.clone()); // the admin's labels win
+    let labels = token.labels.clone();
     let expires = cert.not_after.format(&Rfc3339).unwrap_or_default();
     let mut obj = existing_obj.unwrap_or_else(|| Object {
         api_version: API_VERSION.into(),
@@ -311,4 +316,33 @@ pub async fn revoke_node_cert(st: &SharedState, node: &Object) -> Result<Vec<Str
         let _ = st.store.delete(&key, verge_store::Expect::Any).await;
     }
     Ok(serials)
+}
+
+/// The first label a join asks for that its bootstrap token does not grant, as the
+/// error to answer.
+fn ungranted_label(
+    asked: &BTreeMap<String, String>,
+    granted: &BTreeMap<String, String>,
+) -> Option<ApiError> {
+    let (k, v) = asked.iter().find(|(k, v)| granted.get(*k) != Some(*v))?;
+    let grants = if granted.is_empty() {
+        "none".to_string()
+    } else {
+        granted
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    Some(
+        ApiError::new(
+            Reason::Forbidden,
+            format!(
+                "labels.{k}: {k}={v} is not granted by the bootstrap token (it grants: {grants}); \
+                 node labels come from the token: create one with `verge token create \
+                 --bootstrap --label {k}={v}`"
+            ),
+        )
+        .field(format!("labels.{k}")),
+    )
 }

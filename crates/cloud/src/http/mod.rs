@@ -66,6 +66,7 @@ pub fn router(st: SharedState, mounts: &[(String, Router)]) -> Router {
             get(resources::node_results),
         )
         .route("/api/v1/{plural}/{name}/logs", get(resources::app_logs))
+        .route("/api/v1/cluster/info", get(cluster_info))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(st.clone(), authenticate));
     let public = Router::new()
@@ -145,6 +146,21 @@ async fn readyz(State(st): State<SharedState>) -> Response {
             ApiError::new(Reason::Unavailable, format!("store not ready: {e}")).into_response()
         }
     }
+}
+
+/// What any authenticated client may know about the control plane itself: its
+/// version and whether its function workers run sandboxed.
+async fn cluster_info(State(st): State<SharedState>) -> Response {
+    let sandbox = match &st.functions {
+        Some(f) => serde_json::to_value(f.host.runtime().sandbox_status().await)
+            .unwrap_or(serde_json::Value::Null),
+        None => serde_json::Value::Null,
+    };
+    axum::Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "functionSandbox": sandbox,
+    }))
+    .into_response()
 }
 
 async fn metrics(State(st): State<SharedState>) -> Response {

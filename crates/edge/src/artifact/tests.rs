@@ -1,5 +1,6 @@
-//! Unit tests of `artifact`: unpacking (tar, tar.gz, refusals) and the resumable
-//! download against a small local HTTP server.
+//! Unit tests of `artifact`: the resumable download and `install` (refusals remembered
+//! by digest) against a small local HTTP server. Unpacking has its own tests in
+//! `unpack/tests.rs`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,270 +12,27 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 
-// ---- unpack ----
-
-fn tar_bytes(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    build(&mut b);
-    b.into_inner().unwrap()
-}
-
-fn add_file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32) {
-    let mut h = tar::Header::new_gnu();
-    h.set_size(data.len() as u64);
-    h.set_mode(mode);
-    h.set_entry_type(tar::EntryType::Regular);
-    b.append_data(&mut h, path, data).unwrap();
-}
-
-/// An entry whose name is written raw (the builder refuses `..` and absolute paths).
-fn add_raw(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryType, link: Option<&str>) {
-    let mut h = tar::Header::new_gnu();
-    let field = &mut h.as_old_mut().name;
-    field[..name.len()].copy_from_slice(name.as_bytes());
-    h.set_size(if kind == tar::EntryType::Regular {
-        4
-    } else {
-        0
-    });
-    h.set_mode(0o644);
-    h.set_entry_type(kind);
-    if let Some(l) = link {
-        h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
-    }
-    h.set_cksum();
-    let data: &[u8] = if kind == tar::EntryType::Regular {
-        b"evil"
-    } else {
-        b""
-    };
-    b.append(&h, data).unwrap();
-}
-
-fn sample_tar() -> Vec<u8> {
-    tar_bytes(|b| {
-        add_file(b, "bin/app", b"#!/bin/sh\necho hi\n", 0o755);
-        add_file(b, "etc/app.conf", b"port = 8080\n", 0o644);
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_size(0);
-        b.append_link(&mut h, "bin/run", "app").unwrap();
-    })
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
-fn check_sample(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::read(dir.join("bin/app")).unwrap(),
-        b"#!/bin/sh\necho hi\n"
-    );
-    assert_eq!(
-        std::fs::read_to_string(dir.join("etc/app.conf")).unwrap(),
-        "port = 8080\n"
-    );
-    let mode = std::fs::metadata(dir.join("bin/app"))
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o111, 0o111, "executable bit kept: {mode:o}");
-    assert_eq!(
-        std::fs::read_link(dir.join("bin/run")).unwrap(),
-        Path::new("app")
-    );
-}
-
-#[test]
-fn unpacks_tar() {
-    let tmp = tempfile::tempdir().unwrap();
-    let archive = tmp.path().join("a.bin");
-    std::fs::write(&archive, sample_tar()).unwrap();
-    let dir = tmp.path().join("out");
-    unpack(&archive, &dir).unwrap();
-    check_sample(&dir);
-    assert!(!tmp_dir(&dir).exists());
-}
-
-#[test]
-fn unpacks_tar_gz_whatever_its_name() {
-    let tmp = tempfile::tempdir().unwrap();
-    // Named like a zip: detection is by content.
-    let archive = tmp.path().join("a.zip");
-    std::fs::write(&archive, gzip(&sample_tar())).unwrap();
-    let dir = tmp.path().join("out");
-    unpack(&archive, &dir).unwrap();
-    check_sample(&dir);
-}
-
-#[test]
-fn replaces_an_existing_dir_and_a_stale_tmp() {
-    let tmp = tempfile::tempdir().unwrap();
-    let archive = tmp.path().join("a.tar");
-    std::fs::write(&archive, sample_tar()).unwrap();
-    let dir = tmp.path().join("out");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("old-file"), "x").unwrap();
-    std::fs::create_dir_all(tmp_dir(&dir)).unwrap();
-    std::fs::write(tmp_dir(&dir).join("half"), "x").unwrap();
-    unpack(&archive, &dir).unwrap();
-    check_sample(&dir);
-    assert!(!dir.join("old-file").exists());
-    assert!(!tmp_dir(&dir).exists());
-}
-
-#[test]
-fn not_an_archive() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("out");
-    for (name, data) in [
-        ("text.tar", b"hello, this is not a tar archive".repeat(40)),
-        ("empty.tar.gz", Vec::new()),
-        (
-            "gzipped-text.tgz",
-            gzip(&b"just text, compressed".repeat(40)),
-        ),
-        ("short", vec![0x1f]),
-    ] {
-        let archive = tmp.path().join(name);
-        std::fs::write(&archive, &data).unwrap();
-        let err = unpack(&archive, &dir).unwrap_err();
-        assert!(
-            matches!(&err, Error::NotAnArchive { path } if path == &archive),
-            "{name}: {err}"
-        );
-        assert!(
-            err.to_string().contains("not a tar or tar.gz archive"),
-            "{err}"
-        );
-        assert!(!dir.exists() && !tmp_dir(&dir).exists());
-    }
-}
-
-fn refused(data: Vec<u8>, what: &str) -> String {
-    let tmp = tempfile::tempdir().unwrap();
-    let archive = tmp.path().join("a.tar");
-    std::fs::write(&archive, data).unwrap();
-    let dir = tmp.path().join("sub").join("out");
-    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
-    let err = unpack(&archive, &dir).unwrap_err();
-    assert!(matches!(err, Error::UnsafeArchive { .. }), "{what}: {err}");
-    // Nothing half-unpacked, nothing outside.
-    assert!(!dir.exists(), "{what}");
-    assert!(!tmp_dir(&dir).exists(), "{what}");
-    assert!(!tmp.path().join("sub").join("evil").exists(), "{what}");
-    assert!(!tmp.path().join("evil").exists(), "{what}");
-    err.to_string()
-}
-
-#[test]
-fn path_traversal_is_refused() {
-    let ok_then = |name: &str| {
-        tar_bytes(|b| {
-            add_file(b, "fine", b"ok", 0o644);
-            add_raw(b, name, tar::EntryType::Regular, None);
-        })
-    };
-    let msg = refused(ok_then("../evil"), "dot-dot");
-    assert!(msg.contains("'..'") && msg.contains("../evil"), "{msg}");
-    let msg = refused(ok_then("a/../../evil"), "nested dot-dot");
-    assert!(msg.contains("'..'"), "{msg}");
-    let msg = refused(ok_then("/tmp/evil"), "absolute");
-    assert!(msg.contains("absolute"), "{msg}");
-}
-
-#[test]
-fn devices_and_escaping_links_are_refused() {
-    let one = |name: &str, kind: tar::EntryType, link: Option<&str>| {
-        tar_bytes(|b| add_raw(b, name, kind, link))
-    };
-    let msg = refused(one("null", tar::EntryType::Char, None), "char device");
-    assert!(msg.contains("device file"), "{msg}");
-    let msg = refused(one("disk", tar::EntryType::Block, None), "block device");
-    assert!(msg.contains("device file"), "{msg}");
-    refused(one("pipe", tar::EntryType::Fifo, None), "fifo");
-    let msg = refused(
-        one("etc", tar::EntryType::Symlink, Some("/etc")),
-        "absolute symlink",
-    );
-    assert!(msg.contains("points outside"), "{msg}");
-    refused(
-        one("a/up", tar::EntryType::Symlink, Some("../../evil")),
-        "escaping symlink",
-    );
-    refused(
-        one("hard", tar::EntryType::Link, Some("../evil")),
-        "escaping hard link",
-    );
-    // A link that stays inside is fine.
-    let tmp = tempfile::tempdir().unwrap();
-    let archive = tmp.path().join("a.tar");
-    std::fs::write(
-        &archive,
-        tar_bytes(|b| {
-            add_file(b, "lib/libx.so.1", b"elf", 0o644);
-            add_raw(
-                b,
-                "lib/sub/libx.so",
-                tar::EntryType::Symlink,
-                Some("../libx.so.1"),
-            );
-        }),
-    )
-    .unwrap();
-    unpack(&archive, &tmp.path().join("out")).unwrap();
-}
-
-#[test]
-fn size_and_entry_bounds() {
-    let tmp = tempfile::tempdir().unwrap();
-    let archive = tmp.path().join("a.tar");
-    std::fs::write(&archive, sample_tar()).unwrap();
-    let dir = tmp.path().join("out");
-    let err = unpack_with_limits(
-        &archive,
-        &dir,
-        UnpackLimits {
-            max_bytes: 10,
-            max_entries: 100,
-        },
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("more than 10 bytes"), "{err}");
-    let err = unpack_with_limits(
-        &archive,
-        &dir,
-        UnpackLimits {
-            max_bytes: 1 << 20,
-            max_entries: 2,
-        },
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("more than 2 entries"), "{err}");
-    assert!(!dir.exists() && !tmp_dir(&dir).exists());
-}
-
 // ---- fetch ----
 
 #[derive(Clone, Copy, PartialEq)]
-enum Ranges {
+pub(super) enum Ranges {
     Honor,
     Ignore,
 }
 
-struct Server {
-    url: String,
+pub(super) struct Server {
+    pub(super) url: String,
     /// The `Range` header of every request, in order.
-    seen: Arc<Mutex<Vec<Option<String>>>>,
+    pub(super) seen: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 /// Serves `content` at `/a` (404 elsewhere), honouring or ignoring `Range: bytes=N-`.
-async fn serve(content: Vec<u8>, ranges: Ranges) -> Server {
+pub(super) async fn serve(content: Vec<u8>, ranges: Ranges) -> Server {
+    serve_at(content, ranges, "/a").await
+}
+
+/// [`serve`] at `path` instead of `/a`.
+async fn serve_at(content: Vec<u8>, ranges: Ranges, path: &'static str) -> Server {
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .unwrap();
@@ -300,7 +58,7 @@ async fn serve(content: Vec<u8>, ranges: Ranges) -> Server {
                     log.lock().unwrap().push(range.clone());
                     async move {
                         let mut resp = hyper::Response::builder();
-                        if req.uri().path() != "/a" {
+                        if req.uri().path() != path {
                             return Ok::<_, Infallible>(
                                 resp.status(404)
                                     .body(Full::new(Bytes::from_static(
@@ -341,12 +99,12 @@ async fn serve(content: Vec<u8>, ranges: Ranges) -> Server {
         }
     });
     Server {
-        url: format!("http://{addr}/a"),
+        url: format!("http://{addr}{path}"),
         seen,
     }
 }
 
-fn content() -> (Vec<u8>, String) {
+pub(super) fn content() -> (Vec<u8>, String) {
     let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let digest = hex::encode(Sha256::digest(&data));
     (data, digest)
@@ -509,14 +267,140 @@ fn urls_and_paths() {
         partial_path(Path::new("/x/y.bin")),
         Path::new("/x/y.bin.partial")
     );
-    assert!(symlink_stays_inside(Path::new("a/b"), Path::new("../c")));
-    assert!(symlink_stays_inside(
-        Path::new("a/b"),
-        Path::new("c/../../x")
-    ));
-    assert!(!symlink_stays_inside(
-        Path::new("a/b"),
-        Path::new("../../c")
-    ));
-    assert!(!symlink_stays_inside(Path::new("b"), Path::new("/c")));
+}
+
+// ---- install ----
+
+fn tar_gz(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> (Vec<u8>, String) {
+    use std::io::Write;
+    let mut b = tar::Builder::new(Vec::new());
+    build(&mut b);
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(&b.into_inner().unwrap()).unwrap();
+    let data = e.finish().unwrap();
+    let digest = hex::encode(Sha256::digest(&data));
+    (data, digest)
+}
+
+fn link(b: &mut tar::Builder<Vec<u8>>, path: &str, target: &str) {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, path, target).unwrap();
+}
+
+/// Serves `data` where a node's `Fetcher` looks for `digest` in the cloud's store.
+async fn cloud_store(data: Vec<u8>, digest: &str) -> (Server, Fetcher) {
+    let path: &'static str = format!("/api/v1/artifacts/{digest}").leak();
+    let srv = serve_at(data, Ranges::Honor, path).await;
+    let fetcher = Fetcher {
+        cloud: srv.url.trim_end_matches(path).to_string(),
+        client: client(),
+        outbound: crate::artifact::outbound_client(&[], &[]).unwrap(),
+    };
+    (srv, fetcher)
+}
+
+/// The attack on the ready marker: `d -> .`, then `d/d/…/.verge-ready` pointing at a
+/// path outside through as many `..` as there are `d`. Refused once, remembered by
+/// digest: the second install answers from memory, without a request.
+#[tokio::test]
+async fn a_refused_archive_is_remembered_and_not_downloaded_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("target");
+    let depth = 30;
+    let entry = format!("{}.verge-ready", "d/".repeat(depth));
+    let (data, digest) = tar_gz(|b| {
+        link(b, "d", ".");
+        let up = format!(
+            "{}{}",
+            "../".repeat(depth),
+            target.to_str().unwrap().trim_start_matches('/')
+        );
+        link(b, &entry, &up);
+    });
+    let (srv, fetcher) = cloud_store(data, &digest).await;
+    let artifact = verge_api::specs::ArtifactRef {
+        sha256: digest.clone(),
+        url: None,
+    };
+    let downloads = tmp.path().join("downloads");
+    let dir = tmp.path().join("apps/web/1.0.0");
+    let reason =
+        format!(r#"entry "{entry}": its parent "d" is a symlink (nothing is written through one)"#);
+    let err = install(Some(&fetcher), &artifact, &downloads, &dir, 1 << 20)
+        .await
+        .unwrap_err();
+    match &err {
+        Error::ArtifactRefused {
+            sha256,
+            reason: r,
+            remembered: false,
+        } => {
+            assert_eq!(sha256, &digest);
+            assert_eq!(r, &reason);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(err.is_refused_artifact());
+    assert_eq!(
+        err.to_string(),
+        format!("artifact sha256:{digest} refused: {reason}")
+    );
+    assert!(
+        std::fs::symlink_metadata(&target).is_err(),
+        "written outside"
+    );
+    assert!(!dir.exists());
+    assert!(
+        !downloads.join(&digest).exists(),
+        "the refused download is deleted"
+    );
+    assert_eq!(srv.seen.lock().unwrap().len(), 1);
+
+    // Again (as after a restart: the memory is on disk): no request.
+    let err = install(Some(&fetcher), &artifact, &downloads, &dir, 1 << 20)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("artifact sha256:{digest} refused (remembered; not downloaded again): {reason}")
+    );
+    assert_eq!(srv.seen.lock().unwrap().len(), 1);
+    assert!(std::fs::symlink_metadata(&target).is_err());
+}
+
+#[tokio::test]
+async fn install_marks_the_directory_ready_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, digest) = tar_gz(|b| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o755);
+        b.append_data(&mut h, "bin/app", &b"hi\n"[..]).unwrap();
+        link(b, "app", "bin/app");
+    });
+    let (srv, fetcher) = cloud_store(data, &digest).await;
+    let artifact = verge_api::specs::ArtifactRef {
+        sha256: digest.clone(),
+        url: None,
+    };
+    let downloads = tmp.path().join("downloads");
+    let dir = tmp.path().join("code");
+    for _ in 0..2 {
+        install(Some(&fetcher), &artifact, &downloads, &dir, 1 << 20)
+            .await
+            .unwrap();
+    }
+    assert_eq!(std::fs::read(dir.join("app")).unwrap(), b"hi\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join(".verge-ready")).unwrap(),
+        digest
+    );
+    assert_eq!(
+        srv.seen.lock().unwrap().len(),
+        1,
+        "marked: not fetched again"
+    );
+    assert!(!downloads.join(&digest).exists());
 }
