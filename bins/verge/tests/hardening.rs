@@ -2,9 +2,10 @@
 //! `verge cloud` and `verge-edge` processes:
 //!
 //! - YAML alias bombs (the quadratic 100 KB shape, nested laughs, one 400 KiB string
-//!   aliased 499 times) and deep JSON get a 400 naming the problem, fast, on every
-//!   route that parses a body, one at a time and four in parallel, while the cloud's
-//!   peak RSS stays flat and `/healthz` keeps answering;
+//!   aliased 499 times) get a 400 naming the problem, fast, on every route that parses
+//!   a body, one at a time and four in parallel, while the cloud's peak RSS stays flat
+//!   and `/healthz` keeps answering; deep JSON and YAML get a 400 too, dense YAML is
+//!   decoded off the async workers, and a YAML body over its cap gets a 413;
 //! - the last admin token cannot be revoked (409), others can; `verge cloud
 //!   recover-admin` refuses while the cloud runs and, with the cloud stopped, mints a
 //!   token that works after a restart even when no admin token was left in the store;
@@ -233,7 +234,18 @@ async fn yaml_bombs_get_400_quickly_with_flat_memory() -> Result<()> {
         times.push((format!("{name} /api/v1/tokens"), took));
     }
 
-    // Deep nesting, as JSON and as YAML.
+    let after = peak_rss_kib(pid)?;
+    for (what, took) in &times {
+        eprintln!("refused {what} in {took:?}");
+    }
+    eprintln!("cloud peak RSS {before} KiB before the alias bombs, {after} KiB after");
+    assert!(
+        after.saturating_sub(before) < FLAT_RSS_KIB,
+        "peak RSS grew from {before} KiB to {after} KiB"
+    );
+
+    // Deep nesting, as JSON and as YAML (the YAML one costs serde_norway's event load,
+    // see below, so it comes after the flat-RSS check).
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let (status, answer, _) = api
         .send(
@@ -259,16 +271,6 @@ async fn yaml_bombs_get_400_quickly_with_flat_memory() -> Result<()> {
         &["nested deeper"],
     )
     .await?;
-
-    let after = peak_rss_kib(pid)?;
-    for (what, took) in &times {
-        eprintln!("refused {what} in {took:?}");
-    }
-    eprintln!("cloud peak RSS {before} KiB before the bombs, {after} KiB after");
-    assert!(
-        after.saturating_sub(before) < FLAT_RSS_KIB,
-        "peak RSS grew from {before} KiB to {after} KiB"
-    );
 
     // Dense YAML without aliases (512 KiB of nested flow sequences, the YAML cap):
     // refused by the depth bound, decoded off the async workers one at a time so
