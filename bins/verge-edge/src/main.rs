@@ -296,6 +296,7 @@ async fn join(a: JoinArgs) -> Result<()> {
 
 async fn run(a: RunArgs) -> Result<()> {
     let identity = Identity::load(&a.data_dir)?;
+    verge_edge::secure_data_dir(&a.data_dir)?;
     let dir = a.data_dir.clone();
     let (store, queue) = tokio::task::spawn_blocking(move || -> verge_edge::Result<_> {
         let store = LocalStore::open(&verge_edge::paths::store(&dir))?;

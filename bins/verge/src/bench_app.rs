@@ -26,7 +26,11 @@ pub struct AppBenchArgs {
 
 pub async fn run(client: &Client, args: &AppBenchArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.file).with_context(|| args.file.clone())?;
-    let mut base: Object = serde_norway::from_str(&text).context("parsing the App")?;
+    let mut base: Object = verge_api::parse_documents(&text, verge_api::Format::Yaml)
+        .context("parsing the App")?
+        .into_iter()
+        .next()
+        .with_context(|| format!("{}: no object", args.file))?;
     anyhow::ensure!(base.kind == "App", "{}: not an App", args.file);
     let name = base.metadata.name.clone();
     let mut times = Vec::new();

@@ -173,8 +173,13 @@ async fn deploy(client: &Client, dir: &Path, timeout: Duration) -> Result<()> {
     let manifest = dir.join("function.yaml");
     let text = std::fs::read_to_string(&manifest)
         .with_context(|| format!("reading {}", manifest.display()))?;
-    let mut raw: Value =
-        serde_norway::from_str(&text).map_err(|e| anyhow!("{}: {e}", manifest.display()))?;
+    // Bounded (YAML aliases counted at every use, nesting capped) like every manifest.
+    let mut raw: Value = verge_api::parse_value(
+        &text,
+        verge_api::Format::Yaml,
+        verge_api::default_bounds(text.len()),
+    )
+    .map_err(|e| anyhow!("{}: {e}", manifest.display()))?;
     if raw["kind"] != "Function" || !raw["spec"].is_object() {
         bail!("{}: expected one Function with a spec", manifest.display());
     }

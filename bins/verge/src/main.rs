@@ -92,6 +92,13 @@ enum CloudAction {
         #[arg(long)]
         user: Option<String>,
     },
+    /// Mint a new admin token offline (the cloud must be stopped): writes
+    /// DATA_DIR/admin.token and DATA_DIR/admin.config (0600) and prints where.
+    RecoverAdmin {
+        /// The cloud's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 /// Where requests made on a user's behalf (task callbacks; `artifact.url` downloads on
@@ -411,6 +418,28 @@ async fn run(cli: Cli) -> Result<()> {
                 })
                 .map_err(|e| anyhow!("{e}"))?;
             out!("{conf}");
+            Ok(())
+        }
+        Cmd::Cloud {
+            action: Some(CloudAction::RecoverAdmin { data_dir }),
+            ..
+        } => {
+            let r = verge_cloud::recover::recover_admin(data_dir)
+                .await
+                .map_err(|e| anyhow!("recover-admin: {e}"))?;
+            outln!(
+                "new admin token {} written to {}",
+                r.token_id,
+                r.token_path.display()
+            );
+            match &r.config_path {
+                Some(p) => outln!("client config written to {}", p.display()),
+                None => outln!(
+                    "no api.addr in {}: admin.config is written when the cloud starts",
+                    data_dir.display()
+                ),
+            }
+            outln!("start the cloud again; the new token works at once");
             Ok(())
         }
         Cmd::Cloud {

@@ -2,12 +2,14 @@
 //! asks for a new one two thirds into its life, over its own MQTT session; the cloud
 //! records the new serial (keeping the previous one for revocation); the node
 //! reconnects with it, stays Ready, renews again from the renewed certificate, and
-//! after a kill -9 restarts with the renewed files.
+//! after a kill -9 restarts with the renewed files. The records of expired
+//! certificates are pruned at renewal (`nodes::certs`): after the second renewal the
+//! join certificate's record is gone, the renewed ones are kept.
 
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::Value;
 use verge_testkit::{Cloud, Edge, eventually, workspace_bin};
 
@@ -106,5 +108,34 @@ async fn nodes_renew_their_certificates_before_expiry() -> Result<()> {
         },
     )
     .await?;
+
+    // The join certificate expired 30 s after the join, before the second renewal
+    // (which came at least 40 s after it): its record was pruned then; the current
+    // certificate is still recorded (revocable until it expires).
+    let current = serial(&node(&cloud).await.context("node")?);
+    edge.kill9()?;
+    let mut cloud = cloud;
+    cloud.stop()?;
+    let store = verge_store::SqliteStore::open(verge_store::SqliteOptions::new(
+        cloud.data_dir().join("store.db"),
+    ))
+    .await?;
+    let recorded: Vec<String> =
+        verge_store::Store::list(&store, "/system/node-certs/node-r/", None)
+            .await?
+            .items
+            .iter()
+            .filter_map(|kv| kv.key.rsplit('/').next().map(str::to_owned))
+            .collect();
+    store.close().await;
+    assert!(
+        !recorded.contains(&s0),
+        "{s0} (expired) still recorded: {recorded:?}"
+    );
+    assert!(
+        recorded.contains(&current),
+        "{current} not recorded: {recorded:?}"
+    );
+    assert!(recorded.len() <= 3, "{recorded:?}");
     Ok(())
 }

@@ -44,6 +44,15 @@ pub enum Error {
         document: usize,
         message: String,
     },
+    /// Past a parser bound: the document expands (YAML aliases counted at every use)
+    /// beyond the byte bound, nests too deep, or uses aliases too often (HTTP 400).
+    #[error("{format}: document {document}: {message}")]
+    Limit {
+        format: &'static str,
+        /// 1-based index of the document in a multi-document stream.
+        document: usize,
+        message: String,
+    },
     /// Well-formed but invalid: unknown kind, unknown field, bad value (HTTP 422).
     #[error("{0}")]
     Invalid(#[from] ValidationError),

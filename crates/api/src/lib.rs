@@ -25,8 +25,12 @@ pub use error::{Error, Result, ValidationError};
 pub use kind::Kind;
 pub use meta::ObjectMeta;
 pub use object::{API_VERSION, Object, kind_of};
-pub use parse::{Format, decode_object, parse_documents};
+pub use parse::{
+    Format, body_bounds, decode_object, default_bounds, expansion_bound, parse_documents,
+    parse_documents_with, parse_value,
+};
 pub use selector::{LabelSelector, Requirement};
+pub use strict_json::{Bounds, Exceeded};
 pub use validate::{
     RESERVED_NODE_NAMES, is_dns1123_label, is_dns1123_subdomain, is_label_key, is_label_value,
     is_reserved_node_name, validate_object,

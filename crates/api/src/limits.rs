@@ -3,6 +3,19 @@
 
 /// Documents in one YAML stream or JSON array.
 pub const MAX_DOCUMENTS: usize = 1000;
+/// Nesting of arrays and objects in a document from a user (manifests, request
+/// bodies, function input). Half of serde_json's own recursion limit (128), so a
+/// stored object wrapped in an envelope (a watch event, a `Desired` message) can
+/// always be read back.
+pub const MAX_DEPTH: usize = 64;
+/// Bytes of content a YAML/JSON input may expand to, aliases counted at every use
+/// (see [`crate::strict_json::Bounds`] and [`crate::expansion_bound`]), when the caller
+/// gives no cap of its own (the server uses its body cap instead). An input longer
+/// than this may still expand to its own length (without aliases it never expands
+/// beyond it).
+pub const MAX_EXPANDED_BYTES: usize = 1024 * 1024;
+/// What even a small input may expand to through aliases.
+pub const MIN_EXPANSION_BYTES: usize = 64 * 1024;
 
 /// `metadata.name` (DNS-1123 label).
 pub const MAX_NAME_LEN: usize = 63;

@@ -1,5 +1,5 @@
 //! Decoding manifests: YAML (multi-document) or JSON (one object, or a JSON array of
-//! objects) into validated [`Object`]s.
+//! objects) into validated [`Object`]s, and single request bodies into JSON values.
 //!
 //! - YAML: every document of the stream (`---`-separated); empty documents are skipped
 //!   but still counted, so document numbers match what a reader counts in the file.
@@ -8,16 +8,25 @@
 //!
 //! Both formats reject duplicate keys in a mapping, and non-finite numbers, as
 //! malformed. At most [`MAX_DOCUMENTS`] documents per stream.
+//!
+//! Every input is built under [`Bounds`] (one budget for the whole stream): YAML aliases
+//! are allowed but count at every use, so an alias bomb is refused with
+//! [`Error::Limit`] after the first bytes past the bound ([`expansion_bound`]: about
+//! twice the input, at most the body cap), and nesting is capped at [`MAX_DEPTH`].
+//! Not bounded here: serde_norway loads all events of a document (~100–180 bytes each,
+//! at most one per input byte) before any value is built — callers bound the text and
+//! how many texts are decoded at once (decision 014). What this module must not do: build a value from user input without
+//! a budget (`serde_norway::from_str` into a `Value` expands aliases without bound).
 
-use serde::de::Deserialize;
+use serde::de::DeserializeSeed;
 use serde_json::{Map, Value};
 
 use crate::de::from_value_at;
 use crate::error::{Error, Result, ValidationError};
-use crate::limits::MAX_DOCUMENTS;
+use crate::limits::{MAX_DEPTH, MAX_DOCUMENTS, MAX_EXPANDED_BYTES, MIN_EXPANSION_BYTES};
 use crate::meta::ObjectMeta;
 use crate::object::Object;
-use crate::strict_json::{StrictValue, type_name};
+use crate::strict_json::{Bounds, Budget, StrictSeed, type_name};
 use crate::validate::{check_api_version, check_kind, check_object};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +45,38 @@ impl Format {
     }
 }
 
+/// The bytes of content an input of `len` bytes may expand to (YAML aliases counted at
+/// every use): twice its length, at least [`MIN_EXPANSION_BYTES`], at most `cap` — and
+/// never less than `len`, since an alias-free input never counts more than its text.
+/// So aliases can make a request cost at most about twice what a plain document of
+/// the same size costs.
+pub fn expansion_bound(len: usize, cap: usize) -> usize {
+    len.saturating_mul(2)
+        .max(MIN_EXPANSION_BYTES)
+        .min(cap)
+        .max(len)
+}
+
+/// The bounds for an input of `len` bytes when the caller has no cap of its own (a
+/// file of the user's, the fuzz target): at most [`MAX_DEPTH`] levels, expanding to
+/// [`expansion_bound`] under [`MAX_EXPANDED_BYTES`].
+pub fn default_bounds(len: usize) -> Bounds {
+    Bounds {
+        max_bytes: expansion_bound(len, MAX_EXPANDED_BYTES),
+        max_depth: MAX_DEPTH,
+    }
+}
+
+/// The bounds for a request body of `len` bytes under a cap of `max_body_bytes`: the
+/// expanded document holds no more than [`expansion_bound`] allows and never more than
+/// the body itself may, at most [`MAX_DEPTH`] levels deep.
+pub fn body_bounds(max_body_bytes: usize, len: usize) -> Bounds {
+    Bounds {
+        max_bytes: expansion_bound(len, max_body_bytes),
+        max_depth: MAX_DEPTH,
+    }
+}
+
 /// Top-level fields of every resource document.
 const TOP_LEVEL_FIELDS: [&str; 5] = ["apiVersion", "kind", "metadata", "spec", "status"];
 
@@ -45,11 +86,18 @@ const TOP_LEVEL_FIELDS: [&str; 5] = ["apiVersion", "kind", "metadata", "spec", "
 /// relative to that document; the document index is in the message when there are
 /// several: `unknown field, expected ... (document 2)`). Empty YAML documents (`---`
 /// alone) are skipped; an input with no documents yields an empty list. More than
-/// [`MAX_DOCUMENTS`] documents -> [`crate::Error::Malformed`].
+/// [`MAX_DOCUMENTS`] documents -> [`crate::Error::Malformed`]. Bounded by
+/// [`default_bounds`]; past a bound -> [`crate::Error::Limit`].
 pub fn parse_documents(input: &str, format: Format) -> Result<Vec<Object>> {
+    parse_documents_with(input, format, default_bounds(input.len()))
+}
+
+/// [`parse_documents`] under the caller's bounds (the server: [`body_bounds`]).
+pub fn parse_documents_with(input: &str, format: Format, bounds: Bounds) -> Result<Vec<Object>> {
+    let budget = Budget::new(bounds);
     let values = match format {
-        Format::Json => json_values(input)?,
-        Format::Yaml => yaml_values(input)?,
+        Format::Json => json_values(input, &budget)?,
+        Format::Yaml => yaml_values(input, &budget)?,
     };
     let several = values.len() > 1;
     values
@@ -74,19 +122,63 @@ fn too_many(format: Format) -> Error {
     }
 }
 
+/// Parses one document (a request body that is not a resource: a status, a token
+/// request, function input) into a strict JSON value under `bounds`. JSON: any value
+/// (an array is one value here). YAML: one document; none (or an empty one) is `null`,
+/// several are [`crate::Error::Malformed`].
+pub fn parse_value(input: &str, format: Format, bounds: Bounds) -> Result<Value> {
+    let budget = Budget::new(bounds);
+    match format {
+        Format::Json => json_value(input, &budget),
+        Format::Yaml => {
+            let mut docs = yaml_values(input, &budget)?;
+            match docs.len() {
+                0 => Ok(Value::Null),
+                1 => Ok(docs.remove(0).1),
+                _ => Err(Error::Malformed {
+                    format: "yaml",
+                    document: docs[1].0,
+                    message: "expected one document".into(),
+                }),
+            }
+        }
+    }
+}
+
+/// The error for a failed build: [`Error::Limit`] when the budget stopped it (or the
+/// YAML parser's own alias repetition limit did), else [`Error::Malformed`].
+fn build_error(format: Format, document: usize, budget: &Budget, message: String) -> Error {
+    let format = format.name();
+    if budget.exceeded().is_some() {
+        Error::Limit {
+            format,
+            document,
+            message,
+        }
+    } else if message.contains("repetition limit exceeded") {
+        Error::Limit {
+            format,
+            document,
+            message: format!("too many alias uses ({message})"),
+        }
+    } else {
+        Error::Malformed {
+            format,
+            document,
+            message,
+        }
+    }
+}
+
 /// The non-empty documents of a YAML stream with their 1-based positions.
-fn yaml_values(input: &str) -> Result<Vec<(usize, Value)>> {
+fn yaml_values(input: &str, budget: &Budget) -> Result<Vec<(usize, Value)>> {
     let mut out = Vec::new();
     for (i, document) in serde_norway::Deserializer::from_str(input).enumerate() {
         let index = i + 1;
         // The iterator repeats a syntax error forever: stop at the first one.
-        let value = StrictValue::deserialize(document)
-            .map_err(|e| Error::Malformed {
-                format: "yaml",
-                document: index,
-                message: e.to_string(),
-            })?
-            .0;
+        let value = StrictSeed::new(budget)
+            .deserialize(document)
+            .map_err(|e| build_error(Format::Yaml, index, budget, e.to_string()))?;
         if value.is_null() {
             continue;
         }
@@ -98,16 +190,19 @@ fn yaml_values(input: &str) -> Result<Vec<(usize, Value)>> {
     Ok(out)
 }
 
+/// One JSON value.
+fn json_value(input: &str, budget: &Budget) -> Result<Value> {
+    let mut de = serde_json::Deserializer::from_str(input);
+    let value = StrictSeed::new(budget)
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|e| build_error(Format::Json, 1, budget, e.to_string()))?;
+    Ok(value)
+}
+
 /// One JSON object, or the elements of a JSON array, with their 1-based positions.
-fn json_values(input: &str) -> Result<Vec<(usize, Value)>> {
-    let value = serde_json::from_str::<StrictValue>(input)
-        .map_err(|e| Error::Malformed {
-            format: "json",
-            document: 1,
-            message: e.to_string(),
-        })?
-        .0;
-    match value {
+fn json_values(input: &str, budget: &Budget) -> Result<Vec<(usize, Value)>> {
+    match json_value(input, budget)? {
         Value::Array(items) => {
             if items.len() > MAX_DOCUMENTS {
                 return Err(too_many(Format::Json));

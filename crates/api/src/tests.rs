@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 
 use crate::specs::{AppSpec, FunctionSpec, NodeSpec, Spec, TaskSpec, TriggerSpec, decode_spec};
 use crate::{
-    API_VERSION, Error, Format, Kind, Object, ObjectMeta, ValidationError, decode_object, kind_of,
-    parse_documents, validate_object,
+    API_VERSION, Bounds, Error, Format, Kind, Object, ObjectMeta, ValidationError, body_bounds,
+    decode_object, kind_of, parse_documents, parse_documents_with, parse_value, validate_object,
 };
 
 // ---------------------------------------------------------------------------------
@@ -185,6 +185,160 @@ fn malformed_display() {
             .starts_with("malformed json in document 1: "),
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------------------------
+// bounds: alias expansion and nesting
+
+/// A billion-laughs document: nine levels of nine aliases to the level below.
+fn laughs() -> String {
+    let mut doc = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for (prev, name) in "abcdefgh".chars().zip("bcdefghi".chars()) {
+        let refs = vec![format!("*{prev}"); 9].join(", ");
+        doc.push_str(&format!("{name}: &{name} [{refs}]\n"));
+    }
+    doc
+}
+
+fn limit(r: crate::Result<impl std::fmt::Debug>) -> (&'static str, usize, String) {
+    match r {
+        Err(Error::Limit {
+            format,
+            document,
+            message,
+        }) => (format, document, message),
+        other => panic!("expected Error::Limit, got {other:?}"),
+    }
+}
+
+/// The quadratic shape: one wide anchored list, aliased as often as fits in ~60 KB.
+fn wide_laughs() -> String {
+    let mut doc = format!("a: &a [{}]\nb: [", vec!["lol"; 5000].join(", "));
+    doc.push_str(&vec!["*a"; 7000].join(", "));
+    doc.push_str("]\n");
+    doc
+}
+
+#[test]
+fn alias_bombs_are_refused_at_the_bound() {
+    // Nested laughs: serde_norway's repetition limit; wide ones: our byte bound.
+    let (format, document, _) = limit(parse_documents(&laughs(), Format::Yaml));
+    assert_eq!((format, document), ("yaml", 1));
+    let doc = wide_laughs();
+    let (_, _, message) = limit(parse_documents(&doc, Format::Yaml));
+    // Twice the input (it is longer than 32 KiB).
+    let bound = 2 * doc.len();
+    assert!(
+        message.contains(&format!("expands beyond the limit of {bound} bytes")),
+        "{message}"
+    );
+    // One long string and many aliases of it, under a body cap of 64 KiB.
+    let mut doc = format!("big: &s {}\nrefs:\n", "x".repeat(20_000));
+    for _ in 0..100 {
+        doc.push_str("- *s\n");
+    }
+    let bounds = body_bounds(64 * 1024, doc.len());
+    let (_, _, message) = limit(parse_documents_with(&doc, Format::Yaml, bounds));
+    assert!(message.contains("65536 bytes"), "{message}");
+    let err = parse_documents(&wide_laughs(), Format::Yaml).unwrap_err();
+    assert!(err.to_string().starts_with("yaml: document 1: "), "{err}");
+}
+
+#[test]
+fn the_fuzz_seeds_bombs_are_refused() {
+    let seeds = [
+        include_str!("../../../fuzz/seeds/manifest_parse/alias-laughs.yaml"),
+        include_str!("../../../fuzz/seeds/manifest_parse/alias-wide.yaml"),
+        include_str!("../../../fuzz/seeds/manifest_parse/alias-string.yaml"),
+        include_str!("../../../fuzz/seeds/manifest_parse/deep.yaml"),
+    ];
+    for seed in seeds {
+        limit(parse_documents(seed, Format::Yaml));
+    }
+    let deep = include_str!("../../../fuzz/seeds/manifest_parse/deep.json");
+    limit(parse_documents(deep, Format::Json));
+}
+
+#[test]
+fn the_budget_spans_the_whole_stream() {
+    // Each document fits alone; together they do not.
+    let one = serde_norway::to_string(&good_app()).unwrap();
+    let stream = format!("{one}---\n{one}---\n{one}");
+    assert_eq!(parse_documents(&one, Format::Yaml).unwrap().len(), 1);
+    let bounds = Bounds {
+        max_bytes: one.len() * 2,
+        max_depth: 64,
+    };
+    let (_, document, _) = limit(parse_documents_with(&stream, Format::Yaml, bounds));
+    assert_eq!(document, 3);
+}
+
+#[test]
+fn expansion_is_about_twice_the_input_within_the_cap() {
+    use crate::expansion_bound;
+    let mib = 1024 * 1024;
+    assert_eq!(
+        expansion_bound(100, mib),
+        64 * 1024,
+        "small inputs get the floor"
+    );
+    assert_eq!(expansion_bound(100_000, mib), 200_000);
+    assert_eq!(expansion_bound(600_000, mib), mib, "never past the cap");
+    assert_eq!(expansion_bound(100, 1000), 1000);
+    assert_eq!(
+        expansion_bound(3 * mib, mib),
+        3 * mib,
+        "an input past the cap may still hold its own length (the CLI's big files)"
+    );
+}
+
+#[test]
+fn moderate_aliases_are_still_allowed() {
+    let doc = "apiVersion: verge.dev/v1\nkind: App\nmetadata:\n  name: web\n  labels: &l {tier: a}\n  annotations: *l\nspec:\n  version: 1.0.0\n  workload: {docker: {image: x}}\n";
+    let objs = parse_documents(doc, Format::Yaml).unwrap();
+    assert_eq!(objs[0].metadata.annotations["tier"], "a");
+}
+
+#[test]
+fn nesting_is_bounded_in_both_formats() {
+    let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    let (format, _, message) = limit(parse_documents(&deep(65), Format::Json));
+    assert_eq!(format, "json");
+    assert!(
+        message.contains("nested deeper than the limit of 64 levels"),
+        "{message}"
+    );
+    let (format, _, _) = limit(parse_documents(&deep(65), Format::Yaml));
+    assert_eq!(format, "yaml");
+    // 64 levels parse (and then fail validation as a non-object, which is fine).
+    assert!(matches!(
+        parse_documents(&deep(64), Format::Json),
+        Err(Error::Invalid(_))
+    ));
+    // Far past serde's own recursion limit: still our bound, not a crash.
+    limit(parse_documents(&deep(100_000), Format::Json));
+}
+
+#[test]
+fn parse_value_is_bounded_too() {
+    let bounds = body_bounds(4096, 1024);
+    limit(parse_value(&laughs(), Format::Yaml, bounds));
+    assert_eq!(
+        parse_value("[1, 2]", Format::Json, bounds).unwrap(),
+        json!([1, 2])
+    );
+    assert_eq!(parse_value("", Format::Yaml, bounds).unwrap(), Value::Null);
+    assert!(matches!(
+        parse_value("a: 1\n---\nb: 2\n", Format::Yaml, bounds),
+        Err(Error::Malformed { document: 2, .. })
+    ));
+    assert!(matches!(
+        parse_value("[1] x", Format::Json, bounds),
+        Err(Error::Malformed { .. })
+    ));
+    let unbounded = Bounds::UNBOUNDED;
+    let first_line = laughs().lines().next().unwrap().to_string();
+    assert!(parse_value(&first_line, Format::Yaml, unbounded).is_ok());
 }
 
 // ---------------------------------------------------------------------------------
@@ -1690,12 +1844,18 @@ fn specs_have_openapi_schemas() {
 fn deep_nesting_is_rejected_not_a_stack_overflow() {
     let depth = 100_000;
     let json = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
-    let (format, _, message) = malformed(&json, Format::Json);
+    let (format, _, message) = limit(parse_documents(&json, Format::Json));
     assert_eq!(format, "json");
-    assert!(message.contains("recursion limit"), "{message}");
-    let (format, _, message) = malformed(&json, Format::Yaml);
+    assert!(
+        message.contains("nested deeper than the limit of 64 levels"),
+        "{message}"
+    );
+    let (format, _, message) = limit(parse_documents(&json, Format::Yaml));
     assert_eq!(format, "yaml");
-    assert!(message.contains("recursion limit"), "{message}");
+    assert!(
+        message.contains("nested deeper than the limit of 64 levels"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -1709,7 +1869,11 @@ fn yaml_alias_bombs_are_rejected() {
              *{prev}, *{prev}, *{prev}]\n"
         ));
     }
-    let (format, _, message) = malformed(&yaml, Format::Yaml);
+    // Our byte bound or serde_norway's own alias repetition limit, whichever first.
+    let (format, _, message) = limit(parse_documents(&yaml, Format::Yaml));
     assert_eq!(format, "yaml");
-    assert!(message.contains("repetition limit"), "{message}");
+    assert!(
+        message.contains("expands beyond the limit") || message.contains("too many alias uses"),
+        "{message}"
+    );
 }

@@ -7,6 +7,13 @@
 //! revoked (the record is kept, marked revoked, so `token list` shows it).
 //!
 //! Denials are logged with the token id and the reason, never the secret.
+//!
+//! The admins can never lock themselves out: revoking a token is refused (409) when it
+//! would leave no valid admin token, or no valid admin token without an expiry (the
+//! "lifeline": tokens cannot be changed after creation, so while one lifeline exists an
+//! admin token is always valid). [`revoke_refusal`] is that rule as a pure function.
+//! Shell access to the data dir recovers from anything else (`verge cloud
+//! recover-admin`, [`crate::recover`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
@@ -200,6 +207,49 @@ fn deny(id: &str, why: &'static str) -> ApiError {
 pub struct Authenticator {
     store: DynStore,
     cache: RwLock<HashMap<String, TokenRecord>>,
+    /// Serializes revocations, so two concurrent ones cannot each leave the other as
+    /// the last admin token and both succeed.
+    revoking: tokio::sync::Mutex<()>,
+}
+
+/// Whether `rec` lets its holder in at `now` (not revoked, not expired).
+fn is_valid_at(rec: &TokenRecord, now: OffsetDateTime) -> bool {
+    rec.revoked_at.is_none()
+        && rec
+            .expires_at
+            .as_ref()
+            .is_none_or(|exp| OffsetDateTime::parse(exp, &Rfc3339).is_ok_and(|t| t > now))
+}
+
+/// Why revoking token `id` must be refused, if it must: it is a valid admin token and
+/// revoking it would leave no other valid admin token, or it never expires and every
+/// other valid admin token does. `None`: revoking it is fine (another admin remains,
+/// or it is not a valid admin token at all).
+pub fn revoke_refusal<'a>(
+    tokens: impl IntoIterator<Item = &'a TokenRecord>,
+    id: &str,
+    now: OffsetDateTime,
+) -> Option<String> {
+    let admins: Vec<&TokenRecord> = tokens
+        .into_iter()
+        .filter(|r| r.role == Role::Admin && is_valid_at(r, now))
+        .collect();
+    let target = admins.iter().find(|r| r.id == id)?;
+    let others: Vec<&TokenRecord> = admins.iter().copied().filter(|r| r.id != id).collect();
+    if others.is_empty() {
+        return Some(format!(
+            "token {id} is the last valid admin token: revoking it would lock every admin out; \
+             create another admin token first (verge token create --role admin)"
+        ));
+    }
+    if target.expires_at.is_none() && others.iter().all(|r| r.expires_at.is_some()) {
+        return Some(format!(
+            "token {id} is the last admin token without an expiry: once the others expire no \
+             one could manage the cloud; create an admin token without --ttl first \
+             (verge token create --role admin)"
+        ));
+    }
+    None
 }
 
 impl Authenticator {
@@ -213,6 +263,7 @@ impl Authenticator {
         Ok(Self {
             store,
             cache: RwLock::new(cache),
+            revoking: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -442,7 +493,21 @@ impl Authenticator {
         Err(ApiError::internal("could not allocate a unique token id"))
     }
 
+    /// Revokes token `id`; refused with 409 by [`revoke_refusal`] when it would leave
+    /// no (lasting) admin token.
     pub async fn revoke(&self, id: &str) -> Result<TokenRecord, ApiError> {
+        let _one_at_a_time = self.revoking.lock().await;
+        let refusal = {
+            let cache = self
+                .cache
+                .read()
+                .map_err(|_| ApiError::internal("token cache poisoned"))?;
+            revoke_refusal(cache.values(), id, OffsetDateTime::now_utc())
+        };
+        if let Some(why) = refusal {
+            tracing::warn!(token_id = %id, "refused to revoke the last admin token");
+            return Err(ApiError::new(Reason::Conflict, why).field("id"));
+        }
         let key = format!("{TOKEN_PREFIX}{id}");
         let kv = self
             .store
@@ -478,5 +543,100 @@ impl Authenticator {
             .unwrap_or_default();
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, role: Role, expires: Option<&str>, revoked: bool) -> TokenRecord {
+        TokenRecord {
+            id: id.into(),
+            role,
+            secret_sha256: String::new(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            expires_at: expires.map(str::to_owned),
+            revoked_at: revoked.then(|| "2026-01-02T00:00:00Z".to_string()),
+            description: None,
+            uses_left: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::parse("2026-06-01T00:00:00Z", &Rfc3339).unwrap()
+    }
+
+    const LATER: &str = "2027-01-01T00:00:00Z";
+    const EARLIER: &str = "2026-02-01T00:00:00Z";
+
+    #[test]
+    fn the_last_valid_admin_token_cannot_be_revoked() {
+        let tokens = [
+            rec("a", Role::Admin, None, false),
+            rec("v", Role::Viewer, None, false),
+            rec("o", Role::Operator, None, false),
+            rec("gone", Role::Admin, None, true),
+            rec("old", Role::Admin, Some(EARLIER), false),
+        ];
+        let why = revoke_refusal(&tokens, "a", now()).expect("refused");
+        assert!(why.contains("last valid admin token"), "{why}");
+        // Others are fine to revoke, and so are unknown or already revoked ids.
+        for id in ["v", "o", "gone", "old", "nope"] {
+            assert_eq!(revoke_refusal(&tokens, id, now()), None, "{id}");
+        }
+    }
+
+    #[test]
+    fn a_second_lasting_admin_token_allows_revoking_the_first() {
+        let tokens = [
+            rec("a", Role::Admin, None, false),
+            rec("b", Role::Admin, None, false),
+        ];
+        assert_eq!(revoke_refusal(&tokens, "a", now()), None);
+        assert_eq!(revoke_refusal(&tokens, "b", now()), None);
+    }
+
+    #[test]
+    fn the_last_lasting_admin_token_cannot_be_traded_for_expiring_ones() {
+        let tokens = [
+            rec("a", Role::Admin, None, false),
+            rec("t", Role::Admin, Some(LATER), false),
+        ];
+        let why = revoke_refusal(&tokens, "a", now()).expect("refused");
+        assert!(why.contains("without an expiry"), "{why}");
+        // The expiring one may go: the lasting one stays.
+        assert_eq!(revoke_refusal(&tokens, "t", now()), None);
+    }
+
+    #[test]
+    fn without_any_lasting_token_the_last_valid_one_still_stays() {
+        // A data dir from before the rule: only expiring admin tokens.
+        let tokens = [
+            rec("t1", Role::Admin, Some(LATER), false),
+            rec("t2", Role::Admin, Some(LATER), false),
+        ];
+        assert_eq!(revoke_refusal(&tokens, "t1", now()), None);
+        let one = [rec("t1", Role::Admin, Some(LATER), false)];
+        assert!(revoke_refusal(&one, "t1", now()).is_some());
+    }
+
+    #[test]
+    fn validity_follows_revocation_and_expiry() {
+        assert!(is_valid_at(&rec("a", Role::Admin, None, false), now()));
+        assert!(!is_valid_at(&rec("a", Role::Admin, None, true), now()));
+        assert!(!is_valid_at(
+            &rec("a", Role::Admin, Some(EARLIER), false),
+            now()
+        ));
+        assert!(is_valid_at(
+            &rec("a", Role::Admin, Some(LATER), false),
+            now()
+        ));
+        assert!(!is_valid_at(
+            &rec("a", Role::Admin, Some("garbage"), false),
+            now()
+        ));
     }
 }

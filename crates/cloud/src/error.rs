@@ -24,6 +24,8 @@ pub enum Error {
     Config(String),
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("data dir: {0}")]
+    DataDir(#[from] verge_datadir::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -141,7 +143,9 @@ impl From<verge_store::Error> for ApiError {
 impl From<verge_api::Error> for ApiError {
     fn from(e: verge_api::Error) -> Self {
         match e {
-            verge_api::Error::Malformed { .. } => Self::bad_request(e.to_string()),
+            verge_api::Error::Malformed { .. } | verge_api::Error::Limit { .. } => {
+                Self::bad_request(e.to_string())
+            }
             verge_api::Error::Invalid(v) => Self::invalid(v.field.clone(), v.to_string()),
             verge_api::Error::Selector(m) => {
                 Self::bad_request(format!("invalid label selector: {m}")).field("labelSelector")

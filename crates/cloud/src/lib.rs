@@ -21,6 +21,7 @@ pub mod mosquitto;
 pub mod nodes;
 pub mod openapi;
 mod pki;
+pub mod recover;
 mod secure_fs;
 
 use std::future::Future;
@@ -136,6 +137,8 @@ pub mod files {
     pub const ADMIN_TOKEN: &str = "admin.token";
     pub const ADMIN_CONFIG: &str = "admin.config";
     pub const STORE_DB: &str = "store.db";
+    /// Held by the running cloud (and `recover-admin`): see `verge_datadir`.
+    pub const LOCK: &str = verge_datadir::LOCK_FILE;
     /// The address actually bound (useful with port 0).
     pub const API_ADDR: &str = "api.addr";
     /// The MQTT gateway URL actually bound.
@@ -165,7 +168,8 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     cfg.limits
         .check()
         .map_err(|e| Error::Config(format!("connection limits: {e}")))?;
-    ensure_private_dir(&cfg.data_dir)?;
+    // This process's alone (the lock) and private (0700, files 0600) at every start.
+    let _data_dir_lock = secure_fs::take_data_dir(&cfg.data_dir, "verge cloud")?;
     let ca = ClusterCa::load_or_create(&cfg.data_dir)?;
 
     let sqlite =
@@ -185,8 +189,9 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     if !token_path.exists() {
         if !auth.is_empty() {
             tracing::warn!(
-                "{} is missing but tokens exist; not creating a new admin token (create one with an existing admin token)",
-                token_path.display()
+                "{} is missing but tokens exist; not creating a new admin token (create one with an existing admin token, or stop the cloud and run `verge cloud recover-admin --data-dir {}`)",
+                token_path.display(),
+                cfg.data_dir.display()
             );
         } else {
             let (_, token) = auth

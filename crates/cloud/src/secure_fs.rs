@@ -1,5 +1,7 @@
-//! File helpers that get permissions right: secrets are written 0600 (created with that
-//! mode, never widened), atomically via a temp file and rename.
+//! File helpers that get permissions right: every file of the data dir is written
+//! 0600 (created with that mode, never widened), atomically via a temp file and rename;
+//! the data dir is taken at start by [`take_data_dir`] (the lock, then every mode in
+//! it forced: `verge_datadir`, decision 014).
 
 use std::fs;
 use std::io::Write;
@@ -33,9 +35,10 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     write_mode(path, data, 0o600)
 }
 
-/// Writes a public file (a certificate): mode 0644.
+/// Writes a file that is not secret (a certificate, an address). Still 0600: every
+/// file in the data dir is (decision 014); whoever needs it reads it as the cloud's user.
 pub fn write_public(path: &Path, data: &[u8]) -> Result<()> {
-    write_mode(path, data, 0o644)
+    write_mode(path, data, 0o600)
 }
 
 pub fn read_to_string(path: &Path) -> Result<String> {
@@ -49,4 +52,38 @@ pub fn ensure_private_dir(path: &Path) -> Result<()> {
         fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(io_err(path))?;
     }
     Ok(())
+}
+
+/// Takes the data dir for this process at start: creates it (0700) if missing, takes
+/// its lock (refused while another process — a running cloud, `recover-admin` — holds
+/// it), then forces the modes of everything in it (directories 0700, files without
+/// group/other bits; bounded, no symlink followed). Hold the lock until the end.
+pub fn take_data_dir(dir: &Path, what: &str) -> Result<verge_datadir::DataDirLock> {
+    ensure_private_dir(dir)?;
+    let lock = verge_datadir::DataDirLock::acquire(dir, what)?;
+    let report = verge_datadir::secure_tree(dir)?;
+    if report.changed > 0 {
+        tracing::info!(
+            dir = %dir.display(),
+            changed = report.changed,
+            "tightened modes in the data dir (directories 0700, files 0600)"
+        );
+    }
+    if report.failed > 0 {
+        tracing::warn!(
+            dir = %dir.display(),
+            failed = report.failed,
+            first = report.first_failure.as_deref().unwrap_or(""),
+            "could not tighten the modes of some entries of the data dir"
+        );
+    }
+    if report.truncated {
+        tracing::warn!(
+            dir = %dir.display(),
+            max_entries = verge_datadir::MAX_ENTRIES,
+            max_depth = verge_datadir::MAX_DEPTH,
+            "data dir walk stopped at its bound; entries past it keep their modes"
+        );
+    }
+    Ok(lock)
 }

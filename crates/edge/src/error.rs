@@ -49,6 +49,9 @@ pub enum Error {
         path.display()
     )]
     InUse { path: PathBuf },
+    /// The data dir could not be taken (its modes forced at start).
+    #[error("data dir: {0}")]
+    DataDir(#[from] verge_datadir::Error),
     /// A stored record could not be decoded.
     #[error("local database: corrupt record {what}: {message}")]
     Corrupt { what: String, message: String },

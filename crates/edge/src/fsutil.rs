@@ -1,6 +1,7 @@
-//! Owns how the node touches its data dir: the dir is 0700, secrets are created 0600
+//! Owns how the node touches its data dir: the dir is 0700, files are created 0600
 //! (the mode is set by `open(2)` itself, never by a later `chmod`), files are replaced
-//! atomically (write a temp file, fsync, rename, fsync the dir).
+//! atomically (write a temp file, fsync, rename, fsync the dir); at every start
+//! [`secure_data_dir`] forces the modes of everything already there (`verge_datadir`).
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write;
@@ -13,8 +14,9 @@ use crate::error::{Result, io_err};
 pub const DIR_MODE: u32 = 0o700;
 /// Mode of secrets (the node key, the identity, the databases).
 pub const PRIVATE_MODE: u32 = 0o600;
-/// Mode of public material (certificates).
-pub const PUBLIC_MODE: u32 = 0o644;
+/// Mode of public material (certificates): 0600 too, like every file in the data dir
+/// (decision 014); the node reads them as its own user.
+pub const PUBLIC_MODE: u32 = 0o600;
 
 /// Creates `dir` (and its parents) with mode 0700; tightens an existing one to 0700.
 pub fn ensure_private_dir(dir: &Path) -> Result<()> {
@@ -92,4 +94,34 @@ pub fn read_required(path: &Path) -> Result<String> {
         }),
         Err(e) => Err(io_err(path)(e)),
     }
+}
+
+/// Forces the modes of the data dir at start: the dir and every directory in it 0700,
+/// every file without group/other bits (an unpacked executable keeps its owner's
+/// execute bit); bounded, never following a symlink. Logs what it changed.
+pub fn secure_data_dir(dir: &Path) -> Result<()> {
+    let report = verge_datadir::secure_tree(dir)?;
+    if report.changed > 0 {
+        tracing::info!(
+            dir = %dir.display(),
+            changed = report.changed,
+            "tightened modes in the data dir (directories 0700, files 0600)"
+        );
+    }
+    if report.failed > 0 {
+        tracing::warn!(
+            dir = %dir.display(),
+            failed = report.failed,
+            first = report.first_failure.as_deref().unwrap_or(""),
+            "could not tighten the modes of some entries of the data dir"
+        );
+    }
+    if report.truncated {
+        tracing::warn!(
+            dir = %dir.display(),
+            max_entries = verge_datadir::MAX_ENTRIES,
+            "data dir walk stopped at its bound; entries past it keep their modes"
+        );
+    }
+    Ok(())
 }

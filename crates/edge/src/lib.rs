@@ -16,7 +16,8 @@
 //!
 //! Data dir layout (mode 0700): `node.key`, `node.crt`, `ca.crt`, `identity.json`
 //! (see [`identity`]), `store.redb` ([`store`]), `queue.redb` ([`queue`]), `edge.sock`
-//! ([`local_api`]).
+//! ([`local_api`]). Every file is 0600 and every directory 0700, forced again at each
+//! start by [`secure_data_dir`].
 
 pub mod artifact;
 pub mod engine;
@@ -32,6 +33,7 @@ pub mod sysinfo;
 pub mod workloads;
 
 pub use error::{Error, Result};
+pub use fsutil::secure_data_dir;
 
 /// Wall-clock Unix time in milliseconds (0 before 1970, saturating far in the future).
 pub(crate) fn now_ms() -> i64 {

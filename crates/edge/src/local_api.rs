@@ -392,6 +392,19 @@ async fn read_body(req: Request<Incoming>, max: usize, what: &str) -> Result<Byt
     }
 }
 
+/// A JSON body as a value, bounded like the cloud's bodies (nesting at most
+/// [`verge_api::limits::MAX_DEPTH`] levels), so what is queued for the cloud always
+/// decodes there.
+fn bounded_json(body: &[u8], max: usize) -> std::result::Result<serde_json::Value, String> {
+    let text = std::str::from_utf8(body).map_err(|e| format!("not UTF-8: {e}"))?;
+    verge_api::parse_value(
+        text,
+        verge_api::Format::Json,
+        verge_api::body_bounds(max, text.len()),
+    )
+    .map_err(|e| e.to_string())
+}
+
 /// `POST /v1/results`: checks the report, gives it the next sequence number and
 /// queues it for the cloud.
 async fn post_result(state: Arc<EdgeState>, req: Request<Incoming>) -> Resp {
@@ -399,7 +412,9 @@ async fn post_result(state: Arc<EdgeState>, req: Request<Incoming>) -> Resp {
         Ok(b) => b,
         Err(resp) => return resp,
     };
-    let report: ResultReport = match serde_json::from_slice(&body) {
+    let report: ResultReport = match bounded_json(&body, MAX_RESULT_BODY)
+        .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()))
+    {
         Ok(r) => r,
         Err(e) => return bad_request(format!("result: {e}")),
     };
@@ -474,7 +489,7 @@ async fn invoke_function(state: Arc<EdgeState>, name: &str, req: Request<Incomin
         if body.is_empty() {
             verge_runtime::Input::Json(serde_json::Value::Null)
         } else {
-            match serde_json::from_slice(&body) {
+            match bounded_json(&body, MAX_INVOKE_BODY) {
                 Ok(v) => verge_runtime::Input::Json(v),
                 Err(e) => return bad_request(format!("body: not valid JSON ({e})")),
             }

@@ -4,9 +4,12 @@
 //! `content-type\tetag\tvary-accept\n`, then the body. Written to a temporary file and
 //! renamed, so a crash never leaves a torn entry. The index (sizes, last use) lives in
 //! memory and is rebuilt from the directory at start (oldest modification first).
+//! The directory is 0700 and every entry 0600 (entries are derived from users' images
+//! and URLs; an existing directory and its entries are tightened at open).
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -46,7 +49,12 @@ pub struct DiskCache {
 impl DiskCache {
     /// Opens (creating) `dir`, indexing what it holds, trimmed to `max_bytes`.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
         let mut found = Vec::new();
         for e in std::fs::read_dir(dir).map_err(io(dir))? {
             let e = e.map_err(io(dir))?;
@@ -58,7 +66,14 @@ impl DiskCache {
             if name.len() != 64 || !name.bytes().all(|c| c.is_ascii_hexdigit()) {
                 continue;
             }
+            // Not following links: only regular files are entries.
             let Ok(md) = e.metadata() else { continue };
+            if !md.is_file() {
+                continue;
+            }
+            if md.permissions().mode() & 0o077 != 0 {
+                let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o600));
+            }
             found.push((md.modified().ok(), name, md.len()));
         }
         found.sort();
@@ -131,6 +146,7 @@ impl DiskCache {
         }
         let mut tmp = tempfile::Builder::new()
             .prefix(".tmp")
+            .permissions(std::fs::Permissions::from_mode(0o600))
             .tempfile_in(&self.dir)
             .map_err(io(&self.dir))?;
         tmp.write_all(header.as_bytes())
@@ -243,6 +259,26 @@ mod tests {
         let c = DiskCache::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(c.len(), 1);
         assert_eq!(c.get("a").unwrap(), entry(100));
+    }
+
+    #[test]
+    fn the_directory_is_0700_and_entries_0600() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("img-cache");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let c = DiskCache::open(&dir, 1 << 20).unwrap();
+        c.put("a", &entry(10)).unwrap();
+        let file = dir.join(hash("a"));
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&file), 0o600);
+        drop(c);
+        // Loose modes from an older version are tightened at open.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = DiskCache::open(&dir, 1 << 20).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&file), 0o600);
     }
 
     #[test]

@@ -1,5 +1,11 @@
 //! Request bodies: content type (415), size cap (413, checked from Content-Length first
-//! and enforced while reading), UTF-8 (400), then decoding into validated objects.
+//! and enforced while reading), UTF-8 (400), then decoding into validated objects or
+//! values. Decoding is bounded too ([`verge_api::body_bounds`]): a document whose YAML
+//! aliases expand beyond twice the body (at least 64 KiB, never past the body cap), or
+//! nested deeper than [`verge_api::limits::MAX_DEPTH`], is refused with 400 while it is
+//! being built. YAML bodies are capped at [`YAML_MAX_BODY_BYTES`] and large ones decoded
+//! off the async workers, one at a time ([`decode`]). Never decode a body here with `serde_norway::from_str` /
+//! `serde_json::from_str` into an untyped value: those have no such bound.
 
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
@@ -92,16 +98,62 @@ pub async fn read_text(
     max: usize,
 ) -> Result<(Format, String), ApiError> {
     let format = content_format(headers)?;
-    let bytes = read_limited(headers, body, max).await?;
+    let bytes = if format == Format::Yaml && max > YAML_MAX_BODY_BYTES {
+        read_limited(headers, body, YAML_MAX_BODY_BYTES)
+            .await
+            .map_err(|mut e| {
+                if e.reason == Reason::PayloadTooLarge {
+                    e.message = format!(
+                        "yaml request body exceeds the limit of {YAML_MAX_BODY_BYTES} bytes; \
+                         send larger bodies as application/json (limit {max} bytes)"
+                    );
+                }
+                e
+            })?
+    } else {
+        read_limited(headers, body, max).await?
+    };
     let text = String::from_utf8(bytes)
         .map_err(|e| ApiError::bad_request(format!("request body is not UTF-8: {e}")))?;
     Ok((format, text))
 }
 
+/// YAML bodies larger than this are decoded off the async workers, one at a time.
+const YAML_INLINE_BYTES: usize = 16 * 1024;
+/// The cap on YAML bodies (JSON bodies get the whole body cap).
+pub const YAML_MAX_BODY_BYTES: usize = 512 * 1024;
+static YAML_DECODER: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// Decodes a body. serde_norway holds all events of a YAML document in memory (up to
+/// ~180 bytes per byte of text) and spends CPU on each before any of our bounds can
+/// apply, so YAML bodies are capped at [`YAML_MAX_BODY_BYTES`] and those over
+/// [`YAML_INLINE_BYTES`] are decoded on a blocking thread, one at a time: at most one
+/// large YAML load is in memory, and the async workers keep serving (decision 014).
+/// JSON is decoded in place (serde_json builds values directly, ~16x the text at most).
+async fn decode<T: Send + 'static>(
+    format: Format,
+    text: String,
+    f: impl FnOnce(&str) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    if format == Format::Json || text.len() <= YAML_INLINE_BYTES {
+        return Ok(f(&text));
+    }
+    let _permit = YAML_DECODER
+        .acquire()
+        .await
+        .map_err(|_| ApiError::internal("yaml decoder closed"))?;
+    tokio::task::spawn_blocking(move || f(&text))
+        .await
+        .map_err(ApiError::internal)
+}
+
 /// Reads exactly one validated object.
 pub async fn read_object(headers: &HeaderMap, body: Body, max: usize) -> Result<Object, ApiError> {
     let (format, text) = read_text(headers, body, max).await?;
-    let mut docs = verge_api::parse_documents(&text, format)?;
+    let mut docs = decode(format, text, move |text| {
+        verge_api::parse_documents_with(text, format, verge_api::body_bounds(max, text.len()))
+    })
+    .await??;
     match docs.len() {
         1 => Ok(docs.remove(0)),
         0 => Err(ApiError::bad_request("request body holds no object")),
@@ -111,17 +163,16 @@ pub async fn read_object(headers: &HeaderMap, body: Body, max: usize) -> Result<
     }
 }
 
-/// Reads one document as untyped JSON (for the status subresource).
+/// Reads one document as untyped JSON (the status subresource, tasks, token requests),
+/// bounded like [`read_object`].
 pub async fn read_value(
     headers: &HeaderMap,
     body: Body,
     max: usize,
 ) -> Result<serde_json::Value, ApiError> {
     let (format, text) = read_text(headers, body, max).await?;
-    match format {
-        Format::Json => serde_json::from_str(&text)
-            .map_err(|e| ApiError::bad_request(format!("malformed json: {e}"))),
-        Format::Yaml => serde_norway::from_str(&text)
-            .map_err(|e| ApiError::bad_request(format!("malformed yaml: {e}"))),
-    }
+    Ok(decode(format, text, move |text| {
+        verge_api::parse_value(text, format, verge_api::body_bounds(max, text.len()))
+    })
+    .await??)
 }

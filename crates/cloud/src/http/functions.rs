@@ -74,7 +74,16 @@ pub async fn invoke(
         if bytes.is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&bytes).map_err(|e| {
+        let text = std::str::from_utf8(&bytes).map_err(|e| {
+            ApiError::bad_request(format!("body: not valid JSON (not UTF-8: {e})")).field("body")
+        })?;
+        // Bounded like every body: nesting at most `limits::MAX_DEPTH` levels.
+        verge_api::parse_value(
+            text,
+            verge_api::Format::Json,
+            verge_api::body_bounds(st.max_body_bytes, text.len()),
+        )
+        .map_err(|e| {
             ApiError::bad_request(format!(
                 "body: not valid JSON ({e}); send JSON, or bytes with their own Content-Type"
             ))

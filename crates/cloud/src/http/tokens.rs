@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
 use serde::Serialize;
 use utoipa::ToSchema;
-use verge_api::{Format, Reason};
+use verge_api::Reason;
 
 use super::body;
 use super::state::SharedState;
@@ -42,19 +42,10 @@ pub async fn create(
     body: Body,
 ) -> Result<(StatusCode, Json<TokenInfo>), ApiError> {
     require_admin(&principal)?;
-    let (format, text) = body::read_text(&headers, body, 64 * 1024).await?;
-    let req: TokenCreateRequest = match format {
-        Format::Json => serde_json::from_str(&text).map_err(|e| {
-            if e.is_data() {
-                ApiError::invalid("", e.to_string())
-            } else {
-                ApiError::bad_request(format!("malformed json: {e}"))
-            }
-        })?,
-        Format::Yaml => {
-            serde_norway::from_str(&text).map_err(|e| ApiError::invalid("", e.to_string()))?
-        }
-    };
+    // Bounded like every body (YAML aliases counted), then typed.
+    let value = body::read_value(&headers, body, 64 * 1024).await?;
+    let req: TokenCreateRequest =
+        serde_json::from_value(value).map_err(|e| ApiError::invalid("", e.to_string()))?;
     let (rec, token) = st
         .auth
         .create(NewToken {

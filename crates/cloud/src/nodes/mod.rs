@@ -19,6 +19,7 @@
 //! reports only for App replicas placed on the node. A node's status is written to the
 //! store at most once per [`STATUS_WRITE_INTERVAL`] (the latest report wins).
 
+pub mod certs;
 pub mod logs;
 pub mod results;
 pub mod sync;
@@ -199,9 +200,10 @@ impl NodeManager {
 
     /// Signs a node's CSR for its next key (the session's certificate authenticated
     /// the node), records the new serial (keeping the previous one, revoked with the
-    /// node) and sends the certificate back. Refused, with a warning, for unknown nodes,
-    /// a CSR naming another node, or more than one renewal per
-    /// [`RENEW_MIN_INTERVAL`].
+    /// node) and sends the certificate back. Expired certificate records of the node
+    /// are pruned first ([`certs`]). Refused, with a warning, for unknown nodes, a CSR
+    /// naming another node, more than one renewal per [`RENEW_MIN_INTERVAL`], or a node
+    /// already holding [`certs::MAX_LIVE_CERTS_PER_NODE`] unexpired certificates.
     async fn renew(&self, node: &str, req: &verge_proto::CertRequest) -> Handled {
         use crate::http::join::{
             CERT_EXPIRES_ANNOTATION, CERT_SERIAL_ANNOTATION, PREVIOUS_CERT_SERIAL_ANNOTATION,
@@ -220,6 +222,32 @@ impl NodeManager {
                 return Handled::Done;
             }
             last.insert(node.to_string(), Instant::now());
+        }
+        // Expired records go first; past the bound of unexpired ones, no new one.
+        match certs::prune(
+            &self.store,
+            node,
+            OffsetDateTime::now_utc(),
+            certs::grace(issuer.validity),
+        )
+        .await
+        {
+            Ok(live) if live >= certs::MAX_LIVE_CERTS_PER_NODE => {
+                tracing::warn!(
+                    %node,
+                    live,
+                    "certificate renewal refused: the node already holds the most unexpired certificates allowed; it may renew once one expires"
+                );
+                return Handled::Done;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(%node, error = %e.message, "could not prune the node's certificate records");
+                if let Ok(mut last) = self.renewed.lock() {
+                    last.remove(node);
+                }
+                return Handled::Retry;
+            }
         }
         let cert = match issuer.ca.sign_node_csr(&req.csr_pem, node, issuer.validity) {
             Ok(c) => c,

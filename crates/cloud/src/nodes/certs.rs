@@ -1,0 +1,158 @@
+//! Keeping the records of issued node certificates (`/system/node-certs/{node}/{serial}`,
+//! written by `http::join::record_node_cert` at join and at each renewal) only while
+//! they matter, and bounded per node.
+//!
+//! A record exists so that deleting the node revokes the serial (decision 006). Once
+//! the certificate has expired (plus a grace for the clocks of whoever checks it, e.g.
+//! an external broker) no TLS peer accepts it any more, so its record is pruned. Pruning
+//! happens for one node at a time, when that node renews (the only moment its records
+//! grow): work proportional to change, no fleet-wide timer. A node that stops renewing
+//! keeps at most [`MAX_LIVE_CERTS_PER_NODE`] records until it is deleted.
+//!
+//! The bound: a renewal is refused (and retried later by the node) while the node holds
+//! [`MAX_LIVE_CERTS_PER_NODE`] unexpired certificates. A healthy node holds two (the
+//! current and the previous one); reaching the bound takes that many issued
+//! certificates whose answers were lost within one certificate lifetime. Refusing is
+//! the safe side: revoking the oldest could revoke the very certificate the node still
+//! uses, and forgetting an unexpired record would leave it unrevocable.
+//!
+//! [`plan`] and [`grace`] are the pure rules; [`prune`] applies them to the store.
+
+use serde::Deserialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use verge_store::{DynStore, Expect};
+
+use crate::error::ApiError;
+use crate::http::join::NODE_CERTS_PREFIX;
+
+/// Unexpired certificates a node may hold; renewals past it are refused.
+pub const MAX_LIVE_CERTS_PER_NODE: usize = 16;
+/// The longest grace after expiry before a record is pruned.
+pub const MAX_GRACE: time::Duration = time::Duration::minutes(5);
+
+/// A record as stored (`{node, serial, notAfter}`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertRecord {
+    pub serial: String,
+    /// RFC 3339.
+    #[serde(default)]
+    pub not_after: String,
+}
+
+/// What to do with one node's records.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// Serials whose certificates expired more than the grace ago: delete their records.
+    pub expired: Vec<String>,
+    /// Records kept (unexpired, or with an expiry that does not parse: kept to be safe).
+    pub live: usize,
+}
+
+/// How long after expiry a record is kept: a tenth of the certificate lifetime, at
+/// most [`MAX_GRACE`].
+pub fn grace(validity: time::Duration) -> time::Duration {
+    let tenth: time::Duration = validity / 10;
+    tenth.clamp(time::Duration::ZERO, MAX_GRACE)
+}
+
+/// Splits `records` into the ones to prune and a count of the ones to keep.
+pub fn plan(records: &[CertRecord], now: OffsetDateTime, grace: time::Duration) -> Plan {
+    let mut out = Plan::default();
+    for r in records {
+        match OffsetDateTime::parse(&r.not_after, &Rfc3339) {
+            Ok(t) if t + grace < now => out.expired.push(r.serial.clone()),
+            _ => out.live += 1,
+        }
+    }
+    out
+}
+
+/// Prunes `node`'s expired records; returns how many records remain.
+pub async fn prune(
+    store: &DynStore,
+    node: &str,
+    now: OffsetDateTime,
+    grace: time::Duration,
+) -> Result<usize, ApiError> {
+    let prefix = format!("{NODE_CERTS_PREFIX}{node}/");
+    let records: Vec<CertRecord> = store
+        .list(&prefix, None)
+        .await?
+        .items
+        .iter()
+        .map(|kv| {
+            serde_json::from_slice::<CertRecord>(&kv.value).unwrap_or_else(|_| CertRecord {
+                // An unreadable record: kept (its serial is in the key).
+                serial: kv.key.strip_prefix(&prefix).unwrap_or_default().to_string(),
+                not_after: String::new(),
+            })
+        })
+        .collect();
+    let plan = plan(&records, now, grace);
+    for serial in &plan.expired {
+        match store
+            .delete(&format!("{prefix}{serial}"), Expect::Any)
+            .await
+        {
+            Ok(_) | Err(verge_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !plan.expired.is_empty() {
+        tracing::debug!(%node, pruned = plan.expired.len(), live = plan.live, "pruned expired node certificate records");
+    }
+    Ok(plan.live)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(serial: &str, not_after: &str) -> CertRecord {
+        CertRecord {
+            serial: serial.into(),
+            not_after: not_after.into(),
+        }
+    }
+
+    fn at(s: &str) -> OffsetDateTime {
+        OffsetDateTime::parse(s, &Rfc3339).unwrap()
+    }
+
+    #[test]
+    fn expired_records_are_pruned_after_the_grace() {
+        let records = [
+            rec("old", "2026-01-01T00:00:00Z"),
+            rec("just", "2026-01-10T11:58:00Z"),
+            rec("current", "2026-02-01T00:00:00Z"),
+            rec("garbled", "not a time"),
+        ];
+        let now = at("2026-01-10T12:00:00Z");
+        let p = plan(&records, now, time::Duration::minutes(5));
+        assert_eq!(p.expired, vec!["old".to_string()]);
+        assert_eq!(p.live, 3, "within the grace and unparsable ones are kept");
+        let p = plan(&records, now, time::Duration::ZERO);
+        assert_eq!(p.expired, vec!["old".to_string(), "just".to_string()]);
+        assert_eq!(p.live, 2);
+    }
+
+    #[test]
+    fn nothing_to_prune_in_an_empty_or_fresh_set() {
+        let now = at("2026-01-10T12:00:00Z");
+        assert_eq!(plan(&[], now, MAX_GRACE), Plan::default());
+        let p = plan(&[rec("a", "2026-02-09T12:00:00Z")], now, MAX_GRACE);
+        assert_eq!((p.expired.len(), p.live), (0, 1));
+    }
+
+    #[test]
+    fn the_grace_is_a_tenth_of_the_lifetime_at_most_five_minutes() {
+        assert_eq!(
+            grace(time::Duration::seconds(30)),
+            time::Duration::seconds(3)
+        );
+        assert_eq!(grace(time::Duration::days(30)), MAX_GRACE);
+        assert_eq!(grace(time::Duration::ZERO), time::Duration::ZERO);
+    }
+}
