@@ -296,8 +296,9 @@ async fn join(a: JoinArgs) -> Result<()> {
 
 async fn run(a: RunArgs) -> Result<()> {
     let identity = Identity::load(&a.data_dir)?;
-    verge_edge::secure_data_dir(&a.data_dir)?;
     let dir = a.data_dir.clone();
+    // The store's lock first: a second agent on this data dir stops here, touching
+    // nothing.
     let (store, queue) = tokio::task::spawn_blocking(move || -> verge_edge::Result<_> {
         let store = LocalStore::open(&verge_edge::paths::store(&dir))?;
         let queue = Queue::open(&verge_edge::paths::queue(&dir), QueueConfig::default())?;
@@ -305,6 +306,7 @@ async fn run(a: RunArgs) -> Result<()> {
     })
     .await
     .context("opening the local store")??;
+    verge_edge::secure_data_dir(&a.data_dir)?;
     let state = Arc::new(EdgeState::new(identity.name.clone(), store, queue));
     let socket = verge_edge::paths::socket(&a.data_dir);
     let api = LocalApi::bind(&socket, state.clone())?;
