@@ -24,6 +24,9 @@ pub enum Error {
     Config(String),
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// Sealing or opening a Secret's value (never carries the value).
+    #[error("secret: {0}")]
+    Secret(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -18,6 +18,7 @@ pub mod mosquitto;
 pub mod nodes;
 pub mod openapi;
 mod pki;
+pub mod secrets;
 mod secure_fs;
 
 use std::future::Future;
@@ -136,6 +137,7 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     }
     ensure_private_dir(&cfg.data_dir)?;
     let ca = ClusterCa::load_or_create(&cfg.data_dir)?;
+    let secret_box = Arc::new(secrets::SecretBox::load_or_create(&cfg.data_dir)?);
 
     let sqlite =
         Arc::new(SqliteStore::open(SqliteOptions::new(cfg.data_dir.join(files::STORE_DB))).await?);
@@ -232,6 +234,7 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
 
     // Edge nodes: lifecycle + sync, and the MQTT gateway they connect to.
     let node_manager = nodes::NodeManager::new(store.clone(), cfg.lifecycle.clone());
+    node_manager.sync.set_secret_box(secret_box.clone());
     let mut background = Vec::new();
     let ca = Arc::new(ca);
     node_manager.set_issuer(
@@ -327,6 +330,7 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         store.clone(),
         cfg.data_dir.join("functions"),
         cfg.builtins.clone(),
+        secret_box.clone(),
     );
     let tasks = functions::tasks::Tasks::new(
         store.clone(),
@@ -371,6 +375,7 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
             host: function_host,
             tasks,
         })),
+        secrets: secret_box,
     });
     let app = http::router(state, &cfg.mounts);
     let compactor = tokio::spawn(compact_loop(

@@ -25,6 +25,10 @@ pub struct Cloud {
     mqtt_port: u16,
     /// `mqtts://127.0.0.1:PORT` of the MQTT gateway.
     pub mqtt_url: String,
+    /// `RUST_LOG` of the process, and the file its stdout and stderr are appended to
+    /// (`None`: inherited), for tests that read what the cloud logs.
+    rust_log: String,
+    log: Option<PathBuf>,
 }
 
 fn install_provider() {
@@ -34,8 +38,29 @@ fn install_provider() {
 impl Cloud {
     /// Starts `bin cloud` on a fresh temp dir.
     pub async fn start(bin: &Path, extra_args: &[&str]) -> Result<Self> {
+        Self::start_with_log(bin, extra_args, None).await
+    }
+
+    /// Like [`Cloud::start`], with `RUST_LOG=rust_log` and the process' output
+    /// appended to a file ([`Cloud::log_text`] reads it), across restarts too.
+    pub async fn start_logged(bin: &Path, extra_args: &[&str], rust_log: &str) -> Result<Self> {
+        Self::start_with_log(bin, extra_args, Some(rust_log)).await
+    }
+
+    /// Everything the cloud process wrote so far (started with [`Cloud::start_logged`]).
+    pub fn log_text(&self) -> Result<String> {
+        let path = self.log.as_ref().context("not started with start_logged")?;
+        Ok(String::from_utf8_lossy(&std::fs::read(path)?).into_owned())
+    }
+
+    async fn start_with_log(
+        bin: &Path,
+        extra_args: &[&str],
+        rust_log: Option<&str>,
+    ) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("data");
+        let log = rust_log.map(|_| tmp.path().join("cloud.log"));
         let mut c = Cloud {
             bin: bin.to_path_buf(),
             dir,
@@ -48,6 +73,8 @@ impl Cloud {
             port: 0,
             mqtt_port: 0,
             mqtt_url: String::new(),
+            rust_log: rust_log.unwrap_or("warn").to_string(),
+            log,
         };
         c.spawn().await?;
         Ok(c)
@@ -72,9 +99,16 @@ impl Cloud {
             cmd.arg("--mqtt-listen")
                 .arg(format!("127.0.0.1:{}", self.mqtt_port));
         }
+        if let Some(path) = &self.log {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            cmd.stdout(f.try_clone()?).stderr(f);
+        }
         let child = cmd
             .args(&self.extra_args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", &self.rust_log)
             .stdin(Stdio::null())
             .spawn()
             .context("spawning verge cloud")?;
@@ -724,10 +758,43 @@ pub struct Registry {
 impl Registry {
     /// Starts the registry and waits until `/v2/` answers (20 s at most).
     pub async fn start() -> Result<Registry> {
+        Self::start_with(None).await
+    }
+
+    /// A registry that requires this login (HTTP Basic against an htpasswd file; the
+    /// bcrypt hash is made with perl's `crypt`, which Debian's libcrypt supports).
+    pub async fn start_with_login(user: &str, password: &str) -> Result<Registry> {
+        Self::start_with(Some((user, password))).await
+    }
+
+    async fn start_with(login: Option<(&str, &str)>) -> Result<Registry> {
         let bin = find_program("docker-registry", &["/usr/bin"])
             .ok_or_else(|| missing("docker-registry", "docker-registry"))?;
         let dir = tempfile::Builder::new().prefix("vreg").tempdir()?;
         let log_path = dir.path().join("registry.log");
+        let mut auth = String::new();
+        if let Some((user, password)) = login {
+            let out = Command::new("perl")
+                .args([
+                    "-e",
+                    "print crypt($ARGV[0], '$2b$05$' . $ARGV[1])",
+                    password,
+                    "vergeregistrytestsaltu",
+                ])
+                .output()
+                .context("running perl for an htpasswd hash")?;
+            let hash = String::from_utf8_lossy(&out.stdout).to_string();
+            anyhow::ensure!(
+                hash.starts_with("$2b$"),
+                "no bcrypt from perl crypt: {hash}"
+            );
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{user}:{hash}\n"))?;
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: verge-test\n    path: {}\n",
+                htpasswd.display()
+            );
+        }
         // A port taken between our probe and the registry's bind: try another.
         let mut last_err = anyhow::anyhow!("docker-registry did not start");
         for _ in 0..3 {
@@ -737,7 +804,7 @@ impl Registry {
                 &config,
                 format!(
                     "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    \
-                     rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                     rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
                     dir.path().join("data").display()
                 ),
             )?;
@@ -795,7 +862,8 @@ impl Drop for Registry {
     }
 }
 
-/// `GET /v2/` on a loopback port answers 200 (the registry's API check).
+/// `GET /v2/` on a loopback port answers 200, or 401 when it wants a login (the
+/// registry's API check).
 async fn registry_answers(port: u16) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let attempt = async {
@@ -808,7 +876,8 @@ async fn registry_answers(port: u16) -> bool {
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
         let head = String::from_utf8_lossy(&buf);
-        Some(head.lines().next()?.contains(" 200 "))
+        let status = head.lines().next()?;
+        Some(status.contains(" 200 ") || status.contains(" 401 "))
     };
     matches!(
         tokio::time::timeout(Duration::from_secs(2), attempt).await,

@@ -4,7 +4,8 @@
 //!   deploy so a syntax error or a missing handler fails the deploy with the
 //!   interpreter's own message in the Function's status;
 //! - [`FunctionController`]: keeps the host in step with the `Function` objects and
-//!   writes their status;
+//!   writes their status (a `secretEnv` reference to a missing Secret or key fails
+//!   it, naming both; a change of a referenced Secret checks it again);
 //! - [`tasks`]: the Task controller (placement, dispatch to nodes, results,
 //!   callbacks); [`triggers`]: cron triggers the cloud fires.
 
@@ -13,7 +14,7 @@ pub mod task_state;
 pub mod tasks;
 pub mod triggers;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,6 +40,8 @@ pub struct Functions {
 pub struct FunctionHost {
     runtime: Runtime,
     store: DynStore,
+    /// Opens the values of the Secrets cloud-placed functions reference.
+    secrets: Arc<crate::secrets::SecretBox>,
 }
 
 /// Version string of a Function object: changes with its uid or generation.
@@ -54,12 +57,67 @@ pub fn version_of(o: &Object) -> String {
 }
 
 impl FunctionHost {
-    pub fn new(store: DynStore, work_dir: PathBuf, builtins: Arc<Registry>) -> Arc<Self> {
+    pub fn new(
+        store: DynStore,
+        work_dir: PathBuf,
+        builtins: Arc<Registry>,
+        secrets: Arc<crate::secrets::SecretBox>,
+    ) -> Arc<Self> {
         let config = verge_runtime::RuntimeConfig::new(work_dir, builtins);
         Arc::new(Self {
             runtime: Runtime::new(config),
             store,
+            secrets,
         })
+    }
+
+    /// The `secretEnv` of `spec` resolved from the store: names → values for a
+    /// cloud-placed function; for an edge-placed one only checked (its values go to
+    /// its nodes, never into a worker here), so the map is empty.
+    async fn secret_env(&self, spec: &FunctionSpec) -> Result<BTreeMap<String, String>, RtError> {
+        let uses = spec.secret_uses();
+        let mut data: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for u in &uses {
+            if data.contains_key(&u.secret.name) {
+                continue;
+            }
+            let key = object_key(Kind::Secret, &u.secret.name);
+            let Some(kv) = self.store.get(&key).await.ok().flatten() else {
+                continue;
+            };
+            let Ok(stored) = serde_json::from_slice::<Object>(&kv.value) else {
+                continue;
+            };
+            let values = if spec.in_cloud() {
+                let (values, errors) = self.secrets.open_data(&u.secret.name, &stored.spec);
+                if let Some(e) = errors.first() {
+                    return Err(RtError::Invalid {
+                        message: format!("{}: {e}", u.field),
+                    });
+                }
+                values
+            } else {
+                // Keys only: the sealed values are not needed to check a reference.
+                stored.spec["data"]
+                    .as_object()
+                    .map(|m| m.keys().map(|k| (k.clone(), String::new())).collect())
+                    .unwrap_or_default()
+            };
+            data.insert(u.secret.name.clone(), values);
+        }
+        let values = verge_api::specs::resolve(&uses, |name| data.get(name))
+            .map_err(|message| RtError::Invalid { message })?;
+        if !spec.in_cloud() {
+            return Ok(BTreeMap::new());
+        }
+        Ok(uses
+            .iter()
+            .zip(values)
+            .filter_map(|(u, v)| match &u.purpose {
+                verge_api::specs::Purpose::Env(name) => Some((name.clone(), v.to_string())),
+                _ => None,
+            })
+            .collect())
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -70,6 +128,15 @@ impl FunctionHost {
     /// fetched into the cloud: such functions are checked on the nodes.
     pub async fn deploy(&self, o: &Object, spec: &FunctionSpec) -> Result<(), RtError> {
         let version = version_of(o);
+        let secret_env = self.secret_env(spec).await?;
+        let mut with_secrets;
+        let spec = if secret_env.is_empty() {
+            spec
+        } else {
+            with_secrets = spec.clone();
+            with_secrets.env.extend(secret_env);
+            &with_secrets
+        };
         let source = match (&spec.code, &spec.artifact) {
             (Some(code), _) => Source::Inline(code.clone()),
             (None, Some(_)) => {
@@ -157,13 +224,36 @@ impl FunctionController {
     async fn pass(&self) -> crate::Result<()> {
         let list = self.store.list(&kind_prefix(Kind::Function), None).await?;
         let mut seen = Vec::new();
+        // Revisions of the Secrets, read once a pass and only when referenced.
+        let mut secret_revs: Option<BTreeMap<String, i64>> = None;
         for kv in &list.items {
             let Ok(o) = serde_json::from_slice::<Object>(&kv.value) else {
                 continue;
             };
             let name = o.metadata.name.clone();
             seen.push(name.clone());
-            let version = version_of(&o);
+            let Ok(spec) = serde_json::from_value::<FunctionSpec>(o.spec.clone()) else {
+                continue;
+            };
+            // A change of a referenced Secret (or its arrival) is a new version to check.
+            let mut version = version_of(&o);
+            for u in spec.secret_uses() {
+                if secret_revs.is_none() {
+                    let prefix = kind_prefix(Kind::Secret);
+                    let secrets = self.store.list(&prefix, None).await?;
+                    secret_revs = Some(
+                        secrets
+                            .items
+                            .iter()
+                            .filter_map(|kv| {
+                                Some((kv.key.strip_prefix(&prefix)?.to_string(), kv.mod_revision))
+                            })
+                            .collect(),
+                    );
+                }
+                let rev = secret_revs.as_ref().and_then(|r| r.get(&u.secret.name));
+                version.push_str(&format!(";{}@{}", u.secret.name, rev.unwrap_or(&0)));
+            }
             let done = self
                 .checked
                 .lock()
@@ -171,9 +261,6 @@ impl FunctionController {
             if done && o.status["observedGeneration"] == json!(o.metadata.generation) {
                 continue;
             }
-            let Ok(spec) = serde_json::from_value::<FunctionSpec>(o.spec.clone()) else {
-                continue;
-            };
             let (phase, message) = match self.host.deploy(&o, &spec).await {
                 Ok(()) => {
                     if !spec.in_cloud() {

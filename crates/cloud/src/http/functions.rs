@@ -269,16 +269,18 @@ pub async fn create_task(
 pub async fn list_tasks(
     st: State<SharedState>,
     q: Query<HashMap<String, String>>,
+    principal: Extension<Principal>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    resources::list(st, Path("tasks".to_string()), q, headers).await
+    resources::list(st, Path("tasks".to_string()), q, principal, headers).await
 }
 
 pub async fn get_task(
     st: State<SharedState>,
     Path(id): Path<String>,
+    principal: Extension<Principal>,
 ) -> Result<Json<Object>, ApiError> {
-    resources::get(st, Path(("tasks".to_string(), id))).await
+    resources::get(st, Path(("tasks".to_string(), id)), principal).await
 }
 
 /// `DELETE /api/v1/tasks/{id}`: cancels (the task stays, phase `Cancelled`).

@@ -36,6 +36,8 @@ pub struct AppState {
     pub artifacts: Arc<crate::artifacts::ArtifactStore>,
     /// The function runtime and the task controller.
     pub functions: Option<Arc<crate::functions::Functions>>,
+    /// Seals Secrets for the store and opens them for readers allowed to see values.
+    pub secrets: Arc<crate::secrets::SecretBox>,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -12,6 +12,9 @@
 //!
 //! Label-selector watches filter on the object's labels at each event; an object whose
 //! labels stop matching produces no event (clients relist to reconcile).
+//!
+//! Secrets are shown per watcher through its [`SecretView`] and never through the
+//! shared encoding: one reader's form must not reach another.
 
 use std::time::Duration;
 
@@ -26,6 +29,7 @@ use verge_store::{Event, EventKind, Revision, WatchStream};
 use super::resources::{kind_prefix, kv_to_object};
 use super::state::SharedState;
 use crate::error::ApiError;
+use crate::secrets::SecretView;
 
 pub const DEFAULT_TIMEOUT_SECS: u64 = 1800;
 pub const MAX_TIMEOUT_SECS: u64 = 3600;
@@ -60,18 +64,27 @@ fn line(event_type: WatchEventType, object: serde_json::Value) -> Bytes {
     v.into()
 }
 
-/// JSON line for a store event, encoded once per event and shared.
-fn encode_event(ev: &Event) -> Result<Bytes, ApiError> {
-    if let Some(b) = ev.encoded.get() {
+/// JSON line for a store event, encoded once per event and shared — except for a
+/// watcher with a [`SecretView`], whose line is its own.
+fn encode_event(ev: &Event, view: Option<&SecretView>) -> Result<Bytes, ApiError> {
+    if view.is_none()
+        && let Some(b) = ev.encoded.get()
+    {
         return Ok(b.clone());
     }
-    let obj = kv_to_object(&ev.kv)?;
+    let mut obj = kv_to_object(&ev.kv)?;
+    if let Some(v) = view {
+        obj = v.show(&obj);
+    }
     let t = match ev.kind {
         EventKind::Delete => WatchEventType::Deleted,
         EventKind::Put if ev.is_create() => WatchEventType::Added,
         EventKind::Put => WatchEventType::Modified,
     };
     let b = line(t, serde_json::to_value(&obj).map_err(ApiError::internal)?);
+    if view.is_some() {
+        return Ok(b);
+    }
     Ok(ev.encoded.get_or_init(|| b).clone())
 }
 
@@ -96,6 +109,7 @@ pub async fn start(
     selector: Option<LabelSelector>,
     from: Option<Revision>,
     timeout: Option<u64>,
+    view: Option<SecretView>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let framing = match headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) {
@@ -116,7 +130,10 @@ pub async fn start(
     let first: Vec<Result<Bytes, std::io::Error>> = initial
         .iter()
         .filter_map(|kv| {
-            let obj = kv_to_object(kv).ok()?;
+            let mut obj = kv_to_object(kv).ok()?;
+            if let Some(view) = &view {
+                obj = view.show(&obj);
+            }
             let v = serde_json::to_value(&obj).ok()?;
             Some(Ok(framing.frame(
                 &line(WatchEventType::Added, v),
@@ -131,6 +148,7 @@ pub async fn start(
         Live {
             events,
             selector,
+            view,
             framing,
             done: false,
             _guard: WatchGuard::new(st.clone()),
@@ -163,6 +181,7 @@ pub async fn start(
 struct Live {
     events: WatchStream,
     selector: Option<LabelSelector>,
+    view: Option<SecretView>,
     framing: Framing,
     done: bool,
     _guard: WatchGuard,
@@ -182,7 +201,9 @@ async fn next_frame(mut st: Live) -> Option<(Result<Bytes, std::io::Error>, Live
                 {
                     continue;
                 }
-                let Ok(b) = encode_event(&ev) else { continue };
+                let Ok(b) = encode_event(&ev, st.view.as_ref()) else {
+                    continue;
+                };
                 let frame = st.framing.frame(&b, Some(ev.revision));
                 return Some((Ok(frame), st));
             }
