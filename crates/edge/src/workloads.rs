@@ -198,7 +198,11 @@ pub fn wanted_instances(
         };
         let registry_auth = resolved.registry;
         // A changed Secret replaces the instances using it (versions, never values).
-        let spec_hash = hash_json(&serde_json::json!([o.spec, resolved.fingerprint]));
+        let spec_hash = if resolved.fingerprint.is_empty() {
+            hash_json(&o.spec)
+        } else {
+            hash_json(&serde_json::json!([o.spec, resolved.fingerprint]))
+        };
         for replica in 0..replicas {
             let key = InstanceKey {
                 app: o.metadata.name.clone(),
