@@ -1,4 +1,4 @@
-//! Client commands: apply, get, describe, delete, token.
+//! Client commands: apply, get, create secret, describe, delete, token.
 
 use std::io::Read;
 use std::time::Duration;
@@ -161,6 +161,85 @@ async fn follow(
         // Server-side timeout: resume from the last revision seen.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[derive(clap::Subcommand)]
+pub enum CreateCmd {
+    /// A Secret from literal values and files (its values are encrypted at rest and
+    /// never shown to viewers).
+    Secret {
+        name: String,
+        /// KEY=VALUE (repeatable). The value shows in the process list and shell
+        /// history: prefer --from-file for real secrets.
+        #[arg(long = "from-literal")]
+        literals: Vec<String>,
+        /// KEY=PATH, or PATH (the key is the file's name); the file is read as UTF-8
+        /// text (repeatable).
+        #[arg(long = "from-file")]
+        files: Vec<String>,
+    },
+}
+
+/// The `data` of `verge create secret`: literals and files, each key once.
+fn secret_data(
+    literals: &[String],
+    files: &[String],
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut data = std::collections::BTreeMap::new();
+    for l in literals {
+        let (k, v) = l.split_once('=').ok_or_else(|| {
+            anyhow!(
+                "--from-literal {k:?}: expected KEY=VALUE",
+                k = l.split('=').next().unwrap_or("")
+            )
+        })?;
+        if data.insert(k.to_string(), v.to_string()).is_some() {
+            bail!("key {k:?} is given twice");
+        }
+    }
+    for f in files {
+        let (k, path) = match f.split_once('=') {
+            Some((k, p)) => (k.to_string(), p.to_string()),
+            None => (
+                std::path::Path::new(f)
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| anyhow!("--from-file {f:?}: no file name to use as the key"))?
+                    .to_string(),
+                f.clone(),
+            ),
+        };
+        let v = std::fs::read_to_string(&path)
+            .with_context(|| format!("--from-file {path}: reading it as UTF-8 text"))?;
+        if data.insert(k.clone(), v).is_some() {
+            bail!("key {k:?} is given twice");
+        }
+    }
+    Ok(data)
+}
+
+/// `verge create secret NAME --from-literal K=V --from-file K=PATH`.
+pub async fn create(client: &Client, cmd: &CreateCmd) -> Result<()> {
+    let CreateCmd::Secret {
+        name,
+        literals,
+        files,
+    } = cmd;
+    let data = secret_data(literals, files)?;
+    if data.is_empty() {
+        bail!("give the values with --from-literal KEY=VALUE or --from-file KEY=PATH");
+    }
+    let obj = verge_api::decode_object(serde_json::json!({
+        "apiVersion": verge_api::API_VERSION, "kind": "Secret",
+        "metadata": {"name": name}, "spec": {"data": data},
+    }))
+    .map_err(|e| anyhow!("{e}"))?;
+    client
+        .create(&obj)
+        .await
+        .with_context(|| format!("creating secret/{name}"))?;
+    outln!("secret/{name} created");
+    Ok(())
 }
 
 pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<()> {

@@ -251,6 +251,11 @@ enum Cmd {
         #[arg(short = 'w', long)]
         watch: bool,
     },
+    /// Create an object from the command line.
+    Create {
+        #[command(subcommand)]
+        cmd: commands::CreateCmd,
+    },
     /// Show one object in detail.
     Describe { kind: String, name: String },
     /// Delete an object.
@@ -556,6 +561,7 @@ async fn run(cli: Cli) -> Result<()> {
             )
             .await
         }
+        Cmd::Create { cmd } => commands::create(&client(&cli)?, cmd).await,
         Cmd::Describe { kind, name } => {
             commands::describe(&client(&cli)?, commands::parse_kind(kind)?, name).await
         }

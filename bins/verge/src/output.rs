@@ -120,6 +120,19 @@ fn columns(kind: Kind, obj: &Object) -> (Vec<&'static str>, Vec<String>) {
                 age,
             ],
         ),
+        Kind::Secret => (
+            vec!["NAME", "KEYS", "AGE"],
+            vec![
+                name,
+                obj.spec
+                    .get("data")
+                    .and_then(|d| d.as_object())
+                    .map(|d| d.keys().cloned().collect::<Vec<_>>().join(","))
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "<none>".into()),
+                age,
+            ],
+        ),
         Kind::Node => (
             vec![
                 "NAME",
@@ -277,7 +290,28 @@ pub fn describe(obj: &Object) -> Result<String> {
         ),
     );
     out.push_str("Spec:\n");
-    out.push_str(&indent(yaml(&obj.spec)?.trim_end(), 2));
+    // Secrets: keys and sizes, never values (`get -o yaml` shows them to those allowed).
+    let spec = if obj.kind == Kind::Secret.name() {
+        let hidden = obj
+            .metadata
+            .annotations
+            .contains_key(verge_api::specs::ANNOTATION_REDACTED);
+        let mut s = obj.spec.clone();
+        if let Some(data) = s.get_mut("data").and_then(|d| d.as_object_mut()) {
+            for v in data.values_mut() {
+                let len = v.as_str().map_or(0, str::len);
+                *v = serde_json::Value::String(if hidden {
+                    "<hidden>".into()
+                } else {
+                    format!("<{len} bytes>")
+                });
+            }
+        }
+        s
+    } else {
+        obj.spec.clone()
+    };
+    out.push_str(&indent(yaml(&spec)?.trim_end(), 2));
     out.push('\n');
     out.push_str("Status:\n");
     if obj.status.is_null() {

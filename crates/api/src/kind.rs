@@ -9,16 +9,18 @@ pub enum Kind {
     Trigger,
     Task,
     Config,
+    Secret,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Node,
         Kind::App,
         Kind::Function,
         Kind::Trigger,
         Kind::Task,
         Kind::Config,
+        Kind::Secret,
     ];
 
     /// The `kind` field value: `App`.
@@ -30,6 +32,7 @@ impl Kind {
             Kind::Trigger => "Trigger",
             Kind::Task => "Task",
             Kind::Config => "Config",
+            Kind::Secret => "Secret",
         }
     }
 
@@ -42,6 +45,7 @@ impl Kind {
             Kind::Trigger => "triggers",
             Kind::Task => "tasks",
             Kind::Config => "configs",
+            Kind::Secret => "secrets",
         }
     }
 
@@ -54,6 +58,7 @@ impl Kind {
             Kind::Trigger => "trigger",
             Kind::Task => "task",
             Kind::Config => "config",
+            Kind::Secret => "secret",
         }
     }
 

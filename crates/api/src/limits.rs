@@ -45,6 +45,12 @@ pub const MAX_ENV: usize = 256;
 pub const MAX_ENV_NAME_LEN: usize = 256;
 /// Bytes in an environment variable value.
 pub const MAX_ENV_VALUE_LEN: usize = 32 * 1024;
+/// Keys in a Secret's `spec.data`.
+pub const MAX_SECRET_KEYS: usize = 64;
+/// Bytes of keys and values in a Secret's `spec.data` together.
+pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+/// Bytes in a Secret key.
+pub const MAX_SECRET_KEY_LEN: usize = 253;
 /// Entries in `ports`.
 pub const MAX_PORTS: usize = 64;
 /// Entries in `volumes`.

@@ -350,7 +350,7 @@ fn unknown_kind() {
     assert_eq!(e.field, "kind");
     assert_eq!(
         e.message,
-        "unknown kind \"Ap\"; expected one of Node, App, Function, Trigger, Task, Config"
+        "unknown kind \"Ap\"; expected one of Node, App, Function, Trigger, Task, Config, Secret"
     );
     // Kind names are exact.
     assert_invalid(
@@ -596,8 +596,9 @@ fn unknown_nested_field() {
     let e = invalid(set(good_app(), "/spec/workload/docker/imagee", json!("x")));
     assert_eq!(e.field, "spec.workload.docker.imagee");
     assert!(
-        e.message
-            .starts_with("unknown field, expected one of image, command, args, env, ports"),
+        e.message.starts_with(
+            "unknown field, expected one of image, command, args, env, secretEnv, ports"
+        ),
         "{e}"
     );
 }
@@ -946,6 +947,60 @@ fn bad_volumes_and_registry_auth() {
         ),
         "spec.workload.docker.registryAuth.name",
         "must be a DNS-1123 label",
+    );
+}
+
+#[test]
+fn secret_kind_and_secret_env() {
+    let secret = json!({"apiVersion": "verge.dev/v1", "kind": "Secret", "metadata": {"name": "db"},
+        "spec": {"data": {"password": "hunter2"}}});
+    decode_object(secret.clone()).unwrap();
+    assert_invalid(
+        set(secret.clone(), "/spec/data", json!({"pass word": "x"})),
+        "spec.data.pass word",
+        "invalid key",
+    );
+    assert_invalid(
+        set(secret, "/spec/placement", json!({})),
+        "spec.placement",
+        "unknown field",
+    );
+    let with_ref = set(
+        good_app(),
+        "/spec/workload/docker/secretEnv",
+        json!({"DB_PASSWORD": {"name": "db", "key": "password"}}),
+    );
+    let obj = decode_object(with_ref.clone()).unwrap();
+    let Spec::App(app) = decode_spec(Kind::App, &obj.spec).unwrap() else {
+        panic!("not an app");
+    };
+    let uses = app.secret_uses();
+    assert_eq!(uses.len(), 1);
+    assert_eq!(uses[0].field, "spec.workload.docker.secretEnv.DB_PASSWORD");
+    assert_invalid(
+        set(
+            with_ref,
+            "/spec/workload/docker/secretEnv/DB_PASSWORD/name",
+            json!("Db"),
+        ),
+        "spec.workload.docker.secretEnv.DB_PASSWORD.name",
+        "must be a DNS-1123 label",
+    );
+    let f = set(
+        good_function(),
+        "/spec/secretEnv",
+        json!({"TOKEN": {"name": "api", "key": "token"}}),
+    );
+    decode_object(f.clone()).unwrap();
+    assert_invalid(
+        set(f.clone(), "/spec/env", json!({"TOKEN": "plain"})),
+        "spec.secretEnv.TOKEN",
+        "also set in env",
+    );
+    assert_invalid(
+        set(f, "/spec/secretEnv/TOKEN", json!({"name": "api"})),
+        "spec.secretEnv.TOKEN.key",
+        "missing field",
     );
 }
 

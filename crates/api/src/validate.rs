@@ -193,16 +193,22 @@ pub(crate) fn check_env(env: &BTreeMap<String, String>, path: &str) -> Result<()
     }
     for (name, value) in env {
         let field = format!("{path}.{name}");
-        if name.len() > MAX_ENV_NAME_LEN || !is_env_name(name) {
-            return Err(ValidationError::new(
-                field,
-                format!(
-                    "invalid environment variable name {name:?}: must match \
-                     [A-Za-z_][A-Za-z0-9_]* (at most {MAX_ENV_NAME_LEN} characters)"
-                ),
-            ));
-        }
+        check_env_name(name, &field)?;
         check_exec_string(value, &field, MAX_ENV_VALUE_LEN)?;
+    }
+    Ok(())
+}
+
+/// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most `MAX_ENV_NAME_LEN`.
+pub(crate) fn check_env_name(name: &str, field: &str) -> Result<(), ValidationError> {
+    if name.len() > MAX_ENV_NAME_LEN || !is_env_name(name) {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "invalid environment variable name {name:?}: must match \
+                 [A-Za-z_][A-Za-z0-9_]* (at most {MAX_ENV_NAME_LEN} characters)"
+            ),
+        ));
     }
     Ok(())
 }

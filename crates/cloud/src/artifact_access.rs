@@ -213,7 +213,10 @@ mod tests {
         assert_eq!(d, vec![A.to_string(), B.to_string()]);
         assert!(referenced_digests(&json!({"x": "abc"})).is_empty());
         let url = format!("https://cloud:7443/api/v1/artifacts/{A}?x=1");
-        assert_eq!(referenced_digests(&json!({"url": url})), vec![A.to_string()]);
+        assert_eq!(
+            referenced_digests(&json!({"url": url})),
+            vec![A.to_string()]
+        );
         let many: Vec<String> = (0..200).map(|i| format!("{i:064x}")).collect();
         assert_eq!(
             referenced_digests(&json!(many)).len(),

@@ -26,6 +26,9 @@ pub enum Error {
     Json(#[from] serde_json::Error),
     #[error("data dir: {0}")]
     DataDir(#[from] verge_datadir::Error),
+    /// Sealing or opening a Secret's value (never carries the value).
+    #[error("secret: {0}")]
+    Secret(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

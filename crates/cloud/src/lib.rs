@@ -22,6 +22,7 @@ pub mod nodes;
 pub mod openapi;
 mod pki;
 pub mod recover;
+pub mod secrets;
 mod secure_fs;
 
 use std::future::Future;
@@ -171,6 +172,7 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     // This process's alone (the lock) and private (0700, files 0600) at every start.
     let _data_dir_lock = secure_fs::take_data_dir(&cfg.data_dir, "verge cloud")?;
     let ca = ClusterCa::load_or_create(&cfg.data_dir)?;
+    let secret_box = Arc::new(secrets::SecretBox::load_or_create(&cfg.data_dir)?);
 
     let sqlite =
         Arc::new(SqliteStore::open(SqliteOptions::new(cfg.data_dir.join(files::STORE_DB))).await?);
@@ -274,6 +276,7 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         cfg.node_logs,
         metrics.nodes.clone(),
     );
+    node_manager.sync.set_secret_box(secret_box.clone());
     let mut background = Vec::new();
     let ca = Arc::new(ca);
     node_manager.set_issuer(
@@ -375,6 +378,7 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         cfg.data_dir.join("functions"),
         cfg.builtins.clone(),
         sandbox,
+        secret_box.clone(),
     );
     {
         let host = function_host.clone();
@@ -430,6 +434,7 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
             tasks,
         })),
         watches: http::watch::WatchLimit::new(cfg.limits.max_watches_per_token),
+        secrets: secret_box,
     });
     let app = http::router(state, &cfg.mounts);
     let compactor = tokio::spawn(compact_loop(

@@ -14,7 +14,9 @@ use utoipa::openapi::{
     ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, PathsBuilder, Ref,
     RefOr, Required, Schema,
 };
-use verge_api::specs::{AppSpec, ConfigSpec, FunctionSpec, NodeSpec, TaskSpec, TriggerSpec};
+use verge_api::specs::{
+    AppSpec, ConfigSpec, FunctionSpec, NodeSpec, SecretSpec, TaskSpec, TriggerSpec,
+};
 use verge_api::{ApiErrorBody, Kind, ListMeta, ObjectMeta, WatchEvent};
 
 use crate::auth::{TokenCreateRequest, TokenInfo};
@@ -28,6 +30,7 @@ fn spec_schema_name(kind: Kind) -> String {
         Kind::Trigger => TriggerSpec::name(),
         Kind::Task => TaskSpec::name(),
         Kind::Config => ConfigSpec::name(),
+        Kind::Secret => SecretSpec::name(),
     }
     .into_owned()
 }
@@ -412,6 +415,7 @@ pub fn document() -> OpenApi {
     components = add_schema::<TriggerSpec>(components);
     components = add_schema::<TaskSpec>(components);
     components = add_schema::<ConfigSpec>(components);
+    components = add_schema::<SecretSpec>(components);
     components = add_schema::<TokenInfo>(components);
     components = add_schema::<TokenCreateRequest>(components);
     components = add_schema::<TokenList>(components);

@@ -30,6 +30,7 @@ use verge_runtime::{Input, Runtime, Source};
 
 use crate::artifact::Fetcher;
 use crate::error::Result;
+use crate::secrets::{NodeSecrets, SECRET_KIND};
 use crate::state::EdgeState;
 
 const FUNCTION_KIND: &str = "Function";
@@ -139,21 +140,42 @@ impl Functions {
         }
     }
 
-    /// Deploys new or changed functions, removes deleted ones.
+    /// Deploys new or changed functions, removes deleted ones. A Function whose
+    /// `secretEnv` names a Secret or key that is not here is not deployed (and one
+    /// deployed before is removed): it never runs with an empty value.
     async fn reconcile(&mut self) {
         let objects = self.objects(FUNCTION_KIND);
+        let secrets = NodeSecrets::from_objects(&self.objects(SECRET_KIND));
         let mut wanted = Vec::new();
         for o in objects {
             let name = o.metadata.name.clone();
             wanted.push(name.clone());
-            let version = o.metadata.resource_version.clone().unwrap_or_default();
+            let Ok(mut spec) = serde_json::from_value::<FunctionSpec>(o.spec.clone()) else {
+                continue;
+            };
+            let resolved = secrets.resolve(&spec.secret_uses());
+            // The Secrets' versions are part of the version: a changed one redeploys.
+            let mut version = o.metadata.resource_version.clone().unwrap_or_default();
+            if let Ok(r) = &resolved
+                && !r.fingerprint.is_empty()
+            {
+                let digest = sha2::Sha256::digest(r.fingerprint.as_bytes());
+                version = format!("{version}-s{}", &hex::encode(digest)[..12]);
+            }
             if self.deployed.get(&name) == Some(&version) {
                 continue;
             }
-            let Ok(spec) = serde_json::from_value::<FunctionSpec>(o.spec.clone()) else {
-                continue;
+            let deployed = match resolved {
+                Ok(r) => {
+                    spec.env.extend(r.env);
+                    self.deploy(&name, &version, &spec).await
+                }
+                Err(e) => {
+                    self.runtime.remove(&name).await;
+                    Err(format!("not deployed: {e}"))
+                }
             };
-            match self.deploy(&name, &version, &spec).await {
+            match deployed {
                 Ok(()) => {
                     tracing::info!(function = %name, %version, "function deployed");
                     self.deployed.insert(name, version);

@@ -19,6 +19,9 @@
 //! raised: `error: {type, message, traceback}`), 502 (the worker crashed), 503 (the
 //! code does not load), 504 (timeout).
 //!
+//! Secrets are listed with their keys only (every value `""`): the values are for the
+//! workloads that reference them, not for readers of this API.
+//!
 //! `{kind}` is a kind name (`Config`, `App`) or a plural/singular the API knows
 //! (`apps`). Objects are looked up by the kind *string*, so kinds this build does not
 //! know are served too. Errors are JSON `{reason, message}` (404 unknown route or
@@ -261,6 +264,15 @@ fn kind_name(segment: &str) -> String {
     }
 }
 
+/// An object as this API shows it: Secrets without their values.
+fn shown(obj: &verge_api::Object) -> verge_api::Object {
+    if obj.kind == crate::secrets::SECRET_KIND {
+        verge_api::specs::redacted(obj)
+    } else {
+        obj.clone()
+    }
+}
+
 enum Route {
     /// `GET` routes, answered from the store and state.
     Read(Read),
@@ -338,9 +350,13 @@ async fn handle(state: Arc<EdgeState>, req: Request<Incoming>) -> Result<Resp, I
     let answer = tokio::task::spawn_blocking(move || -> Result<Resp> {
         Ok(match read {
             Read::Status => json_response(StatusCode::OK, &state.report()?),
-            Read::List(kind) => json_response(StatusCode::OK, &state.store().list(&kind)?),
+            Read::List(kind) => {
+                let list: Vec<verge_api::Object> =
+                    state.store().list(&kind)?.iter().map(shown).collect();
+                json_response(StatusCode::OK, &list)
+            }
             Read::Get(kind, name) => match state.store().get(&kind, &name)? {
-                Some(obj) => json_response(StatusCode::OK, &obj),
+                Some(obj) => json_response(StatusCode::OK, &shown(&obj)),
                 None => not_found(format!("{kind} {name:?} not found on this node")),
             },
         })

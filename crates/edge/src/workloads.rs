@@ -22,14 +22,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 use verge_api::Object;
-use verge_api::specs::{AppSpec, ConfigSpec, HealthCheck, RestartPolicy};
+use verge_api::specs::{AppSpec, HealthCheck, RestartPolicy};
 use verge_proto::{InstanceState, InstanceStatus};
 
 use crate::engine::docker::LazyDocker;
 use crate::engine::native::NativeEngine;
-use crate::engine::{
-    Enforcement, Engine, InstanceKey, InstanceSpec, Limits, Payload, RegistryCredentials,
-};
+use crate::engine::{Enforcement, Engine, InstanceKey, InstanceSpec, Limits, Payload};
+use crate::secrets::{NodeSecrets, SECRET_KIND};
 use crate::{EdgeState, now_ms};
 
 /// Annotation the cloud puts on an App sent to a node: how many replicas run here.
@@ -140,11 +139,13 @@ fn hash_json(v: &serde_json::Value) -> u64 {
     h.finish()
 }
 
-/// The instances the App objects in the store ask for on `node`.
+/// The instances the App objects in the store ask for on `node`, with their Secret
+/// references resolved from `secrets` (an App whose Secret or key is missing is not
+/// started; its status says which).
 pub fn wanted_instances(
     node: &str,
     apps: &[Object],
-    configs: &[Object],
+    secrets: &NodeSecrets,
 ) -> (BTreeMap<InstanceKey, Wanted>, Vec<InstanceStatus>) {
     let mut out = BTreeMap::new();
     let mut invalid = Vec::new();
@@ -152,10 +153,36 @@ pub fn wanted_instances(
         let Ok(app) = serde_json::from_value::<AppSpec>(o.spec.clone()) else {
             continue;
         };
+        if app.workload.docker.is_none() && app.workload.native.is_none() {
+            continue; // function-backed apps are the function runtime's
+        }
+        let resolved = match secrets.resolve(&app.secret_uses()) {
+            Ok(r) => r,
+            Err(e) => {
+                invalid.push(InstanceStatus {
+                    last_error: Some(format!("not started: {e}")),
+                    ..InstanceStatus::new(
+                        o.metadata.name.clone(),
+                        0,
+                        app.version.clone(),
+                        InstanceState::Failed,
+                    )
+                });
+                continue;
+            }
+        };
         let payload = match (&app.workload.docker, &app.workload.native) {
-            (Some(d), _) => Payload::Docker(d.clone()),
-            (None, Some(n)) => Payload::Native(n.clone()),
-            _ => continue, // function-backed apps are the function runtime's
+            (Some(d), _) => {
+                let mut d = d.clone();
+                d.env.extend(resolved.env);
+                Payload::Docker(d)
+            }
+            (None, Some(n)) => {
+                let mut n = n.clone();
+                n.env.extend(resolved.env);
+                Payload::Native(n)
+            }
+            _ => continue,
         };
         let replicas: u32 = o
             .metadata
@@ -169,39 +196,13 @@ pub fn wanted_instances(
             cpu_millis: res.cpu_millis(),
             memory_bytes: res.memory_bytes(),
         };
-        let mut registry_auth = None;
-        if let Some(d) = &app.workload.docker
-            && let Some(r) = &d.registry_auth
-        {
-            let found = configs
-                .iter()
-                .find(|c| c.metadata.name == r.name)
-                .and_then(|c| serde_json::from_value::<ConfigSpec>(c.spec.clone()).ok());
-            match found {
-                Some(c) => {
-                    registry_auth = Some(RegistryCredentials {
-                        username: c.data.get("username").cloned().unwrap_or_default(),
-                        password: c.data.get("password").cloned().unwrap_or_default(),
-                    });
-                }
-                None => {
-                    invalid.push(InstanceStatus {
-                        last_error: Some(format!(
-                            "registryAuth: Config {} (with username and password) is not on this node",
-                            r.name
-                        )),
-                        ..InstanceStatus::new(
-                            o.metadata.name.clone(),
-                            0,
-                            app.version.clone(),
-                            InstanceState::Failed,
-                        )
-                    });
-                    continue;
-                }
-            }
-        }
-        let spec_hash = hash_json(&o.spec);
+        let registry_auth = resolved.registry;
+        // A changed Secret replaces the instances using it (versions, never values).
+        let spec_hash = if resolved.fingerprint.is_empty() {
+            hash_json(&o.spec)
+        } else {
+            hash_json(&serde_json::json!([o.spec, resolved.fingerprint]))
+        };
         for replica in 0..replicas {
             let key = InstanceKey {
                 app: o.metadata.name.clone(),
@@ -325,12 +326,16 @@ impl Workloads {
     async fn read_wanted(&self) -> Option<(BTreeMap<InstanceKey, Wanted>, Vec<InstanceStatus>)> {
         let store = self.state.store().clone();
         let read = tokio::task::spawn_blocking(move || {
-            Ok::<_, crate::Error>((store.list("App")?, store.list("Config")?))
+            Ok::<_, crate::Error>((store.list("App")?, store.list(SECRET_KIND)?))
         })
         .await
         .ok()?;
         match read {
-            Ok((apps, configs)) => Some(wanted_instances(&self.node, &apps, &configs)),
+            Ok((apps, secrets)) => Some(wanted_instances(
+                &self.node,
+                &apps,
+                &NodeSecrets::from_objects(&secrets),
+            )),
             Err(e) => {
                 tracing::warn!(error = %e, "could not read apps from the local store");
                 None
@@ -987,35 +992,54 @@ mod tests {
     }
 
     #[test]
-    fn replicas_come_from_the_annotation_and_auth_from_a_config() {
+    fn replicas_come_from_the_annotation_and_auth_and_env_from_secrets() {
         let mut o: Object = serde_json::from_value(serde_json::json!({
             "apiVersion": "verge.io/v1", "kind": "App", "metadata": {"name": "web",
               "annotations": {"verge.io/replicas": "2"}},
-            "spec": {"version": "1.0.0", "workload": {"docker": {"image": "r/x:1", "registryAuth": {"name": "creds"}}}}
+            "spec": {"version": "1.0.0", "workload": {"docker": {"image": "r/x:1",
+                "env": {"PLAIN": "1"},
+                "secretEnv": {"TOKEN": {"name": "creds", "key": "token"}},
+                "registryAuth": {"name": "creds"}}}}
         }))
         .unwrap();
-        let (w, bad) = wanted_instances("n1", std::slice::from_ref(&o), &[]);
+        let none = NodeSecrets::default();
+        let (w, bad) = wanted_instances("n1", std::slice::from_ref(&o), &none);
         assert!(w.is_empty());
-        assert!(bad[0].last_error.as_ref().unwrap().contains("Config creds"));
-        let creds: Object = serde_json::from_value(serde_json::json!({
-            "apiVersion": "verge.io/v1", "kind": "Config", "metadata": {"name": "creds"},
-            "spec": {"data": {"username": "u", "password": "p"}}
-        }))
-        .unwrap();
-        let (w, bad) = wanted_instances("n1", std::slice::from_ref(&o), &[creds]);
+        let err = bad[0].last_error.as_ref().unwrap();
+        assert!(
+            err.contains("Secret \"creds\" not found on this node"),
+            "{err}"
+        );
+        let secret = |version: &str, token: &str| -> Object {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "verge.dev/v1", "kind": "Secret",
+                "metadata": {"name": "creds", "resourceVersion": version},
+                "spec": {"data": {"username": "u", "password": "p", "token": token}}
+            }))
+            .unwrap()
+        };
+        let secrets = NodeSecrets::from_objects(&[secret("7", "t1")]);
+        let (w, bad) = wanted_instances("n1", std::slice::from_ref(&o), &secrets);
         assert!(bad.is_empty());
         assert_eq!(w.len(), 2);
+        let one = &w[&key("web", 1)];
+        assert_eq!(one.spec.registry_auth.as_ref().unwrap().username, "u");
+        let Payload::Docker(d) = &one.spec.payload else {
+            panic!("docker payload")
+        };
         assert_eq!(
-            w[&key("web", 1)]
-                .spec
-                .registry_auth
-                .as_ref()
-                .unwrap()
-                .username,
-            "u"
+            (d.env["PLAIN"].as_str(), d.env["TOKEN"].as_str()),
+            ("1", "t1")
         );
+        // A new version of the Secret is a new spec: the instances are replaced.
+        let (w2, _) = wanted_instances(
+            "n1",
+            std::slice::from_ref(&o),
+            &NodeSecrets::from_objects(&[secret("8", "t2")]),
+        );
+        assert_ne!(w2[&key("web", 1)].spec_hash, one.spec_hash);
         o.metadata.annotations.clear();
-        assert_eq!(wanted_instances("n1", &[o], &[]).1.len(), 1);
+        assert_eq!(wanted_instances("n1", &[o], &none).1.len(), 1);
     }
 
     /// An engine whose `prepare` always fails with `error()`, counting the calls (an

@@ -28,6 +28,7 @@ fn spec(image: &str, app: &str, replica: u32, args: &[&str], limits: Limits) -> 
             command: vec![],
             args: args.iter().map(|s| s.to_string()).collect(),
             env: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
+            secret_env: BTreeMap::new(),
             ports: vec![],
             volumes: vec![],
             registry_auth: None,

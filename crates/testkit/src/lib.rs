@@ -777,10 +777,43 @@ pub struct Registry {
 impl Registry {
     /// Starts the registry and waits until `/v2/` answers (20 s at most).
     pub async fn start() -> Result<Registry> {
+        Self::start_with(None).await
+    }
+
+    /// A registry that requires this login (HTTP Basic against an htpasswd file; the
+    /// bcrypt hash is made with perl's `crypt`, which Debian's libcrypt supports).
+    pub async fn start_with_login(user: &str, password: &str) -> Result<Registry> {
+        Self::start_with(Some((user, password))).await
+    }
+
+    async fn start_with(login: Option<(&str, &str)>) -> Result<Registry> {
         let bin = find_program("docker-registry", &["/usr/bin"])
             .ok_or_else(|| missing("docker-registry", "docker-registry"))?;
         let dir = tempfile::Builder::new().prefix("vreg").tempdir()?;
         let log_path = dir.path().join("registry.log");
+        let mut auth = String::new();
+        if let Some((user, password)) = login {
+            let out = Command::new("perl")
+                .args([
+                    "-e",
+                    "print crypt($ARGV[0], '$2b$05$' . $ARGV[1])",
+                    password,
+                    "vergeregistrytestsaltu",
+                ])
+                .output()
+                .context("running perl for an htpasswd hash")?;
+            let hash = String::from_utf8_lossy(&out.stdout).to_string();
+            anyhow::ensure!(
+                hash.starts_with("$2b$"),
+                "no bcrypt from perl crypt: {hash}"
+            );
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{user}:{hash}\n"))?;
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: verge-test\n    path: {}\n",
+                htpasswd.display()
+            );
+        }
         // A port taken between our probe and the registry's bind: try another.
         let mut last_err = anyhow::anyhow!("docker-registry did not start");
         for _ in 0..3 {
@@ -790,7 +823,7 @@ impl Registry {
                 &config,
                 format!(
                     "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    \
-                     rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                     rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
                     dir.path().join("data").display()
                 ),
             )?;
@@ -848,7 +881,8 @@ impl Drop for Registry {
     }
 }
 
-/// `GET /v2/` on a loopback port answers 200 (the registry's API check).
+/// `GET /v2/` on a loopback port answers 200, or 401 when it wants a login (the
+/// registry's API check).
 async fn registry_answers(port: u16) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let attempt = async {
@@ -861,7 +895,8 @@ async fn registry_answers(port: u16) -> bool {
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
         let head = String::from_utf8_lossy(&buf);
-        Some(head.lines().next()?.contains(" 200 "))
+        let status = head.lines().next()?;
+        Some(status.contains(" 200 ") || status.contains(" 401 "))
     };
     matches!(
         tokio::time::timeout(Duration::from_secs(2), attempt).await,

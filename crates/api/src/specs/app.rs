@@ -11,6 +11,7 @@ use crate::limits::*;
 use crate::specs::common::{ArtifactRef, SecretRef};
 use crate::specs::one_of;
 use crate::specs::quantity::{check_cpu, check_memory, opt_quantity};
+use crate::specs::secret::{SecretKeyRef, SecretUse, check_secret_env, env_uses, registry_uses};
 use crate::validate::{
     check_abs_path, check_args, check_dns_label, check_env, check_exec_string, check_label_map,
     check_len, check_range,
@@ -367,11 +368,15 @@ pub struct DockerWorkload {
     pub args: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values come from Secrets: `NAME: {name, key}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, SecretKeyRef>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeMount>,
-    /// Secret holding registry credentials.
+    /// A Secret with the keys `username` and `password`: the registry login for the
+    /// image pull.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<SecretRef>,
 }
@@ -428,6 +433,9 @@ pub struct NativeWorkload {
     pub args: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values come from Secrets: `NAME: {name, key}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, SecretKeyRef>,
     /// Working directory; defaults to the unpacked artifact's root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
@@ -580,6 +588,25 @@ impl AppSpec {
     pub fn semver(&self) -> Option<semver::Version> {
         semver::Version::parse(&self.version).ok()
     }
+
+    /// Every reference this spec makes to a Secret's value (`secretEnv`,
+    /// `registryAuth`).
+    pub fn secret_uses(&self) -> Vec<SecretUse> {
+        let mut out = Vec::new();
+        if let Some(d) = &self.workload.docker {
+            out.extend(env_uses(&d.secret_env, "spec.workload.docker.secretEnv"));
+            if let Some(auth) = &d.registry_auth {
+                out.extend(registry_uses(
+                    &auth.name,
+                    "spec.workload.docker.registryAuth",
+                ));
+            }
+        }
+        if let Some(n) = &self.workload.native {
+            out.extend(env_uses(&n.secret_env, "spec.workload.native.secretEnv"));
+        }
+        out
+    }
 }
 
 impl Resources {
@@ -636,6 +663,7 @@ impl DockerWorkload {
         check_args(&self.command, &format!("{path}.command"))?;
         check_args(&self.args, &format!("{path}.args"))?;
         check_env(&self.env, &format!("{path}.env"))?;
+        check_secret_env(&self.secret_env, &self.env, &format!("{path}.secretEnv"))?;
 
         let ports_path = format!("{path}.ports");
         if self.ports.len() > MAX_PORTS {
@@ -706,6 +734,7 @@ impl NativeWorkload {
         check_exec_string(&self.command, &field, MAX_ARG_LEN)?;
         check_args(&self.args, &format!("{path}.args"))?;
         check_env(&self.env, &format!("{path}.env"))?;
+        check_secret_env(&self.secret_env, &self.env, &format!("{path}.secretEnv"))?;
         if let Some(workdir) = &self.workdir {
             let field = format!("{path}.workdir");
             if workdir.is_empty() {

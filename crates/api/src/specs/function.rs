@@ -10,6 +10,7 @@ use crate::error::ValidationError;
 use crate::limits::*;
 use crate::specs::common::ArtifactRef;
 use crate::specs::quantity::{check_memory, opt_quantity};
+use crate::specs::secret::{SecretKeyRef, SecretUse, check_secret_env, env_uses};
 use crate::validate::{check_env, check_label_map, check_len, check_range};
 
 /// Spec of a `Function`.
@@ -28,6 +29,9 @@ pub struct FunctionSpec {
     pub artifact: Option<ArtifactRef>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values come from Secrets: `NAME: {name, key}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, SecretKeyRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<FunctionResources>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -165,6 +169,11 @@ impl FunctionSpec {
             })
     }
 
+    /// Every reference this spec makes to a Secret's value (`secretEnv`).
+    pub fn secret_uses(&self) -> Vec<SecretUse> {
+        env_uses(&self.secret_env, "spec.secretEnv")
+    }
+
     pub fn validate(&self) -> Result<(), ValidationError> {
         check_handler(self.runtime, &self.handler)?;
         match self.runtime {
@@ -210,6 +219,7 @@ impl FunctionSpec {
             }
         }
         check_env(&self.env, "spec.env")?;
+        check_secret_env(&self.secret_env, &self.env, "spec.secretEnv")?;
         if let Some(resources) = &self.resources {
             if let Some(memory) = &resources.memory {
                 check_memory(memory, "spec.resources.memory")?;

@@ -10,6 +10,7 @@ mod config;
 mod function;
 mod node;
 mod quantity;
+mod secret;
 mod task;
 mod trigger;
 
@@ -23,6 +24,10 @@ pub use config::{ConfigPlacement, ConfigSpec};
 pub use function::{FunctionPlacement, FunctionResources, FunctionSpec, Runtime, Scaling};
 pub use node::NodeSpec;
 pub use quantity::{parse_cpu_millis, parse_memory_bytes};
+pub use secret::{
+    ANNOTATION_REDACTED, ANNOTATION_SECRET_ERROR, Purpose, REGISTRY_PASSWORD_KEY,
+    REGISTRY_USERNAME_KEY, SecretKeyRef, SecretSpec, SecretUse, is_secret_key, redacted, resolve,
+};
 pub use task::TaskSpec;
 pub use trigger::{
     Due, FiresOn, MissedPolicy, MissedPolicyMode, Schedule, TriggerSpec, parse_schedule,
@@ -54,6 +59,7 @@ pub enum Spec {
     Trigger(TriggerSpec),
     Task(TaskSpec),
     Config(ConfigSpec),
+    Secret(SecretSpec),
 }
 
 impl Spec {
@@ -65,6 +71,7 @@ impl Spec {
             Spec::Trigger(_) => Kind::Trigger,
             Spec::Task(_) => Kind::Task,
             Spec::Config(_) => Kind::Config,
+            Spec::Secret(_) => Kind::Secret,
         }
     }
 
@@ -81,6 +88,7 @@ impl Spec {
             Spec::Trigger(s) => ser(s),
             Spec::Task(s) => ser(s),
             Spec::Config(s) => ser(s),
+            Spec::Secret(s) => ser(s),
         }
     }
 
@@ -93,6 +101,7 @@ impl Spec {
             Spec::Trigger(s) => s.validate(),
             Spec::Task(s) => s.validate(),
             Spec::Config(s) => s.validate(),
+            Spec::Secret(s) => s.validate(),
         }
     }
 }
@@ -111,6 +120,7 @@ pub fn decode_spec(kind: Kind, value: &serde_json::Value) -> Result<Spec, Valida
         Kind::Trigger => Spec::Trigger(from_value_at(value, SPEC)?),
         Kind::Task => Spec::Task(from_value_at(value, SPEC)?),
         Kind::Config => Spec::Config(from_value_at(value, SPEC)?),
+        Kind::Secret => Spec::Secret(from_value_at(value, SPEC)?),
     };
     spec.validate()?;
     Ok(spec)

@@ -2,7 +2,9 @@
 //! dependency checks and autoscaling ([`autoscale`]) — pure functions — driven by
 //! [`AppController::run`], which reads Apps, Nodes and the instances nodes report,
 //! and writes each App's status. Which version (and spec) each node runs is
-//! `status.rollout.nodes`; [`crate::nodes::sync`] turns it into desired state.
+//! `status.rollout.nodes`; [`crate::nodes::sync`] turns it into desired state. An App
+//! that references Secrets gets a `SecretsResolved` condition ([`secret_problem`]),
+//! checked against the keys of the stored Secrets — no value is opened here.
 
 pub mod autoscale;
 pub mod rollout;
@@ -167,6 +169,15 @@ pub fn dependency_problems(
     out
 }
 
+/// The first `secretEnv` / `registryAuth` reference of `spec` that `secrets` (name →
+/// keys) cannot satisfy, as a condition message naming the field, Secret and key.
+pub fn secret_problem(
+    spec: &AppSpec,
+    secrets: &BTreeMap<String, BTreeMap<String, String>>,
+) -> Option<String> {
+    verge_api::specs::resolve(&spec.secret_uses(), |name| secrets.get(name)).err()
+}
+
 fn find_cycle(
     apps: &BTreeMap<String, AppSpec>,
     at: &str,
@@ -307,6 +318,24 @@ impl AppController {
             .map(|(k, (_, s))| (k.clone(), s.clone()))
             .collect();
         let deps = dependency_problems(&specs);
+        // Secret name → its keys (values left sealed and unread), when any app needs them.
+        let mut secret_keys: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        if specs.values().any(|s| !s.secret_uses().is_empty()) {
+            for kv in self
+                .store
+                .list(&kind_prefix(Kind::Secret), None)
+                .await?
+                .items
+            {
+                if let Ok(o) = serde_json::from_slice::<Object>(&kv.value) {
+                    let keys = o.spec["data"]
+                        .as_object()
+                        .map(|m| m.keys().map(|k| (k.clone(), String::new())).collect())
+                        .unwrap_or_default();
+                    secret_keys.insert(o.metadata.name, keys);
+                }
+            }
+        }
         let reports = self.reports.by_app();
         let empty = BTreeMap::new();
         let now = now_ms();
@@ -488,6 +517,12 @@ impl AppController {
                     conditions.push(condition("DependenciesResolved", false, reason, msg))
                 }
             }
+            if !spec.secret_uses().is_empty() {
+                conditions.push(match secret_problem(spec, &secret_keys) {
+                    None => condition("SecretsResolved", true, "Resolved", ""),
+                    Some(msg) => condition("SecretsResolved", false, "MissingSecret", &msg),
+                });
+            }
             conditions.push(condition(
                 "Available",
                 desired > 0 && ready >= desired,
@@ -573,6 +608,30 @@ mod tests {
             })
             .collect();
         s
+    }
+
+    #[test]
+    fn secret_references_are_checked_against_the_keys_of_stored_secrets() {
+        let spec: AppSpec = serde_json::from_value(json!({
+            "version": "1.0.0",
+            "workload": {"native": {"artifact": {"sha256": "a".repeat(64)}, "command": "run",
+                "secretEnv": {"DB": {"name": "db", "key": "password"}}}},
+        }))
+        .unwrap();
+        let keys = |k: &str| BTreeMap::from([(k.to_string(), String::new())]);
+        assert_eq!(
+            secret_problem(&spec, &BTreeMap::new()).unwrap(),
+            "spec.workload.native.secretEnv.DB: Secret \"db\" not found"
+        );
+        let wrong = BTreeMap::from([("db".to_string(), keys("user"))]);
+        assert!(
+            secret_problem(&spec, &wrong)
+                .unwrap()
+                .ends_with("has no key \"password\"")
+        );
+        let right = BTreeMap::from([("db".to_string(), keys("password"))]);
+        assert_eq!(secret_problem(&spec, &right), None);
+        assert_eq!(secret_problem(&app("1.0.0", &[]), &BTreeMap::new()), None);
     }
 
     #[test]

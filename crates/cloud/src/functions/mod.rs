@@ -6,7 +6,8 @@
 //!   compiled (in the same sandbox), never run: the cloud never executes code placed
 //!   on edge nodes;
 //! - [`FunctionController`]: keeps the host in step with the `Function` objects and
-//!   writes their status;
+//!   writes their status (a `secretEnv` reference to a missing Secret or key fails
+//!   it, naming both; a change of a referenced Secret checks it again);
 //! - [`tasks`]: the Task controller (placement, dispatch to nodes, results,
 //!   callbacks); [`triggers`]: cron triggers the cloud fires.
 
@@ -15,7 +16,7 @@ pub mod task_state;
 pub mod tasks;
 pub mod triggers;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,6 +42,8 @@ pub struct Functions {
 pub struct FunctionHost {
     runtime: Runtime,
     store: DynStore,
+    /// Opens the values of the Secrets cloud-placed functions reference.
+    secrets: Arc<crate::secrets::SecretBox>,
 }
 
 /// Version string of a Function object: changes with its uid or generation.
@@ -61,13 +64,64 @@ impl FunctionHost {
         work_dir: PathBuf,
         builtins: Arc<Registry>,
         sandbox: verge_runtime::SandboxConfig,
+        secrets: Arc<crate::secrets::SecretBox>,
     ) -> Arc<Self> {
         let mut config = verge_runtime::RuntimeConfig::new(work_dir, builtins);
         config.sandbox = sandbox;
         Arc::new(Self {
             runtime: Runtime::new(config),
             store,
+            secrets,
         })
+    }
+
+    /// The `secretEnv` of `spec` resolved from the store: names → values for a
+    /// cloud-placed function; for an edge-placed one only checked (its values go to
+    /// its nodes, never into a worker here), so the map is empty.
+    async fn secret_env(&self, spec: &FunctionSpec) -> Result<BTreeMap<String, String>, RtError> {
+        let uses = spec.secret_uses();
+        let mut data: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for u in &uses {
+            if data.contains_key(&u.secret.name) {
+                continue;
+            }
+            let key = object_key(Kind::Secret, &u.secret.name);
+            let Some(kv) = self.store.get(&key).await.ok().flatten() else {
+                continue;
+            };
+            let Ok(stored) = serde_json::from_slice::<Object>(&kv.value) else {
+                continue;
+            };
+            let values = if spec.in_cloud() {
+                let (values, errors) = self.secrets.open_data(&u.secret.name, &stored.spec);
+                if let Some(e) = errors.first() {
+                    return Err(RtError::Invalid {
+                        message: format!("{}: {e}", u.field),
+                    });
+                }
+                values
+            } else {
+                // Keys only: the sealed values are not needed to check a reference.
+                stored.spec["data"]
+                    .as_object()
+                    .map(|m| m.keys().map(|k| (k.clone(), String::new())).collect())
+                    .unwrap_or_default()
+            };
+            data.insert(u.secret.name.clone(), values);
+        }
+        let values = verge_api::specs::resolve(&uses, |name| data.get(name))
+            .map_err(|message| RtError::Invalid { message })?;
+        if !spec.in_cloud() {
+            return Ok(BTreeMap::new());
+        }
+        Ok(uses
+            .iter()
+            .zip(values)
+            .filter_map(|(u, v)| match &u.purpose {
+                verge_api::specs::Purpose::Env(name) => Some((name.clone(), v.to_string())),
+                _ => None,
+            })
+            .collect())
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -77,17 +131,32 @@ impl FunctionHost {
     /// Loads `o` into the runtime (replacing an older version). Artifact code is not
     /// fetched into the cloud: such functions are checked on the nodes.
     pub async fn deploy(&self, o: &Object, spec: &FunctionSpec) -> Result<(), RtError> {
-        self.runtime.deploy(Self::def(o, spec)?).await
+        self.runtime.deploy(self.def(o, spec).await?).await
     }
 
     /// Compiles an edge-placed function's code in the sandbox without running any of
     /// it.
     pub async fn check(&self, o: &Object, spec: &FunctionSpec) -> Result<(), RtError> {
-        self.runtime.check(Self::def(o, spec)?).await
+        self.runtime.check(self.def(o, spec).await?).await
     }
 
-    fn def(o: &Object, spec: &FunctionSpec) -> Result<verge_runtime::FunctionDef, RtError> {
+    /// The runtime's definition of `o`, with the values of its `secretEnv` for a
+    /// cloud-placed function (an edge-placed one only has its references checked).
+    async fn def(
+        &self,
+        o: &Object,
+        spec: &FunctionSpec,
+    ) -> Result<verge_runtime::FunctionDef, RtError> {
         let version = version_of(o);
+        let secret_env = self.secret_env(spec).await?;
+        let mut with_secrets;
+        let spec = if secret_env.is_empty() {
+            spec
+        } else {
+            with_secrets = spec.clone();
+            with_secrets.env.extend(secret_env);
+            &with_secrets
+        };
         let source = match (&spec.code, &spec.artifact) {
             (Some(code), _) => Source::Inline(code.clone()),
             (None, Some(_)) => {
@@ -179,13 +248,36 @@ impl FunctionController {
     async fn pass(&self) -> crate::Result<()> {
         let list = self.store.list(&kind_prefix(Kind::Function), None).await?;
         let mut seen = Vec::new();
+        // Revisions of the Secrets, read once a pass and only when referenced.
+        let mut secret_revs: Option<BTreeMap<String, i64>> = None;
         for kv in &list.items {
             let Ok(o) = serde_json::from_slice::<Object>(&kv.value) else {
                 continue;
             };
             let name = o.metadata.name.clone();
             seen.push(name.clone());
-            let version = version_of(&o);
+            let Ok(spec) = serde_json::from_value::<FunctionSpec>(o.spec.clone()) else {
+                continue;
+            };
+            // A change of a referenced Secret (or its arrival) is a new version to check.
+            let mut version = version_of(&o);
+            for u in spec.secret_uses() {
+                if secret_revs.is_none() {
+                    let prefix = kind_prefix(Kind::Secret);
+                    let secrets = self.store.list(&prefix, None).await?;
+                    secret_revs = Some(
+                        secrets
+                            .items
+                            .iter()
+                            .filter_map(|kv| {
+                                Some((kv.key.strip_prefix(&prefix)?.to_string(), kv.mod_revision))
+                            })
+                            .collect(),
+                    );
+                }
+                let rev = secret_revs.as_ref().and_then(|r| r.get(&u.secret.name));
+                version.push_str(&format!(";{}@{}", u.secret.name, rev.unwrap_or(&0)));
+            }
             let done = self
                 .checked
                 .lock()
@@ -193,9 +285,6 @@ impl FunctionController {
             if done && o.status["observedGeneration"] == json!(o.metadata.generation) {
                 continue;
             }
-            let Ok(spec) = serde_json::from_value::<FunctionSpec>(o.spec.clone()) else {
-                continue;
-            };
             let checked = if spec.in_cloud() {
                 self.host.deploy(&o, &spec).await
             } else {

@@ -287,8 +287,9 @@ pub async fn list_tasks(
 pub async fn get_task(
     st: State<SharedState>,
     Path(id): Path<String>,
+    principal: Extension<Principal>,
 ) -> Result<Json<Object>, ApiError> {
-    resources::get(st, Path(("tasks".to_string(), id))).await
+    resources::get(st, Path(("tasks".to_string(), id)), principal).await
 }
 
 /// `DELETE /api/v1/tasks/{id}`: cancels (the task stays, phase `Cancelled`).

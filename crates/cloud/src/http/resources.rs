@@ -5,6 +5,10 @@
 //! `mod_revision` when read. `generation` starts at 1 and is bumped only when `spec`
 //! changes. Updates that change nothing are not written (the answer carries the
 //! unchanged `resourceVersion`, which is how `verge apply` reports `unchanged`).
+//!
+//! Secrets (decision 017) are sealed before they are stored and shown to each reader
+//! through [`SecretView`]: viewers get the keys only, operators and admins the values.
+//! A redacted copy is refused on write, so it can never overwrite the real values.
 
 use std::collections::HashMap;
 
@@ -22,6 +26,7 @@ use super::state::SharedState;
 use super::watch;
 use crate::auth::{Principal, now_rfc3339};
 use crate::error::ApiError;
+use crate::secrets::SecretView;
 
 /// Store key of an object.
 pub fn object_key(kind: Kind, name: &str) -> String {
@@ -100,6 +105,39 @@ fn check_kind(kind: Kind, obj: &Object) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// How `principal` sees stored objects of `kind` (`None`: as stored).
+fn view(st: &SharedState, kind: Kind, principal: &Principal) -> Option<SecretView> {
+    SecretView::new(kind, principal.role, &st.secrets)
+}
+
+fn shown(view: &Option<SecretView>, obj: Object) -> Object {
+    match view {
+        Some(v) => v.show(&obj),
+        None => obj,
+    }
+}
+
+/// A Secret read without its values (or whose values did not open) is not written
+/// back: it would replace the real values with empty ones.
+fn refuse_redacted(kind: Kind, obj: &Object) -> Result<(), ApiError> {
+    use verge_api::specs::{ANNOTATION_REDACTED, ANNOTATION_SECRET_ERROR};
+    if kind != Kind::Secret {
+        return Ok(());
+    }
+    for a in [ANNOTATION_REDACTED, ANNOTATION_SECRET_ERROR] {
+        if obj.metadata.annotations.contains_key(a) {
+            return Err(ApiError::invalid(
+                format!("metadata.annotations.{a}"),
+                format!(
+                    "metadata.annotations.{a}: this Secret was read without its values; \
+                     write the real values (and drop the annotation)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn not_found(kind: Kind, name: &str) -> ApiError {
     ApiError::not_found(format!("{} {name:?} not found", kind.singular()))
 }
@@ -119,6 +157,7 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let kind = kind_from_plural(&plural)?;
+    let view = view(&st, kind, &principal);
     if let Some(bad) = q.keys().find(|k| !LIST_PARAMS.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!(
             "unknown query parameter {bad:?}; known: {}",
@@ -161,22 +200,20 @@ pub async fn list(
             }
             None => None,
         };
-        return watch::start(
-            st,
-            &principal.token_id,
+        let req = watch::WatchRequest {
             kind,
             selector,
             from,
             timeout,
-            &headers,
-        )
-        .await;
+            view,
+        };
+        return watch::start(st, &principal.token_id, req, &headers).await;
     }
     let res = st.store.list(&kind_prefix(kind), selector.as_ref()).await?;
     let items = res
         .items
         .iter()
-        .map(kv_to_object)
+        .map(|kv| kv_to_object(kv).map(|o| shown(&view, o)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Json(ObjectList {
         api_version: API_VERSION.to_string(),
@@ -192,6 +229,7 @@ pub async fn list(
 pub async fn get(
     State(st): State<SharedState>,
     Path((plural, name)): Path<(String, String)>,
+    Extension(principal): Extension<Principal>,
 ) -> Result<Json<Object>, ApiError> {
     let kind = kind_from_plural(&plural)?;
     let kv = st
@@ -199,7 +237,10 @@ pub async fn get(
         .get(&object_key(kind, &name))
         .await?
         .ok_or_else(|| not_found(kind, &name))?;
-    Ok(Json(kv_to_object(&kv)?))
+    Ok(Json(shown(
+        &view(&st, kind, &principal),
+        kv_to_object(&kv)?,
+    )))
 }
 
 pub async fn create(
@@ -213,6 +254,7 @@ pub async fn create(
     require_write(&principal)?;
     let mut obj = body::read_object(&headers, body, st.max_body_bytes).await?;
     check_kind(kind, &obj)?;
+    refuse_redacted(kind, &obj)?;
     obj.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
     obj.metadata.generation = Some(1);
     obj.metadata.creation_timestamp = Some(now_rfc3339());
@@ -220,11 +262,12 @@ pub async fn create(
     // Status is written only through the /status subresource.
     obj.status = serde_json::Value::Null;
     let name = obj.metadata.name.clone();
+    let stored = st.secrets.seal_object(&obj).map_err(ApiError::internal)?;
     let kv = st
         .store
         .create(
             &object_key(kind, &name),
-            encode_for_store(&obj)?,
+            encode_for_store(&stored)?,
             obj.metadata.labels.clone(),
         )
         .await
@@ -257,6 +300,7 @@ pub async fn update(
     require_write(&principal)?;
     let obj = body::read_object(&headers, body, st.max_body_bytes).await?;
     check_kind(kind, &obj)?;
+    refuse_redacted(kind, &obj)?;
     if obj.metadata.name != name {
         return Err(ApiError::invalid(
             "metadata.name",
@@ -276,6 +320,24 @@ pub async fn update(
             check_version_forward(current, &obj)?;
         }
         let mut next = obj.clone();
+        if kind == Kind::Secret {
+            // Compared as plaintext (each sealing differs); unchanged values keep
+            // their stored form, so an unchanged apply writes nothing.
+            let opened = st.secrets.open_object(current);
+            let same = opened.spec == obj.spec
+                && !opened
+                    .metadata
+                    .annotations
+                    .contains_key(verge_api::specs::ANNOTATION_SECRET_ERROR);
+            next.spec = if same {
+                current.spec.clone()
+            } else {
+                st.secrets
+                    .seal_object(&obj)
+                    .map_err(ApiError::internal)?
+                    .spec
+            };
+        }
         next.metadata.uid = current.metadata.uid.clone();
         next.metadata.creation_timestamp = current.metadata.creation_timestamp.clone();
         let generation = current.metadata.generation.unwrap_or(1);
@@ -288,7 +350,7 @@ pub async fn update(
         Ok(next)
     })
     .await
-    .map(Json)
+    .map(|o| Json(shown(&view(&st, kind, &principal), o)))
 }
 
 /// An App's `spec.version` may only go backwards as an explicit rollback (the
@@ -436,7 +498,7 @@ pub async fn update_status(
         Ok(next)
     })
     .await
-    .map(Json)
+    .map(|o| Json(shown(&view(&st, kind, &principal), o)))
 }
 
 pub async fn delete(
@@ -465,7 +527,7 @@ pub async fn delete(
             verge_store::Error::NotFound { .. } => not_found(kind, &name),
             other => other.into(),
         })?;
-    let obj = kv_to_object(&kv)?;
+    let obj = shown(&view(&st, kind, &principal), kv_to_object(&kv)?);
     if kind == Kind::Node {
         // A deleted node's certificate is refused from now on, and its session closed.
         let serials = super::join::revoke_node_cert(&st, &obj).await?;

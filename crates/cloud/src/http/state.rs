@@ -40,6 +40,8 @@ pub struct AppState {
     pub functions: Option<Arc<crate::functions::Functions>>,
     /// Open watch streams per token.
     pub watches: Arc<WatchLimit>,
+    /// Seals Secrets for the store and opens them for readers allowed to see values.
+    pub secrets: Arc<crate::secrets::SecretBox>,
 }
 
 pub type SharedState = Arc<AppState>;

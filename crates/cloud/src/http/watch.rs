@@ -16,6 +16,8 @@
 //! A token may hold at most [`WatchLimit`]'s cap of streams at once (`verge cloud
 //! --max-watches-per-token`); one more is answered 429 naming the cap, before anything
 //! is read from the store. Other tokens are not affected.
+//! Secrets are shown per watcher through its [`SecretView`] and never through the
+//! shared encoding: one reader's form must not reach another.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +34,7 @@ use verge_store::{Event, EventKind, Revision, WatchStream};
 use super::resources::{kind_prefix, kv_to_object};
 use super::state::SharedState;
 use crate::error::ApiError;
+use crate::secrets::SecretView;
 
 pub const DEFAULT_TIMEOUT_SECS: u64 = 1800;
 pub const MAX_TIMEOUT_SECS: u64 = 3600;
@@ -66,18 +69,27 @@ fn line(event_type: WatchEventType, object: serde_json::Value) -> Bytes {
     v.into()
 }
 
-/// JSON line for a store event, encoded once per event and shared.
-fn encode_event(ev: &Event) -> Result<Bytes, ApiError> {
-    if let Some(b) = ev.encoded.get() {
+/// JSON line for a store event, encoded once per event and shared — except for a
+/// watcher with a [`SecretView`], whose line is its own.
+fn encode_event(ev: &Event, view: Option<&SecretView>) -> Result<Bytes, ApiError> {
+    if view.is_none()
+        && let Some(b) = ev.encoded.get()
+    {
         return Ok(b.clone());
     }
-    let obj = kv_to_object(&ev.kv)?;
+    let mut obj = kv_to_object(&ev.kv)?;
+    if let Some(v) = view {
+        obj = v.show(&obj);
+    }
     let t = match ev.kind {
         EventKind::Delete => WatchEventType::Deleted,
         EventKind::Put if ev.is_create() => WatchEventType::Added,
         EventKind::Put => WatchEventType::Modified,
     };
     let b = line(t, serde_json::to_value(&obj).map_err(ApiError::internal)?);
+    if view.is_some() {
+        return Ok(b);
+    }
     Ok(ev.encoded.get_or_init(|| b).clone())
 }
 
@@ -166,15 +178,31 @@ impl Drop for WatchGuard {
     }
 }
 
+/// What one watch asks for.
+pub struct WatchRequest {
+    pub kind: Kind,
+    pub selector: Option<LabelSelector>,
+    /// Stream changes after this revision; `None`: the current objects first.
+    pub from: Option<Revision>,
+    /// Seconds until the stream ends (default [`DEFAULT_TIMEOUT_SECS`]).
+    pub timeout: Option<u64>,
+    /// How the watcher may see Secrets (`None`: not a Secret watch).
+    pub view: Option<SecretView>,
+}
+
 pub async fn start(
     st: SharedState,
     token_id: &str,
-    kind: Kind,
-    selector: Option<LabelSelector>,
-    from: Option<Revision>,
-    timeout: Option<u64>,
+    req: WatchRequest,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    let WatchRequest {
+        kind,
+        selector,
+        from,
+        timeout,
+        view,
+    } = req;
     let permit = st.watches.acquire(token_id)?;
     let framing = match headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) {
         Some(a) if a.contains("text/event-stream") => Framing::Sse,
@@ -194,7 +222,10 @@ pub async fn start(
     let first: Vec<Result<Bytes, std::io::Error>> = initial
         .iter()
         .filter_map(|kv| {
-            let obj = kv_to_object(kv).ok()?;
+            let mut obj = kv_to_object(kv).ok()?;
+            if let Some(view) = &view {
+                obj = view.show(&obj);
+            }
             let v = serde_json::to_value(&obj).ok()?;
             Some(Ok(framing.frame(
                 &line(WatchEventType::Added, v),
@@ -209,6 +240,7 @@ pub async fn start(
         Live {
             events,
             selector,
+            view,
             framing,
             done: false,
             _guard: WatchGuard::new(st.clone(), permit),
@@ -241,6 +273,7 @@ pub async fn start(
 struct Live {
     events: WatchStream,
     selector: Option<LabelSelector>,
+    view: Option<SecretView>,
     framing: Framing,
     done: bool,
     _guard: WatchGuard,
@@ -260,7 +293,9 @@ async fn next_frame(mut st: Live) -> Option<(Result<Bytes, std::io::Error>, Live
                 {
                     continue;
                 }
-                let Ok(b) = encode_event(&ev) else { continue };
+                let Ok(b) = encode_event(&ev, st.view.as_ref()) else {
+                    continue;
+                };
                 let frame = st.framing.frame(&b, Some(ev.revision));
                 return Some((Ok(frame), st));
             }

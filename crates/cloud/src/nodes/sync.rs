@@ -12,21 +12,26 @@
 //!
 //! Synced kinds: `Config` (placed by `spec.placement.nodeSelector`), `App` (the
 //! version the App controller assigned to the node, see [`AppDesired`]), `Function`
-//! (edge-placed, by `spec.placement.nodeSelector`) and `Trigger` (those the node fires
-//! itself, see [`TriggerSpec::fired_by`]).
+//! (edge-placed, by `spec.placement.nodeSelector`), `Trigger` (those the node fires
+//! itself, see [`TriggerSpec::fired_by`]) and `Secret`: only the Secrets the Apps and
+//! Functions sent to the node reference (`secretEnv`, `registryAuth`), with only the
+//! referenced keys, decrypted here for the node's mutual-TLS channel (decision 017).
+//! Their revision is a digest of the stored revision and the keys sent, so a node that
+//! starts referencing another key gets it; no value goes into a digest or a record.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, OnceLock, RwLock};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use verge_api::Object;
-use verge_api::specs::{ConfigSpec, FunctionSpec, TriggerSpec};
+use verge_api::specs::{AppSpec, ConfigSpec, FunctionSpec, SecretKeyRef, SecretSpec, TriggerSpec};
 use verge_proto::{Channel, Desired, Message, ObjectRef};
 use verge_store::{DynStore, EventKind, Expect};
 
 use crate::gateway::DynDownlink;
+use crate::secrets::SecretBox;
 
 const RECORD_PREFIX: &str = "/system/nodesync/";
 const CONFIG_PREFIX: &str = "/registry/configs/";
@@ -34,6 +39,7 @@ const NODE_PREFIX: &str = "/registry/nodes/";
 const APP_PREFIX: &str = "/registry/apps/";
 const FUNCTION_PREFIX: &str = "/registry/functions/";
 const TRIGGER_PREFIX: &str = "/registry/triggers/";
+const SECRET_PREFIX: &str = "/registry/secrets/";
 
 /// What the nodes should hold of one App: the version each placed node runs (from
 /// `status.rollout.nodes`, written by the App controller) and, per version, the object
@@ -45,6 +51,21 @@ struct AppDesired {
     nodes: BTreeMap<String, (String, u32)>,
     /// (version, replicas) → the object sent, by content hash.
     objects: BTreeMap<(String, u32), (i64, Object)>,
+    /// (version, replicas) → the Secret values that version references.
+    secrets: BTreeMap<(String, u32), Vec<SecretKeyRef>>,
+}
+
+/// The `(name, key)` pairs of Secrets `spec` references.
+fn secret_refs(uses: Vec<verge_api::specs::SecretUse>) -> Vec<SecretKeyRef> {
+    uses.into_iter().map(|u| u.secret).collect()
+}
+
+/// 63 bits of SHA-256 of `bytes`: a revision for content the store has no revision for.
+fn digest_rev(bytes: &[u8]) -> i64 {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(bytes);
+    let mut h = [0u8; 8];
+    h.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(h) >> 1) as i64
 }
 
 /// Annotation on an App sent to a node: how many replicas run there.
@@ -68,6 +89,7 @@ impl AppDesired {
         };
         let mut nodes = BTreeMap::new();
         let mut objects = BTreeMap::new();
+        let mut secrets = BTreeMap::new();
         for (node, version) in &state.nodes {
             let Some(spec) = spec_of(version) else {
                 continue;
@@ -93,17 +115,21 @@ impl AppDesired {
                     spec: spec.clone(),
                     status: serde_json::Value::Null,
                 };
-                let bytes = serde_json::to_vec(&obj).unwrap_or_default();
-                let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
-                let mut h = [0u8; 8];
-                h.copy_from_slice(&digest[..8]);
-                let hash = (u64::from_be_bytes(h) >> 1) as i64;
+                let hash = digest_rev(&serde_json::to_vec(&obj).unwrap_or_default());
                 obj.metadata.resource_version = Some(hash.to_string());
                 objects.insert(k.clone(), (hash, obj));
+                let uses = serde_json::from_value::<AppSpec>(spec.clone())
+                    .map(|a| secret_refs(a.secret_uses()))
+                    .unwrap_or_default();
+                secrets.insert(k.clone(), uses);
             }
             nodes.insert(node.clone(), k);
         }
-        Self { nodes, objects }
+        Self {
+            nodes,
+            objects,
+            secrets,
+        }
     }
 }
 
@@ -115,6 +141,8 @@ struct Cache {
     apps: BTreeMap<String, AppDesired>,
     functions: BTreeMap<String, (i64, Object, FunctionSpec)>,
     triggers: BTreeMap<String, (i64, Object, TriggerSpec)>,
+    /// As stored: values sealed, opened only for the nodes that need them.
+    secrets: BTreeMap<String, (i64, Object, SecretSpec)>,
     node_labels: HashMap<String, BTreeMap<String, String>>,
 }
 
@@ -137,6 +165,8 @@ struct NodeSync {
 pub struct Sync {
     store: DynStore,
     gateway: OnceLock<DynDownlink>,
+    /// Opens Secret values for the nodes (none are sent without it).
+    secret_box: OnceLock<Arc<SecretBox>>,
     cache: RwLock<Cache>,
     nodes: Mutex<HashMap<String, NodeSync>>,
 }
@@ -146,6 +176,7 @@ impl Sync {
         Self {
             store,
             gateway: OnceLock::new(),
+            secret_box: OnceLock::new(),
             cache: RwLock::new(Cache::default()),
             nodes: Mutex::new(HashMap::new()),
         }
@@ -153,6 +184,46 @@ impl Sync {
 
     pub fn set_gateway(&self, gw: DynDownlink) {
         let _ = self.gateway.set(gw);
+    }
+
+    pub fn set_secret_box(&self, sbox: Arc<SecretBox>) {
+        let _ = self.secret_box.set(sbox);
+    }
+
+    /// The Secret `name` as a node that references `keys` of it gets it: those keys,
+    /// decrypted. `None` when there is no such Secret or nothing of it opens (the
+    /// node then reports the reference as missing).
+    fn secret_for_node(
+        &self,
+        cache: &Cache,
+        name: &str,
+        keys: &BTreeSet<String>,
+    ) -> Option<(i64, Object)> {
+        let (rev, stored, _) = cache.secrets.get(name)?;
+        let sbox = self.secret_box.get()?;
+        let (mut values, errors) = sbox.open_data(name, &stored.spec);
+        if !errors.is_empty() {
+            tracing::warn!(secret = %name, errors = %errors.join("; "), "secret values that do not open are not sent to nodes");
+        }
+        values.retain(|k, _| keys.contains(k));
+        let mut fingerprint = rev.to_string();
+        for k in values.keys() {
+            fingerprint.push('\0');
+            fingerprint.push_str(k);
+        }
+        let version = digest_rev(fingerprint.as_bytes());
+        let obj = Object {
+            api_version: stored.api_version.clone(),
+            kind: stored.kind.clone(),
+            metadata: verge_api::ObjectMeta {
+                name: name.to_string(),
+                resource_version: Some(version.to_string()),
+                ..Default::default()
+            },
+            spec: serde_json::json!({ "data": values }),
+            status: serde_json::Value::Null,
+        };
+        Some((version, obj))
     }
 
     /// The objects `node` should hold: `Kind/name → (mod_revision, object)`.
@@ -168,14 +239,30 @@ impl Sync {
             .filter(|(_, (_, _, spec))| spec.selects(labels))
             .map(|(name, (rev, o, _))| (format!("Config/{name}"), (*rev, o.clone())))
             .collect();
+        // Secret name → the keys what is sent here references.
+        let mut secrets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut wants = |refs: Vec<SecretKeyRef>| {
+            for r in refs {
+                secrets.entry(r.name).or_default().insert(r.key);
+            }
+        };
         for (name, app) in &cache.apps {
-            if let Some(entry) = app.nodes.get(node).and_then(|k| app.objects.get(k)) {
+            if let Some(k) = app.nodes.get(node)
+                && let Some(entry) = app.objects.get(k)
+            {
                 set.insert(format!("App/{name}"), entry.clone());
+                wants(app.secrets.get(k).cloned().unwrap_or_default());
             }
         }
         for (name, (rev, o, spec)) in &cache.functions {
             if spec.placed_on(labels) {
                 set.insert(format!("Function/{name}"), (*rev, o.clone()));
+                wants(secret_refs(spec.secret_uses()));
+            }
+        }
+        for (name, keys) in &secrets {
+            if let Some(entry) = self.secret_for_node(&cache, name, keys) {
+                set.insert(format!("Secret/{name}"), entry);
             }
         }
         for (name, (rev, o, spec)) in &cache.triggers {
@@ -411,6 +498,9 @@ impl Sync {
         if let Some(name) = key.strip_prefix(TRIGGER_PREFIX) {
             return Self::apply_spec(&mut cache.triggers, name, kind, value, revision);
         }
+        if let Some(name) = key.strip_prefix(SECRET_PREFIX) {
+            return Self::apply_spec(&mut cache.secrets, name, kind, value, revision);
+        }
         if let Some(name) = key.strip_prefix(APP_PREFIX) {
             let next = match kind {
                 EventKind::Delete => None,
@@ -444,7 +534,7 @@ impl Sync {
         false
     }
 
-    /// Keeps `map[name]` at the stored object (Config, Function, Trigger) with its spec
+    /// Keeps `map[name]` at the stored object (Config, Function, Trigger, Secret) with its spec
     /// parsed, without its status (a status write sends nothing). Returns whether what
     /// nodes get changed.
     fn apply_spec<S: serde::de::DeserializeOwned>(

@@ -1158,6 +1158,7 @@ mod tests {
             command: vec!["/bin/web".into()],
             args: vec!["--port".into(), "80".into()],
             env: BTreeMap::from([("A".into(), "1".into()), ("B".into(), "x=y".into())]),
+            secret_env: BTreeMap::new(),
             ports: vec![
                 PortSpec {
                     container_port: 80,
@@ -1245,6 +1246,7 @@ mod tests {
             command: vec![],
             args: vec![],
             env: BTreeMap::new(),
+            secret_env: BTreeMap::new(),
             ports: vec![],
             volumes: vec![],
             registry_auth: None,
