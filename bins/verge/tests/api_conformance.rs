@@ -166,7 +166,7 @@ async fn every_documented_operation_answers_as_documented() -> Result<()> {
             calls += 1;
         }
     }
-    assert!(calls > 60, "only {calls} operations documented");
+    assert!(calls >= 50, "only {calls} operations documented");
 
     // The parameters and answers the first user of the document found missing.
     let list = &doc["paths"]["/api/v1/configs"]["get"];
