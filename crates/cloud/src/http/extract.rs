@@ -51,21 +51,17 @@ where
 fn path_error(e: PathRejection) -> ApiError {
     use axum::extract::path::ErrorKind;
     match e {
-        PathRejection::FailedToDeserializePathParams(d) => {
-            let err = match d.kind() {
-                ErrorKind::InvalidUtf8InPathParam { key } => {
-                    ApiError::bad_request(format!("path parameter {key}: not valid UTF-8"))
-                        .field(key.clone())
-                }
-                ErrorKind::ParseErrorAtKey { key, .. }
-                | ErrorKind::DeserializeError { key, .. } => {
-                    ApiError::bad_request(format!("path parameter {key}: {}", d.body_text()))
-                        .field(key.clone())
-                }
-                _ => ApiError::bad_request(format!("path: {}", d.body_text())),
-            };
-            err
-        }
+        PathRejection::FailedToDeserializePathParams(d) => match d.kind() {
+            ErrorKind::InvalidUtf8InPathParam { key } => {
+                ApiError::bad_request(format!("path parameter {key}: not valid UTF-8"))
+                    .field(key.clone())
+            }
+            ErrorKind::ParseErrorAtKey { key, .. } | ErrorKind::DeserializeError { key, .. } => {
+                ApiError::bad_request(format!("path parameter {key}: {}", d.body_text()))
+                    .field(key.clone())
+            }
+            _ => ApiError::bad_request(format!("path: {}", d.body_text())),
+        },
         other => ApiError::internal(format!("path parameters: {}", other.body_text())),
     }
 }
