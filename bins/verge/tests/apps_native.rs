@@ -253,6 +253,43 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
             .contains("health"),
         "{web}"
     );
+    // `get apps` shows what serves — v2, healthy on all three — and v3 apart, as the
+    // target that was rolled back: no outage where there is none.
+    let line = eventually(
+        Duration::from_secs(30),
+        "get apps: v2 serving 3/3, v3 rolled back",
+        async || {
+            let table = success(&verge(&cloud, &["get", "apps"]).ok()?);
+            let line = table.lines().find(|l| l.starts_with("web "))?.to_string();
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            (cells.get(4) == Some(&"3/3")).then_some(line)
+        },
+    )
+    .await?;
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        [cells[0], cells[1], cells[2], cells[3], cells[4]],
+        ["web", "2.0.0", "3.0.0", "native", "3/3"],
+        "{line}"
+    );
+    assert!(line.contains("RolledBack"), "{line}");
+    let web = cloud.app("web").await?;
+    assert_eq!(
+        (
+            &web["status"]["version"],
+            &web["status"]["targetVersion"],
+            &web["status"]["readyReplicas"],
+            &web["status"]["updatedReplicas"]
+        ),
+        (&json!("2.0.0"), &json!("3.0.0"), &json!(3), &json!(0)),
+        "{web}"
+    );
+    let available = app_condition(&web, "Available").unwrap();
+    assert_eq!(
+        (&available["status"], &available["reason"]),
+        (&json!("True"), &json!("RolledBack")),
+        "{web}"
+    );
 
     // A version going backwards by mistake is refused; `rollout rollback` may.
     let r = cloud
