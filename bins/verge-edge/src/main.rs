@@ -267,6 +267,9 @@ async fn dispatch(cmd: Command) -> Result<()> {
                     for key in ["node", "connected", "appliedRevision", "lastSync", "queue"] {
                         println!("{:<17}{}", format!("{key}:"), v[key]);
                     }
+                    if let Some(why) = v["uplinkStopped"].as_str() {
+                        println!("{:<17}{why}", "uplinkStopped:");
+                    }
                 }
                 Ok(())
             }

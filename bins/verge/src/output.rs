@@ -50,13 +50,24 @@ fn columns(kind: Kind, obj: &Object) -> (Vec<&'static str>, Vec<String>) {
     let name = obj.metadata.name.clone();
     let age = age(obj.metadata.creation_timestamp.as_deref());
     match kind {
+        // VERSION is what the app serves (after a rollback, the version it went back
+        // to) and READY its healthy replicas; TARGET is `spec.version` while it is not
+        // (yet, or after a rollback: no longer) the one served.
         Kind::App => (
             vec![
-                "NAME", "VERSION", "WORKLOAD", "READY", "STEP", "PHASE", "AGE",
+                "NAME", "VERSION", "TARGET", "WORKLOAD", "READY", "STEP", "PHASE", "AGE",
             ],
             vec![
                 name,
-                str_at(&obj.spec, &["version"]).unwrap_or("-").into(),
+                str_at(&obj.status, &["version"]).unwrap_or("-").into(),
+                match (
+                    str_at(&obj.spec, &["version"]),
+                    str_at(&obj.status, &["version"]),
+                ) {
+                    (Some(want), Some(serving)) if want == serving => "-".into(),
+                    (Some(want), _) => want.into(),
+                    (None, _) => "-".into(),
+                },
                 workload_kind(obj),
                 match (
                     obj.status.get("readyReplicas").and_then(|v| v.as_u64()),
@@ -321,4 +332,64 @@ pub fn describe(obj: &Object) -> Result<String> {
         out.push('\n');
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(spec_version: &str, status: serde_json::Value) -> Object {
+        Object {
+            api_version: verge_api::API_VERSION.into(),
+            kind: "App".into(),
+            metadata: verge_api::ObjectMeta {
+                name: "web".into(),
+                ..Default::default()
+            },
+            spec: serde_json::json!({"version": spec_version,
+                "workload": {"native": {"command": "run"}}}),
+            status,
+        }
+    }
+
+    #[test]
+    fn an_app_row_shows_the_served_version_and_the_target_apart() {
+        let (h, _) = columns(Kind::App, &app("1.0.0", serde_json::Value::Null));
+        assert_eq!(
+            h,
+            [
+                "NAME", "VERSION", "TARGET", "WORKLOAD", "READY", "STEP", "PHASE", "AGE"
+            ]
+        );
+        // Rolled back: serving 1.1.0 on every node, 1.2.0 the target that failed.
+        let rolled_back = app(
+            "1.2.0",
+            serde_json::json!({"version": "1.1.0", "targetVersion": "1.2.0",
+                "phase": "RolledBack", "replicas": 1, "readyReplicas": 1, "step": "1/2 (50%)"}),
+        );
+        let (_, row) = columns(Kind::App, &rolled_back);
+        assert_eq!(
+            row[..7],
+            [
+                "web",
+                "1.1.0",
+                "1.2.0",
+                "native",
+                "1/1",
+                "1/2 (50%)",
+                "RolledBack"
+            ]
+        );
+        // Complete: nothing in TARGET.
+        let done = app(
+            "1.1.0",
+            serde_json::json!({"version": "1.1.0", "phase": "Complete", "replicas": 3,
+                "readyReplicas": 3, "step": "2/2 (100%)"}),
+        );
+        let (_, row) = columns(Kind::App, &done);
+        assert_eq!(row[1..3], ["1.1.0", "-"]);
+        // Just created, nothing reported yet.
+        let (_, row) = columns(Kind::App, &app("1.0.0", serde_json::Value::Null));
+        assert_eq!(row[1..5], ["-", "1.0.0", "native", "-"]);
+    }
 }

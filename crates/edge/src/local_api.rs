@@ -8,7 +8,7 @@
 //! | `GET /v1/configs/{name}`       | one `Config` object                                |
 //! | `GET /v1/objects/{kind}`       | JSON array of the stored objects of `kind`         |
 //! | `GET /v1/objects/{kind}/{name}`| one object                                         |
-//! | `GET /v1/status`               | `{node, appliedRevision, connected, queue, lastSync}` |
+//! | `GET /v1/status`               | `{node, appliedRevision, connected, queue, lastSync, uplinkStopped?}` |
 //! | `POST /v1/results`             | queue a task result for the cloud: `202 {seq}`      |
 //! | `POST /v1/functions/{name}/invoke` | run a function placed on this node: its output  |
 //!

@@ -38,6 +38,9 @@ use crate::http::resources::{kind_prefix, modify, object_key};
 
 /// How often unfinished tasks are looked at.
 pub const TICK: Duration = Duration::from_millis(500);
+
+/// `Retry-After` of a synchronous invoke refused because no node for it is Ready.
+const SYNC_RETRY_AFTER_SECS: u64 = 5;
 /// Unfinished tasks allowed at once; creating more answers 429.
 pub const MAX_ACTIVE_TASKS: usize = 10_000;
 /// Finished tasks are deleted this long after they finished.
@@ -314,6 +317,26 @@ impl Tasks {
         }
     }
 
+    /// For a synchronous invoke, which is not queued: `Err` at once when `target` (or
+    /// the function's placement) has no node to run it now — 404 naming a node that
+    /// does not exist, 503 when no node for it is Ready ([`sync_refusal`]).
+    pub async fn dispatchable_now(
+        &self,
+        target: Option<&TaskTarget>,
+        function: &FunctionSpec,
+    ) -> Result<(), ApiError> {
+        let nodes = self.nodes().await;
+        match sync_refusal(&place(target, function, &nodes, &self.load())) {
+            None => Ok(()),
+            Some(NotNow::NoSuchNode(m)) => Err(ApiError::not_found(m).field("node")),
+            Some(NotNow::Offline(m)) => {
+                let mut e = ApiError::new(Reason::Unavailable, m);
+                e.retry_after = Some(SYNC_RETRY_AFTER_SECS);
+                Err(e)
+            }
+        }
+    }
+
     async fn nodes(&self) -> Vec<NodeView> {
         let Ok(list) = self.store.list(&kind_prefix(Kind::Node), None).await else {
             return Vec::new();
@@ -327,6 +350,7 @@ impl Tasks {
                         .any(|c| c["type"] == "Ready" && c["status"] == "True")
                 });
                 NodeView {
+                    phase: o.status["phase"].as_str().unwrap_or("Unknown").to_string(),
                     name: o.metadata.name,
                     labels: o.metadata.labels,
                     connected,

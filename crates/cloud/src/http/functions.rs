@@ -3,7 +3,9 @@
 //!   function and answers with its output. Cloud-placed functions run in the cloud's
 //!   runtime (JSON or any bytes in and out); edge-placed ones run as a task on `node`
 //!   (or the least loaded node of the function's placement) and the call waits for the
-//!   result (JSON input only, at most 256 KiB).
+//!   result (JSON input only, at most 256 KiB). Such a call is not queued: a `node`
+//!   that does not exist is a 404 (field `node`), no Ready node to run it a 503 with
+//!   `Retry-After`, both at once (decision 019).
 //! - `POST /api/v1/tasks` (a bare `TaskSpec` or a `Task` object) → `202 {taskId}`;
 //!   `GET /api/v1/tasks[/{id}]`; `DELETE /api/v1/tasks/{id}` cancels.
 
@@ -170,6 +172,10 @@ pub async fn invoke(
             ApiError::invalid(field, e.message)
         });
     }
+    // Not queued: a node that does not exist, or none Ready to run it, is said at once.
+    f.tasks
+        .dispatchable_now(task.target.as_ref(), &spec)
+        .await?;
     let (id, _) = f.tasks.create(task, Default::default(), None).await?;
     let Some(status) = f.tasks.wait(&id, Duration::from_secs(timeout + 5)).await else {
         return Ok((
