@@ -850,6 +850,21 @@ impl Tasks {
         let this = self.clone();
         let name = name.to_string();
         tokio::spawn(async move {
+            // `st` may be a snapshot read before the previous attempt was recorded and
+            // its slot freed: the stored status decides, now that the slot is held.
+            let current = matches!(
+                this.fetch(&name).await,
+                Ok(Some((_, s, _))) if s.callback.as_ref().is_some_and(|c| {
+                    c.state == CallbackState::Pending && c.attempts + 1 == attempt
+                })
+            );
+            if !current {
+                if let Ok(mut d) = this.delivering.lock() {
+                    d.remove(&name);
+                }
+                this.wake.notify_one();
+                return;
+            }
             let r = callbacks::deliver(&this.http, &url, &this.callback_key, &name, attempt, &body)
                 .await;
             let now = now_ms();
