@@ -1,4 +1,5 @@
-//! Human output: tables (comfy-table), ages, describe, YAML/JSON.
+//! Human output: tables (comfy-table) with the columns of each kind, ages, YAML/JSON.
+//! `verge describe`'s summaries are in `describe.rs`.
 
 use anyhow::Result;
 use comfy_table::presets::NOTHING;
@@ -82,29 +83,47 @@ fn columns(kind: Kind, obj: &Object) -> (Vec<&'static str>, Vec<String>) {
             ],
         ),
         Kind::Function => (
-            vec!["NAME", "RUNTIME", "HANDLER", "AGE"],
+            vec!["NAME", "RUNTIME", "HANDLER", "PLACEMENT", "PHASE", "AGE"],
             vec![
                 name,
                 str_at(&obj.spec, &["runtime"]).unwrap_or("-").into(),
                 str_at(&obj.spec, &["handler"]).unwrap_or("-").into(),
+                if obj.spec.pointer("/placement/cloud") == Some(&serde_json::Value::Bool(true)) {
+                    "cloud".into()
+                } else {
+                    "edge".into()
+                },
+                checked_phase(obj),
                 age,
             ],
         ),
         Kind::Trigger => (
-            vec!["NAME", "SCHEDULE", "FUNCTION", "AGE"],
+            vec!["NAME", "SCHEDULE", "FUNCTION", "FIRES-ON", "NEXT", "AGE"],
             vec![
                 name,
                 str_at(&obj.spec, &["schedule"]).unwrap_or("-").into(),
                 str_at(&obj.spec, &["function"]).unwrap_or("-").into(),
+                str_at(&obj.status, &["firesOn"]).unwrap_or("-").into(),
+                obj.status
+                    .get("nextFireMs")
+                    .and_then(|v| v.as_i64())
+                    .map(|ms| crate::describe::relative(ms - now_ms()))
+                    .unwrap_or_else(|| "-".into()),
                 age,
             ],
         ),
         Kind::Task => (
-            vec!["NAME", "FUNCTION", "PHASE", "AGE"],
+            vec!["NAME", "FUNCTION", "PHASE", "NODE", "ATTEMPTS", "AGE"],
             vec![
                 name,
                 str_at(&obj.spec, &["function"]).unwrap_or("-").into(),
-                str_at(&obj.status, &["phase"]).unwrap_or("-").into(),
+                str_at(&obj.status, &["phase"]).unwrap_or("Pending").into(),
+                str_at(&obj.status, &["node"]).unwrap_or("-").into(),
+                obj.status
+                    .get("attempts")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0)
+                    .to_string(),
                 age,
             ],
         ),
@@ -173,6 +192,24 @@ fn columns(kind: Kind, obj: &Object) -> (Vec<&'static str>, Vec<String>) {
             ],
         ),
     }
+}
+
+/// A Function's `status.phase` for the spec it has now: `Pending` until the cloud has
+/// checked this generation (so a failed load never looks fine).
+fn checked_phase(obj: &Object) -> String {
+    let observed = obj
+        .status
+        .get("observedGeneration")
+        .and_then(|v| v.as_i64());
+    match (str_at(&obj.status, &["phase"]), observed) {
+        (Some(p), Some(o)) if Some(o) == obj.metadata.generation => p.into(),
+        _ => "Pending".into(),
+    }
+}
+
+/// Now, in milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 fn labels_string(obj: &Object) -> String {
@@ -254,86 +291,6 @@ pub fn yaml<T: serde::Serialize>(v: &T) -> Result<String> {
 pub fn json<T: serde::Serialize>(v: &T) -> Result<String> {
     Ok(serde_json::to_string_pretty(v)?)
 }
-
-fn indent(s: &str, n: usize) -> String {
-    let pad = " ".repeat(n);
-    s.lines()
-        .map(|l| format!("{pad}{l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// `verge describe`: metadata first, then spec and status as YAML.
-pub fn describe(obj: &Object) -> Result<String> {
-    let m = &obj.metadata;
-    let mut out = String::new();
-    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<18}{v}\n"));
-    line("Name:", m.name.clone());
-    line("Kind:", obj.kind.clone());
-    line("Labels:", labels_string(obj));
-    line(
-        "Annotations:",
-        if m.annotations.is_empty() {
-            "<none>".into()
-        } else {
-            m.annotations
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        },
-    );
-    line("UID:", m.uid.clone().unwrap_or_default());
-    line(
-        "Generation:",
-        m.generation.map(|g| g.to_string()).unwrap_or_default(),
-    );
-    line(
-        "Resource Version:",
-        m.resource_version.clone().unwrap_or_default(),
-    );
-    line(
-        "Created:",
-        format!(
-            "{} ({} ago)",
-            m.creation_timestamp.clone().unwrap_or_default(),
-            age(m.creation_timestamp.as_deref())
-        ),
-    );
-    out.push_str("Spec:\n");
-    // Secrets: keys and sizes, never values (`get -o yaml` shows them to those allowed).
-    let spec = if obj.kind == Kind::Secret.name() {
-        let hidden = obj
-            .metadata
-            .annotations
-            .contains_key(verge_api::specs::ANNOTATION_REDACTED);
-        let mut s = obj.spec.clone();
-        if let Some(data) = s.get_mut("data").and_then(|d| d.as_object_mut()) {
-            for v in data.values_mut() {
-                let len = v.as_str().map_or(0, str::len);
-                *v = serde_json::Value::String(if hidden {
-                    "<hidden>".into()
-                } else {
-                    format!("<{len} bytes>")
-                });
-            }
-        }
-        s
-    } else {
-        obj.spec.clone()
-    };
-    out.push_str(&indent(yaml(&spec)?.trim_end(), 2));
-    out.push('\n');
-    out.push_str("Status:\n");
-    if obj.status.is_null() {
-        out.push_str("  <none>\n");
-    } else {
-        out.push_str(&indent(yaml(&obj.status)?.trim_end(), 2));
-        out.push('\n');
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
