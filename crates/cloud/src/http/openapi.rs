@@ -566,7 +566,10 @@ fn describe(op: Op) -> OperationBuilder {
                 failure("the input is not JSON, or a parameter is malformed"),
             )
             .response("403", failure("this token's role may not invoke"))
-            .response("404", failure("no such function, or it is not loaded"))
+            .response(
+                "404",
+                failure("no such function, or it is not loaded, or `node` names no node"),
+            )
             .response("413", failure("the input is larger than the cap"))
             .response(
                 "415",
@@ -578,7 +581,10 @@ fn describe(op: Op) -> OperationBuilder {
             .response("502", failure("the worker crashed"))
             .response(
                 "503",
-                failure("the function could not be loaded, or functions are off"),
+                failure(
+                    "the function could not be loaded, functions are off, or no Ready node \
+                     can run it now (Retry-After)",
+                ),
             )
             .response("504", failure("the invocation timed out"))
         }
@@ -594,14 +600,24 @@ fn describe(op: Op) -> OperationBuilder {
             ))),
         )
         .response(
+            "200",
+            ok(
+                "a Task object whose idempotency key was seen before: the earlier Task",
+                Ref::from_schema_name("Task"),
+            ),
+        )
+        .response(
             "202",
             ok(
-                "accepted; follow it at /api/v1/tasks/{taskId} (the Location header)",
-                Ref::from_schema_name("TaskAccepted"),
+                "accepted; follow it at the Location header: the Task for a Task object,                  {taskId, created} for a bare TaskSpec",
+                OneOfBuilder::new()
+                    .item(Ref::from_schema_name("Task"))
+                    .item(Ref::from_schema_name("TaskAccepted")),
             ),
         )
         .response("403", write_denied())
         .response("404", error("spec.function names no function"))
+        .response("409", error("a Task with this metadata.name exists"))
         .response("503", error("functions are not enabled")),
         Op::CancelTask => op_builder(
             "cancelTask".into(),
