@@ -10,6 +10,7 @@ pub mod apps;
 pub mod artifact_access;
 pub mod artifacts;
 pub mod auth;
+pub mod controller;
 mod client_config;
 mod error;
 pub mod functions;
