@@ -264,10 +264,14 @@ async fn list_and_watch(
         *objects = fresh;
     }
     cache.set_revision(list.revision);
-    cache.synced.send_replace(true);
+    // The first list is not news: subscribers start from the synced cache. A relist's
+    // diff is what they missed.
+    let relist = cache.synced.send_replace(true);
     *failures = 0;
-    for c in changes {
-        let _ = informer.tx.send(Arc::new(c));
+    if relist {
+        for c in changes {
+            let _ = informer.tx.send(Arc::new(c));
+        }
     }
     let mut events = match store.watch(prefix, list.revision).await {
         Ok(w) => w,
