@@ -482,8 +482,14 @@ pub async fn a_lagging_watcher_loses_nothing(store: DynStore) {
 /// A delete event holds the value before the delete, at the delete's revision; the
 /// key can then be created again with a new create revision.
 pub async fn delete_events_carry_the_last_value(store: DynStore) {
-    store.create("d", b("one"), labels(&[("k", "v")])).await.unwrap();
-    store.update("d", b("two"), Labels::new(), Expect::Any).await.unwrap();
+    store
+        .create("d", b("one"), labels(&[("k", "v")]))
+        .await
+        .unwrap();
+    store
+        .update("d", b("two"), Labels::new(), Expect::Any)
+        .await
+        .unwrap();
     let mut w = store.watch("d", 2).await.unwrap();
     let gone = store.delete("d", Expect::ModRevision(2)).await.unwrap();
     let ev = next(&mut w).await.unwrap().unwrap();

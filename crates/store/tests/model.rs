@@ -12,8 +12,7 @@ use proptest::prelude::*;
 use verge_api::LabelSelector;
 use verge_store::{
     Error, EventKind, Expect, KeyValue, Labels, ListResult, MemStore, Revision, SqliteOptions,
-    SqliteStore,
-    Store,
+    SqliteStore, Store,
 };
 
 const KEYS: &[&str] = &["a", "a/1", "a/2", "ab", "b/1"];

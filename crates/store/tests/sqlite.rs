@@ -384,7 +384,6 @@ async fn close_refuses_writes_and_ends_watches() {
     assert!(seen <= 1);
 }
 
-
 #[tokio::test]
 async fn watch_sees_concurrent_writes_once_in_order() {
     let dir = tempfile::tempdir().unwrap();

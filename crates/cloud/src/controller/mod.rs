@@ -194,8 +194,7 @@ impl Controller {
             q.add(s);
         }
         let reconcile = Arc::new(reconcile);
-        let mut running: JoinSet<(String, Result<Action, String>, Option<Action>)> =
-            JoinSet::new();
+        let mut running: JoinSet<(String, Result<Action, String>, Option<Action>)> = JoinSet::new();
         // Which key each running task holds, to release it should the task panic.
         let mut holding: std::collections::HashMap<tokio::task::Id, String> =
             std::collections::HashMap::new();
@@ -284,8 +283,10 @@ impl Controller {
             }
         }
         // Shutdown: let running reconciles finish, within bounds.
-        let _ = tokio::time::timeout(DRAIN, async { while running.join_next().await.is_some() {} })
-            .await;
+        let _ = tokio::time::timeout(DRAIN, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
         running.abort_all();
         tracing::debug!(controller = name, "controller stopped");
     }

@@ -251,7 +251,8 @@ async fn list_and_watch(
         }
         for (name, new) in &fresh {
             let old = objects.get(name);
-            let same = old.is_some_and(|o| o.metadata.resource_version == new.metadata.resource_version);
+            let same =
+                old.is_some_and(|o| o.metadata.resource_version == new.metadata.resource_version);
             if !same {
                 changes.push(Change {
                     kind,

@@ -23,7 +23,12 @@ async fn put(store: &MemStore, kind: Kind, name: &str, v: i64) {
     let k = key(kind, name);
     if store.get(&k).await.unwrap().is_some() {
         store
-            .update(&k, object(kind, name, v), Default::default(), verge_store::Expect::Any)
+            .update(
+                &k,
+                object(kind, name, v),
+                Default::default(),
+                verge_store::Expect::Any,
+            )
             .await
             .unwrap();
     } else {
@@ -56,7 +61,12 @@ impl Seen {
     }
 
     fn of(&self, key: &str) -> Vec<i64> {
-        self.runs.lock().unwrap().get(key).cloned().unwrap_or_default()
+        self.runs
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -78,11 +88,7 @@ struct Env {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn start(
-    store: MemStore,
-    build: impl FnOnce(Controller) -> Controller,
-    action: Action,
-) -> Env {
+fn start(store: MemStore, build: impl FnOnce(Controller) -> Controller, action: Action) -> Env {
     let (stop, rx) = watch::channel(false);
     let informers = Informers::new(Arc::new(store.clone()), rx.clone());
     let seen = Arc::new(Seen::default());
@@ -122,7 +128,11 @@ async fn every_object_at_start_then_each_change() {
         .await
         .unwrap();
     settle().await;
-    assert_eq!(e.seen.of("b"), vec![1, -1], "a deletion runs with no object");
+    assert_eq!(
+        e.seen.of("b"),
+        vec![1, -1],
+        "a deletion runs with no object"
+    );
     e.stop.send_replace(true);
     e.task.await.unwrap();
 }
