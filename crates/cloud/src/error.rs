@@ -48,6 +48,17 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
+/// `Reason: [field: ]message`, as logs show it (controllers report reconcile errors so).
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: ", self.reason)?;
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
 impl ApiError {
     pub fn new(reason: Reason, message: impl Into<String>) -> Self {
         Self {

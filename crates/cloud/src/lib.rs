@@ -11,6 +11,7 @@ pub mod artifact_access;
 pub mod artifacts;
 pub mod auth;
 mod client_config;
+pub mod controller;
 mod error;
 pub mod functions;
 pub mod gateway;
@@ -406,9 +407,16 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         let rx = shutdown_rx.clone();
         background.push(tokio::spawn(async move { controller.run(rx).await }));
         background.push(tokio::spawn(tasks.clone().run(shutdown_rx.clone())));
-        let triggers = functions::triggers::TriggerController::new(store.clone(), tasks.clone());
-        let rx = shutdown_rx.clone();
-        background.push(tokio::spawn(async move { triggers.run(rx).await }));
+        // Controllers on the one runtime share one informer per kind.
+        let informers = controller::Informers::new(store.clone(), shutdown_rx.clone());
+        let triggers = Arc::new(functions::triggers::TriggerController::new(
+            store.clone(),
+            tasks.clone(),
+            &informers,
+        ));
+        background.push(tokio::spawn(
+            triggers.run(informers.clone(), shutdown_rx.clone()),
+        ));
     }
     let openapi_json: Bytes =
         serde_json::to_vec_pretty(&http::openapi::document(&cfg.mounts))?.into();

@@ -8,10 +8,14 @@
 //! can be compacted; watching from before the compacted revision fails with
 //! [`Error::Compacted`], which the API maps to 410 Gone.
 //!
-//! Callers only see the [`Store`] trait; backends (SQLite today, PostgreSQL later) live
-//! in their own modules. Controllers never talk SQL.
+//! Callers only see the [`Store`] trait; backends live in their own modules: SQLite
+//! (`sqlite`, the embedded default), [`MemStore`] (`mem`, in memory, for tests),
+//! PostgreSQL later. Every backend passes the same [`compliance`] suite and the
+//! model-based test (`tests/model.rs`). Controllers never talk SQL.
 
+pub mod compliance;
 mod error;
+pub mod mem;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -23,6 +27,7 @@ use futures::Stream;
 use verge_api::LabelSelector;
 
 pub use error::{Error, Result};
+pub use mem::MemStore;
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// A store revision. Revision 0 means "nothing written yet"; the first write is 1.

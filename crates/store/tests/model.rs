@@ -1,5 +1,5 @@
-//! Model-based test: random op sequences run against the SQLite store and against a
-//! trivial in-memory model (BTreeMap + revision counter) must give identical results
+//! Model-based test: random op sequences run against each store backend (SQLite,
+//! `MemStore`) and against a trivial in-memory model (BTreeMap + revision counter) must give identical results
 //! after every op, and a watch started before the sequence must yield exactly the
 //! model's event log.
 
@@ -11,8 +11,8 @@ use futures::StreamExt;
 use proptest::prelude::*;
 use verge_api::LabelSelector;
 use verge_store::{
-    Error, EventKind, Expect, KeyValue, Labels, ListResult, Revision, SqliteOptions, SqliteStore,
-    Store,
+    Error, EventKind, Expect, KeyValue, Labels, ListResult, MemStore, Revision, SqliteOptions,
+    SqliteStore, Store,
 };
 
 const KEYS: &[&str] = &["a", "a/1", "a/2", "ab", "b/1"];
@@ -203,14 +203,9 @@ impl Model {
     }
 }
 
-async fn run(ops: Vec<Op>) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut opts = SqliteOptions::new(dir.path().join("model.db"));
-    opts.max_batch = 8;
-    let store = SqliteStore::open(opts).await.unwrap();
+/// Drives `ops` one at a time against `store` and the model, comparing after each.
+async fn drive(store: &dyn Store, ops: Vec<Op>) -> Model {
     let mut model = Model::default();
-    let mut full_watch = store.watch("", 0).await.unwrap();
-
     for op in ops {
         match op {
             Op::Create(k, v, l) => {
@@ -289,19 +284,42 @@ async fn run(ops: Vec<Op>) {
         assert_eq!(store.current_revision().await.unwrap(), model.current);
         assert_eq!(store.compacted_revision().await.unwrap(), model.compacted);
     }
+    model
+}
 
-    store.close().await;
-    // The watch from 0 saw the whole log (it was never compacted away from under it:
-    // all its events were already on its channel), then ended with the store.
+/// Everything a watch yields until its store closes.
+async fn drain(mut w: verge_store::WatchStream) -> Vec<Ev> {
     let mut got = Vec::new();
-    while let Some(item) = tokio::time::timeout(Duration::from_secs(10), full_watch.next())
+    while let Some(item) = tokio::time::timeout(Duration::from_secs(10), w.next())
         .await
         .expect("watch stalled")
     {
         let ev = item.unwrap();
         got.push((ev.revision, ev.kind, ev.kv.clone()));
     }
-    assert_eq!(got, model.log);
+    got
+}
+
+async fn run_mem(ops: Vec<Op>) {
+    let store = MemStore::new();
+    let full_watch = store.watch("", 0).await.unwrap();
+    let model = drive(&store, ops).await;
+    store.close();
+    assert_eq!(drain(full_watch).await, model.log);
+}
+
+async fn run(ops: Vec<Op>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = SqliteOptions::new(dir.path().join("model.db"));
+    opts.max_batch = 8;
+    let store = SqliteStore::open(opts).await.unwrap();
+    let full_watch = store.watch("", 0).await.unwrap();
+    let model = drive(&store, ops).await;
+
+    store.close().await;
+    // The watch from 0 saw the whole log (it was never compacted away from under it:
+    // all its events were already on its channel), then ended with the store.
+    assert_eq!(drain(full_watch).await, model.log);
 
     // Reopen: same state, same revisions.
     let store = SqliteStore::open(SqliteOptions::new(dir.path().join("model.db")))
@@ -323,6 +341,15 @@ proptest! {
             .build()
             .unwrap();
         rt.block_on(run(ops));
+    }
+
+    #[test]
+    fn mem_store_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(run_mem(ops));
     }
 }
 

@@ -1,142 +1,281 @@
 //! Cron triggers the cloud fires (a `nodeSelector` target or a cloud-placed function;
-//! see [`TriggerSpec::fires_on`]): each due fire time becomes a Task whose
-//! idempotency key names the trigger and the fire time, so a restart never starts it
-//! twice. The last fire time lives in the trigger's status (`lastFireMs`), written
-//! before the task is created. Triggers fired by nodes get `firesOn: nodes` and their
-//! next fire time in status; their runs show up as Tasks when the results arrive.
+//! see [`TriggerSpec::fires_on`]), as a controller on the one runtime
+//! ([`crate::controller`]).
+//!
+//! Each due fire time becomes a Task whose idempotency key names the trigger and the
+//! fire time, so a restart (or a reconcile on a stale read) never starts it twice. The
+//! last fire time lives in the trigger's status (`lastFireMs`), written before the task
+//! is created. Triggers fired by nodes get `firesOn: nodes` and their next fire time in
+//! status; their runs show up as Tasks when the results arrive.
+//!
+//! Work is proportional to change: a trigger is reconciled when it changes, when the
+//! Function it names changes, and at its own next fire time (`Action::Requeue`) —
+//! nothing lists every trigger on a timer. [`decide`] is the pure rule; the reconcile
+//! only reads, writes and creates tasks.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use verge_api::specs::{FiresOn, FunctionSpec, Schedule, TaskSpec, TriggerSpec};
 use verge_api::{Kind, Object};
 use verge_store::DynStore;
 
 use super::tasks::{LABEL_TRIGGER, Tasks};
-use crate::http::resources::{kind_prefix, modify, object_key};
+use crate::controller::{Action, Cache, Controller, Informers, Request, backoff_policy};
+use crate::error::ApiError;
+use crate::http::resources::{kv_to_object, modify, object_key};
+
+/// How late after a fire time the reconcile runs (the clock's granularity).
+const AFTER_FIRE: Duration = Duration::from_millis(5);
 
 pub struct TriggerController {
     store: DynStore,
     tasks: Arc<Tasks>,
+    functions: Arc<Cache>,
 }
 
 fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// What one reconcile of a trigger decides at `now`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The status to store (unchanged when equal to the object's).
+    pub status: Value,
+    /// Fire times to start a Task for, oldest first (after `status` is stored).
+    pub fires: Vec<i64>,
+    /// The next fire time: reconcile again then.
+    pub next: Option<i64>,
+}
+
+/// The pure rule: `trigger`'s status and due fires at `now_ms`, given the Function it
+/// names (`None`: not found). `None` when the spec or its schedule does not parse
+/// (validation keeps those out; such an object is left alone).
+pub fn decide(trigger: &Object, function: Option<&FunctionSpec>, now_ms: i64) -> Option<Decision> {
+    let spec = serde_json::from_value::<TriggerSpec>(trigger.spec.clone()).ok()?;
+    let schedule = Schedule::of(&spec).ok()?;
+    let fires_on = spec.fires_on(function.is_some_and(FunctionSpec::in_cloud));
+    let mut status = trigger.status.clone();
+    if !status.is_object() {
+        status = json!({});
+    }
+    let next = schedule.next_after(now_ms);
+    status["observedGeneration"] = json!(trigger.metadata.generation);
+    status["firesOn"] = json!(match fires_on {
+        FiresOn::Cloud => "cloud",
+        FiresOn::Nodes => "nodes",
+    });
+    status["nextFireMs"] = json!(next);
+    status["message"] = match function {
+        None => json!(format!("function {:?} not found", spec.function)),
+        Some(_) => Value::Null,
+    };
+    let mut fires = Vec::new();
+    if fires_on == FiresOn::Cloud {
+        let due = schedule.due(
+            trigger.status["lastFireMs"].as_i64(),
+            now_ms,
+            spec.missed_policy.as_ref(),
+        );
+        status["lastFireMs"] = json!(due.last);
+        if due.skipped > 0 {
+            let skipped = status["skipped"].as_u64().unwrap_or(0) + due.skipped;
+            status["skipped"] = json!(skipped);
+        }
+        fires = due.fires;
+    }
+    Some(Decision {
+        status,
+        fires,
+        next,
+    })
+}
+
 impl TriggerController {
-    pub fn new(store: DynStore, tasks: Arc<Tasks>) -> Self {
-        Self { store, tasks }
-    }
-
-    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        loop {
-            if let Err(e) = self.pass().await {
-                tracing::warn!(error = %e, "trigger pass failed");
-            }
-            // Wake on the next whole second: second-granularity schedules fire on time.
-            let ms = 1000 - now_ms().rem_euclid(1000) + 5;
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(ms as u64)) => {}
-                _ = shutdown.changed() => return,
-            }
+    pub fn new(store: DynStore, tasks: Arc<Tasks>, informers: &Informers) -> Self {
+        Self {
+            store,
+            tasks,
+            functions: informers.cache(Kind::Function),
         }
     }
 
-    async fn pass(&self) -> crate::Result<()> {
-        let list = self.store.list(&kind_prefix(Kind::Trigger), None).await?;
-        let functions: BTreeMap<String, FunctionSpec> = self
-            .store
-            .list(&kind_prefix(Kind::Function), None)
-            .await?
-            .items
-            .iter()
-            .filter_map(|kv| serde_json::from_slice::<Object>(&kv.value).ok())
-            .filter_map(|o| {
-                let spec = serde_json::from_value(o.spec).ok()?;
-                Some((o.metadata.name, spec))
+    /// Runs the controller until `shutdown` flips: keyed by Trigger name, woken by
+    /// Trigger changes, by changes of the Function a trigger names, and at fire times.
+    pub async fn run(
+        self: Arc<Self>,
+        informers: Arc<Informers>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let triggers = informers.cache(Kind::Trigger);
+        Controller::new("triggers", informers)
+            .for_kind(Kind::Trigger)
+            .watches(Kind::Function, move |change| {
+                triggers
+                    .list()
+                    .iter()
+                    .filter(|t| t.spec["function"].as_str() == Some(change.name.as_str()))
+                    .map(|t| t.metadata.name.clone())
+                    .collect()
             })
-            .collect();
-        for kv in &list.items {
-            let Ok(o) = serde_json::from_slice::<Object>(&kv.value) else {
-                continue;
-            };
-            let Ok(spec) = serde_json::from_value::<TriggerSpec>(o.spec.clone()) else {
-                continue;
-            };
-            let Ok(schedule) = Schedule::of(&spec) else {
-                continue;
-            };
-            let name = o.metadata.name.clone();
-            let now = now_ms();
-            let function = functions.get(&spec.function);
-            let fires_on = spec.fires_on(function.is_some_and(FunctionSpec::in_cloud));
-            let last = o.status["lastFireMs"].as_i64();
-            let generation = o.metadata.generation;
-            let mut status = o.status.clone();
-            if !status.is_object() {
-                status = json!({});
-            }
-            status["observedGeneration"] = json!(generation);
-            status["firesOn"] = json!(match fires_on {
-                FiresOn::Cloud => "cloud",
-                FiresOn::Nodes => "nodes",
-            });
-            status["nextFireMs"] = json!(schedule.next_after(now));
-            status["message"] = match function {
-                None => json!(format!("function {:?} not found", spec.function)),
-                Some(_) => serde_json::Value::Null,
-            };
-            let mut fires = Vec::new();
-            if fires_on == FiresOn::Cloud {
-                let due = schedule.due(last, now, spec.missed_policy.as_ref());
-                status["lastFireMs"] = json!(due.last);
-                if due.skipped > 0 {
-                    let skipped = status["skipped"].as_u64().unwrap_or(0) + due.skipped;
-                    status["skipped"] = json!(skipped);
-                }
-                fires = due.fires;
-            }
-            if status == o.status {
-                continue;
-            }
-            let key = object_key(Kind::Trigger, &name);
-            let written = modify(&self.store, Kind::Trigger, &key, &name, None, |cur| {
-                let mut next = cur.clone();
-                if cur.metadata.generation == generation {
-                    next.status = status.clone();
-                }
-                Ok(next)
-            })
+            .run(
+                |req: Request, this: Arc<Self>| async move { this.reconcile(req).await },
+                backoff_policy,
+                self,
+                shutdown,
+            )
             .await;
-            if written.is_err() {
-                continue;
-            }
-            let uid = o.metadata.uid.clone().unwrap_or_default();
-            for at in fires {
-                let task = TaskSpec {
-                    function: spec.function.clone(),
-                    input: spec.input.clone(),
-                    target: spec.target.clone(),
-                    callback_url: None,
-                    idempotency_key: Some(format!(
-                        "trigger/{name}/{}/{at}",
-                        &uid[..uid.len().min(8)]
-                    )),
-                    timeout_seconds: None,
-                    max_attempts: None,
-                };
-                let labels = BTreeMap::from([(LABEL_TRIGGER.to_string(), name.clone())]);
-                match self.tasks.create(task, labels, Some(name.clone())).await {
-                    Ok((id, _)) => tracing::info!(trigger = %name, task = %id, at, "trigger fired"),
-                    Err(e) => {
-                        tracing::warn!(trigger = %name, error = %e.message, "trigger could not start a task")
+    }
+
+    async fn reconcile(&self, req: Request) -> Result<Action, ApiError> {
+        if req.object.is_none() {
+            return Ok(Action::await_change());
+        }
+        // The status is read from the store, not the cache: the cache may not yet show
+        // this controller's own last write.
+        let key = object_key(Kind::Trigger, &req.key);
+        let Some(kv) = self.store.get(&key).await? else {
+            return Ok(Action::await_change());
+        };
+        let trigger = kv_to_object(&kv)?;
+        let function = trigger.spec["function"]
+            .as_str()
+            .and_then(|f| self.functions.get(f))
+            .and_then(|o| serde_json::from_value::<FunctionSpec>(o.spec.clone()).ok());
+        let now = now_ms();
+        let Some(d) = decide(&trigger, function.as_ref(), now) else {
+            return Ok(Action::await_change());
+        };
+        let name = trigger.metadata.name.clone();
+        if d.status != trigger.status {
+            let generation = trigger.metadata.generation;
+            let status = d.status.clone();
+            modify(
+                &self.store,
+                Kind::Trigger,
+                &key,
+                &name,
+                Some(kv.mod_revision),
+                |cur| {
+                    let mut next = cur.clone();
+                    if cur.metadata.generation == generation {
+                        next.status = status.clone();
                     }
+                    Ok(next)
+                },
+            )
+            .await?;
+            self.fire(&trigger, &d.fires).await;
+        }
+        Ok(match d.next {
+            Some(at) => Action::requeue(
+                Duration::from_millis(at.saturating_sub(now).max(0) as u64) + AFTER_FIRE,
+            ),
+            None => Action::await_change(),
+        })
+    }
+
+    /// Starts a Task for each fire time (idempotent per trigger and time).
+    async fn fire(&self, trigger: &Object, fires: &[i64]) {
+        let Ok(spec) = serde_json::from_value::<TriggerSpec>(trigger.spec.clone()) else {
+            return;
+        };
+        let name = &trigger.metadata.name;
+        let uid = trigger.metadata.uid.clone().unwrap_or_default();
+        for &at in fires {
+            let task = TaskSpec {
+                function: spec.function.clone(),
+                input: spec.input.clone(),
+                target: spec.target.clone(),
+                callback_url: None,
+                idempotency_key: Some(format!("trigger/{name}/{}/{at}", &uid[..uid.len().min(8)])),
+                timeout_seconds: None,
+                max_attempts: None,
+            };
+            let labels = BTreeMap::from([(LABEL_TRIGGER.to_string(), name.clone())]);
+            match self.tasks.create(task, labels, Some(name.clone())).await {
+                Ok((id, _)) => tracing::info!(trigger = %name, task = %id, at, "trigger fired"),
+                Err(e) => {
+                    tracing::warn!(trigger = %name, error = %e.message, "trigger could not start a task")
                 }
             }
         }
-        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trigger(spec: Value, status: Value) -> Object {
+        Object {
+            api_version: verge_api::API_VERSION.into(),
+            kind: "Trigger".into(),
+            metadata: verge_api::ObjectMeta {
+                name: "tick".into(),
+                generation: Some(1),
+                ..Default::default()
+            },
+            spec,
+            status,
+        }
+    }
+
+    fn cloud_fn() -> FunctionSpec {
+        serde_json::from_value(json!({"runtime": "builtin", "handler": "echo",
+            "placement": {"cloud": true}}))
+        .unwrap()
+    }
+
+    const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z, a whole minute
+
+    #[test]
+    fn a_new_trigger_starts_counting_and_says_when_it_fires_next() {
+        let t = trigger(
+            json!({"schedule": "* * * * *", "function": "echo"}),
+            Value::Null,
+        );
+        let d = decide(&t, Some(&cloud_fn()), T0 + 1_000).unwrap();
+        assert!(d.fires.is_empty());
+        assert_eq!(d.status["lastFireMs"], T0 + 1_000);
+        assert_eq!(d.status["firesOn"], "cloud");
+        assert_eq!(d.status["nextFireMs"], T0 + 60_000);
+        assert_eq!(d.next, Some(T0 + 60_000));
+        assert_eq!(d.status["observedGeneration"], 1);
+    }
+
+    #[test]
+    fn a_due_time_fires_once_and_is_recorded_first() {
+        let t = trigger(
+            json!({"schedule": "* * * * *", "function": "echo"}),
+            json!({"lastFireMs": T0, "nextFireMs": T0 + 60_000}),
+        );
+        let d = decide(&t, Some(&cloud_fn()), T0 + 60_010).unwrap();
+        assert_eq!(d.fires, vec![T0 + 60_000]);
+        assert_eq!(d.status["lastFireMs"], T0 + 60_000);
+        assert_eq!(d.next, Some(T0 + 120_000));
+        // Decided again on the stored status: nothing more, nothing to write.
+        let stored = trigger(t.spec.clone(), d.status.clone());
+        let again = decide(&stored, Some(&cloud_fn()), T0 + 60_020).unwrap();
+        assert!(again.fires.is_empty());
+        assert_eq!(again.status, stored.status);
+    }
+
+    #[test]
+    fn a_missing_function_is_said_and_a_bad_schedule_left_alone() {
+        let t = trigger(
+            json!({"schedule": "* * * * *", "function": "gone"}),
+            Value::Null,
+        );
+        let d = decide(&t, None, T0).unwrap();
+        assert_eq!(d.status["message"], "function \"gone\" not found");
+        let bad = trigger(
+            json!({"schedule": "every day", "function": "echo"}),
+            Value::Null,
+        );
+        assert!(decide(&bad, Some(&cloud_fn()), T0).is_none());
     }
 }
