@@ -175,11 +175,15 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// Logs go to stderr, coloured only on a terminal: a service manager's journal or a
+/// log file gets plain text, never ANSI codes.
 fn init_logging(default: &str) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -266,6 +270,9 @@ async fn dispatch(cmd: Command) -> Result<()> {
                 } else {
                     for key in ["node", "connected", "appliedRevision", "lastSync", "queue"] {
                         println!("{:<17}{}", format!("{key}:"), v[key]);
+                    }
+                    if let Some(why) = v["uplinkStopped"].as_str() {
+                        println!("{:<17}{why}", "uplinkStopped:");
                     }
                 }
                 Ok(())

@@ -421,7 +421,9 @@ async fn gray_release(client: &Client, nodes: usize) -> Result<()> {
         loop {
             let o = client.get(Kind::App, "fleet-app").await?;
             let s = &o.status;
-            if s["version"] == version {
+            // The version being rolled out (`version` is the one served, the old one
+            // until the rollout completes).
+            if s["targetVersion"] == version {
                 let step = s["step"].as_str().unwrap_or("-").to_string();
                 if steps.last().map(|x| &x.0) != Some(&step) {
                     steps.push((step, t.elapsed().as_secs_f64()));

@@ -1,5 +1,6 @@
 //! HTTP client for the Verge API: trusts only the cluster CA from the config, sends the
-//! bearer token, and turns `{reason, field, message}` answers into one-line errors.
+//! bearer token, and turns `{reason, field, message}` answers into one-line errors
+//! ([`ApiFailure`]: `404 NotFound: ...`, the one HTTP error shape of the CLI).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
-use verge_api::{ApiErrorBody, Kind, Object, ObjectList};
+use verge_api::{Kind, Object, ObjectList};
 use verge_cloud::ClientConfig;
 
 /// Where the CLI config came from, in precedence order.
@@ -85,26 +86,78 @@ pub struct Client {
     http: reqwest::Client,
 }
 
-/// An API answer that was not a success.
+/// An API answer that was not a success. Shown as one line (`404 NotFound: ...`,
+/// [`verge_api::error_line`]); what does not fit on a line (a handler's traceback, the
+/// function's output) is kept in `detail`, which `main` prints below the error.
 #[derive(Debug)]
 pub struct ApiFailure {
     pub status: StatusCode,
-    pub body: Option<ApiErrorBody>,
-    pub text: String,
+    /// `reason` of the JSON body, or the status' canonical phrase.
+    pub reason: String,
+    pub field: Option<String>,
+    pub message: String,
+    pub detail: Option<String>,
+}
+
+impl ApiFailure {
+    /// From an answer's status and body: `{reason, field, message}` (plus a runtime's
+    /// `error.traceback` and `logs`), or plain text.
+    pub fn from_body(status: StatusCode, body: &[u8]) -> Self {
+        let v: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+        let str_at = |v: &serde_json::Value, k: &str| v[k].as_str().map(str::to_string);
+        let canonical = status.canonical_reason().unwrap_or("").to_string();
+        let (reason, field, full) = match &v {
+            Some(v) if v.get("message").is_some() || v.get("reason").is_some() => (
+                str_at(v, "reason").unwrap_or(canonical),
+                str_at(v, "field"),
+                str_at(v, "message").unwrap_or_default(),
+            ),
+            _ => (
+                canonical,
+                None,
+                String::from_utf8_lossy(body)
+                    .trim()
+                    .chars()
+                    .take(2000)
+                    .collect(),
+            ),
+        };
+        let mut lines = full.lines();
+        let message = lines.next().unwrap_or("").trim().to_string();
+        let mut detail: Vec<String> = Vec::new();
+        let rest = lines.collect::<Vec<_>>().join("\n");
+        if !rest.trim().is_empty() {
+            detail.push(rest.trim_end().to_string());
+        }
+        if let Some(v) = &v {
+            if let Some(tb) = v["error"]["traceback"]
+                .as_str()
+                .filter(|t| !t.trim().is_empty())
+            {
+                detail.push(tb.trim_end().to_string());
+            }
+            if let Some(logs) = v["logs"].as_str().filter(|l| !l.trim().is_empty()) {
+                detail.push(format!("--- output ---\n{}", logs.trim_end()));
+            }
+        }
+        ApiFailure {
+            status,
+            reason,
+            field,
+            message,
+            detail: (!detail.is_empty()).then(|| detail.join("\n")),
+        }
+    }
 }
 
 impl std::fmt::Display for ApiFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.body {
-            Some(b) => write!(
-                f,
-                "{} ({:?}): {}",
-                self.status.as_u16(),
-                b.reason,
-                b.message
-            ),
-            None => write!(f, "{}: {}", self.status, self.text.trim()),
-        }
+        f.write_str(&verge_api::error_line(
+            self.status.as_u16(),
+            &self.reason,
+            self.field.as_deref(),
+            &self.message,
+        ))
     }
 }
 
@@ -258,12 +311,8 @@ impl Client {
 
 pub async fn failure(resp: reqwest::Response) -> ApiFailure {
     let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    ApiFailure {
-        status,
-        body: serde_json::from_str(&text).ok(),
-        text,
-    }
+    let body = resp.bytes().await.unwrap_or_default();
+    ApiFailure::from_body(status, &body)
 }
 
 fn kind_of(obj: &Object) -> Result<Kind> {
@@ -283,4 +332,56 @@ pub fn flatten(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_answers_become_one_line_and_a_detail() {
+        let f = ApiFailure::from_body(
+            StatusCode::NOT_FOUND,
+            br#"{"reason":"NotFound","message":"app \"web\" not found"}"#,
+        );
+        assert_eq!(f.to_string(), "404 NotFound: app \"web\" not found");
+        assert!(f.detail.is_none());
+
+        let f = ApiFailure::from_body(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            br#"{"reason":"Invalid","field":"spec.version","message":"not semver"}"#,
+        );
+        assert_eq!(f.to_string(), "422 Invalid: spec.version: not semver");
+
+        // A cloud-run handler: message on the line, traceback and output below.
+        let f = ApiFailure::from_body(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            br#"{"reason":"HandlerError","message":"ZeroDivisionError: division by zero","logs":"about to fail\n","error":{"type":"ZeroDivisionError","message":"division by zero","traceback":"Traceback (most recent call last):\n  File \"/code/handler.py\", line 2\n"}}"#,
+        );
+        assert_eq!(
+            f.to_string(),
+            "500 HandlerError: ZeroDivisionError: division by zero"
+        );
+        assert_eq!(
+            f.detail.as_deref(),
+            Some(
+                "Traceback (most recent call last):\n  File \"/code/handler.py\", line 2\n--- output ---\nabout to fail"
+            )
+        );
+
+        // An edge-run handler: the traceback is in the message, after its first line.
+        let f = ApiFailure::from_body(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            br#"{"reason":"HandlerError","message":"ValueError: bad\nTraceback (most recent call last):\n  File \"x\"","taskId":"t-1"}"#,
+        );
+        assert_eq!(f.to_string(), "500 HandlerError: ValueError: bad");
+        assert_eq!(
+            f.detail.as_deref(),
+            Some("Traceback (most recent call last):\n  File \"x\"")
+        );
+
+        // Not JSON (a proxy in between): the status' phrase and the text.
+        let f = ApiFailure::from_body(StatusCode::BAD_GATEWAY, b"upstream went away\n");
+        assert_eq!(f.to_string(), "502 BadGateway: upstream went away");
+    }
 }

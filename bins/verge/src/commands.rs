@@ -1,4 +1,4 @@
-//! Client commands: apply, get, create secret, describe, delete, token.
+//! Client commands: apply, get, create secret, describe, delete, token, logs.
 
 use std::io::Read;
 use std::time::Duration;
@@ -18,8 +18,9 @@ pub fn parse_kind(s: &str) -> Result<Kind> {
     })
 }
 
-/// `verge apply -f FILE|-`: creates or updates each document, printing
-/// `app/web created|configured|unchanged`.
+/// `verge apply -f FILE|-`: creates or updates each document in order, printing
+/// `app/web created|configured|unchanged`; stops at the first error. An object that
+/// already matches the file is not written at all.
 pub async fn apply(client: &Client, file: &str) -> Result<()> {
     let (text, origin) = if file == "-" {
         let mut s = String::new();
@@ -46,12 +47,27 @@ pub async fn apply(client: &Client, file: &str) -> Result<()> {
         let id = format!("{}/{}", kind.singular(), obj.metadata.name);
         let outcome = match client.get_opt(kind, &obj.metadata.name).await? {
             None => {
-                client
+                let made = client
                     .create(&obj)
                     .await
                     .with_context(|| format!("creating {id}"))?;
+                if made.metadata.name != obj.metadata.name {
+                    // A Task whose idempotency key an earlier task holds.
+                    outln!(
+                        "{id} not created: its idempotency key belongs to {}/{}",
+                        kind.singular(),
+                        made.metadata.name
+                    );
+                    continue;
+                }
                 "created"
             }
+            Some(current) if same_as_stored(kind, &obj, &current) => "unchanged",
+            Some(_) if kind == Kind::Task => bail!(
+                "{id} exists with another spec: a task is one run and cannot be changed; \
+                 delete it (`verge delete task {}`) or give it another name",
+                obj.metadata.name
+            ),
             Some(current) => {
                 let mut next = obj.clone();
                 // Apply is declarative: last write wins (the server retries its CAS).
@@ -71,6 +87,17 @@ pub async fn apply(client: &Client, file: &str) -> Result<()> {
         outln!("{id} {outcome}");
     }
     Ok(())
+}
+
+/// Whether applying `desired` would change nothing in `current`: the same spec (as
+/// typed values, so formatting and defaults do not count) and the same labels and
+/// annotations. Tasks keep no annotations, so theirs are not compared.
+fn same_as_stored(kind: Kind, desired: &Object, current: &Object) -> bool {
+    let spec = |o: &Object| verge_api::specs::decode_spec(kind, &o.spec).ok();
+    let same_spec = matches!((spec(desired), spec(current)), (Some(a), Some(b)) if a == b);
+    same_spec
+        && desired.metadata.labels == current.metadata.labels
+        && (kind == Kind::Task || desired.metadata.annotations == current.metadata.annotations)
 }
 
 pub async fn get(
@@ -242,9 +269,20 @@ pub async fn create(client: &Client, cmd: &CreateCmd) -> Result<()> {
     Ok(())
 }
 
-pub async fn describe(client: &Client, kind: Kind, name: &str) -> Result<()> {
+/// `verge describe KIND NAME [-o yaml|json]`: the summary (`describe.rs`), or the
+/// full object.
+pub async fn describe(
+    client: &Client,
+    kind: Kind,
+    name: &str,
+    format: Option<OutputFormat>,
+) -> Result<()> {
     let obj = client.get(kind, name).await?;
-    out!("{}", output::describe(&obj)?);
+    match format {
+        Some(OutputFormat::Yaml) => out!("{}", output::yaml(&obj)?),
+        Some(OutputFormat::Json) => outln!("{}", output::json(&obj)?),
+        _ => out!("{}", crate::describe::describe(&obj, output::now_ms())),
+    }
     Ok(())
 }
 

@@ -1,6 +1,10 @@
 //! `verge dev`: the control plane with embedded defaults under `$VERGE_HOME` (or
-//! `~/.verge/dev`), TLS and auth on as always, and `~/.verge/config` written so the
-//! client commands work straight away.
+//! `~/.verge/dev`), TLS and auth on as always, `~/.verge/config` written so the
+//! client commands work straight away, and a local edge node in the same process.
+//! Drives the control plane and the node to completion exactly once each: the first
+//! shutdown signal drains both and returns `Ok` (the second one exits at once, in
+//! `main.rs`). The banner is printed last, once both are up. Must not print logs of
+//! its own: those go through `tracing` (quiet by default, see `main.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +31,7 @@ pub struct OutboundAllow {
 
 pub async fn run(
     listen: SocketAddr,
+    mqtt_listen: Option<SocketAddr>,
     images: &crate::images::ImageServiceArgs,
     outbound: &OutboundAllow,
     sandbox: &crate::SandboxArgs,
@@ -44,7 +49,7 @@ pub async fn run(
     sandbox.apply(&mut cfg.function_sandbox)?;
     let mut edge_sandbox = verge_runtime::SandboxConfig::default();
     sandbox.apply(&mut edge_sandbox)?;
-    cfg.mqtt_listen = Some(SocketAddr::new(listen.ip(), 8883));
+    cfg.mqtt_listen = Some(mqtt_listen.unwrap_or_else(|| SocketAddr::new(listen.ip(), 8883)));
     // One shutdown signal for the control plane and the local edge node.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -54,49 +59,97 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    // Drive the server here (not spawned) and announce it once it is up.
+    // Driven here (not spawned), each to completion exactly once: `DevRun` remembers
+    // which have finished, so the loop never polls a completed future again.
     let server = verge_cloud::run(cfg, stopped(stop_rx.clone()));
     tokio::pin!(server);
     tokio::pin!(signal);
-    let admin = tokio::select! {
-        r = &mut server => {
-            r.map_err(|e| anyhow::anyhow!("{e}"))?;
-            bail!("the control plane stopped during start-up");
+    let mut run = DevRun::default();
+    let admin = {
+        let start = start_up(&home, &addr_file);
+        tokio::pin!(start);
+        loop {
+            tokio::select! {
+                r = &mut server => {
+                    r.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    if run.signalled {
+                        return Ok(());
+                    }
+                    bail!("the control plane stopped during start-up");
+                }
+                _ = &mut signal, if !run.signalled => run.signalled = true,
+                r = &mut start, if !run.signalled => break r?,
+            }
         }
-        r = announce(&home, &addr_file) => r?,
     };
-    if let Err(e) = example_function(&admin).await {
-        eprintln!("warning: could not deploy the example function: {e:#}");
-    }
-    match crate::images::install(&Client::new(&admin)?, None).await {
-        Ok(_) => outln!(
-            "Image functions: `verge image list`; signed /img URLs: `verge image url` (keys in {}).",
-            home.join(crate::images::KEYS_FILE).display()
-        ),
-        Err(e) => eprintln!("warning: could not create the image functions: {e:#}"),
-    }
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let edge = dev_edge(
         &home,
         &admin,
         image_env,
         edge_outbound,
         edge_sandbox,
+        ready_tx,
         stopped(stop_rx.clone()),
     );
     tokio::pin!(edge);
-    let mut edge_done = false;
+    tokio::pin!(ready_rx);
     loop {
         tokio::select! {
-            r = &mut server => return r.map_err(|e| anyhow::anyhow!("{e}")),
-            r = &mut edge, if !edge_done => {
-                edge_done = true;
+            r = &mut server, if !run.server_done => {
+                run.server_done = true;
+                r.map_err(|e| anyhow::anyhow!("{e}"))?;
+                if !run.signalled {
+                    bail!("the control plane stopped");
+                }
+            }
+            r = &mut edge, if !run.edge_done => {
+                run.edge_done = true;
                 if let Err(e) = r {
                     eprintln!("warning: the local edge node stopped: {e:#}");
                 }
             }
-            _ = &mut signal => {}
+            edge_line = &mut ready_rx, if !run.banner_shown => {
+                run.banner_shown = true;
+                let line = edge_line.unwrap_or_else(|_| "not running (see the warning above)".into());
+                banner(&home, &admin, &line);
+            }
+            _ = &mut signal, if !run.signalled => run.signalled = true,
+        }
+        if run.drained() {
+            return Ok(());
         }
     }
+}
+
+/// Which of `verge dev`'s futures have completed (a completed future is never polled
+/// again).
+#[derive(Default)]
+struct DevRun {
+    signalled: bool,
+    server_done: bool,
+    edge_done: bool,
+    banner_shown: bool,
+}
+
+impl DevRun {
+    /// Stopped on purpose and both halves have finished.
+    fn drained(&self) -> bool {
+        self.signalled && self.server_done && self.edge_done
+    }
+}
+
+/// Waits for the control plane, writes `~/.verge/config`, deploys the example function
+/// and the image functions.
+async fn start_up(home: &std::path::Path, addr_file: &std::path::Path) -> Result<ClientConfig> {
+    let admin = announce(home, addr_file).await?;
+    if let Err(e) = example_function(&admin).await {
+        eprintln!("warning: could not deploy the example function: {e:#}");
+    }
+    if let Err(e) = crate::images::install(&Client::new(&admin)?, None).await {
+        eprintln!("warning: could not create the image functions: {e:#}");
+    }
+    Ok(admin)
 }
 
 /// The dev edge node: joined once (a one-use bootstrap token, the real join flow),
@@ -107,6 +160,7 @@ async fn dev_edge(
     images: std::sync::Arc<verge_images::functions::ImageEnv>,
     outbound: verge_outbound::Client,
     sandbox: verge_runtime::SandboxConfig,
+    ready: tokio::sync::oneshot::Sender<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let dir = home.join("edge");
@@ -151,8 +205,8 @@ async fn dev_edge(
         queue,
     ));
     let api = verge_edge::LocalApi::bind(&verge_edge::paths::socket(&dir), state.clone())?;
-    outln!(
-        "Local edge node {} is running (data {}); `verge get nodes` shows it, `verge-edge get configs --data-dir {}` reads it.",
+    let edge_line = format!(
+        "local edge node {} (data {}; `verge-edge get configs --data-dir {}` reads it)",
         identity.name,
         dir.display(),
         dir.display()
@@ -184,6 +238,8 @@ async fn dev_edge(
             let _ = stop_tx.send(true);
         }
     };
+    // Up: the banner goes out now, last.
+    let _ = ready.send(edge_line);
     let (api_r, up_r, _, _, _) = tokio::join!(
         api.serve(shutdown.clone()),
         verge_edge::agent::run(
@@ -229,8 +285,7 @@ async fn example_function(admin: &ClientConfig) -> Result<()> {
 /// Name of the edge node `verge dev` runs.
 pub const DEV_NODE: &str = "dev-edge";
 
-/// Waits for the server's files, writes `~/.verge/config`, proves it works, prints the
-/// next steps.
+/// Waits for the server's files, writes `~/.verge/config` and proves it works.
 async fn announce(home: &std::path::Path, addr_file: &std::path::Path) -> Result<ClientConfig> {
     let mut ready = false;
     for _ in 0..1500 {
@@ -245,7 +300,7 @@ async fn announce(home: &std::path::Path, addr_file: &std::path::Path) -> Result
     }
     let admin =
         ClientConfig::load(&home.join(files::ADMIN_CONFIG)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let user_config = client::home_dir()?.join(".verge").join("config");
+    let user_config = user_config()?;
     admin
         .save(&user_config)
         .map_err(|e| anyhow::anyhow!("{e}"))
@@ -255,14 +310,30 @@ async fn announce(home: &std::path::Path, addr_file: &std::path::Path) -> Result
     c.list(verge_api::Kind::App, None)
         .await
         .context("the control plane did not answer with the new config")?;
+    Ok(admin)
+}
 
+fn user_config() -> Result<PathBuf> {
+    Ok(client::home_dir()?.join(".verge").join("config"))
+}
+
+/// What `verge dev` prints once the control plane and its edge node are up: where
+/// things are and what to try. Printed last, so it is what the terminal shows.
+fn banner(home: &std::path::Path, admin: &ClientConfig, edge_line: &str) {
+    let user_config = user_config()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "~/.verge/config".into());
+    outln!();
     outln!("Verge dev control plane is running at {}", admin.server);
     outln!("  data:    {}", home.display());
-    outln!(
-        "  config:  {} (token and CA for the CLI)",
-        user_config.display()
-    );
+    outln!("  config:  {user_config} (token and CA for the CLI)");
     outln!("  CA:      {}", home.join(files::CA_CERT).display());
+    outln!("  edge:    {edge_line}");
+    outln!(
+        "  images:  `verge image list`; signed /img URLs: `verge image url` (keys in {})",
+        home.join(crate::images::KEYS_FILE).display()
+    );
+    outln!("  logs:    warnings only; RUST_LOG=info (or debug) for more");
     outln!();
     outln!("Next, in another terminal:");
     outln!(
@@ -282,5 +353,4 @@ async fn announce(home: &std::path::Path, addr_file: &std::path::Path) -> Result
     );
     outln!();
     outln!("Press Ctrl-C to stop.");
-    Ok(admin)
 }

@@ -244,7 +244,11 @@ async fn deploy(client: &Client, dir: &Path, timeout: Duration) -> Result<()> {
             let phase = o.status["phase"].as_str().unwrap_or("?");
             let message = o.status["message"].as_str().unwrap_or("");
             if phase == "Failed" {
-                bail!("function/{name} failed to load:\n{message}");
+                return Err(crate::report::Detailed::split(
+                    &format!("function/{name} failed to load"),
+                    message,
+                )
+                .into());
             }
             outln!("function/{name} {phase}: {message}");
             return Ok(());
@@ -344,24 +348,8 @@ pub async fn invoke(
         }
         return Ok(());
     }
-    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let mut msg = format!(
-        "{} {}: {}",
-        status.as_u16(),
-        v["reason"].as_str().unwrap_or(""),
-        v["message"]
-            .as_str()
-            .unwrap_or(&String::from_utf8_lossy(&bytes))
-    );
-    if let Some(tb) = v["error"]["traceback"].as_str().filter(|t| !t.is_empty()) {
-        msg.push('\n');
-        msg.push_str(tb.trim_end());
-    }
-    if let Some(logs) = v["logs"].as_str().filter(|l| !l.is_empty()) {
-        msg.push_str("\n--- output ---\n");
-        msg.push_str(logs.trim_end());
-    }
-    bail!(msg)
+    // A handler's traceback and output come back in the body: shown below the line.
+    Err(crate::client::ApiFailure::from_body(status, &bytes).into())
 }
 
 fn labels_arg(s: &str) -> Result<Value> {
@@ -503,55 +491,71 @@ fn duration(s: &Value) -> String {
     }
 }
 
+/// `label:` and a value; a value of several lines (a traceback) continues below,
+/// aligned under its first line.
+fn field(label: &str, value: &str) {
+    let mut lines = value.trim_end().lines();
+    outln!("{:<11}{}", format!("{label}:"), lines.next().unwrap_or(""));
+    for l in lines {
+        outln!("{:<11}{l}", "");
+    }
+}
+
 fn print_task(o: &Object) {
     let s = &o.status;
-    outln!("id:        {}", o.metadata.name);
-    outln!("function:  {}", o.spec["function"].as_str().unwrap_or(""));
-    outln!("phase:     {}", s["phase"].as_str().unwrap_or("Pending"));
+    field("id", &o.metadata.name);
+    field("function", o.spec["function"].as_str().unwrap_or(""));
+    field("phase", s["phase"].as_str().unwrap_or("Pending"));
     if let Some(r) = s["reason"].as_str() {
-        outln!("reason:    {r}");
+        field("reason", r);
     }
     if let Some(m) = s["message"].as_str() {
-        outln!("message:   {m}");
+        field("message", m);
     }
-    outln!("node:      {}", s["node"].as_str().unwrap_or("-"));
-    outln!("attempts:  {}", s["attempts"].as_u64().unwrap_or(0));
-    outln!("duration:  {}", duration(s));
+    field("node", s["node"].as_str().unwrap_or("-"));
+    field("attempts", &s["attempts"].as_u64().unwrap_or(0).to_string());
+    field("duration", &duration(s));
     if let Some(t) = s["trigger"].as_str() {
-        outln!("trigger:   {t}");
+        field("trigger", t);
     }
     if !s["result"].is_null() {
-        outln!("result:    {}", s["result"]);
+        field("result", &s["result"].to_string());
     }
     if let Some(u) = s["resultUrl"].as_str() {
-        outln!(
-            "result:    {u} ({} bytes)",
-            s["resultBytes"].as_u64().unwrap_or(0)
+        field(
+            "result",
+            &format!("{u} ({} bytes)", s["resultBytes"].as_u64().unwrap_or(0)),
         );
     }
     if let Some(e) = s["error"].as_str() {
-        outln!("error:     {e}");
+        field("error", e);
     }
     if let Some(children) = s["children"].as_array() {
         for c in children {
-            outln!(
-                "child:     {} on {}: {}",
-                c["name"].as_str().unwrap_or(""),
-                c["node"].as_str().unwrap_or(""),
-                c["phase"].as_str().unwrap_or("")
+            field(
+                "child",
+                &format!(
+                    "{} on {}: {}",
+                    c["name"].as_str().unwrap_or(""),
+                    c["node"].as_str().unwrap_or(""),
+                    c["phase"].as_str().unwrap_or("")
+                ),
             );
         }
     }
     if s["callback"].is_object() {
         let cb = &s["callback"];
-        outln!(
-            "callback:  {} after {} attempt(s){}",
-            cb["state"].as_str().unwrap_or(""),
-            cb["attempts"].as_u64().unwrap_or(0),
-            cb["lastError"]
-                .as_str()
-                .map(|e| format!(" (last: {e})"))
-                .unwrap_or_default()
+        field(
+            "callback",
+            &format!(
+                "{} after {} attempt(s){}",
+                cb["state"].as_str().unwrap_or(""),
+                cb["attempts"].as_u64().unwrap_or(0),
+                cb["lastError"]
+                    .as_str()
+                    .map(|e| format!(" (last: {e})"))
+                    .unwrap_or_default()
+            ),
         );
     }
 }

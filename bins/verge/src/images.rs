@@ -250,9 +250,17 @@ pub async fn install(client: &Client, node_selector: Option<&str>) -> Result<usi
     Ok(created)
 }
 
-/// `verge image ...`.
-#[derive(clap::Subcommand, Debug)]
+/// `verge image ...`: the service commands, and one subcommand per image operation run
+/// locally (`verge image resize --data '{"width": 300}' in.jpg out.webp`).
+#[derive(Debug)]
 pub enum ImageCmd {
+    Service(ServiceCmd),
+    Local(LocalOp),
+}
+
+/// `verge image url|install|list`.
+#[derive(clap::Subcommand, Debug)]
+pub enum ServiceCmd {
     /// Print a signed `/img` URL (imgproxy format).
     Url {
         /// Processing options, imgproxy style: `rs:fit:300:300/q:80` (may be empty).
@@ -290,16 +298,149 @@ pub enum ImageCmd {
     },
     /// List the image functions and their inputs.
     List,
-    /// Run an image function locally: `verge image OP [--data JSON|@FILE] [IN] OUT`
-    /// (OP: resize, crop, watermark, qrcode, compose, video.frame, ...; OUT `-` is stdout).
-    #[command(external_subcommand)]
-    Run(Vec<String>),
+}
+
+/// `verge image OP [--data JSON|@FILE] [IN] OUT`: one image function, run here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalOp {
+    /// The builtin (`image.resize`).
+    pub function: &'static str,
+    pub data: Option<String>,
+    pub input: Option<PathBuf>,
+    pub output: PathBuf,
+}
+
+/// The subcommand name of a builtin: `image.resize` → `resize`, `video.frame` →
+/// `video-frame`.
+fn op_name(function: &'static str) -> &'static str {
+    match function {
+        "video.frame" => "video-frame",
+        f => f.strip_prefix("image.").unwrap_or(f),
+    }
+}
+
+/// Other names an operation answers to: its builtin name (and `frame`).
+fn op_aliases(function: &'static str) -> Vec<&'static str> {
+    let mut v = vec![function];
+    if function == "video.frame" {
+        v.push("frame");
+    }
+    v
+}
+
+/// The builtin behind subcommand `name`.
+fn local_function(name: &str) -> Option<&'static str> {
+    FUNCTIONS
+        .iter()
+        .map(|(f, _)| *f)
+        .find(|f| op_name(f) == name || op_aliases(f).contains(&name))
+}
+
+/// Whether an operation reads an input file (qrcode and compose make one from nothing).
+fn takes_input(function: &str) -> bool {
+    !matches!(function, "image.qrcode" | "image.compose")
+}
+
+/// The clap command of one local operation.
+fn local_command(function: &'static str, inputs: &'static str) -> clap::Command {
+    use clap::{Arg, value_parser};
+    let source = if function == "video.frame" {
+        "video"
+    } else {
+        "image"
+    };
+    let mut cmd = clap::Command::new(op_name(function))
+        .about(format!("Run {function} here: {inputs}"))
+        .long_about(format!(
+            "Run the image function {function} on this machine (no server needed).\n\n\
+             Inputs (--data, a JSON object): {inputs}.{}\n\
+             The output file's extension (jpg, png, webp) picks the format unless \
+             --data sets output.format.",
+            if takes_input(function) {
+                format!(" IN is the {source}; give it as IN or in --data, not both.")
+            } else {
+                String::new()
+            }
+        ))
+        .visible_aliases(op_aliases(function))
+        .arg(
+            Arg::new("data")
+                .short('d')
+                .long("data")
+                .value_name("JSON|@FILE")
+                .help("The function's input: a JSON object, or @FILE holding one"),
+        );
+    if takes_input(function) {
+        cmd = cmd.arg(
+            Arg::new("in")
+                .value_name("IN")
+                .required(true)
+                .value_parser(value_parser!(PathBuf))
+                .help(format!("The {source} file")),
+        );
+    }
+    cmd.arg(
+        Arg::new("out")
+            .value_name("OUT")
+            .required(true)
+            .value_parser(value_parser!(PathBuf))
+            .help("Where to write the result (`-`: standard output)"),
+    )
+}
+
+impl clap::FromArgMatches for ImageCmd {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        if let Some((name, sub)) = m.subcommand()
+            && let Some(function) = local_function(name)
+        {
+            let output = sub.get_one::<PathBuf>("out").cloned().ok_or_else(|| {
+                clap::Error::raw(clap::error::ErrorKind::MissingRequiredArgument, "OUT")
+            })?;
+            return Ok(ImageCmd::Local(LocalOp {
+                function,
+                data: sub.get_one::<String>("data").cloned(),
+                input: if takes_input(function) {
+                    sub.get_one::<PathBuf>("in").cloned()
+                } else {
+                    None
+                },
+                output,
+            }));
+        }
+        ServiceCmd::from_arg_matches(m).map(ImageCmd::Service)
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl clap::Subcommand for ImageCmd {
+    fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+        FUNCTIONS.iter().fold(
+            ServiceCmd::augment_subcommands(cmd),
+            |cmd, (function, inputs)| cmd.subcommand(local_command(function, inputs)),
+        )
+    }
+
+    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_subcommands(cmd)
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        local_function(name).is_some() || ServiceCmd::has_subcommand(name)
+    }
 }
 
 /// Runs `verge image ...`; `client` is built on demand (only some commands need it).
 pub async fn run(cmd: &ImageCmd, client: impl FnOnce() -> Result<Client>) -> Result<()> {
+    let cmd = match cmd {
+        ImageCmd::Local(op) => return run_local(op).await,
+        ImageCmd::Service(c) => c,
+    };
     match cmd {
-        ImageCmd::Url {
+        ServiceCmd::Url {
             options,
             source,
             ext,
@@ -336,7 +477,7 @@ pub async fn run(cmd: &ImageCmd, client: impl FnOnce() -> Result<Client>) -> Res
             outln!("{}/img{path}", base.trim_end_matches('/'));
             Ok(())
         }
-        ImageCmd::Install { node_selector } => {
+        ServiceCmd::Install { node_selector } => {
             let c = client()?;
             let n = install(&c, node_selector.as_deref()).await?;
             outln!(
@@ -345,53 +486,29 @@ pub async fn run(cmd: &ImageCmd, client: impl FnOnce() -> Result<Client>) -> Res
             );
             Ok(())
         }
-        ImageCmd::List => {
+        ServiceCmd::List => {
             for (name, summary) in FUNCTIONS {
                 outln!("{:<16} {:<18} {summary}", name, function_name(name));
             }
+            outln!();
+            outln!(
+                "Run one here: `verge image OP [--data JSON] [IN] OUT` (`verge image OP --help`)."
+            );
             Ok(())
         }
-        ImageCmd::Run(args) => run_local(args).await,
     }
 }
 
 /// `verge image OP [--data JSON|@FILE] [IN] OUT`.
-async fn run_local(args: &[String]) -> Result<()> {
-    let (op, rest) = args.split_first().ok_or_else(|| anyhow!("missing OP"))?;
-    let name = if op.contains('.') {
-        op.clone()
-    } else if op == "video-frame" || op == "frame" {
-        "video.frame".to_string()
-    } else {
-        format!("image.{op}")
-    };
-    if !FUNCTIONS.iter().any(|(n, _)| *n == name) {
-        let ops: Vec<&str> = FUNCTIONS.iter().map(|(n, _)| *n).collect();
-        bail!("unknown image operation `{op}`; one of: {}", ops.join(", "));
-    }
-    let mut data: Option<String> = None;
-    let mut files = Vec::new();
-    let mut it = rest.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--data" | "-d" => {
-                data = Some(
-                    it.next()
-                        .ok_or_else(|| anyhow!("--data needs a value"))?
-                        .clone(),
-                )
-            }
-            s if s.starts_with("--data=") => data = Some(s["--data=".len()..].to_string()),
-            s if s.starts_with('-') && s != "-" => bail!("unknown flag {s}"),
-            _ => files.push(PathBuf::from(a)),
-        }
-    }
-    let mut input = match data {
+async fn run_local(op: &LocalOp) -> Result<()> {
+    let name = op.function.to_string();
+    let out = op.output.clone();
+    let mut input = match &op.data {
         None => serde_json::Map::new(),
         Some(d) => {
             let text = match d.strip_prefix('@') {
                 Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading {f}"))?,
-                None => d,
+                None => d.clone(),
             };
             match serde_json::from_str(&text).context("--data: not JSON")? {
                 serde_json::Value::Object(m) => m,
@@ -399,15 +516,8 @@ async fn run_local(args: &[String]) -> Result<()> {
             }
         }
     };
-    let needs_input = !matches!(name.as_str(), "image.qrcode" | "image.compose");
-    let (inp, out) = match (needs_input, files.as_slice()) {
-        (true, [i, o]) => (Some(i.clone()), o.clone()),
-        (false, [o]) => (None, o.clone()),
-        (true, _) => bail!("usage: verge image {op} [--data JSON] IN OUT"),
-        (false, _) => bail!("usage: verge image {op} [--data JSON] OUT"),
-    };
     let env = ImageEnv::new(Fetcher::new(FetchPolicy::default()).map_err(|e| anyhow!("{e}"))?);
-    let inline = match &inp {
+    let inline = match &op.input {
         Some(p) => {
             let max = if name == "video.frame" {
                 env.video.max_input_bytes

@@ -37,10 +37,12 @@ mod builtins;
 mod client;
 mod cloud_limits;
 mod commands;
+mod describe;
 mod dev;
 mod functions;
 mod images;
 mod output;
+mod report;
 mod rollout;
 
 use std::net::SocketAddr;
@@ -224,8 +226,13 @@ enum Cmd {
     },
     /// Run a local control plane with embedded defaults ($VERGE_HOME or ~/.verge/dev).
     Dev {
+        /// API listen address (port 0: any free port; `~/.verge/config` gets the real one).
         #[arg(long, default_value = "127.0.0.1:7443")]
         listen: SocketAddr,
+        /// MQTT (mutual TLS) listen address of the local edge node's uplink
+        /// (default: the --listen address, port 8883).
+        #[arg(long)]
+        mqtt_listen: Option<SocketAddr>,
         #[command(flatten)]
         images: images::ImageServiceArgs,
         #[command(flatten)]
@@ -256,8 +263,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: commands::CreateCmd,
     },
-    /// Show one object in detail.
-    Describe { kind: String, name: String },
+    /// Show one object as a readable summary: spec highlights, status, conditions,
+    /// rollout steps, instances, recent failures.
+    Describe {
+        kind: String,
+        name: String,
+        /// `yaml` or `json`: the whole object instead of the summary.
+        #[arg(short = 'o', long = "output", value_enum)]
+        output: Option<OutputFormat>,
+    },
     /// Delete an object.
     Delete { kind: String, name: String },
     /// An app's or a function's output, as its nodes shipped it (newest lines).
@@ -531,6 +545,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Dev {
             listen,
+            mqtt_listen,
             images,
             outbound,
             sandbox,
@@ -539,7 +554,15 @@ async fn run(cli: Cli) -> Result<()> {
                 networks: outbound.outbound_allow_networks.clone(),
                 hosts: outbound.outbound_allow_hosts.clone(),
             };
-            dev::run(*listen, images, &allow, sandbox, shutdown_signal()).await
+            dev::run(
+                *listen,
+                *mqtt_listen,
+                images,
+                &allow,
+                sandbox,
+                shutdown_signal(),
+            )
+            .await
         }
         Cmd::Image { cmd } => images::run(cmd, || client(&cli)).await,
         Cmd::Apply { file } => commands::apply(&client(&cli)?, file).await,
@@ -562,8 +585,8 @@ async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Cmd::Create { cmd } => commands::create(&client(&cli)?, cmd).await,
-        Cmd::Describe { kind, name } => {
-            commands::describe(&client(&cli)?, commands::parse_kind(kind)?, name).await
+        Cmd::Describe { kind, name, output } => {
+            commands::describe(&client(&cli)?, commands::parse_kind(kind)?, name, *output).await
         }
         Cmd::Delete { kind, name } => {
             commands::delete(&client(&cli)?, commands::parse_kind(kind)?, name).await
@@ -681,15 +704,29 @@ fn raise_fd_limit() {
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
+/// Logs go to stderr, coloured only on a terminal (never ANSI codes in a log file). The
+/// control plane logs what it does (`info`); `verge dev` and the client commands only
+/// warn, so the dev banner and command output are what a user sees. `RUST_LOG`
+/// overrides both.
+fn init_logging(cmd: &Cmd) {
+    use std::io::IsTerminal as _;
+    let default = match cmd {
+        Cmd::Cloud { action: None, .. } => "info,rustls=error",
+        _ => "warn,rustls=error",
+    };
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
-        .init();
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.cmd);
     raise_fd_limit();
     // One crypto provider for the whole process.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -699,20 +736,59 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            eprint!(
+                "{}",
+                report::render(&format!("cannot start the runtime: {e}"), None)
+            );
             return ExitCode::FAILURE;
         }
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = e
-                .chain()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(": ");
-            eprintln!("error: {}", msg.replace('\n', " "));
+            report::print(&e);
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command and subcommand, hidden ones included, answers `--help` with its
+    /// usage (the real binary's tree is walked in `tests/cli_output.rs`).
+    #[test]
+    fn every_subcommand_answers_help() {
+        fn walk(cmd: &clap::Command, path: &mut Vec<String>, seen: &mut usize) {
+            let mut argv = path.clone();
+            argv.push("--help".into());
+            let err = match Cli::command().try_get_matches_from(&argv) {
+                Ok(_) => panic!("{argv:?} parsed instead of printing help"),
+                Err(e) => e,
+            };
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::DisplayHelp,
+                "{argv:?}: {err}"
+            );
+            let text = err.render().to_string();
+            assert!(text.contains("Usage:"), "{argv:?}: {text}");
+            *seen += 1;
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() == "help" {
+                    continue;
+                }
+                path.push(sub.get_name().to_string());
+                walk(sub, path, seen);
+                path.pop();
+            }
+        }
+        let root = Cli::command();
+        root.clone().debug_assert();
+        let mut seen = 0;
+        walk(&root, &mut vec!["verge".into()], &mut seen);
+        // The image operations are subcommands too.
+        assert!(seen > 60, "only {seen} commands");
     }
 }

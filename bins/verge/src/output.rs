@@ -1,4 +1,5 @@
-//! Human output: tables (comfy-table), ages, describe, YAML/JSON.
+//! Human output: tables (comfy-table) with the columns of each kind, ages, YAML/JSON.
+//! `verge describe`'s summaries are in `describe.rs`.
 
 use anyhow::Result;
 use comfy_table::presets::NOTHING;
@@ -50,13 +51,24 @@ fn columns(kind: Kind, obj: &Object) -> (Vec<&'static str>, Vec<String>) {
     let name = obj.metadata.name.clone();
     let age = age(obj.metadata.creation_timestamp.as_deref());
     match kind {
+        // VERSION is what the app serves (after a rollback, the version it went back
+        // to) and READY its healthy replicas; TARGET is `spec.version` while it is not
+        // (yet, or after a rollback: no longer) the one served.
         Kind::App => (
             vec![
-                "NAME", "VERSION", "WORKLOAD", "READY", "STEP", "PHASE", "AGE",
+                "NAME", "VERSION", "TARGET", "WORKLOAD", "READY", "STEP", "PHASE", "AGE",
             ],
             vec![
                 name,
-                str_at(&obj.spec, &["version"]).unwrap_or("-").into(),
+                str_at(&obj.status, &["version"]).unwrap_or("-").into(),
+                match (
+                    str_at(&obj.spec, &["version"]),
+                    str_at(&obj.status, &["version"]),
+                ) {
+                    (Some(want), Some(serving)) if want == serving => "-".into(),
+                    (Some(want), _) => want.into(),
+                    (None, _) => "-".into(),
+                },
                 workload_kind(obj),
                 match (
                     obj.status.get("readyReplicas").and_then(|v| v.as_u64()),
@@ -71,29 +83,47 @@ fn columns(kind: Kind, obj: &Object) -> (Vec<&'static str>, Vec<String>) {
             ],
         ),
         Kind::Function => (
-            vec!["NAME", "RUNTIME", "HANDLER", "AGE"],
+            vec!["NAME", "RUNTIME", "HANDLER", "PLACEMENT", "PHASE", "AGE"],
             vec![
                 name,
                 str_at(&obj.spec, &["runtime"]).unwrap_or("-").into(),
                 str_at(&obj.spec, &["handler"]).unwrap_or("-").into(),
+                if obj.spec.pointer("/placement/cloud") == Some(&serde_json::Value::Bool(true)) {
+                    "cloud".into()
+                } else {
+                    "edge".into()
+                },
+                checked_phase(obj),
                 age,
             ],
         ),
         Kind::Trigger => (
-            vec!["NAME", "SCHEDULE", "FUNCTION", "AGE"],
+            vec!["NAME", "SCHEDULE", "FUNCTION", "FIRES-ON", "NEXT", "AGE"],
             vec![
                 name,
                 str_at(&obj.spec, &["schedule"]).unwrap_or("-").into(),
                 str_at(&obj.spec, &["function"]).unwrap_or("-").into(),
+                str_at(&obj.status, &["firesOn"]).unwrap_or("-").into(),
+                obj.status
+                    .get("nextFireMs")
+                    .and_then(|v| v.as_i64())
+                    .map(|ms| crate::describe::relative(ms - now_ms()))
+                    .unwrap_or_else(|| "-".into()),
                 age,
             ],
         ),
         Kind::Task => (
-            vec!["NAME", "FUNCTION", "PHASE", "AGE"],
+            vec!["NAME", "FUNCTION", "PHASE", "NODE", "ATTEMPTS", "AGE"],
             vec![
                 name,
                 str_at(&obj.spec, &["function"]).unwrap_or("-").into(),
-                str_at(&obj.status, &["phase"]).unwrap_or("-").into(),
+                str_at(&obj.status, &["phase"]).unwrap_or("Pending").into(),
+                str_at(&obj.status, &["node"]).unwrap_or("-").into(),
+                obj.status
+                    .get("attempts")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0)
+                    .to_string(),
                 age,
             ],
         ),
@@ -162,6 +192,24 @@ fn columns(kind: Kind, obj: &Object) -> (Vec<&'static str>, Vec<String>) {
             ],
         ),
     }
+}
+
+/// A Function's `status.phase` for the spec it has now: `Pending` until the cloud has
+/// checked this generation (so a failed load never looks fine).
+fn checked_phase(obj: &Object) -> String {
+    let observed = obj
+        .status
+        .get("observedGeneration")
+        .and_then(|v| v.as_i64());
+    match (str_at(&obj.status, &["phase"]), observed) {
+        (Some(p), Some(o)) if Some(o) == obj.metadata.generation => p.into(),
+        _ => "Pending".into(),
+    }
+}
+
+/// Now, in milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 fn labels_string(obj: &Object) -> String {
@@ -243,82 +291,62 @@ pub fn yaml<T: serde::Serialize>(v: &T) -> Result<String> {
 pub fn json<T: serde::Serialize>(v: &T) -> Result<String> {
     Ok(serde_json::to_string_pretty(v)?)
 }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn indent(s: &str, n: usize) -> String {
-    let pad = " ".repeat(n);
-    s.lines()
-        .map(|l| format!("{pad}{l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// `verge describe`: metadata first, then spec and status as YAML.
-pub fn describe(obj: &Object) -> Result<String> {
-    let m = &obj.metadata;
-    let mut out = String::new();
-    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<18}{v}\n"));
-    line("Name:", m.name.clone());
-    line("Kind:", obj.kind.clone());
-    line("Labels:", labels_string(obj));
-    line(
-        "Annotations:",
-        if m.annotations.is_empty() {
-            "<none>".into()
-        } else {
-            m.annotations
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        },
-    );
-    line("UID:", m.uid.clone().unwrap_or_default());
-    line(
-        "Generation:",
-        m.generation.map(|g| g.to_string()).unwrap_or_default(),
-    );
-    line(
-        "Resource Version:",
-        m.resource_version.clone().unwrap_or_default(),
-    );
-    line(
-        "Created:",
-        format!(
-            "{} ({} ago)",
-            m.creation_timestamp.clone().unwrap_or_default(),
-            age(m.creation_timestamp.as_deref())
-        ),
-    );
-    out.push_str("Spec:\n");
-    // Secrets: keys and sizes, never values (`get -o yaml` shows them to those allowed).
-    let spec = if obj.kind == Kind::Secret.name() {
-        let hidden = obj
-            .metadata
-            .annotations
-            .contains_key(verge_api::specs::ANNOTATION_REDACTED);
-        let mut s = obj.spec.clone();
-        if let Some(data) = s.get_mut("data").and_then(|d| d.as_object_mut()) {
-            for v in data.values_mut() {
-                let len = v.as_str().map_or(0, str::len);
-                *v = serde_json::Value::String(if hidden {
-                    "<hidden>".into()
-                } else {
-                    format!("<{len} bytes>")
-                });
-            }
+    fn app(spec_version: &str, status: serde_json::Value) -> Object {
+        Object {
+            api_version: verge_api::API_VERSION.into(),
+            kind: "App".into(),
+            metadata: verge_api::ObjectMeta {
+                name: "web".into(),
+                ..Default::default()
+            },
+            spec: serde_json::json!({"version": spec_version,
+                "workload": {"native": {"command": "run"}}}),
+            status,
         }
-        s
-    } else {
-        obj.spec.clone()
-    };
-    out.push_str(&indent(yaml(&spec)?.trim_end(), 2));
-    out.push('\n');
-    out.push_str("Status:\n");
-    if obj.status.is_null() {
-        out.push_str("  <none>\n");
-    } else {
-        out.push_str(&indent(yaml(&obj.status)?.trim_end(), 2));
-        out.push('\n');
     }
-    Ok(out)
+
+    #[test]
+    fn an_app_row_shows_the_served_version_and_the_target_apart() {
+        let (h, _) = columns(Kind::App, &app("1.0.0", serde_json::Value::Null));
+        assert_eq!(
+            h,
+            [
+                "NAME", "VERSION", "TARGET", "WORKLOAD", "READY", "STEP", "PHASE", "AGE"
+            ]
+        );
+        // Rolled back: serving 1.1.0 on every node, 1.2.0 the target that failed.
+        let rolled_back = app(
+            "1.2.0",
+            serde_json::json!({"version": "1.1.0", "targetVersion": "1.2.0",
+                "phase": "RolledBack", "replicas": 1, "readyReplicas": 1, "step": "1/2 (50%)"}),
+        );
+        let (_, row) = columns(Kind::App, &rolled_back);
+        assert_eq!(
+            row[..7],
+            [
+                "web",
+                "1.1.0",
+                "1.2.0",
+                "native",
+                "1/1",
+                "1/2 (50%)",
+                "RolledBack"
+            ]
+        );
+        // Complete: nothing in TARGET.
+        let done = app(
+            "1.1.0",
+            serde_json::json!({"version": "1.1.0", "phase": "Complete", "replicas": 3,
+                "readyReplicas": 3, "step": "2/2 (100%)"}),
+        );
+        let (_, row) = columns(Kind::App, &done);
+        assert_eq!(row[1..3], ["1.1.0", "-"]);
+        // Just created, nothing reported yet.
+        let (_, row) = columns(Kind::App, &app("1.0.0", serde_json::Value::Null));
+        assert_eq!(row[1..5], ["-", "1.0.0", "native", "-"]);
+    }
 }

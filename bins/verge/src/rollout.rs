@@ -1,5 +1,6 @@
 //! `verge rollout status|promote|pause|resume|rollback app/NAME`: follow and steer an
-//! App's gray release. The controller owns the rollout; these commands only read its
+//! App's gray release (status: a progress bar on a terminal, a line per change
+//! elsewhere). The controller owns the rollout; these commands only read its
 //! status and set the annotations it acts on (see `verge_cloud::apps`).
 
 use std::time::{Duration, Instant};
@@ -15,8 +16,9 @@ use crate::client::Client;
 
 #[derive(Subcommand)]
 pub enum RolloutCmd {
-    /// Follow a rollout with a progress bar: exits 0 when it completes, non-zero when
-    /// it is rolled back, fails, or `--timeout` passes.
+    /// Follow a rollout (a progress bar on a terminal, a line per change elsewhere):
+    /// exits 0 when it completes, non-zero when it is rolled back, fails, or
+    /// `--timeout` passes.
     Status {
         /// `app/NAME`.
         target: String,
@@ -56,7 +58,7 @@ pub async fn run(client: &Client, cmd: &RolloutCmd) -> Result<()> {
                 Ok(step)
             })
             .await?;
-            println!("app/{name}: step {} promoted", step + 1);
+            outln!("app/{name}: step {} promoted", step + 1);
             Ok(())
         }
         RolloutCmd::Pause { target } => {
@@ -68,7 +70,7 @@ pub async fn run(client: &Client, cmd: &RolloutCmd) -> Result<()> {
                 Ok(())
             })
             .await?;
-            println!("app/{name}: paused");
+            outln!("app/{name}: paused");
             Ok(())
         }
         RolloutCmd::Resume { target } => {
@@ -87,7 +89,7 @@ pub async fn run(client: &Client, cmd: &RolloutCmd) -> Result<()> {
                 Ok(())
             })
             .await?;
-            println!("app/{name}: resumed");
+            outln!("app/{name}: resumed");
             Ok(())
         }
         RolloutCmd::Rollback { target } => {
@@ -111,7 +113,7 @@ pub async fn run(client: &Client, cmd: &RolloutCmd) -> Result<()> {
                 Ok(v)
             })
             .await?;
-            println!("app/{name}: rolling back to {version}");
+            outln!("app/{name}: rolling back to {version}");
             Ok(())
         }
     }
@@ -134,15 +136,75 @@ async fn update<T>(client: &Client, name: &str, f: impl Fn(&mut Object) -> Resul
     bail!("app/{name} kept changing; try again")
 }
 
+/// Where `rollout status` shows progress: a bar redrawn in place on a terminal, else a
+/// line each time what it would show changes (pipes, CI logs, files).
+enum Progress {
+    Bar(indicatif::ProgressBar),
+    Lines { last: String },
+}
+
+impl Progress {
+    fn new(name: &str) -> Result<Self> {
+        use std::io::IsTerminal as _;
+        if !std::io::stderr().is_terminal() {
+            return Ok(Progress::Lines {
+                last: String::new(),
+            });
+        }
+        let bar = indicatif::ProgressBar::new(1);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} nodes  {msg}")
+                .context("progress template")?
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("app/{name}"));
+        Ok(Progress::Bar(bar))
+    }
+
+    fn show(&mut self, name: &str, ready: u64, total: u64, what: &str) {
+        match self {
+            Progress::Bar(bar) => {
+                bar.set_length(total.max(1));
+                bar.set_position(ready.min(total));
+                bar.set_message(what.to_string());
+            }
+            Progress::Lines { last } => {
+                if let Some(line) = fresh(last, progress_line(name, ready, total, what)) {
+                    outln!("{line}");
+                }
+            }
+        }
+    }
+
+    /// Leaves the bar where it is (the lines need nothing).
+    fn end(&self, ok: bool) {
+        if let Progress::Bar(bar) = self {
+            if ok {
+                bar.finish();
+            } else {
+                bar.abandon();
+            }
+        }
+    }
+}
+
+/// `line` if it differs from the last one shown (then it becomes the last one).
+fn fresh(last: &mut String, line: String) -> Option<String> {
+    if line == *last {
+        return None;
+    }
+    last.clone_from(&line);
+    Some(line)
+}
+
+/// One progress line off a terminal: `app/web: 1/3 nodes  2.0.0 step 1/2 (50%) ...`.
+fn progress_line(name: &str, ready: u64, total: u64, what: &str) -> String {
+    format!("app/{name}: {}/{total} nodes  {what}", ready.min(total))
+}
+
 async fn status(client: &Client, name: &str, timeout: Duration) -> Result<()> {
     let started = Instant::now();
-    let bar = indicatif::ProgressBar::new(1);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} nodes  {msg}")
-            .context("progress template")?
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(format!("app/{name}"));
+    let mut progress = Progress::new(name)?;
     loop {
         let o = client.get(Kind::App, name).await?;
         let r = &o.status["rollout"];
@@ -167,35 +229,61 @@ async fn status(client: &Client, name: &str, timeout: Duration) -> Result<()> {
                 ok.len() as u64
             })
             .unwrap_or(0);
-        bar.set_length(total.max(1));
-        bar.set_position(ready.min(total));
         let phase = r["phase"].as_str().unwrap_or("Pending");
         let step = o.status["step"].as_str().unwrap_or("-");
         let message = r["message"].as_str().unwrap_or("");
-        bar.set_message(format!("{target} step {step} {phase}: {message}"));
+        progress.show(
+            name,
+            ready,
+            total,
+            &format!("{target} step {step} {phase}: {message}"),
+        );
         let current = target == spec_version;
         match phase {
             "Complete" if current && ready >= total => {
-                bar.finish();
-                println!("app/{name}: {target} rolled out to {total} nodes");
+                progress.end(true);
+                outln!("app/{name}: {target} rolled out to {total} nodes");
                 return Ok(());
             }
             "RolledBack" if current => {
-                bar.abandon();
+                progress.end(false);
                 bail!("app/{name}: {target} was rolled back: {message}");
             }
             "Failed" if current => {
-                bar.abandon();
+                progress.end(false);
                 bail!("app/{name}: rollout of {target} failed: {message}");
             }
             _ => {}
         }
         if started.elapsed() > timeout {
-            bar.abandon();
+            progress.end(false);
             bail!(
                 "app/{name}: rollout of {spec_version} not done after {timeout:?} ({phase}: {message})"
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_are_whole_and_capped() {
+        assert_eq!(
+            progress_line("web", 1, 3, "2.0.0 step 1/2 (33%) Progressing: waiting"),
+            "app/web: 1/3 nodes  2.0.0 step 1/2 (33%) Progressing: waiting"
+        );
+        assert_eq!(progress_line("web", 5, 2, "x"), "app/web: 2/2 nodes  x");
+    }
+
+    #[test]
+    fn a_line_only_when_something_changed() {
+        let mut last = String::new();
+        assert_eq!(fresh(&mut last, "a".into()).as_deref(), Some("a"));
+        assert_eq!(fresh(&mut last, "a".into()), None);
+        assert_eq!(fresh(&mut last, "b".into()).as_deref(), Some("b"));
+        assert_eq!(fresh(&mut last, "a".into()).as_deref(), Some("a"));
     }
 }

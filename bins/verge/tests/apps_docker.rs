@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use verge_testkit::{
     Cloud, Dockerd, Edge, Registry, app_instances, app_object, busybox_image_tar, eventually,
@@ -584,5 +584,204 @@ async fn docker_apps_gray_release_rollback_limits_adopt_offline() -> Result<()> 
     eprintln!("bad inputs reported in {:?}", t.elapsed());
     eprintln!("total {:?}", t0.elapsed());
     assert!(bugs.is_empty(), "{}", bugs.join("\n\n"));
+    Ok(())
+}
+
+/// Removes a Docker network (after the containers on it: declare it before the
+/// [`Cleanup`], after the [`Dockerd`]).
+struct NetworkCleanup {
+    docker_host: String,
+    config: tempfile::TempDir,
+    name: String,
+}
+
+impl Drop for NetworkCleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.name])
+            .env("DOCKER_HOST", &self.docker_host)
+            .env("DOCKER_CONFIG", self.config.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Health probes reach the container, not the node (decision 019): on a node whose
+/// containers run on a bridge network, with a process of the node holding the probe
+/// port on every node address, a container that does not serve it is never healthy
+/// (its probe fails at the container's address; the node's process is never asked),
+/// and the README's `web` App — busybox httpd on that port, no `ports:` — is healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_probes_reach_the_container_not_the_node() -> Result<()> {
+    let Some(dockerd) = skip_if_missing(Dockerd::start().await)? else {
+        return Ok(());
+    };
+    let Some(registry) = skip_if_missing(Registry::start().await)? else {
+        return Ok(());
+    };
+    let dirs = tempfile::tempdir()?;
+    let tag = std::process::id();
+    let node = format!("dkr-probe-{tag}");
+    let network = format!("verge-probe-{tag}");
+    dockerd.docker(&["network", "create", &network]).await?;
+    let _network = NetworkCleanup {
+        docker_host: dockerd.host(),
+        config: tempfile::tempdir()?,
+        name: network.clone(),
+    };
+    let _cleanup = Cleanup {
+        docker_host: dockerd.host(),
+        config: tempfile::tempdir()?,
+        nodes: vec![node.clone()],
+    };
+    let Some(tar) = skip_if_missing(busybox_image_tar(dirs.path()))? else {
+        return Ok(());
+    };
+    let image = format!("{}/hello-web:1", registry.addr());
+    dockerd.build_image(&image, &tar).await?;
+    dockerd.push(&image).await?;
+
+    // A process of the node answering HTTP 200 on the probe port, on every address.
+    let holder = tokio::net::TcpListener::bind("0.0.0.0:0").await?;
+    let port = holder.local_addr()?.port();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let asked = asked.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = holder.accept().await {
+                asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            }
+        });
+    }
+
+    let edge_bin = workspace_bin("verge-edge-cli", "verge-edge")?;
+    let cloud = Cloud::start(Path::new(BIN), &["--heartbeat-interval", "1s"]).await?;
+    let token = cloud.bootstrap_token(1).await?;
+    let socket = dockerd.socket().to_str().unwrap().to_string();
+    let _edge = Edge::join_and_start(
+        &edge_bin,
+        &cloud,
+        &token,
+        &node,
+        &[],
+        &dirs.path().join(&node),
+        &[
+            "--heartbeat-interval",
+            "1s",
+            "--status-interval",
+            "2s",
+            "--docker-socket",
+            &socket,
+            "--docker-network",
+            &network,
+        ],
+    )?;
+    cloud.wait_ready(&[&node]).await?;
+
+    let probe = json!({"http": {"port": port, "path": "/"}, "intervalSeconds": 1,
+        "timeoutSeconds": 2, "failureThreshold": 2});
+    // 1. A container that serves nothing: its probes fail at its own address.
+    let silent =
+        json!({"docker": {"image": image, "command": ["/bin/busybox", "sh", "-c", SLEEPER]}});
+    cloud
+        .apply(
+            "apps",
+            &app_object("silent", "1.0.0", silent, json!({"health": probe})),
+        )
+        .await?;
+    let failed = eventually(
+        Duration::from_secs(90),
+        "silent: health check failed",
+        async || {
+            let a = cloud.app("silent").await.ok()?;
+            let i = app_instances(&a, &node).first().cloned().cloned()?;
+            assert_ne!(i["health"], "Healthy", "a container serving nothing: {a}");
+            let e = i["lastError"].as_str()?;
+            e.contains("health check failed").then(|| e.to_string())
+        },
+    )
+    .await?;
+    eprintln!("silent: {failed}");
+    // The address probed is on the node's container network, not the node's loopback.
+    let probed: std::net::Ipv4Addr = failed
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split(&format!(":{port}/")).next())
+        .and_then(|ip| ip.parse().ok())
+        .with_context(|| format!("an IPv4 address:{port} in {failed}"))?;
+    let subnet = dockerd
+        .docker(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Subnet}}",
+            &network,
+        ])
+        .await?;
+    let (base, bits) = subnet
+        .trim()
+        .split_once('/')
+        .with_context(|| format!("subnet of {network}: {subnet}"))?;
+    let (base, bits): (std::net::Ipv4Addr, u32) = (base.parse()?, bits.parse()?);
+    let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+    assert_eq!(
+        u32::from(probed) & mask,
+        u32::from(base) & mask,
+        "probed {probed}, which is not on {network} ({subnet}): {failed}"
+    );
+
+    // 2. The README's web App, its port not published: healthy at its own address.
+    let web = json!({"docker": {"image": image, "command": ["/bin/busybox", "sh", "-c",
+        format!("mkdir -p /www && echo hello > /www/index.html && exec busybox httpd -f -p {port} -h /www")]}});
+    cloud
+        .apply(
+            "apps",
+            &app_object(
+                "web",
+                "1.0.0",
+                web,
+                json!({"resources": {"cpu": "500m", "memory": "64Mi"}, "health": probe,
+                    "rollout": {"steps": [{"percent": 50, "pause": "10s"}], "autoRollback": true}}),
+            ),
+        )
+        .await?;
+    success(&verge(
+        &cloud,
+        &["rollout", "status", "app/web", "--timeout", "90s"],
+    )?);
+    let a = cloud.app("web").await?;
+    let i = app_instances(&a, &node);
+    assert_eq!(
+        (i.len(), &i[0]["state"], &i[0]["health"]),
+        (1, &json!("Running"), &json!("Healthy")),
+        "{a}"
+    );
+    assert!(
+        a["spec"]["workload"]["docker"]["ports"].is_null(),
+        "no ports published"
+    );
+    // The silent one never became healthy; the node's process was never asked.
+    let s = cloud.app("silent").await?;
+    assert!(
+        app_instances(&s, &node)
+            .iter()
+            .all(|i| i["health"] != "Healthy"),
+        "{s}"
+    );
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a probe reached the node's own process"
+    );
     Ok(())
 }

@@ -253,6 +253,55 @@ async fn native_apps_gray_release_rollback_deps_limits_oom_adopt_offline() -> Re
             .contains("health"),
         "{web}"
     );
+    // `get apps` shows what serves — v2, healthy on all three — and v3 apart, as the
+    // target that was rolled back: no outage where there is none. (Waited for: on a
+    // loaded machine a probe can time out and a replica be briefly unhealthy.)
+    let web = eventually(
+        Duration::from_secs(60),
+        "status: v2 serving, 3 ready",
+        async || {
+            let a = cloud.app("web").await.ok()?;
+            (a["status"]["readyReplicas"] == 3).then_some(a)
+        },
+    )
+    .await?;
+    assert_eq!(
+        (
+            &web["status"]["version"],
+            &web["status"]["targetVersion"],
+            &web["status"]["updatedReplicas"],
+            &web["status"]["phase"]
+        ),
+        (
+            &json!("2.0.0"),
+            &json!("3.0.0"),
+            &json!(0),
+            &json!("RolledBack")
+        ),
+        "{web}"
+    );
+    let available = app_condition(&web, "Available").unwrap();
+    assert_eq!(
+        (&available["status"], &available["reason"]),
+        (&json!("True"), &json!("RolledBack")),
+        "{web}"
+    );
+    let last = std::cell::RefCell::new(String::new());
+    let row = eventually(
+        Duration::from_secs(60),
+        "get apps: web 2.0.0 3.0.0 native 3/3 RolledBack",
+        async || {
+            let table = success(&verge(&cloud, &["get", "apps"]).ok()?);
+            let line = table.lines().find(|l| l.starts_with("web "))?.to_string();
+            last.replace(line.clone());
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            (cells.get(..5) == Some(&["web", "2.0.0", "3.0.0", "native", "3/3"][..])
+                && cells.contains(&"RolledBack"))
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(row.is_ok(), "{row:?}; last row: {}", last.borrow());
 
     // A version going backwards by mistake is refused; `rollout rollback` may.
     let r = cloud

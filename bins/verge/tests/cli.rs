@@ -111,7 +111,7 @@ async fn apply_get_describe_delete() -> Result<()> {
         desc.contains("Name:")
             && desc.contains("web")
             && desc.contains("Resource Version:")
-            && desc.contains("image:"),
+            && desc.contains("Workload:         docker registry.local:5000/web:1.1.0"),
         "{desc}"
     );
 

@@ -56,11 +56,6 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
 const RETRY_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long `verge dev` may take to have its node Ready.
 const DEV_READY_TIMEOUT: Duration = Duration::from_secs(180);
-/// The README says Ctrl-C stops `verge dev`: the tour requires exit code 0 when it
-/// restarts it and at the end. FIXME(issue 14 point 2): until the fix for "Ctrl-C on
-/// `verge dev` panics (async fn resumed after completion, exit 101)" lands, another exit
-/// is reported, not failed; set this to true when it has.
-const CTRL_C_MUST_EXIT_0: bool = false;
 /// The ports the README's commands use, as written.
 const PORTS: [(u16, &str); 4] = [
     (7443, "verge dev's API"),
@@ -597,16 +592,14 @@ fn kill_leftovers(root: &Path) {
     }
 }
 
-/// Judges how `verge dev` exited after Ctrl-C (see [`CTRL_C_MUST_EXIT_0`]).
+/// The README says Ctrl-C stops `verge dev`: exit code 0, when the tour restarts it and
+/// at the end (issue 14 point 2: it used to panic, exit 101).
 fn ctrl_c_exit(status: std::process::ExitStatus) -> Result<()> {
-    match (status.success(), CTRL_C_MUST_EXIT_0) {
-        (true, _) => Ok(()),
-        (false, true) => bail!("verge dev stopped by Ctrl-C exited {status}"),
-        (false, false) => {
-            eprintln!("tour: FIXME(issue 14 point 2): verge dev stopped by Ctrl-C exited {status}");
-            Ok(())
-        }
-    }
+    anyhow::ensure!(
+        status.success(),
+        "verge dev stopped by Ctrl-C exited {status}"
+    );
+    Ok(())
 }
 
 fn clip(s: &str, max: usize) -> &str {

@@ -483,7 +483,7 @@ async fn secret_env_reaches_functions_and_native_apps_on_a_node_and_missing_ones
     let node = format!("sec-{}", std::process::id());
     let dirs = tempfile::tempdir()?;
     let edge_dir = dirs.path().join(&node);
-    let token = cloud.bootstrap_token(1).await?;
+    let token = cloud.bootstrap_token_with(1, &["tier=edge"]).await?;
     let _edge = Edge::join_and_start(
         &edge_bin,
         &cloud,
@@ -789,7 +789,7 @@ async fn a_docker_registry_login_comes_from_a_secret() -> Result<()> {
     .await?;
     let node = format!("secdkr-{}", std::process::id());
     let edge_bin = workspace_bin("verge-edge-cli", "verge-edge")?;
-    let token = cloud.bootstrap_token(1).await?;
+    let token = cloud.bootstrap_token_with(1, &["tier=edge"]).await?;
     let socket = dockerd
         .socket()
         .to_str()

@@ -284,14 +284,15 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         time::Duration::try_from(cfg.node_cert_validity).unwrap_or(time::Duration::days(30)),
     );
     // Certificates of deleted nodes: refused by either transport.
-    let revoked: Vec<String> = store
-        .list(http::join::REVOKED_PREFIX, None)
-        .await?
-        .items
-        .iter()
-        .filter_map(|kv| kv.key.strip_prefix(http::join::REVOKED_PREFIX))
-        .map(str::to_owned)
-        .collect();
+    // Revocations of certificates that have expired are dropped first.
+    let validity =
+        time::Duration::try_from(cfg.node_cert_validity).unwrap_or(time::Duration::days(30));
+    let revoked: Vec<String> = nodes::certs::prune_revoked(
+        &store,
+        time::OffsetDateTime::now_utc(),
+        nodes::certs::grace(validity),
+    )
+    .await?;
     let (gateway, mqtt_url) = match (&cfg.mqtt_url, cfg.mqtt_listen) {
         (Some(url), _) => {
             let mdir = mosquitto::dir(&cfg.data_dir);

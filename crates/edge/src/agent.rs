@@ -13,6 +13,12 @@
 //! While the cloud is unreachable nothing here blocks the node: the local store keeps
 //! serving the last desired state (see `local_api`), across restarts too.
 //!
+//! A revoked certificate (the node was deleted in the cloud: the embedded gateway
+//! answers CONNACK `not authorized`, an external broker's TLS sends the
+//! `certificate_revoked` alert) cannot come back by retrying: the uplink says so once,
+//! at error level, records it for `GET /v1/status` (`uplinkStopped`) and stops; the
+//! node keeps running what it has, offline ([`refusal`], pure; decision 019).
+//!
 //! Certificate rotation: two thirds into its certificate's life
 //! ([`Identity::renew_at`]) the node sends a CSR for a fresh key on `renew`; the cloud
 //! answers on `cert`; the node checks the certificate is for that key and its name,
@@ -105,6 +111,60 @@ struct SessionEnd {
     connected: bool,
     /// A renewed identity to reconnect with.
     renewed: Option<Identity>,
+    /// The cloud refused the node for good (its certificate revoked).
+    refused: Option<Refusal>,
+}
+
+/// Why the cloud will never take this node's connection again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The certificate was revoked: the node was deleted (`verge delete node`).
+    Revoked,
+}
+
+impl Refusal {
+    /// The one line the operator reads.
+    pub fn message(self, node: &str) -> String {
+        match self {
+            Refusal::Revoked => format!(
+                "the cloud refused node {node:?}: its certificate was revoked (the node was \
+                 deleted with `verge delete node`); not reconnecting. Apps and functions \
+                 placed here keep running offline; to bring the node back, join it again \
+                 with a new bootstrap token (`verge-edge join --data-dir` a new directory)"
+            ),
+        }
+    }
+}
+
+/// Whether a failed connection is a final refusal of this node (pure): a CONNACK
+/// `not authorized` — the embedded gateway's answer to a revoked certificate serial —
+/// or a TLS `certificate_revoked` alert anywhere in the error's chain (an external
+/// broker checking its CRL). Anything else is worth retrying.
+pub fn refusal(e: &rumqttc::ConnectionError) -> Option<Refusal> {
+    if let rumqttc::ConnectionError::ConnectionRefused(code) = e {
+        return (*code == ConnectReturnCode::NotAuthorized).then_some(Refusal::Revoked);
+    }
+    (tls_alert(e) == Some(rustls::AlertDescription::CertificateRevoked)).then_some(Refusal::Revoked)
+}
+
+/// The TLS alert the peer sent, if one is in `e`'s chain (also inside `io::Error`s,
+/// whose `source` skips the error they wrap).
+fn tls_alert(e: &(dyn std::error::Error + 'static)) -> Option<rustls::AlertDescription> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(rustls::Error::AlertReceived(a)) = err.downcast_ref::<rustls::Error>() {
+            return Some(*a);
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && let Some(a) = tls_alert(inner)
+        {
+            return Some(a);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// A renewal asked for and not answered yet.
@@ -123,7 +183,9 @@ enum Tag {
     Other,
 }
 
-/// Runs the uplink until `shutdown` resolves, reconnecting as needed.
+/// Runs the uplink until `shutdown` resolves, reconnecting as needed — or until the
+/// cloud refuses this node for good ([`refusal`]): then it logs why once, records it in
+/// the state (`uplinkStopped`) and returns, leaving the node running offline.
 pub async fn run(
     identity: Identity,
     state: Arc<EdgeState>,
@@ -165,6 +227,12 @@ pub async fn run(
             tracing::info!(expires = %next.cert_expires_at, "node certificate renewed; reconnecting with it");
             identity = next;
             continue;
+        }
+        if let Some(why) = end.refused {
+            let message = why.message(&identity.name);
+            tracing::error!("{message}");
+            state.set_uplink_stopped(message);
+            return Ok(());
         }
         let wait = backoff(attempt, cfg.backoff_base, cfg.backoff_cap);
         attempt = attempt.saturating_add(1);
@@ -306,6 +374,7 @@ impl<'a> Session<'a> {
         let end = |connected: bool| SessionEnd {
             connected,
             renewed: None,
+            refused: None,
         };
         let publish =
             |tags: &mut VecDeque<Tag>, tag: Tag, channel: Channel, msg: &Message, qos: QoS| {
@@ -323,8 +392,9 @@ impl<'a> Session<'a> {
                 ev = events.poll() => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         if ack.code != ConnectReturnCode::Success {
+                            let e = rumqttc::ConnectionError::ConnectionRefused(ack.code);
                             tracing::warn!(code = ?ack.code, "the cloud refused the connection");
-                            return end(connected);
+                            return SessionEnd { refused: refusal(&e), ..end(connected) };
                         }
                         connected = true;
                         self.state.set_connected(true);
@@ -345,7 +415,7 @@ impl<'a> Session<'a> {
                             Some(Message::CertIssued(c)) => {
                                 if let Some(next) = self.install(&mut pending, c).await {
                                     let _ = client.try_disconnect();
-                                    return SessionEnd { connected, renewed: Some(next) };
+                                    return SessionEnd { connected, renewed: Some(next), refused: None };
                                 }
                             }
                             Some(reply) => {
@@ -368,7 +438,7 @@ impl<'a> Session<'a> {
                     Ok(_) => {}
                     Err(e) => {
                         tracing::debug!(error = %e, "uplink connection ended");
-                        return end(connected);
+                        return SessionEnd { refused: refusal(&e), ..end(connected) };
                     }
                 },
                 _ = renew_check.tick(), if connected => {
@@ -505,6 +575,53 @@ mod tests {
         let samples: std::collections::HashSet<_> =
             (0..50).map(|_| backoff(6, base, cap)).collect();
         assert!(samples.len() > 10);
+    }
+
+    #[test]
+    fn a_revoked_certificate_is_a_final_refusal_other_failures_are_retried() {
+        use rumqttc::ConnectionError as C;
+        let tls_alert = |a: rustls::AlertDescription| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::AlertReceived(a),
+            )
+        };
+        // The embedded gateway: CONNACK 5 for a revoked serial.
+        assert_eq!(
+            refusal(&C::ConnectionRefused(ConnectReturnCode::NotAuthorized)),
+            Some(Refusal::Revoked)
+        );
+        // An external broker with a CRL: the TLS alert, while reading or in the handshake.
+        assert_eq!(
+            refusal(&C::Io(tls_alert(
+                rustls::AlertDescription::CertificateRevoked
+            ))),
+            Some(Refusal::Revoked)
+        );
+        assert_eq!(
+            refusal(&C::Tls(rumqttc::TlsError::Io(tls_alert(
+                rustls::AlertDescription::CertificateRevoked
+            )))),
+            Some(Refusal::Revoked)
+        );
+        assert_eq!(
+            refusal(&C::Tls(rumqttc::TlsError::TLS(
+                rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked)
+            ))),
+            Some(Refusal::Revoked)
+        );
+        // Worth retrying: the cloud down or restarting, other alerts and codes.
+        for e in [
+            C::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+            C::Io(tls_alert(rustls::AlertDescription::HandshakeFailure)),
+            C::ConnectionRefused(ConnectReturnCode::ServiceUnavailable),
+            C::NetworkTimeout,
+        ] {
+            assert_eq!(refusal(&e), None, "{e}");
+        }
+        let m = Refusal::Revoked.message("edge-1");
+        assert!(m.contains("\"edge-1\"") && m.contains("revoked"), "{m}");
+        assert!(m.contains("not reconnecting"), "{m}");
     }
 
     #[test]

@@ -25,9 +25,10 @@ pub enum Error {
     /// The CA the cloud served does not hash to the pinned `--ca-hash`.
     #[error("the cloud's CA ({got}) does not match --ca-hash ({expected}); refusing to join")]
     CaHashMismatch { expected: String, got: String },
-    /// The cloud answered the join with an error; `message` is the server's own.
-    #[error("the cloud refused to join this node (HTTP {status}): {message}")]
-    JoinRefused { status: u16, message: String },
+    /// The cloud answered the join with an error; `answer` is its status, reason and
+    /// message on one line (`401 Unauthorized: ...`, [`verge_api::error_line`]).
+    #[error("the cloud refused to join this node: {answer}")]
+    JoinRefused { status: u16, answer: String },
     /// Bad input from the caller (a flag, a name, a URL).
     #[error("{0}")]
     Invalid(String),

@@ -163,6 +163,10 @@ struct JoinAnswer {
 #[derive(Debug, Deserialize)]
 struct ApiErrorAnswer {
     #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    field: Option<String>,
+    #[serde(default)]
     message: String,
 }
 
@@ -544,24 +548,24 @@ pub async fn join(opts: JoinOptions) -> Result<Identity> {
     let status = resp.status();
     let answer = read_limited(resp, MAX_JOIN_ANSWER_BYTES, &join_url).await?;
     if status.as_u16() != 201 {
-        let message = match serde_json::from_slice::<ApiErrorAnswer>(&answer) {
-            Ok(e) if !e.message.is_empty() => e.message,
+        let canonical = status.canonical_reason().unwrap_or("").to_owned();
+        // One shape for every HTTP error the CLIs print: `401 Unauthorized: ...`.
+        let answer = match serde_json::from_slice::<ApiErrorAnswer>(&answer) {
+            Ok(e) if !e.message.is_empty() => verge_api::error_line(
+                status.as_u16(),
+                e.reason.as_deref().unwrap_or(&canonical),
+                e.field.as_deref(),
+                &e.message,
+            ),
             _ => {
                 let text = String::from_utf8_lossy(&answer);
-                let text = text.trim();
-                if text.is_empty() {
-                    status
-                        .canonical_reason()
-                        .unwrap_or("no reason given")
-                        .to_owned()
-                } else {
-                    text.chars().take(512).collect()
-                }
+                let text: String = text.trim().chars().take(512).collect();
+                verge_api::error_line(status.as_u16(), &canonical, None, &text)
             }
         };
         return Err(Error::JoinRefused {
             status: status.as_u16(),
-            message,
+            answer,
         });
     }
     let answer: JoinAnswer =

@@ -8,7 +8,7 @@
 //! | `GET /v1/configs/{name}`       | one `Config` object                                |
 //! | `GET /v1/objects/{kind}`       | JSON array of the stored objects of `kind`         |
 //! | `GET /v1/objects/{kind}/{name}`| one object                                         |
-//! | `GET /v1/status`               | `{node, appliedRevision, connected, queue, lastSync}` |
+//! | `GET /v1/status`               | `{node, appliedRevision, connected, queue, lastSync, uplinkStopped?}` |
 //! | `POST /v1/results`             | queue a task result for the cloud: `202 {seq}`      |
 //! | `POST /v1/functions/{name}/invoke` | run a function placed on this node: its output  |
 //!
@@ -624,11 +624,29 @@ async fn request_inner(
     drop(sender);
     conn.abort();
     if !status.is_success() {
-        let message = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        return Err(Error::LocalApi(message));
+        // `404 NotFound: ...`: the one shape the CLIs give HTTP errors.
+        let v = serde_json::from_slice::<serde_json::Value>(&body).ok();
+        let text = |k: &str| {
+            v.as_ref()
+                .and_then(|v| v.get(k))
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        };
+        let message = text("message").unwrap_or_else(|| {
+            String::from_utf8_lossy(&body)
+                .trim()
+                .chars()
+                .take(512)
+                .collect()
+        });
+        let reason =
+            text("reason").unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_owned());
+        return Err(Error::LocalApi(verge_api::error_line(
+            status.as_u16(),
+            &reason,
+            text("field").as_deref(),
+            &message,
+        )));
     }
     serde_json::from_slice(&body).map_err(|e| Error::Json {
         what: format!("local API answer to {path}"),

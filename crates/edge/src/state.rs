@@ -43,6 +43,8 @@ pub struct EdgeState {
     tasks: OnceLock<tokio::sync::mpsc::Sender<verge_proto::Task>>,
     /// Whether python3/node workers run sandboxed, once the function manager knows.
     sandbox: OnceLock<verge_runtime::SandboxStatus>,
+    /// Why the uplink stopped for good (the cloud revoked this node), once it has.
+    uplink_stopped: OnceLock<String>,
 }
 
 /// The body of `GET /v1/status`.
@@ -57,6 +59,9 @@ pub struct StatusReport {
     pub last_sync: Option<i64>,
     /// Whether python3/node functions run sandboxed here (`null` until known).
     pub function_sandbox: Option<verge_runtime::SandboxStatus>,
+    /// Why the uplink stopped for good (absent while it runs or retries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uplink_stopped: Option<String>,
 }
 
 impl EdgeState {
@@ -75,7 +80,17 @@ impl EdgeState {
             runtime: OnceLock::new(),
             tasks: OnceLock::new(),
             sandbox: OnceLock::new(),
+            uplink_stopped: OnceLock::new(),
         }
+    }
+
+    /// The uplink stopped for good: why (kept for `GET /v1/status`).
+    pub fn set_uplink_stopped(&self, why: String) {
+        let _ = self.uplink_stopped.set(why);
+    }
+
+    pub fn uplink_stopped(&self) -> Option<&str> {
+        self.uplink_stopped.get().map(String::as_str)
     }
 
     /// Records (once) whether function workers run sandboxed on this node.
@@ -200,6 +215,7 @@ impl EdgeState {
             queue: self.queue.stats()?,
             last_sync: self.last_sync(),
             function_sandbox: self.sandbox().cloned(),
+            uplink_stopped: self.uplink_stopped().map(str::to_string),
         })
     }
 }

@@ -5,7 +5,9 @@
 //!   start and stop; [`dependency_gate`] (pure) holds an instance back until its
 //!   `dependsOn` apps are healthy *on this node* in the required version range.
 //! - Each instance has a supervisor task ([`supervise`]): prepare (pull / download),
-//!   start, probe health, sample usage, and restart per `restartPolicy` with
+//!   start, probe health (`http` / `tcp` at the instance's own address,
+//!   [`Engine::probe_address`]: a container's address on its network, so a node process
+//!   holding the same port never answers for it), sample usage, and restart per `restartPolicy` with
 //!   exponential backoff (1 s doubling to 60 s; reset after 60 s of running). A
 //!   health check failing `failureThreshold` times in a row marks the instance
 //!   unhealthy and restarts it, like a liveness probe. An artifact refused for its
@@ -17,6 +19,7 @@
 //!   `NodeStatus.apps` (through the store-and-forward queue: offline changes catch up).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -522,18 +525,46 @@ impl Workloads {
     }
 }
 
-/// Runs one health probe.
-async fn probe<E: Engine>(engine: &E, h: &E::Handle, hc: &HealthCheck) -> Result<(), String> {
+/// `host:port` for a probe: IPv6 addresses in brackets.
+pub fn probe_target(ip: IpAddr, port: u16) -> String {
+    SocketAddr::new(ip, port).to_string()
+}
+
+/// Runs one health probe. `http` and `tcp` probes go to the instance's own address
+/// ([`Engine::probe_address`], found once per start and kept in `address`), never to
+/// whatever holds the port on the node.
+async fn probe<E: Engine>(
+    engine: &E,
+    h: &E::Handle,
+    hc: &HealthCheck,
+    address: &mut Option<IpAddr>,
+) -> Result<(), String> {
     let timeout = Duration::from_secs(u64::from(hc.timeout()));
-    if let Some(http) = &hc.http {
-        let url = format!(
-            "http://127.0.0.1:{}{}",
-            http.port,
-            http.path.as_deref().unwrap_or("/")
-        );
+    let port = match (&hc.http, &hc.tcp) {
+        (Some(http), _) => Some(http.port),
+        (None, Some(tcp)) => Some(tcp.port),
+        (None, None) => None,
+    };
+    let target = match port {
+        None => None,
+        Some(port) => {
+            let ip = match address {
+                Some(ip) => *ip,
+                None => {
+                    let ip = engine.probe_address(h).await.map_err(|e| e.to_string())?;
+                    *address = Some(ip);
+                    ip
+                }
+            };
+            Some(probe_target(ip, port))
+        }
+    };
+    if let (Some(http), Some(target)) = (&hc.http, &target) {
+        let url = format!("http://{target}{}", http.path.as_deref().unwrap_or("/"));
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .build()
             .map_err(|e| e.to_string())?;
         return match client.get(&url).send().await {
@@ -542,9 +573,8 @@ async fn probe<E: Engine>(engine: &E, h: &E::Handle, hc: &HealthCheck) -> Result
             Err(e) => Err(format!("GET {url}: {}", crate::error::chain(&e))),
         };
     }
-    if let Some(tcp) = &hc.tcp {
-        let addr = format!("127.0.0.1:{}", tcp.port);
-        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
+    if let (Some(_), Some(addr)) = (&hc.tcp, &target) {
+        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("tcp {addr}: {e}")),
             Err(_) => Err(format!("tcp {addr}: timed out")),
@@ -676,6 +706,8 @@ async fn supervise<E: Engine>(
         let started = Instant::now();
         let hc = w.app.health.clone();
         let mut failures = 0u32;
+        // The instance's address for http/tcp probes, found at the first probe.
+        let mut address: Option<IpAddr> = None;
         let mut next_probe = hc.as_ref().map(|h| {
             tokio::time::Instant::now() + Duration::from_secs(u64::from(h.initial_delay()))
         });
@@ -688,7 +720,7 @@ async fn supervise<E: Engine>(
                 e = engine.wait(&handle) => break Some(e),
                 _ = tokio::time::sleep_until(probe_at), if next_probe.is_some() => {
                     let Some(h) = &hc else { continue };
-                    match probe(engine.as_ref(), &handle, h).await {
+                    match probe(engine.as_ref(), &handle, h, &mut address).await {
                         Ok(()) => {
                             failures = 0;
                             set(&|s| { s.healthy = Some(true); });
@@ -1146,5 +1178,101 @@ mod tests {
         assert!(calls >= 5, "retried on the backoff: {calls}");
         assert_eq!(st.state, InstanceState::Failed);
         assert!(st.restarts >= 5);
+    }
+
+    /// An engine whose instances live at `address` (what `probe_address` says).
+    struct At {
+        address: IpAddr,
+    }
+
+    impl Engine for At {
+        type Handle = ();
+        async fn prepare(&self, _: &InstanceSpec) -> crate::Result<()> {
+            Ok(())
+        }
+        async fn start(&self, _: &InstanceSpec) -> crate::Result<((), Enforcement)> {
+            Ok(((), Enforcement::None))
+        }
+        async fn wait(&self, _: &()) -> crate::engine::Exit {
+            std::future::pending().await
+        }
+        async fn stop(&self, _: &(), _: Duration) -> crate::Result<()> {
+            Ok(())
+        }
+        async fn exec(&self, _: &(), _: &[String], _: Duration) -> crate::Result<i64> {
+            Ok(0)
+        }
+        async fn probe_address(&self, _: &()) -> crate::Result<IpAddr> {
+            Ok(self.address)
+        }
+        async fn usage(&self, _: &()) -> Option<crate::engine::Usage> {
+            None
+        }
+        async fn adopt(&self, _: &str) -> crate::Result<Vec<crate::engine::Adopted<()>>> {
+            Ok(Vec::new())
+        }
+        async fn logs(&self, _: &(), _: usize) -> crate::Result<Vec<String>> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Answers every connection on `listener` with a minimal HTTP 200.
+    fn serve_ok(listener: tokio::net::TcpListener) {
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            }
+        });
+    }
+
+    #[test]
+    fn probe_targets() {
+        assert_eq!(probe_target("10.1.0.7".parse().unwrap(), 80), "10.1.0.7:80");
+        assert_eq!(probe_target("fd00::7".parse().unwrap(), 80), "[fd00::7]:80");
+    }
+
+    /// http and tcp probes dial the instance's own address: a server holding the same
+    /// port on another address (the node's loopback) does not make it healthy.
+    #[tokio::test]
+    async fn probes_dial_the_instance_address_not_the_node_loopback() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // Something of the node's on 127.0.0.1:PORT; the instance at 127.0.0.2.
+        let node_side = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = node_side.local_addr().unwrap().port();
+        serve_ok(node_side);
+        let engine = At {
+            address: "127.0.0.2".parse().unwrap(),
+        };
+        let http: HealthCheck = serde_json::from_value(serde_json::json!({
+            "http": {"port": port, "path": "/"}, "timeoutSeconds": 2
+        }))
+        .unwrap();
+        let tcp: HealthCheck = serde_json::from_value(serde_json::json!({
+            "tcp": {"port": port}, "timeoutSeconds": 2
+        }))
+        .unwrap();
+        for hc in [&http, &tcp] {
+            let mut address = None;
+            let e = probe(&engine, &(), hc, &mut address).await.unwrap_err();
+            assert!(e.contains(&format!("127.0.0.2:{port}")), "{e}");
+            assert_eq!(address, Some("127.0.0.2".parse().unwrap()));
+        }
+        // The instance itself serves the port: healthy.
+        serve_ok(
+            tokio::net::TcpListener::bind(("127.0.0.2", port))
+                .await
+                .unwrap(),
+        );
+        for hc in [&http, &tcp] {
+            let mut address = None;
+            assert_eq!(probe(&engine, &(), hc, &mut address).await, Ok(()));
+        }
     }
 }

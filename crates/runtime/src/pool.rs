@@ -596,8 +596,16 @@ impl Proc {
         let load_timeout = def.timeout.max(MIN_LOAD_TIMEOUT);
         let accepted = tokio::time::timeout(load_timeout, async {
             tokio::select! {
+                biased;
                 r = listener.accept() => r.map(|(s, _)| Some(s)),
-                _ = child.wait() => Ok(None),
+                _ = child.wait() => {
+                    // A worker that connected, sent its answer (a load error, say) and
+                    // exited at once is still in the listen queue: read it from there.
+                    match tokio::time::timeout(Duration::from_millis(200), listener.accept()).await {
+                        Ok(Ok((s, _))) => Ok(Some(s)),
+                        _ => Ok(None),
+                    }
+                }
             }
         })
         .await;

@@ -168,8 +168,9 @@ sock.on('connect', () => {
     sock.end(Buffer.concat([head, logs, rest]), () => process.exit(1));
     return;
   }
+  // In check mode too the worker stays until the runtime hangs up (it kills the
+  // checker once it read the answer): exiting first would race the runtime's accept.
   send('R', takeLogs(), EMPTY);
-  if (checkOnly) sock.end(() => process.exit(0));
 });
 
 let buf = EMPTY;

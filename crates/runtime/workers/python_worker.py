@@ -173,7 +173,9 @@ def _run():
                     % (module_name, func_name)
                 )
             send(b"R", cap.take(), b"")
-            sock.close()
+            # Stay until the runtime hangs up (it kills the checker once it read the
+            # answer): exiting first would race the runtime's accept.
+            rfile.read(1)
             os._exit(0)
         module = importlib.import_module(module_name)
         fn = getattr(module, func_name)

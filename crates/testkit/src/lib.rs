@@ -362,6 +362,10 @@ pub struct Edge {
     pub data_dir: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
+    /// `RUST_LOG` of the process (`warn` unless started with [`Edge::start_logging`]).
+    log_filter: String,
+    /// Where its stderr goes, when captured ([`Edge::log`]).
+    log_file: Option<PathBuf>,
 }
 
 impl Edge {
@@ -416,28 +420,72 @@ impl Edge {
     }
 
     pub fn start(bin: &Path, data_dir: &Path, args: &[&str]) -> Result<Self> {
+        Self::start_with(bin, data_dir, args, "warn", None)
+    }
+
+    /// Like [`Edge::start`], with `RUST_LOG=filter` and its log (stdout and stderr)
+    /// appended to `DATA_DIR.log` beside the data dir, for tests about what the node
+    /// logs ([`Edge::log`]).
+    pub fn start_logging(bin: &Path, data_dir: &Path, args: &[&str], filter: &str) -> Result<Self> {
+        let mut log = data_dir.as_os_str().to_owned();
+        log.push(".log");
+        Self::start_with(bin, data_dir, args, filter, Some(PathBuf::from(log)))
+    }
+
+    fn start_with(
+        bin: &Path,
+        data_dir: &Path,
+        args: &[&str],
+        filter: &str,
+        log_file: Option<PathBuf>,
+    ) -> Result<Self> {
         let mut e = Edge {
             bin: bin.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             args: args.iter().map(|s| s.to_string()).collect(),
             child: None,
+            log_filter: filter.to_owned(),
+            log_file,
         };
         e.spawn()?;
         Ok(e)
     }
 
+    /// What the process logged so far (empty unless started with
+    /// [`Edge::start_logging`]).
+    pub fn log(&self) -> String {
+        self.log_file
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
     fn spawn(&mut self) -> Result<()> {
-        let child = Command::new(&self.bin)
-            .arg("run")
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("run")
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .context("spawning verge-edge run")?;
-        self.child = Some(child);
+            .env("RUST_LOG", &self.log_filter)
+            .stdin(Stdio::null());
+        if let Some(path) = &self.log_file {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            cmd.stderr(log.try_clone()?).stdout(log);
+        }
+        self.child = Some(cmd.spawn().context("spawning verge-edge run")?);
         Ok(())
+    }
+
+    /// Whether the process is still running (`false` once it exited or was killed).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn kill9(&mut self) -> Result<()> {
@@ -1252,7 +1300,7 @@ impl Cloud {
                     seen.counts.push(on);
                 }
                 let step = a["status"]["step"].as_str()?.to_string();
-                if a["status"]["version"] == version && seen.steps.last() != Some(&step) {
+                if a["status"]["targetVersion"] == version && seen.steps.last() != Some(&step) {
                     seen.steps.push(step);
                 }
                 (a["status"]["phase"] == "Complete"

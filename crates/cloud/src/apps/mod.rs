@@ -119,6 +119,40 @@ fn request_of(spec: &AppSpec) -> Request {
     }
 }
 
+/// Healthy replicas of an app, from its nodes' reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReplicaCounts {
+    /// Running (and not unhealthy) at the version their node is told to run, whichever
+    /// it is: what serves now (`status.readyReplicas`; after a rollback, those of the
+    /// version rolled back to).
+    pub ready: u32,
+    /// Of those, on the target version (`status.updatedReplicas`).
+    pub updated: u32,
+}
+
+/// [`ReplicaCounts`] from the reports and the rollout's node → version assignment.
+pub fn replica_counts(
+    reports: &BTreeMap<String, Vec<verge_proto::InstanceStatus>>,
+    st: &RolloutState,
+) -> ReplicaCounts {
+    let mut c = ReplicaCounts::default();
+    for (node, list) in reports {
+        let Some(assigned) = st.nodes.get(node) else {
+            continue;
+        };
+        for i in list {
+            let ok = i.state == InstanceState::Running && i.healthy != Some(false);
+            if ok && &i.version == assigned {
+                c.ready += 1;
+                if i.version == st.target_version {
+                    c.updated += 1;
+                }
+            }
+        }
+    }
+    c
+}
+
 /// Problems with `dependsOn` across all apps: app → (reason, message).
 pub fn dependency_problems(
     apps: &BTreeMap<String, AppSpec>,
@@ -480,17 +514,11 @@ impl AppController {
             let st = decision.state;
 
             // Instances, as reported, for nodes the app is on (or leaving).
+            let counts = replica_counts(reports, &st);
+            let ready = counts.ready;
             let mut instances = Vec::new();
-            let mut ready = 0u32;
             for (node, list) in reports {
                 for i in list {
-                    let ok = i.state == InstanceState::Running && i.healthy != Some(false);
-                    if ok
-                        && i.version == st.target_version
-                        && st.nodes.get(node) == Some(&i.version)
-                    {
-                        ready += 1;
-                    }
                     instances.push(json!({
                         "node": node, "replica": i.replica, "version": i.version,
                         "state": i.state.as_str(),
@@ -537,10 +565,12 @@ impl AppController {
             let percent = steps.get(st.step).map_or(100, |s| s.percent);
             let mut status = json!({
                 "observedGeneration": o.metadata.generation,
-                "version": st.target_version,
+                "version": st.serving_version(),
+                "targetVersion": st.target_version,
                 "phase": st.phase.as_str(),
                 "replicas": desired,
                 "readyReplicas": ready,
+                "updatedReplicas": counts.updated,
                 "step": format!("{}/{} ({}%)", st.step + 1, st.steps, percent),
                 "placement": assignment,
                 "rollout": st,
@@ -608,6 +638,65 @@ mod tests {
             })
             .collect();
         s
+    }
+
+    #[test]
+    fn ready_replicas_are_those_serving_what_their_node_is_told_to_run() {
+        use verge_proto::InstanceStatus;
+        let inst = |v: &str, healthy: Option<bool>, state| InstanceStatus {
+            healthy,
+            ..InstanceStatus::new("web", 0, v, state)
+        };
+        let running = InstanceState::Running;
+        // 1.2.0 was rolled back: both nodes are told 1.1.0 and serve it healthily.
+        let mut st = RolloutState {
+            phase: rollout::Phase::RolledBack,
+            target_version: "1.2.0".into(),
+            stable_version: Some("1.1.0".into()),
+            nodes: BTreeMap::from([
+                ("a".to_string(), "1.1.0".to_string()),
+                ("b".to_string(), "1.1.0".to_string()),
+            ]),
+            ..Default::default()
+        };
+        let reports = BTreeMap::from([
+            (
+                "a".to_string(),
+                // The failed canary still stopping beside its replacement.
+                vec![
+                    inst("1.1.0", Some(true), running),
+                    inst("1.2.0", Some(false), running),
+                ],
+            ),
+            ("b".to_string(), vec![inst("1.1.0", Some(true), running)]),
+            // A node the app is not on any more.
+            ("c".to_string(), vec![inst("1.1.0", Some(true), running)]),
+        ]);
+        assert_eq!(
+            replica_counts(&reports, &st),
+            ReplicaCounts {
+                ready: 2,
+                updated: 0
+            }
+        );
+        assert_eq!(st.serving_version(), "1.1.0");
+        // Mid-rollout: a is the canary on 1.2.0 (healthy), b still on 1.1.0.
+        st.phase = rollout::Phase::Progressing;
+        st.nodes.insert("a".into(), "1.2.0".into());
+        let reports = BTreeMap::from([
+            ("a".to_string(), vec![inst("1.2.0", Some(true), running)]),
+            (
+                "b".to_string(),
+                vec![inst("1.1.0", None, InstanceState::Backoff)],
+            ),
+        ]);
+        assert_eq!(
+            replica_counts(&reports, &st),
+            ReplicaCounts {
+                ready: 1,
+                updated: 1
+            }
+        );
     }
 
     #[test]

@@ -94,6 +94,18 @@ pub struct RolloutState {
     pub message: String,
 }
 
+impl RolloutState {
+    /// The version the app serves: the target once its rollout is complete (or for an
+    /// app's first version), else the stable one — while a new version is rolled out,
+    /// after it was rolled back, and while a failed gate holds.
+    pub fn serving_version(&self) -> &str {
+        match (self.phase, &self.stable_version) {
+            (Phase::Complete, _) | (_, None) => &self.target_version,
+            (_, Some(stable)) => stable,
+        }
+    }
+}
+
 /// Operator input, from the App's annotations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Commands {
@@ -654,9 +666,19 @@ mod tests {
     #[test]
     fn first_version_goes_everywhere_then_gray_release_in_steps() {
         let mut sim = Sim::new(3, strategy(&[(33, None)], true));
+        let _ = sim.step("1.0.0", &BTreeMap::new());
+        assert_eq!(sim.state.as_ref().unwrap().serving_version(), "1.0.0");
         assert_eq!(sim.settle("1.0.0", None), vec![3]);
         assert_eq!(sim.phase(), Phase::Complete);
+        // While 2.0.0 rolls out, 1.0.0 is what the app serves.
+        let _ = sim.step("2.0.0", &BTreeMap::new());
+        let st = sim.state.clone().unwrap();
+        assert_eq!(
+            (st.phase, st.serving_version()),
+            (Phase::Progressing, "1.0.0")
+        );
         assert_eq!(sim.settle("2.0.0", None), vec![1, 3]);
+        assert_eq!(sim.state.as_ref().unwrap().serving_version(), "2.0.0");
         assert_eq!(sim.phase(), Phase::Complete);
         let st = sim.state.clone().unwrap();
         assert_eq!(st.stable_version.as_deref(), Some("2.0.0"));
@@ -673,6 +695,11 @@ mod tests {
         let st = sim.state.clone().unwrap();
         assert_eq!(st.phase, Phase::RolledBack);
         assert!(st.nodes.values().all(|v| v == "2.0.0"), "{:?}", st.nodes);
+        // What the app serves is the version it went back to; 3.0.0 stays the target.
+        assert_eq!(
+            (st.serving_version(), st.target_version.as_str()),
+            ("2.0.0", "3.0.0")
+        );
         assert!(
             st.message.contains("rolled back to 2.0.0"),
             "{}",
@@ -694,6 +721,7 @@ mod tests {
         let st = sim.state.clone().unwrap();
         assert_eq!(st.phase, Phase::Failed);
         assert_eq!(st.nodes.values().filter(|v| *v == "2.0.0").count(), 1);
+        assert_eq!(st.serving_version(), "1.0.0");
         // resume retries the gate; now healthy, it completes.
         sim.commands.resume_seq = 1;
         let reports = obey(&st, None);

@@ -139,8 +139,10 @@ impl TaskStatus {
 pub struct NodeView {
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    /// Holds a live session with the gateway.
+    /// Its `Ready` condition is `True` (heartbeats arriving).
     pub connected: bool,
+    /// `status.phase` (`Ready`, `NotReady`, `Unknown`), for messages.
+    pub phase: String,
 }
 
 /// Where a task goes now.
@@ -160,6 +162,33 @@ pub enum Placement {
         reason: &'static str,
         message: String,
     },
+}
+
+/// Why a synchronous invoke cannot be dispatched now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotNow {
+    /// The named node does not exist (HTTP 404).
+    NoSuchNode(String),
+    /// No node to run it is connected now (HTTP 503).
+    Offline(String),
+}
+
+/// A synchronous invoke is not queued: where [`place`] would have a task wait, the
+/// call is answered at once instead (a task, `POST /api/v1/tasks`, waits).
+pub fn sync_refusal(p: &Placement) -> Option<NotNow> {
+    match p {
+        Placement::Wait {
+            reason: "NodeNotFound",
+            message,
+        } => Some(NotNow::NoSuchNode(message.clone())),
+        Placement::Wait { message, .. } | Placement::Fail { message, .. } => {
+            Some(NotNow::Offline(format!(
+                "{message}; a synchronous invoke is not queued: call again once a node is \
+                 Ready, or create a task (POST /api/v1/tasks), which waits for one"
+            )))
+        }
+        Placement::Cloud | Placement::Node(_) | Placement::FanOut(_) => None,
+    }
 }
 
 fn matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
@@ -211,7 +240,7 @@ pub fn place(
             },
             Some(n) if !n.connected => Placement::Wait {
                 reason: "NodeOffline",
-                message: format!("node {name:?} is not connected"),
+                message: format!("node {name:?} is not connected ({})", n.phase),
             },
             Some(n) => Placement::Node(n.name.clone()),
         },
@@ -450,7 +479,47 @@ mod tests {
             name: name.into(),
             labels: BTreeMap::from([("region".into(), region.into())]),
             connected,
+            phase: if connected { "Ready" } else { "NotReady" }.into(),
         }
+    }
+
+    #[test]
+    fn a_synchronous_invoke_is_refused_at_once_where_a_task_would_wait() {
+        let edge = function("runtime: python3\nhandler: h.main\ncode: x\n");
+        let nodes = vec![node("a", "eu", true), node("c", "us", false)];
+        let load = HashMap::new();
+        let at = |n: &str| TaskTarget {
+            node: Some(n.into()),
+            node_selector: None,
+            fanout: None,
+        };
+        assert_eq!(
+            sync_refusal(&place(Some(&at("ghost")), &edge, &nodes, &load)),
+            Some(NotNow::NoSuchNode("node \"ghost\" does not exist".into()))
+        );
+        let Some(NotNow::Offline(m)) = sync_refusal(&place(Some(&at("c")), &edge, &nodes, &load))
+        else {
+            panic!("offline node");
+        };
+        assert!(
+            m.starts_with("node \"c\" is not connected (NotReady); "),
+            "{m}"
+        );
+        assert!(m.contains("not queued"), "{m}");
+        // No matching node connected (the function's own placement).
+        let us = function(
+            "runtime: python3\nhandler: h.main\ncode: x\nplacement: {nodeSelector: {region: us}}\n",
+        );
+        assert!(matches!(
+            sync_refusal(&place(None, &us, &nodes, &load)),
+            Some(NotNow::Offline(m)) if m.contains("none is connected")
+        ));
+        // Runnable now: no refusal.
+        assert_eq!(
+            sync_refusal(&place(Some(&at("a")), &edge, &nodes, &load)),
+            None
+        );
+        assert_eq!(sync_refusal(&place(None, &edge, &nodes, &load)), None);
     }
 
     fn function(yaml: &str) -> FunctionSpec {

@@ -38,6 +38,9 @@ use crate::http::resources::{kind_prefix, modify, object_key};
 
 /// How often unfinished tasks are looked at.
 pub const TICK: Duration = Duration::from_millis(500);
+
+/// `Retry-After` of a synchronous invoke refused because no node for it is Ready.
+const SYNC_RETRY_AFTER_SECS: u64 = 5;
 /// Unfinished tasks allowed at once; creating more answers 429.
 pub const MAX_ACTIVE_TASKS: usize = 10_000;
 /// Finished tasks are deleted this long after they finished.
@@ -155,14 +158,28 @@ impl Tasks {
         }
     }
 
-    /// Creates a task; `(id, created)`: `created` is false when the idempotency key
-    /// was seen before and `id` is that earlier task.
+    /// Creates a task with a generated id; `(id, created)`: `created` is false when the
+    /// idempotency key was seen before and `id` is that earlier task.
     pub async fn create(
         self: &Arc<Self>,
         spec: TaskSpec,
         labels: std::collections::BTreeMap<String, String>,
         trigger: Option<String>,
     ) -> Result<(String, bool), ApiError> {
+        let (o, created) = self.create_named(None, spec, labels, trigger).await?;
+        Ok((o.metadata.name, created))
+    }
+
+    /// Creates a task named `name` (a generated id when `None`); the stored Task and
+    /// whether it is new: with an idempotency key seen before, the earlier task
+    /// (whatever its name) and `false`. A name already taken is `409 AlreadyExists`.
+    pub async fn create_named(
+        self: &Arc<Self>,
+        name: Option<String>,
+        spec: TaskSpec,
+        labels: std::collections::BTreeMap<String, String>,
+        trigger: Option<String>,
+    ) -> Result<(Object, bool), ApiError> {
         spec.validate()
             .map_err(|e| ApiError::invalid(e.field, e.message))?;
         let function_key = object_key(Kind::Function, &spec.function);
@@ -180,7 +197,24 @@ impl Tasks {
             e.retry_after = Some(1);
             return Err(e);
         }
-        let id = new_task_id();
+        let id = name.unwrap_or_else(new_task_id);
+        let taken = || {
+            ApiError::new(
+                Reason::AlreadyExists,
+                format!("task {id:?} already exists (a task cannot be changed; use another name)"),
+            )
+            .field("metadata.name")
+        };
+        if self
+            .store
+            .get(&object_key(Kind::Task, &id))
+            .await?
+            .is_some()
+        {
+            return Err(taken());
+        }
+        // The key record this call wrote, to take back if the task cannot be stored.
+        let mut key_written: Option<String> = None;
         if let Some(key) = &spec.idempotency_key {
             let record = format!(
                 "{KEY_PREFIX}{}",
@@ -191,17 +225,12 @@ impl Tasks {
                 .create(&record, Bytes::from(id.clone()), Default::default())
                 .await
             {
-                Ok(_) => {}
+                Ok(_) => key_written = Some(record),
                 Err(verge_store::Error::AlreadyExists { .. }) => {
                     if let Some(kv) = self.store.get(&record).await? {
                         let earlier = String::from_utf8_lossy(&kv.value).to_string();
-                        if self
-                            .store
-                            .get(&object_key(Kind::Task, &earlier))
-                            .await?
-                            .is_some()
-                        {
-                            return Ok((earlier, false));
+                        if let Some((_, _, o)) = self.fetch(&earlier).await? {
+                            return Ok((o, false));
                         }
                         // The earlier task is gone (deleted after retention): a new run.
                         self.store
@@ -217,10 +246,24 @@ impl Tasks {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.insert(&id, spec, labels, trigger, None).await?;
+        let inserted = match self.insert(&id, spec, labels, trigger, None).await {
+            Ok(o) => o,
+            Err(e) => {
+                if let Some(record) = key_written {
+                    let _ = self.store.delete(&record, Expect::Any).await;
+                }
+                return Err(if e.reason == Reason::AlreadyExists {
+                    taken()
+                } else {
+                    e
+                });
+            }
+        };
         self.track(&id, None);
         self.advance(&id).await;
-        Ok((id, true))
+        // As it is now (advancing may have placed or dispatched it already).
+        let current = self.fetch(&id).await.ok().flatten().map(|(_, _, o)| o);
+        Ok((current.unwrap_or(inserted), true))
     }
 
     async fn insert(
@@ -230,7 +273,7 @@ impl Tasks {
         labels: std::collections::BTreeMap<String, String>,
         trigger: Option<String>,
         parent: Option<String>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Object, ApiError> {
         let status = TaskStatus {
             created_at_ms: now_ms(),
             trigger,
@@ -255,7 +298,7 @@ impl Tasks {
         self.store
             .create(&object_key(Kind::Task, id), bytes.into(), labels)
             .await?;
-        Ok(())
+        Ok(obj)
     }
 
     async fn read(&self, name: &str) -> Option<(TaskSpec, TaskStatus, Object)> {
@@ -314,6 +357,26 @@ impl Tasks {
         }
     }
 
+    /// For a synchronous invoke, which is not queued: `Err` at once when `target` (or
+    /// the function's placement) has no node to run it now — 404 naming a node that
+    /// does not exist, 503 when no node for it is Ready ([`sync_refusal`]).
+    pub async fn dispatchable_now(
+        &self,
+        target: Option<&TaskTarget>,
+        function: &FunctionSpec,
+    ) -> Result<(), ApiError> {
+        let nodes = self.nodes().await;
+        match sync_refusal(&place(target, function, &nodes, &self.load())) {
+            None => Ok(()),
+            Some(NotNow::NoSuchNode(m)) => Err(ApiError::not_found(m).field("node")),
+            Some(NotNow::Offline(m)) => {
+                let mut e = ApiError::new(Reason::Unavailable, m);
+                e.retry_after = Some(SYNC_RETRY_AFTER_SECS);
+                Err(e)
+            }
+        }
+    }
+
     async fn nodes(&self) -> Vec<NodeView> {
         let Ok(list) = self.store.list(&kind_prefix(Kind::Node), None).await else {
             return Vec::new();
@@ -327,6 +390,7 @@ impl Tasks {
                         .any(|c| c["type"] == "Ready" && c["status"] == "True")
                 });
                 NodeView {
+                    phase: o.status["phase"].as_str().unwrap_or("Unknown").to_string(),
                     name: o.metadata.name,
                     labels: o.metadata.labels,
                     connected,
@@ -576,7 +640,7 @@ impl Tasks {
                 .insert(&child, child_spec, labels, None, Some(name.to_string()))
                 .await
             {
-                Ok(())
+                Ok(_)
                 | Err(ApiError {
                     reason: Reason::AlreadyExists,
                     ..
@@ -810,6 +874,21 @@ impl Tasks {
         let this = self.clone();
         let name = name.to_string();
         tokio::spawn(async move {
+            // `st` may be a snapshot read before the previous attempt was recorded and
+            // its slot freed: the stored status decides, now that the slot is held.
+            let current = matches!(
+                this.fetch(&name).await,
+                Ok(Some((_, s, _))) if s.callback.as_ref().is_some_and(|c| {
+                    c.state == CallbackState::Pending && c.attempts + 1 == attempt
+                })
+            );
+            if !current {
+                if let Ok(mut d) = this.delivering.lock() {
+                    d.remove(&name);
+                }
+                this.wake.notify_one();
+                return;
+            }
             let r = callbacks::deliver(&this.http, &url, &this.callback_key, &name, attempt, &body)
                 .await;
             let now = now_ms();
@@ -946,7 +1025,7 @@ impl Tasks {
                 .insert(&r.id, spec, labels, Some(trigger.clone()), None)
                 .await
             {
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(e) if e.reason == Reason::AlreadyExists => {}
                 Err(e) => {
                     tracing::warn!(task = %r.id, error = %e.message, "could not record a triggered task");

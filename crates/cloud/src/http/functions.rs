@@ -3,9 +3,13 @@
 //!   function and answers with its output. Cloud-placed functions run in the cloud's
 //!   runtime (JSON or any bytes in and out); edge-placed ones run as a task on `node`
 //!   (or the least loaded node of the function's placement) and the call waits for the
-//!   result (JSON input only, at most 256 KiB).
-//! - `POST /api/v1/tasks` (a bare `TaskSpec` or a `Task` object) → `202 {taskId}`;
-//!   `GET /api/v1/tasks[/{id}]`; `DELETE /api/v1/tasks/{id}` cancels.
+//!   result (JSON input only, at most 256 KiB). Such a call is not queued: a `node`
+//!   that does not exist is a 404 (field `node`), no Ready node to run it a 503 with
+//!   `Retry-After`, both at once (decision 019).
+//! - `POST /api/v1/tasks`: a `Task` object → `202` and the Task (named by its
+//!   `metadata.name`, else a generated id), as other kinds answer; a bare `TaskSpec` →
+//!   `202 {taskId, created}`. `GET /api/v1/tasks[/{id}]`; `DELETE /api/v1/tasks/{id}`
+//!   cancels.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -170,6 +174,10 @@ pub async fn invoke(
             ApiError::invalid(field, e.message)
         });
     }
+    // Not queued: a node that does not exist, or none Ready to run it, is said at once.
+    f.tasks
+        .dispatchable_now(task.target.as_ref(), &spec)
+        .await?;
     let (id, _) = f.tasks.create(task, Default::default(), None).await?;
     let Some(status) = f.tasks.wait(&id, Duration::from_secs(timeout + 5)).await else {
         return Ok((
@@ -231,7 +239,10 @@ fn runtime_failure(e: &verge_runtime::Error) -> Response {
     resp
 }
 
-/// `POST /api/v1/tasks`.
+/// `POST /api/v1/tasks`: a `Task` object (the resource API: named by `metadata.name`,
+/// or a generated id when it has none; answered with the Task, `202`, or `200` with the
+/// earlier task when its idempotency key was seen before), or a bare `TaskSpec` (the
+/// shortcut: a generated id, answered with `{taskId, created}`).
 pub async fn create_task(
     State(st): State<SharedState>,
     Extension(principal): Extension<Principal>,
@@ -240,36 +251,68 @@ pub async fn create_task(
 ) -> Result<Response, ApiError> {
     require_write(&principal)?;
     let f = functions(&st)?;
-    let value = body::read_value(&headers, body, st.max_body_bytes).await?;
-    // A `Task` object, or just its spec.
-    let (spec_value, labels) = if value.get("kind").is_some() || value.get("spec").is_some() {
-        let text = serde_json::to_string(&value).map_err(ApiError::internal)?;
-        let mut docs = verge_api::parse_documents(&text, verge_api::Format::Json)?;
-        let o = docs
-            .pop()
-            .ok_or_else(|| ApiError::bad_request("request body holds no object"))?;
-        if o.kind != Kind::Task.name() {
-            return Err(ApiError::invalid(
-                "kind",
-                format!("expected Task, got {:?}", o.kind),
-            ));
+    let mut value = body::read_value(&headers, body, st.max_body_bytes).await?;
+    let location = |id: &str| HeaderValue::from_str(&format!("/api/v1/tasks/{id}")).ok();
+    if value.get("kind").is_none() && value.get("spec").is_none() {
+        let spec = match verge_api::specs::decode_spec(Kind::Task, &value) {
+            Ok(verge_api::specs::Spec::Task(s)) => s,
+            Ok(_) => return Err(ApiError::internal("decode_spec returned another kind")),
+            Err(e) => return Err(ApiError::invalid(e.field, e.message)),
+        };
+        let (id, created) = f.tasks.create(spec, Default::default(), None).await?;
+        let mut resp = (
+            StatusCode::ACCEPTED,
+            Json(json!({ "taskId": id, "created": created })),
+        )
+            .into_response();
+        if let Some(v) = location(&id) {
+            resp.headers_mut().insert(header::LOCATION, v);
         }
-        (o.spec, o.metadata.labels)
-    } else {
-        (value, Default::default())
-    };
-    let spec = match verge_api::specs::decode_spec(Kind::Task, &spec_value) {
+        return Ok(resp);
+    }
+    // A Task object without a name gets a generated one (its id).
+    if let Some(map) = value.as_object_mut() {
+        let meta = map
+            .entry("metadata")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(m) = meta.as_object_mut()
+            && m.get("name")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+        {
+            m.insert(
+                "name".into(),
+                Value::String(crate::functions::tasks::new_task_id()),
+            );
+        }
+    }
+    let text = serde_json::to_string(&value).map_err(ApiError::internal)?;
+    let mut docs = verge_api::parse_documents(&text, verge_api::Format::Json)?;
+    let o = docs
+        .pop()
+        .ok_or_else(|| ApiError::bad_request("request body holds no object"))?;
+    if o.kind != Kind::Task.name() {
+        return Err(ApiError::invalid(
+            "kind",
+            format!("expected Task, got {:?}", o.kind),
+        ));
+    }
+    let spec = match verge_api::specs::decode_spec(Kind::Task, &o.spec) {
         Ok(verge_api::specs::Spec::Task(s)) => s,
         Ok(_) => return Err(ApiError::internal("decode_spec returned another kind")),
         Err(e) => return Err(ApiError::invalid(e.field, e.message)),
     };
-    let (id, created) = f.tasks.create(spec, labels, None).await?;
-    let mut resp = (
-        StatusCode::ACCEPTED,
-        Json(json!({ "taskId": id, "created": created })),
-    )
-        .into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/tasks/{id}")) {
+    let (task, created) = f
+        .tasks
+        .create_named(Some(o.metadata.name), spec, o.metadata.labels, None)
+        .await?;
+    let status = if created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    let mut resp = (status, Json(&task)).into_response();
+    if let Some(v) = location(&task.metadata.name) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)

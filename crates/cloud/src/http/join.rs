@@ -391,8 +391,23 @@ pub async fn node_serials(
 /// records). Returns the serials.
 pub async fn revoke_node_cert(st: &SharedState, node: &Object) -> Result<Vec<String>, ApiError> {
     let serials = node_serials(&st.store, node).await?;
+    // Each serial's expiry, where its issue record has it: the revocation record is
+    // pruned once that has passed (`nodes::certs::prune_revoked`); without one it is kept.
+    let prefix = format!("{NODE_CERTS_PREFIX}{}/", node.metadata.name);
+    let expiries: std::collections::HashMap<String, String> = st
+        .store
+        .list(&prefix, None)
+        .await?
+        .items
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<crate::nodes::certs::CertRecord>(&kv.value).ok())
+        .map(|r| (r.serial, r.not_after))
+        .collect();
     for serial in &serials {
-        let rec = serde_json::json!({"node": node.metadata.name, "serial": serial, "revokedAt": now_rfc3339()});
+        let mut rec = serde_json::json!({"node": node.metadata.name, "serial": serial, "revokedAt": now_rfc3339()});
+        if let Some(not_after) = expiries.get(serial).filter(|t| !t.is_empty()) {
+            rec["notAfter"] = serde_json::Value::String(not_after.clone());
+        }
         match st
             .store
             .create(

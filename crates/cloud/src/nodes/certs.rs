@@ -106,6 +106,53 @@ pub async fn prune(
     Ok(plan.live)
 }
 
+/// Prunes the revocation records (`/system/revoked-certs/{serial}`) of certificates
+/// that expired more than `grace` ago: no TLS peer accepts them any more. A record
+/// without a readable `notAfter` (revoked before records carried it) is kept. Run at
+/// startup, before the revocation list is built; returns the serials still revoked.
+pub async fn prune_revoked(
+    store: &DynStore,
+    now: OffsetDateTime,
+    grace: time::Duration,
+) -> Result<Vec<String>, verge_store::Error> {
+    let prefix = crate::http::join::REVOKED_PREFIX;
+    let records: Vec<CertRecord> = store
+        .list(prefix, None)
+        .await?
+        .items
+        .iter()
+        .filter_map(|kv| {
+            let serial = kv.key.strip_prefix(prefix)?.to_string();
+            let not_after = serde_json::from_slice::<CertRecord>(&kv.value)
+                .map(|r| r.not_after)
+                .unwrap_or_default();
+            Some(CertRecord { serial, not_after })
+        })
+        .collect();
+    let plan = plan(&records, now, grace);
+    for serial in &plan.expired {
+        match store
+            .delete(&format!("{prefix}{serial}"), Expect::Any)
+            .await
+        {
+            Ok(_) | Err(verge_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if !plan.expired.is_empty() {
+        tracing::info!(
+            pruned = plan.expired.len(),
+            kept = plan.live,
+            "pruned revocations of expired node certificates"
+        );
+    }
+    Ok(records
+        .into_iter()
+        .map(|r| r.serial)
+        .filter(|s| !plan.expired.contains(s))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +201,49 @@ mod tests {
         );
         assert_eq!(grace(time::Duration::days(30)), MAX_GRACE);
         assert_eq!(grace(time::Duration::ZERO), time::Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn revocations_of_expired_certificates_are_pruned_others_kept() {
+        use std::sync::Arc;
+        use verge_store::{SqliteOptions, SqliteStore};
+        let dir = tempfile::tempdir().unwrap();
+        let store: DynStore = Arc::new(
+            SqliteStore::open(SqliteOptions::new(dir.path().join("s.db")))
+                .await
+                .unwrap(),
+        );
+        let prefix = crate::http::join::REVOKED_PREFIX;
+        for (serial, body) in [
+            (
+                "old",
+                r#"{"serial":"old","notAfter":"2026-01-01T00:00:00Z"}"#,
+            ),
+            (
+                "live",
+                r#"{"serial":"live","notAfter":"2026-03-01T00:00:00Z"}"#,
+            ),
+            (
+                "legacy",
+                r#"{"node":"n","serial":"legacy","revokedAt":"2025-01-01T00:00:00Z"}"#,
+            ),
+            ("junk", "not json"),
+        ] {
+            store
+                .create(
+                    &format!("{prefix}{serial}"),
+                    body.as_bytes().to_vec().into(),
+                    Default::default(),
+                )
+                .await
+                .unwrap();
+        }
+        let mut kept = prune_revoked(&store, at("2026-02-01T00:00:00Z"), MAX_GRACE)
+            .await
+            .unwrap();
+        kept.sort();
+        assert_eq!(kept, ["junk", "legacy", "live"]);
+        let left = store.list(prefix, None).await.unwrap().items.len();
+        assert_eq!(left, 3);
     }
 }

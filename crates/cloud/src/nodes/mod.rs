@@ -6,6 +6,11 @@
 //! flushes `lastSeen` to the Node's status periodically. Status reports are written to
 //! the Node's status. Desired-state sync lives in [`sync`].
 //!
+//! After a cloud (re)start nothing has been heard from any node yet: a node recorded
+//! `Ready` is `Unknown` (condition `Ready` = `Unknown`, as in Kubernetes) until its first
+//! heartbeat makes it `Ready`, or until `misses` intervals from the cloud's start pass
+//! without one (`NotReady`); one recorded `NotReady` stays so ([`liveness`], pure).
+//!
 //! The cloud's own clock decides liveness (receive time), so a node whose clock is
 //! skewed is still judged correctly; the skew is reported in its status.
 //!
@@ -27,6 +32,8 @@ pub mod sync;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -112,12 +119,113 @@ impl Default for LifecycleConfig {
     }
 }
 
+/// What the cloud can say about a node: `status.phase` and the `Ready` condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Heartbeats are arriving.
+    Ready,
+    /// No heartbeat for `misses` intervals.
+    NotReady,
+    /// Nothing heard since the cloud started, and not yet `misses` intervals of it.
+    Unknown,
+}
+
+impl Liveness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Ready => "Ready",
+            Liveness::NotReady => "NotReady",
+            Liveness::Unknown => "Unknown",
+        }
+    }
+
+    /// From a stored `status.phase`.
+    pub fn parse(phase: &str) -> Option<Liveness> {
+        match phase {
+            "Ready" => Some(Liveness::Ready),
+            "NotReady" => Some(Liveness::NotReady),
+            "Unknown" => Some(Liveness::Unknown),
+            _ => None,
+        }
+    }
+
+    /// The `Ready` condition: (status, reason, message).
+    fn condition(self, misses: u32) -> (&'static str, &'static str, String) {
+        match self {
+            Liveness::Ready => (
+                "True",
+                "HeartbeatsArriving",
+                "the node's heartbeats are arriving".into(),
+            ),
+            Liveness::NotReady => (
+                "False",
+                "HeartbeatsMissed",
+                format!("no heartbeat for {misses} intervals"),
+            ),
+            Liveness::Unknown => (
+                "Unknown",
+                "NodeStatusUnknown",
+                "no heartbeat yet since the cloud started; waiting for the node".into(),
+            ),
+        }
+    }
+}
+
+/// A node's liveness (pure). `since_seen`: time since its last heartbeat (or session)
+/// *in this cloud process*, `None` if nothing came yet; `watching`: time since the
+/// lifecycle loop started; `recorded`: the phase the store held at that start.
+/// Heard from within `grace` → Ready, longer ago → NotReady; never heard → Unknown
+/// for the first `grace` of the cloud's life, NotReady after (or at once if it was
+/// recorded NotReady: nothing new is known of it).
+pub fn liveness(
+    since_seen: Option<Duration>,
+    watching: Duration,
+    grace: Duration,
+    recorded: Option<Liveness>,
+) -> Liveness {
+    match since_seen {
+        Some(d) if d < grace => Liveness::Ready,
+        Some(_) => Liveness::NotReady,
+        None if recorded == Some(Liveness::NotReady) || watching >= grace => Liveness::NotReady,
+        None => Liveness::Unknown,
+    }
+}
+
+/// Most phase and `lastSeen` writes one lifecycle tick makes (the rest wait a tick).
+const MAX_PHASE_WRITES_PER_TICK: usize = 2000;
+/// Phase writes in flight at once (the store commits them in groups).
+const PHASE_WRITE_CONCURRENCY: usize = 32;
+
+/// A node whose status the lifecycle loop is about to write.
+struct Change {
+    node: String,
+    phase: Liveness,
+    /// The phase changes (not only `lastSeen` or the clock skew).
+    moved: bool,
+}
+
+impl Change {
+    /// Write order: nodes becoming Ready, then other phase changes (NotReady before
+    /// Unknown), then `lastSeen` flushes.
+    fn priority(&self) -> (u8, u8) {
+        let phase = match self.phase {
+            Liveness::Ready => 0,
+            Liveness::NotReady => 1,
+            Liveness::Unknown => 2,
+        };
+        (u8::from(!self.moved), phase)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Runtime {
+    /// Last heartbeat (or session start) in this process.
     last_seen: Option<Instant>,
     last_seen_wall: Option<OffsetDateTime>,
+    /// The phase the store held when the lifecycle loop started.
+    recorded: Option<Liveness>,
     /// What the store says (as far as we wrote it).
-    ready: Option<bool>,
+    written: Option<Liveness>,
     seen_since_flush: bool,
     clock_skew_ms: i64,
     /// What the store says of the skew (as far as we wrote it).
@@ -339,9 +447,9 @@ impl NodeManager {
         }
     }
 
-    /// Seeds the runtime with every known node as if seen at start-up: after a cloud
-    /// restart a node that comes back within the grace period is never marked NotReady,
-    /// and one that does not come back is, instead of keeping a stale `Ready`.
+    /// Seeds the runtime with every known node and the phase the store holds for it,
+    /// none of them seen yet: after a cloud restart a node is `Unknown` until its first
+    /// heartbeat ([`liveness`]), never `Ready` on the strength of an old record.
     async fn seed(&self) {
         let Ok(list) = self
             .store
@@ -350,28 +458,26 @@ impl NodeManager {
         else {
             return;
         };
-        let now = Instant::now();
         if let Ok(mut rt) = self.runtime.lock() {
             for kv in list.items {
                 let Ok(obj) = serde_json::from_slice::<verge_api::Object>(&kv.value) else {
                     continue;
                 };
-                let ready = obj
+                let recorded = obj
                     .status
                     .get("phase")
                     .and_then(|p| p.as_str())
-                    .map(|p| p == "Ready");
+                    .and_then(Liveness::parse);
                 let r = rt.entry(obj.metadata.name).or_default();
-                if r.last_seen.is_none() {
-                    r.last_seen = Some(now);
-                    r.ready = ready;
-                }
+                r.recorded = recorded;
+                r.written = recorded;
             }
         }
     }
 
-    /// Marks nodes Ready/NotReady and flushes lastSeen; runs until `shutdown`.
+    /// Marks nodes Ready/NotReady/Unknown and flushes lastSeen; runs until `shutdown`.
     pub async fn lifecycle_loop(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let started = Instant::now();
         self.seed().await;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut last_flush = Instant::now();
@@ -382,22 +488,46 @@ impl NodeManager {
                 _ = shutdown.changed() => return,
             }
             let flush_due = last_flush.elapsed() >= self.cfg.last_seen_flush;
-            let mut changes: Vec<(String, bool, Option<String>, i64)> = Vec::new();
+            let mut changes: Vec<Change> = Vec::new();
+            if let Ok(rt) = self.runtime.lock() {
+                for (name, r) in rt.iter() {
+                    let now = liveness(
+                        r.last_seen.map(|t| t.elapsed()),
+                        started.elapsed(),
+                        grace,
+                        r.recorded,
+                    );
+                    let skew_moved =
+                        (r.clock_skew_ms - r.reported_skew_ms).abs() > SKEW_REPORT_STEP_MS;
+                    if r.written != Some(now) || (flush_due && r.seen_since_flush) || skew_moved {
+                        changes.push(Change {
+                            node: name.clone(),
+                            phase: now,
+                            moved: r.written != Some(now),
+                        });
+                    }
+                }
+            }
+            // Nodes coming back first, and a bounded number per tick: after a restart
+            // of a large fleet's cloud the `Unknown` marks must not hold up the `Ready`
+            // of the nodes that reconnect (one that does before its mark is written
+            // needs no write at all).
+            changes.sort_by_key(Change::priority);
+            changes.truncate(MAX_PHASE_WRITES_PER_TICK);
+            let mut writes: Vec<(String, Liveness, Option<String>, i64)> = Vec::new();
             if let Ok(mut rt) = self.runtime.lock() {
-                for (name, r) in rt.iter_mut() {
-                    let alive = r.last_seen.is_some_and(|t| t.elapsed() < grace);
+                for c in changes {
+                    let Some(r) = rt.get_mut(&c.node) else {
+                        continue;
+                    };
                     let seen = r
                         .last_seen_wall
                         .and_then(|t| t.replace_nanosecond(0).ok())
                         .and_then(|t| t.format(&Rfc3339).ok());
-                    let skew_moved =
-                        (r.clock_skew_ms - r.reported_skew_ms).abs() > SKEW_REPORT_STEP_MS;
-                    if r.ready != Some(alive) || (flush_due && r.seen_since_flush) || skew_moved {
-                        r.ready = Some(alive);
-                        r.seen_since_flush = false;
-                        r.reported_skew_ms = r.clock_skew_ms;
-                        changes.push((name.clone(), alive, seen, r.clock_skew_ms));
-                    }
+                    r.written = Some(c.phase);
+                    r.seen_since_flush = false;
+                    r.reported_skew_ms = r.clock_skew_ms;
+                    writes.push((c.node, c.phase, seen, r.clock_skew_ms));
                 }
             }
             if flush_due {
@@ -423,38 +553,28 @@ impl NodeManager {
             for (name, st) in waiting {
                 self.write_status(&name, &st).await;
             }
-            for (name, ready, seen, skew) in changes {
-                let misses = self.cfg.misses;
-                self.patch_status(&name, |m| {
-                    m.insert(
-                        "phase".into(),
-                        (if ready { "Ready" } else { "NotReady" }).into(),
-                    );
-                    if let Some(s) = &seen {
-                        m.insert("lastSeen".into(), s.clone().into());
-                    }
-                    m.insert("clockSkewMs".into(), skew.into());
-                    set_condition(
-                        m,
-                        "Ready",
-                        ready,
-                        if ready {
-                            "HeartbeatsArriving"
-                        } else {
-                            "HeartbeatsMissed"
-                        },
-                        &if ready {
-                            "the node's heartbeats are arriving".to_string()
-                        } else {
-                            format!("no heartbeat for {misses} intervals")
-                        },
-                    );
-                })
+            let misses = self.cfg.misses;
+            let this: &Self = &self;
+            futures::stream::iter(writes)
+                .for_each_concurrent(
+                    PHASE_WRITE_CONCURRENCY,
+                    |(name, phase, seen, skew)| async move {
+                        let (status, reason, message) = phase.condition(misses);
+                        this.patch_status(&name, |m| {
+                            m.insert("phase".into(), phase.as_str().into());
+                            if let Some(s) = &seen {
+                                m.insert("lastSeen".into(), s.clone().into());
+                            }
+                            m.insert("clockSkewMs".into(), skew.into());
+                            set_condition(m, "Ready", status, reason, &message);
+                        })
+                        .await;
+                        if phase == Liveness::NotReady {
+                            tracing::info!(node = %name, "node NotReady");
+                        }
+                    },
+                )
                 .await;
-                if !ready {
-                    tracing::info!(node = %name, "node NotReady");
-                }
-            }
         }
     }
 
@@ -524,18 +644,19 @@ impl NodeManager {
             m.insert("capacity".into(), capacity.clone());
             m.insert("queue".into(), queue.clone());
             for (t, st, reason, msg) in &conds {
-                set_condition(m, t, *st, reason, msg);
+                set_condition(m, t, if *st { "True" } else { "False" }, reason, msg);
             }
         })
         .await;
     }
 }
 
-/// Sets one condition in `status.conditions`, keeping lastTransitionTime when unchanged.
+/// Sets one condition in `status.conditions` (`status`: `True`, `False` or `Unknown`),
+/// keeping lastTransitionTime when unchanged.
 fn set_condition(
     m: &mut serde_json::Map<String, serde_json::Value>,
     kind: &str,
-    status: bool,
+    status_s: &str,
     reason: &str,
     message: &str,
 ) {
@@ -548,7 +669,6 @@ fn set_condition(
     let Some(list) = conds.as_array_mut() else {
         return;
     };
-    let status_s = if status { "True" } else { "False" };
     let existing = list.iter_mut().find(|c| c["type"] == kind);
     let transition = match &existing {
         Some(c) if c["status"] == status_s => c["lastTransitionTime"].clone(),
@@ -724,5 +844,54 @@ impl NodeManager {
         if let Some(gw) = self.gateway.get() {
             gw.kick(node);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_a_cloud_start_a_node_is_unknown_until_it_is_heard_from() {
+        let s = Duration::from_secs;
+        let grace = s(45);
+        let ready = Some(Liveness::Ready);
+        // Recorded Ready, nothing heard yet: Unknown, never Ready.
+        assert_eq!(liveness(None, s(0), grace, ready), Liveness::Unknown);
+        assert_eq!(liveness(None, s(44), grace, ready), Liveness::Unknown);
+        assert_eq!(liveness(None, s(44), grace, None), Liveness::Unknown);
+        // Its first heartbeat: Ready at once, also within the first grace.
+        assert_eq!(liveness(Some(s(0)), s(1), grace, ready), Liveness::Ready);
+        assert_eq!(
+            liveness(Some(s(0)), s(1), grace, Some(Liveness::NotReady)),
+            Liveness::Ready
+        );
+        // Never heard: NotReady only after `grace` counted from the cloud's start.
+        assert_eq!(liveness(None, s(45), grace, ready), Liveness::NotReady);
+        assert_eq!(liveness(None, s(45), grace, None), Liveness::NotReady);
+        // Recorded NotReady and not heard from: still NotReady (no flap to Unknown).
+        assert_eq!(
+            liveness(None, s(0), grace, Some(Liveness::NotReady)),
+            Liveness::NotReady
+        );
+        // Heard, then silent: NotReady after `grace` from the last heartbeat.
+        assert_eq!(liveness(Some(s(44)), s(100), grace, ready), Liveness::Ready);
+        assert_eq!(
+            liveness(Some(s(45)), s(100), grace, ready),
+            Liveness::NotReady
+        );
+    }
+
+    #[test]
+    fn the_ready_condition_says_unknown_with_a_reason() {
+        let (status, reason, message) = Liveness::Unknown.condition(3);
+        assert_eq!((status, reason), ("Unknown", "NodeStatusUnknown"));
+        assert!(message.contains("since the cloud started"), "{message}");
+        assert_eq!(Liveness::NotReady.condition(3).0, "False");
+        assert_eq!(Liveness::Ready.condition(3).0, "True");
+        for l in [Liveness::Ready, Liveness::NotReady, Liveness::Unknown] {
+            assert_eq!(Liveness::parse(l.as_str()), Some(l));
+        }
+        assert_eq!(Liveness::parse("Pending"), None);
     }
 }

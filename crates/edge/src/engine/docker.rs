@@ -7,6 +7,9 @@
 //!   workload's entrypoint/cmd/env/ports/binds, memory and CPU limits in its
 //!   `HostConfig`, Docker's restart policy `no` (the supervisor restarts) and bounded
 //!   `json-file` logs, then starts it.
+//! - `probe_address` is where http/tcp health probes reach a container: its address on
+//!   its network (from `inspect`), the node's loopback only with the `host` network
+//!   mode (decision 019).
 //! - `adopt` finds this node's containers after an agent restart: running ones are
 //!   adopted (the newest per instance; duplicates are removed), exited ones removed.
 //!
@@ -15,6 +18,7 @@
 //! plain functions below, unit-tested.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -459,6 +463,28 @@ impl Engine for DockerEngine {
         })?
     }
 
+    async fn probe_address(&self, handle: &ContainerHandle) -> Result<IpAddr> {
+        let info = self
+            .docker
+            .inspect_container(&handle.id, None)
+            .await
+            .map_err(self.api_err(format_args!("inspecting {}", handle.name)))?;
+        let mode = info.host_config.and_then(|h| h.network_mode);
+        let networks: Vec<Attached> = info
+            .network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, e)| Attached {
+                name,
+                ipv4: e.ip_address,
+                ipv6: e.global_ipv6_address,
+            })
+            .collect();
+        probe_address_of(mode.as_deref(), &networks)
+            .map_err(|why| Error::Docker(format!("{}: {why}", handle.name)))
+    }
+
     async fn usage(&self, handle: &ContainerHandle) -> Option<Usage> {
         // Not one-shot: the daemon samples twice, so `precpu_stats` is filled in.
         let opts = StatsOptions {
@@ -634,6 +660,53 @@ fn removed_exit() -> Exit {
 
 fn rand_suffix() -> String {
     format!("{:06x}", rand::random::<u32>() & 0x00ff_ffff)
+}
+
+/// One network a container is attached to, as `inspect` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Attached {
+    pub name: String,
+    /// `NetworkSettings.Networks[name].IPAddress` (empty when none).
+    pub ipv4: Option<String>,
+    /// `GlobalIPv6Address` (empty when none).
+    pub ipv6: Option<String>,
+}
+
+/// Where a container's own ports are reached from the node, for http/tcp health
+/// probes. With the `host` network mode the container shares the node's network: the
+/// node's loopback. Otherwise its address on the network the mode names (Docker's
+/// `default` is `bridge`), else on the first network (by name) that gave it one; IPv4
+/// before IPv6. Never the node's loopback for a container on its own network: a
+/// process of the node holding the same port must not answer for the container.
+pub(crate) fn probe_address_of(
+    mode: Option<&str>,
+    networks: &[Attached],
+) -> std::result::Result<IpAddr, String> {
+    let mode = mode.filter(|m| !m.is_empty()).unwrap_or("default");
+    if mode == "host" {
+        return Ok(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    }
+    let named = if mode == "default" { "bridge" } else { mode };
+    let address = |n: &Attached| -> Option<IpAddr> {
+        [&n.ipv4, &n.ipv6]
+            .into_iter()
+            .flatten()
+            .find_map(|a| a.parse::<IpAddr>().ok())
+    };
+    let mut sorted: Vec<&Attached> = networks.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    sorted
+        .iter()
+        .filter(|n| n.name == named)
+        .chain(sorted.iter().filter(|n| n.name != named))
+        .find_map(|n| address(n))
+        .ok_or_else(|| {
+            format!(
+                "the container has no address on a network (network mode {mode}), so an \
+                 http or tcp health probe cannot reach it; use an exec probe, or run \
+                 containers on a network (verge-edge --docker-network)"
+            )
+        })
 }
 
 /// `verge-{node}-{app}-{replica}-{suffix}`, reduced to the characters Docker allows in
@@ -1096,6 +1169,10 @@ impl Engine for LazyDocker {
         self.get().await?.exec(handle, command, timeout).await
     }
 
+    async fn probe_address(&self, handle: &ContainerHandle) -> Result<IpAddr> {
+        self.get().await?.probe_address(handle).await
+    }
+
     async fn usage(&self, handle: &ContainerHandle) -> Option<Usage> {
         self.get().await.ok()?.usage(handle).await
     }
@@ -1264,6 +1341,57 @@ mod tests {
         assert_eq!(h.network_mode, None);
         assert_eq!(h.binds, None);
         assert_eq!(h.port_bindings, None);
+    }
+
+    #[test]
+    fn probes_reach_the_container_on_its_network_and_loopback_only_with_host() {
+        let net = |name: &str, v4: &str, v6: &str| Attached {
+            name: name.into(),
+            ipv4: Some(v4.into()),
+            ipv6: Some(v6.into()),
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // The host network: the node's loopback, whatever inspect lists.
+        assert_eq!(
+            probe_address_of(Some("host"), &[net("host", "", "")]),
+            Ok(ip("127.0.0.1"))
+        );
+        // Docker's default is the `bridge` network.
+        let bridge = [net("bridge", "172.17.0.2", "")];
+        assert_eq!(probe_address_of(None, &bridge), Ok(ip("172.17.0.2")));
+        assert_eq!(
+            probe_address_of(Some("default"), &bridge),
+            Ok(ip("172.17.0.2"))
+        );
+        assert_eq!(probe_address_of(Some(""), &bridge), Ok(ip("172.17.0.2")));
+        // A named network first, then the others by name; IPv4 before IPv6.
+        let two = [
+            net("zz", "10.9.0.5", ""),
+            net("apps", "10.1.0.7", "fd00::7"),
+        ];
+        assert_eq!(probe_address_of(Some("zz"), &two), Ok(ip("10.9.0.5")));
+        assert_eq!(probe_address_of(Some("other"), &two), Ok(ip("10.1.0.7")));
+        assert_eq!(
+            probe_address_of(Some("v6"), &[net("v6", "", "fd00::9")]),
+            Ok(ip("fd00::9"))
+        );
+        // No address: never the loopback (a node process could answer for it).
+        for (mode, nets) in [
+            (Some("none"), vec![net("none", "", "")]),
+            (Some("container:abc"), vec![]),
+            (
+                None,
+                vec![Attached {
+                    name: "bridge".into(),
+                    ..Default::default()
+                }],
+            ),
+            (Some("bridge"), vec![net("bridge", "not-an-ip", "")]),
+        ] {
+            let e = probe_address_of(mode, &nets).unwrap_err();
+            assert!(e.contains("has no address on a network"), "{e}");
+            assert!(e.contains("exec probe"), "{e}");
+        }
     }
 
     #[test]

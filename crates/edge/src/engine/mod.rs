@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use verge_api::specs::{DockerWorkload, NativeWorkload};
@@ -142,6 +143,15 @@ pub trait Engine: Send + Sync + 'static {
         command: &[String],
         timeout: Duration,
     ) -> impl Future<Output = Result<i64>> + Send;
+
+    /// Where the instance's own ports are reached, for `http` and `tcp` health probes:
+    /// the node's loopback for a native process (it shares the node's network), the
+    /// container's address on its network for a container (loopback only with the
+    /// `host` network). An error says why there is no such address; the probe fails
+    /// with it.
+    fn probe_address(&self, _handle: &Self::Handle) -> impl Future<Output = Result<IpAddr>> + Send {
+        async { Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)) }
+    }
 
     /// Usage now, if known.
     fn usage(&self, handle: &Self::Handle) -> impl Future<Output = Option<Usage>> + Send;
