@@ -1,12 +1,16 @@
 //! `verge bench api`: measures a running control plane from a separate process.
 //!
-//! 1. Durable small-object creates/s: `--concurrency` workers POST `--creates` Tasks.
+//! 1. Durable small-object creates/s: `--concurrency` workers POST `--creates` Configs
+//!    (placed on no node: only the store and the API are measured; a Task would have to
+//!    name an existing Function and would start an execution).
 //! 2. Watch delivery latency: `--watchers` streams (one HTTP/1.1 TLS connection each)
 //!    watch `apps`; a writer creates `--watch-writes` Apps at `--watch-rate`/s, each
 //!    stamped with its send time; every watcher records send→receive per event.
 //!
 //! By default it starts its own `verge cloud` child on a temporary data dir (so the
 //! figures are reproducible); `--use-config` targets the server in the CLI config.
+//! Any failed create, watch that did not open or event not delivered makes it exit
+//! non-zero after the report (a benchmark of failures measures nothing).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,13 +57,15 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-struct Child {
-    child: tokio::process::Child,
+/// A `verge cloud` started by a benchmark on a temporary data dir (killed on drop).
+pub(crate) struct Child {
+    pub(crate) child: tokio::process::Child,
     _dir: tempfile::TempDir,
-    config: ClientConfig,
+    pub(crate) config: ClientConfig,
 }
 
-async fn start_server(watchers: u64) -> Result<Child> {
+/// Starts `verge cloud` on loopback with connection caps for `watchers` streams.
+pub(crate) async fn start_server(watchers: u64) -> Result<Child> {
     let dir = tempfile::tempdir().context("temp dir")?;
     let exe = std::env::current_exe().context("locating the verge binary")?;
     // Every watcher is one connection from 127.0.0.1 with the admin token: past the
@@ -156,20 +162,23 @@ pub async fn run(args: ApiBenchArgs, config: Option<ClientConfig>) -> Result<()>
                     break;
                 }
                 let body = serde_json::json!({
-                    "apiVersion": "verge.dev/v1", "kind": "Task",
+                    "apiVersion": "verge.dev/v1", "kind": "Config",
                     "metadata": {"name": format!("b{run_id}-{i}"), "labels": {"bench": "api"}},
-                    "spec": {"function": "noop", "input": {"i": i}}
+                    "spec": {"data": {"i": i.to_string()},
+                        "placement": {"nodeSelector": {"bench": "none"}}}
                 });
                 let t = Instant::now();
                 let r: Result<serde_json::Value> = client
-                    .send_json(Method::POST, "/api/v1/tasks", Some(&body))
+                    .send_json(Method::POST, "/api/v1/configs", Some(&body))
                     .await;
                 match r {
                     Ok(_) => {
                         let _ = local.record(t.elapsed().as_micros() as u64);
                     }
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("create failed: {e:#}");
+                        }
                     }
                 }
             }
@@ -200,13 +209,21 @@ pub async fn run(args: ApiBenchArgs, config: Option<ClientConfig>) -> Result<()>
     if let Some(kib) = rss_kib(pid) {
         outln!("server RSS after writes: {} MiB", kib / 1024);
     }
+    let failed = errors.load(Ordering::Relaxed);
+    if failed > 0 {
+        bail!(
+            "{failed} of {} creates failed (the first error is above)",
+            args.creates
+        );
+    }
     if args.no_watch {
         return Ok(());
     }
 
     // Phase 2: watch delivery latency.
-    // Configs (no controller writes their status: the watchers see only these writes).
-    let list = client.list(Kind::Config, None).await?;
+    // Configs (no controller writes their status: the watchers see only these writes),
+    // from the revision after the write phase.
+    let list = client.list(Kind::Config, Some("bench=none")).await?;
     let rv = list.metadata.resource_version.clone();
     let watch_client = Client::with_builder(
         &cfg,
@@ -315,6 +332,14 @@ pub async fn run(args: ApiBenchArgs, config: Option<ClientConfig>) -> Result<()>
     );
     if let Some(mut s) = server {
         let _ = s.child.kill().await;
+    }
+    let delivered = received.load(Ordering::Relaxed);
+    if open < args.watchers || delivered < args.watchers * expected {
+        bail!(
+            "{open} of {} watches opened, {delivered} of {} events delivered",
+            args.watchers,
+            args.watchers * expected
+        );
     }
     Ok(())
 }

@@ -359,6 +359,15 @@ pub async fn run(args: FleetArgs) -> Result<()> {
         lat.last().copied().unwrap_or(0)
     );
 
+    let mut failures: Vec<String> = Vec::new();
+    if lat.len() < agents.len() {
+        failures.push(format!(
+            "the config change reached {} of {} nodes",
+            lat.len(),
+            agents.len()
+        ));
+    }
+
     // 5. Gray release of an App across the fleet.
     if args.gray_release {
         gray_release(&client, agents.len()).await?;
@@ -396,11 +405,24 @@ pub async fn run(args: FleetArgs) -> Result<()> {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         println!("nodes wrongly marked NotReady: {}", not_ready.len());
+        let reconnected = stats.connacks.load(Ordering::Relaxed) - before;
+        if reconnected < agents.len() as u64 {
+            failures.push(format!(
+                "{reconnected} of {} nodes reconnected after the restart",
+                agents.len()
+            ));
+        }
+        if !not_ready.is_empty() {
+            failures.push(format!("{} nodes wrongly marked NotReady", not_ready.len()));
+        }
     }
     for a in &agents {
         a.abort();
     }
     cloud.kill9().await;
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
     Ok(())
 }
 

@@ -10,7 +10,13 @@
 //!      the pool scaled to zero (`min_warm: 0`, `idle: 300ms`);
 //!    - the fork-per-request baseline ([`verge_runtime::bench::fork_per_request`]: an
 //!      interpreter per invocation) with the same handler and interpreter.
-//! 2. With `--node NAME`, against the cloud of the CLI config: the edge-placed echo
+//! 2. Over HTTPS (unless `--skip-https`): a `verge cloud` the benchmark starts on a
+//!    temporary data dir, the same Python echo as a cloud-placed Function
+//!    (`placement.cloud: true`) called through `POST /api/v1/functions/{name}/invoke`
+//!    — the path a user takes: TLS, token check, JSON, the cloud's runtime — timed by
+//!    the client: `--https-requests` sequential calls (p50/p99) and the same number
+//!    from `--concurrency` callers (throughput), beside the in-process figure.
+//! 3. With `--node NAME`, against the cloud of the CLI config: the edge-placed echo
 //!    `bench-echo` run on that node through `POST /api/v1/functions/bench-echo/invoke`
 //!    (cloud → MQTT → node → result), timed by the client; then tasks created with
 //!    `POST /api/v1/tasks`, timed by the server's own timestamps.
@@ -34,6 +40,7 @@ const JS_CODE: &str = "exports.main = (e) => e\n";
 const WARMUP: u64 = 200;
 const DISPATCH_WARMUP: u32 = 20;
 const ECHO: &str = "bench-echo";
+const ECHO_CLOUD: &str = "bench-echo-cloud";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct InvokeBenchArgs {
@@ -67,6 +74,13 @@ pub struct InvokeBenchArgs {
     /// Skip the Node.js function.
     #[arg(long)]
     pub skip_node_js: bool,
+    /// Invocations timed over HTTPS (cloud-placed echo), sequentially and then
+    /// concurrently.
+    #[arg(long, default_value_t = 2000)]
+    pub https_requests: u64,
+    /// Skip the HTTPS invoke phase (it starts a `verge cloud`).
+    #[arg(long)]
+    pub skip_https: bool,
 }
 
 /// Percentiles of a set of durations (nearest rank), in milliseconds.
@@ -564,6 +578,32 @@ pub async fn run(args: &InvokeBenchArgs, client: Option<Client>) -> Result<()> {
         );
     }
 
+    let https = if args.skip_https {
+        None
+    } else {
+        outln!();
+        outln!(
+            "[HTTPS invoke] POST /api/v1/functions/{ECHO_CLOUD}/invoke, python3 echo placed in the cloud, on a verge cloud started by the benchmark"
+        );
+        let r = bench_https(args).await.context("the HTTPS invoke phase")?;
+        outln!("  sequential: {}", r.sequential.line());
+        outln!(
+            "  concurrency {}: {:.0} invokes/s (in process: {:.0}/s); {}",
+            args.concurrency,
+            r.throughput,
+            py.throughput,
+            r.concurrent.line()
+        );
+        outln!(
+            "  beside in process: p50 {} ms vs {} ms, p99 {} ms vs {} ms",
+            f3(r.sequential.q(0.5)),
+            f3(py.warm.q(0.5)),
+            f3(r.sequential.q(0.99)),
+            f3(py.warm.q(0.99))
+        );
+        Some(r)
+    };
+
     let dispatch = match (&args.node, client) {
         (Some(node), Some(client)) => {
             outln!();
@@ -651,12 +691,128 @@ pub async fn run(args: &InvokeBenchArgs, client: Option<Client>) -> Result<()> {
             "ratio_p50_vs_warm_python": (ratio * 10.0).round() / 10.0,
             "shim": fork.shim.as_ref().map(|(p, s)| json!({"path": p.display().to_string(), "runs": s.json()})),
         },
+        "https_invoke": https.as_ref().map(|h| json!({
+            "function": ECHO_CLOUD,
+            "sequential": h.sequential.json(),
+            "concurrent": h.concurrent.json(),
+            "concurrency": args.concurrency,
+            "throughput_per_s": h.throughput.round(),
+        })),
         "dispatch": dispatch.as_ref().map(DispatchResult::json),
         "targets": targets,
     });
     outln!();
     outln!("{}", serde_json::to_string(&summary)?);
     Ok(())
+}
+
+/// The cloud-placed echo over HTTPS.
+struct HttpsResult {
+    sequential: Summary,
+    concurrent: Summary,
+    throughput: f64,
+}
+
+/// One `POST /api/v1/functions/{name}/invoke`; checks the echo.
+async fn invoke_https(client: &Client, name: &str, input: &Value) -> Result<()> {
+    let resp = client
+        .request(Method::POST, &format!("/api/v1/functions/{name}/invoke"))
+        .json(input)
+        .timeout(Duration::from_secs(70))
+        .send()
+        .await
+        .map_err(|e| anyhow!("invoking {name}: {}", flatten(&e)))?;
+    let status = resp.status();
+    let body = resp.bytes().await?;
+    if !status.is_success() {
+        bail!(
+            "invoke {name}: {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        );
+    }
+    let v: Value = serde_json::from_slice(&body).context("the invoke answer")?;
+    if &v != input {
+        bail!("invoke {name}: answered {v}, expected {input}");
+    }
+    Ok(())
+}
+
+/// Waits until Function `name` is Ready at its generation.
+async fn wait_function_ready(client: &Client, name: &str) -> Result<()> {
+    use verge_api::Kind as ApiKind;
+    let start = Instant::now();
+    loop {
+        let o = client.get(ApiKind::Function, name).await?;
+        let phase = o.status["phase"].as_str().unwrap_or("");
+        if phase == "Ready" && o.status["observedGeneration"] == json!(o.metadata.generation) {
+            return Ok(());
+        }
+        if phase == "Failed" {
+            bail!("{name}: Failed: {}", o.status["message"]);
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("{name}: not Ready after 60s: {}", o.status);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn bench_https(args: &InvokeBenchArgs) -> Result<HttpsResult> {
+    let n = args.https_requests.max(1);
+    let server = crate::bench::start_server(args.concurrency).await?;
+    let client = Client::new(&server.config)?;
+    let body = json!({
+        "apiVersion": "verge.dev/v1", "kind": "Function",
+        "metadata": {"name": ECHO_CLOUD},
+        "spec": {"runtime": "python3", "handler": "handler.main", "code": PY_CODE,
+            "placement": {"cloud": true}}
+    });
+    let _: Value = client
+        .send_json(Method::POST, "/api/v1/functions", Some(&body))
+        .await
+        .with_context(|| format!("creating {ECHO_CLOUD}"))?;
+    wait_function_ready(&client, ECHO_CLOUD).await?;
+    for i in 0..WARMUP {
+        invoke_https(&client, ECHO_CLOUD, &json!({ "warmup": i })).await?;
+    }
+    let mut v = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let input = json!({ "i": i });
+        let t = Instant::now();
+        invoke_https(&client, ECHO_CLOUD, &input).await?;
+        v.push(t.elapsed());
+    }
+    let sequential = Summary::new(v);
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut callers = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (client, next) = (client.clone(), next.clone());
+        callers.push(tokio::spawn(async move {
+            let mut v = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, anyhow::Error>(v);
+                }
+                let input = json!({ "c": i });
+                let t = Instant::now();
+                invoke_https(&client, ECHO_CLOUD, &input).await?;
+                v.push(t.elapsed());
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(n as usize);
+    for c in callers {
+        all.extend(c.await??);
+    }
+    let elapsed = start.elapsed();
+    drop(server);
+    Ok(HttpsResult {
+        sequential,
+        concurrent: Summary::new(all),
+        throughput: n as f64 / elapsed.as_secs_f64(),
+    })
 }
 
 struct DispatchResult {

@@ -114,7 +114,7 @@ fn img_mount(
     args: &ImageServiceArgs,
     env: Arc<ImageEnv>,
     dev: bool,
-) -> Result<(String, axum::Router)> {
+) -> Result<verge_cloud::http::Mount> {
     let keys_file = args
         .img_keys_file
         .clone()
@@ -133,7 +133,11 @@ fn img_mount(
         cfg.cache_max_bytes = args.img_cache_mb.saturating_mul(1 << 20);
     }
     let svc = ImgService::new(cfg, env).map_err(|e| anyhow!("{e}"))?;
-    Ok(("/img".to_string(), svc.router()))
+    Ok(verge_cloud::http::Mount {
+        prefix: "/img".to_string(),
+        router: svc.router(),
+        paths: verge_images::server::openapi_paths(),
+    })
 }
 
 /// The `verge dev` watermark: "verge" in white with a dark outline on transparency.

@@ -682,9 +682,13 @@ async fn metrics_openapi_health() -> Result<()> {
         .send()
         .await?;
     assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()[reqwest::header::CONTENT_TYPE],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
     let text = r.text().await?;
     for needle in [
-        "verge_http_requests_total{route=\"/api/v1/{plural}\",method=\"POST\",code=\"201\"} 1",
+        "verge_http_requests_total{route=\"/api/v1/apps\",method=\"POST\",code=\"201\"} 1",
         "verge_http_request_duration_seconds_bucket",
         "verge_store_operation_duration_seconds_bucket{le=",
         "op=\"create\"",
@@ -692,6 +696,25 @@ async fn metrics_openapi_health() -> Result<()> {
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }
+    promtool_check(&text)?;
+    // Prometheus asks for OpenMetrics first: it gets OpenMetrics, under its own type.
+    let r = api
+        .http
+        .get(api.url("/metrics"))
+        .bearer_auth(&api.cloud.admin_token)
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        )
+        .send()
+        .await?;
+    assert!(
+        r.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()?
+            .starts_with("application/openmetrics-text; version=1.0.0")
+    );
+    let om = r.text().await?;
+    assert!(om.ends_with("# EOF\n"), "{om}");
     let r = api.http.get(api.url("/openapi.json")).send().await?;
     assert_eq!(r.status(), StatusCode::OK);
     let doc: Value = r.json().await?;
@@ -699,6 +722,72 @@ async fn metrics_openapi_health() -> Result<()> {
     assert!(doc["paths"]["/api/v1/apps"]["post"].is_object());
     assert!(doc["paths"]["/api/v1/tasks/{name}/status"]["put"].is_object());
     assert!(doc["components"]["schemas"]["AppSpec"].is_object());
+    Ok(())
+}
+
+/// `promtool check metrics` (Debian prometheus) on a scrape: exit 0 and no problem
+/// reported.
+fn promtool_check(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "promtool: {e}: install Debian's prometheus (`apt-get install prometheus`; \
+                 scripts/deps does it when run as root)"
+            )
+        })?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(text.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics: {}\n{report}\non:\n{text}",
+        out.status
+    );
+    Ok(())
+}
+
+/// `/img` requests are counted under their own route, whatever the answer.
+#[tokio::test]
+async fn img_requests_have_their_route_label() -> Result<()> {
+    let api = Api::start(&[]).await?;
+    let r = api
+        .http
+        .get(api.url("/img/badsignature/rs:fit:10:10/plain/https%3A%2F%2Fexample.com%2Fa.png@png"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = api
+        .http
+        .get(api.url("/metrics"))
+        .bearer_auth(&api.cloud.admin_token)
+        .send()
+        .await?;
+    let text = r.text().await?;
+    assert!(
+        text.contains(
+            "verge_http_requests_total{route=\"/img/{*path}\",method=\"GET\",code=\"403\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("route=\"unmatched\",method=\"GET\",code=\"403\""),
+        "{text}"
+    );
+    promtool_check(&text)?;
     Ok(())
 }
 

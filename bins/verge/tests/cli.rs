@@ -192,3 +192,103 @@ async fn tokens_and_completion() -> Result<()> {
     }
     Ok(())
 }
+
+/// `verge bench api` measures again (its write phase creates objects that need nothing
+/// else), and a benchmark whose operations fail says so and exits non-zero.
+#[tokio::test]
+async fn benchmarks_measure_and_fail_loudly() -> Result<()> {
+    let cloud = Cloud::start(std::path::Path::new(BIN), &[]).await?;
+    // Its own cloud: every create succeeds.
+    let out = ok(&verge(
+        &cloud,
+        &[
+            "bench",
+            "api",
+            "--creates",
+            "40",
+            "--concurrency",
+            "4",
+            "--watchers",
+            "4",
+            "--watch-writes",
+            "5",
+        ],
+        None,
+    )?);
+    assert!(out.contains("creates: 40 ok, 0 failed"), "{out}");
+    assert!(out.contains("watch: 20 of 20 events delivered"), "{out}");
+    // With a viewer token every create is refused: the report, then a non-zero exit.
+    let viewer = ok(&verge(
+        &cloud,
+        &["token", "create", "--role", "viewer", "--ttl", "1h"],
+        None,
+    )?);
+    let out = verge(
+        &cloud,
+        &[
+            "bench",
+            "api",
+            "--use-config",
+            "--token",
+            viewer.trim(),
+            "--creates",
+            "10",
+            "--concurrency",
+            "2",
+            "--no-watch",
+        ],
+        None,
+    )?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        !out.status.success(),
+        "exit 0 with failed creates: {stdout}"
+    );
+    assert!(stdout.contains("creates: 0 ok, 10 failed"), "{stdout}");
+    assert!(stderr.contains("10 of 10 creates failed"), "{stderr}");
+    assert!(stderr.contains("403"), "the first error is shown: {stderr}");
+    Ok(())
+}
+
+/// `verge bench invoke` times the HTTPS invoke of a cloud-placed function beside the
+/// in-process runtime (a `verge cloud` of its own, python3 in the sandbox).
+#[tokio::test]
+async fn bench_invoke_reports_the_https_path() -> Result<()> {
+    let cloud = Cloud::start(std::path::Path::new(BIN), &[]).await?;
+    let out = ok(&verge(
+        &cloud,
+        &[
+            "bench",
+            "invoke",
+            "--requests",
+            "20",
+            "--cold-runs",
+            "1",
+            "--zero-runs",
+            "1",
+            "--fork-runs",
+            "1",
+            "--https-requests",
+            "20",
+            "--concurrency",
+            "2",
+            "--skip-node-js",
+        ],
+        None,
+    )?);
+    assert!(
+        out.contains("[HTTPS invoke] POST /api/v1/functions/bench-echo-cloud/invoke"),
+        "{out}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(out.trim_end().lines().last().unwrap_or(""))?;
+    let https = &summary["https_invoke"];
+    assert_eq!(https["sequential"]["n"], 20, "{summary}");
+    assert_eq!(https["concurrent"]["n"], 20, "{summary}");
+    assert!(https["sequential"]["p99_ms"].as_f64().unwrap() > 0.0);
+    assert!(https["throughput_per_s"].as_f64().unwrap() > 0.0);
+    Ok(())
+}

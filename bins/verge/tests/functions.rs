@@ -655,8 +655,25 @@ def main(event):
         },
     )
     .await?;
+    // Stop the trigger, then judge each collected run once it has finished: a run's Task
+    // is recorded when its result arrives and finished by a second write, so the newest
+    // one can still read `Dispatched` for a moment after it was listed.
+    cloud
+        .api(Method::DELETE, "/api/v1/triggers/tick", None)
+        .await?;
     for id in &after {
-        let t = task(&cloud, id).await?;
+        let t = eventually(
+            Duration::from_secs(60),
+            &format!("trigger run {id} finished"),
+            async || {
+                let t = task(&cloud, id).await.ok()?;
+                let phase = t["status"]["phase"].as_str().unwrap_or("");
+                ["Succeeded", "Failed", "TimedOut", "Cancelled"]
+                    .contains(&phase)
+                    .then_some(t)
+            },
+        )
+        .await?;
         assert_eq!(t["status"]["phase"], "Succeeded", "{t}");
         assert_eq!(t["status"]["result"]["greeting"], "hello, cron");
     }

@@ -32,8 +32,8 @@ pub use parse::{
 pub use selector::{LabelSelector, Requirement};
 pub use strict_json::{Bounds, Exceeded};
 pub use validate::{
-    RESERVED_NODE_NAMES, is_dns1123_label, is_dns1123_subdomain, is_label_key, is_label_value,
-    is_reserved_node_name, validate_object,
+    NAME_PATTERN, RESERVED_NODE_NAMES, is_dns1123_label, is_dns1123_subdomain, is_label_key,
+    is_label_value, is_reserved_node_name, validate_object,
 };
 pub use wire::{
     ApiErrorBody, ListMeta, ObjectList, Reason, WatchEvent, WatchEventType, error_line,

@@ -1871,6 +1871,15 @@ proptest! {
     }
 }
 
+/// The schema's name pattern is the one the API documents for `{name}` parameters.
+#[test]
+fn metadata_name_schema_has_the_name_pattern() {
+    use utoipa::PartialSchema;
+    let meta = serde_json::to_value(crate::meta::ObjectMeta::schema()).unwrap();
+    assert_eq!(meta["properties"]["name"]["pattern"], crate::NAME_PATTERN);
+    assert_eq!(meta["properties"]["name"]["maxLength"], 63);
+}
+
 #[test]
 fn specs_have_openapi_schemas() {
     use utoipa::PartialSchema;

@@ -19,6 +19,10 @@ use crate::specs::{self, Spec};
 pub(crate) const DNS1123_LABEL_MESSAGE: &str =
     "must be a DNS-1123 label (lowercase letters, digits and '-', at most 63 characters)";
 
+/// [`is_dns1123_label`] as a regular expression (with the 63-character bound apart),
+/// for schemas: `metadata.name` and the API's `{name}` parameters.
+pub const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
 /// DNS-1123 label: 1..=63 chars, `[a-z0-9]([-a-z0-9]*[a-z0-9])?`.
 pub fn is_dns1123_label(s: &str) -> bool {
     let b = s.as_bytes();

@@ -19,7 +19,6 @@ pub mod limits;
 pub mod metrics;
 pub mod mosquitto;
 pub mod nodes;
-pub mod openapi;
 mod pki;
 pub mod recover;
 pub mod secrets;
@@ -82,8 +81,9 @@ pub struct CloudConfig {
     /// Builtin functions (`runtime: builtin`) the cloud can run.
     pub builtins: Arc<functions::Registry>,
     /// Services mounted at a path prefix without the API's authentication, because they
-    /// authenticate requests themselves: the `/img` endpoint (signed URLs).
-    pub mounts: Vec<(String, axum::Router)>,
+    /// authenticate requests themselves: the `/img` endpoint (signed URLs). Each brings
+    /// its OpenAPI paths.
+    pub mounts: Vec<http::Mount>,
     /// Non-public networks (IPs or CIDRs) that requests made on a user's behalf —
     /// task callbacks — may reach; by default none: public addresses only
     /// (`verge cloud --outbound-allow-networks`). The image service has its own
@@ -410,7 +410,8 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         let rx = shutdown_rx.clone();
         background.push(tokio::spawn(async move { triggers.run(rx).await }));
     }
-    let openapi_json: Bytes = serde_json::to_vec_pretty(&openapi::document())?.into();
+    let openapi_json: Bytes =
+        serde_json::to_vec_pretty(&http::openapi::document(&cfg.mounts))?.into();
     let state = Arc::new(AppState {
         store: store.clone(),
         auth,

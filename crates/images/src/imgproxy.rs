@@ -37,7 +37,7 @@
 //! | `sharpen` (`sh`) | sigma `(0, 10]` | |
 //! | `rotate` (`rot`) | multiple of 90 | clockwise, applied first |
 //! | `background` (`bg`) | `R:G:B`, `rrggbb`, `rgb`, or empty (reset) | |
-//! | `max_bytes` (`mb`) | `0` (off) or `100..=268435456` | JPEG and WebP only |
+//! | `max_bytes` (`mb`) | `0` (off) or `100..=268435456` | JPEG and WebP only; when unreachable, the smallest attempt (quality 10), as imgproxy |
 //! | `dpr` | `(0, 8]` | multiplies width, height and offsets |
 //! | `strip_metadata` (`sm`) | bool | ignored: output never carries metadata |
 //! | `auto_rotate` (`ar`), `strip_color_profile` (`scp`) | `true` only | always done |
@@ -1140,6 +1140,8 @@ impl Options {
             quality,
             min_quality: defaults.min_quality.min(quality),
             max_bytes: self.max_bytes.filter(|_| lossy),
+            // imgproxy answers its smallest attempt when max_bytes cannot be met.
+            max_bytes_best_effort: true,
             background: self.background.unwrap_or(defaults.background),
             ..defaults
         };
@@ -1825,6 +1827,7 @@ mod tests {
         assert_eq!(plan.output.quality, 50);
         assert_eq!(plan.output.min_quality, 10);
         assert_eq!(plan.output.max_bytes, Some(2000));
+        assert!(plan.output.max_bytes_best_effort);
         assert_eq!(plan.output.background, Color::BLACK);
         // max_bytes only applies to lossy formats; low qualities lower the floor.
         let png = o

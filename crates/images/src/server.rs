@@ -32,6 +32,9 @@ use crate::{Error, Result};
 /// Name of the server-configured watermark in pipelines (`wm:` option).
 pub const WATERMARK_ASSET: &str = "watermark";
 
+/// The one route of [`ImgService::router`], relative to where it is nested.
+pub const ROUTE: &str = "/{*path}";
+
 /// Settings of the `/img` endpoint.
 pub struct ImgConfig {
     /// Key/salt pairs; the first signs, any verifies.
@@ -104,10 +107,12 @@ impl ImgService {
         }))
     }
 
-    /// A router answering every `GET`/`HEAD` path (mount it with `nest_service("/img", ..)`).
+    /// A router answering `GET`/`HEAD` on every path below its prefix: one route,
+    /// `/{*path}` (nest it with `Router::nest("/img", ..)`, so requests are counted
+    /// under `/img/{*path}`). Its description is [`openapi_paths`].
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
-            .fallback(axum::routing::get(handle))
+            .route(ROUTE, axum::routing::get(handle))
             .with_state(self)
     }
 
@@ -275,4 +280,108 @@ async fn handle(State(svc): State<Arc<ImgService>>, uri: Uri, headers: HeaderMap
 
 fn hv(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// The OpenAPI description of [`ImgService::router`], paths relative to where it is
+/// nested (`/{path}`: OpenAPI has no multi-segment parameter, so `path` is documented as
+/// one that contains `/`).
+pub fn openapi_paths() -> utoipa::openapi::Paths {
+    use utoipa::openapi::path::{
+        HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem,
+    };
+    use utoipa::openapi::response::ResponseBuilder;
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    use utoipa::openapi::{ContentBuilder, KnownFormat, PathsBuilder, Required, SchemaFormat};
+
+    let string = || ObjectBuilder::new().schema_type(Type::String);
+    let error_schema = || {
+        ObjectBuilder::new()
+            .property("reason", string())
+            .required("reason")
+            .property("message", string())
+            .required("message")
+    };
+    let error = |desc: &str| {
+        ResponseBuilder::new()
+            .description(desc)
+            .content(
+                "application/json",
+                ContentBuilder::new().schema(Some(error_schema())).build(),
+            )
+            .build()
+    };
+    let binary = || {
+        ContentBuilder::new()
+            .schema(Some(
+                string().format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary))),
+            ))
+            .build()
+    };
+    let header = |name: &str, desc: &str| {
+        ParameterBuilder::new()
+            .name(name)
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(desc))
+            .schema(Some(string()))
+            .build()
+    };
+    let op = OperationBuilder::new()
+        .operation_id(Some("getImage"))
+        .summary(Some(
+            "An image processed as an imgproxy-compatible signed URL says (no token: the \
+             signature is the credential)",
+        ))
+        .parameter(
+            ParameterBuilder::new()
+                .name("path")
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .description(Some(
+                    "`{signature}/{option}/…/plain/{percent-encoded source}@{ext}` or \
+                     `{signature}/{option}/…/{base64url source}.{ext}`; several segments \
+                     (send the slashes as they are). Sources: http(s)://, \
+                     artifact://SHA256, fn://NAME?JSON",
+                ))
+                .schema(Some(string()))
+                .build(),
+        )
+        .parameter(header(
+            "Accept",
+            "with format auto (or no extension): image/webp here gets WebP",
+        ))
+        .parameter(header("If-None-Match", "an ETag from an earlier answer"))
+        .response(
+            "200",
+            ResponseBuilder::new()
+                .description("the image; ETag, Cache-Control, X-Verge-Cache: hit|miss")
+                .content("image/jpeg", binary())
+                .content("image/png", binary())
+                .content("image/webp", binary())
+                .build(),
+        )
+        .response(
+            "304",
+            ResponseBuilder::new()
+                .description("If-None-Match matched")
+                .build(),
+        )
+        .response("400", error("a malformed URL or option"))
+        .response(
+            "403",
+            error("unsigned or badly signed, or a source the server may not fetch"),
+        )
+        .response("404", error("the source answered 404"))
+        .response(
+            "413",
+            error("the source or the image is larger than allowed"),
+        )
+        .response("415", error("the source's format is not supported"))
+        .response("422", error("the source is not a valid image"))
+        .response("502", error("the source could not be fetched"))
+        .response("504", error("the source did not answer in time"))
+        .build();
+    PathsBuilder::new()
+        .path("/{path}", PathItem::new(HttpMethod::Get, op))
+        .build()
 }

@@ -311,3 +311,25 @@ async fn the_cache_stays_within_its_bound() {
     assert!(total <= bound, "cache holds {total} bytes, bound {bound}");
     assert!(total > 0);
 }
+
+/// imgproxy's `max_bytes` is best effort: a bound no quality meets still gets an image
+/// (the smallest attempt), not an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_max_bytes_answers_the_smallest_attempt() {
+    let f = start(false, 64 << 20).await;
+    let src = format!("{}/photo.jpg", f.source);
+    let bounded = |mb: u32| f.url(&format!("rs:fit:800:800/q:90/mb:{mb}"), &src, Some("jpg"));
+    let r = f.get(&bounded(100), None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/jpeg");
+    let smallest = r.bytes().await.unwrap();
+    assert!(smallest.len() > 100, "{} bytes", smallest.len());
+    let info = verge_imaging::info(&smallest, &Default::default()).unwrap();
+    assert_eq!((info.width, info.height), (800, 600));
+    // The unbounded image at q:90 is larger: quality went down as far as allowed.
+    let r = f
+        .get(&f.url("rs:fit:800:800/q:90", &src, Some("jpg")), None)
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap().len() > smallest.len());
+}

@@ -20,6 +20,10 @@ pub struct OutputOptions {
     pub max_bytes: Option<usize>,
     /// Lowest quality the `maxBytes` search may use (1..=100).
     pub min_quality: u8,
+    /// When `maxBytes` cannot be met: the smallest attempt (at `minQuality`, or the
+    /// lossless encoding) instead of [`Error::MaxBytesUnreachable`] — imgproxy's
+    /// `max_bytes` semantics.
+    pub max_bytes_best_effort: bool,
     /// Lossless WebP.
     pub lossless: bool,
     /// Progressive JPEG.
@@ -35,6 +39,7 @@ impl Default for OutputOptions {
             quality: 80,
             max_bytes: None,
             min_quality: 10,
+            max_bytes_best_effort: false,
             lossless: false,
             progressive: false,
             background: Color::WHITE,
@@ -132,6 +137,9 @@ pub(crate) fn encode(img: &DynamicImage, opts: &OutputOptions, default: Format) 
         return Ok(done(first, opts.quality));
     }
     if !lossy {
+        if opts.max_bytes_best_effort {
+            return Ok(done(first, opts.quality));
+        }
         return Err(Error::MaxBytesUnreachable {
             format: format.name(),
             max_bytes: max,
@@ -142,11 +150,14 @@ pub(crate) fn encode(img: &DynamicImage, opts: &OutputOptions, default: Format) 
     // Highest quality in [min_quality, quality) that fits.
     let (mut lo, mut hi) = (opts.min_quality, opts.quality - 1);
     let mut best: Option<(u8, Vec<u8>)> = None;
-    let mut smallest = first.len();
+    // The smallest attempt so far, with its quality.
+    let mut smallest = (opts.quality, first);
     while lo <= hi {
         let mid = lo + (hi - lo) / 2;
         let bytes = one(mid)?;
-        smallest = smallest.min(bytes.len());
+        if bytes.len() < smallest.1.len() {
+            smallest = (mid, bytes.clone());
+        }
         if bytes.len() <= max {
             lo = mid + 1;
             best = Some((mid, bytes));
@@ -158,11 +169,12 @@ pub(crate) fn encode(img: &DynamicImage, opts: &OutputOptions, default: Format) 
     }
     match best {
         Some((q, bytes)) => Ok(done(bytes, q)),
+        None if opts.max_bytes_best_effort => Ok(done(smallest.1, smallest.0)),
         None => Err(Error::MaxBytesUnreachable {
             format: format.name(),
             max_bytes: max,
             quality: opts.min_quality,
-            smallest,
+            smallest: smallest.1.len(),
         }),
     }
 }

@@ -397,7 +397,22 @@ fn max_bytes_binary_search() {
             matches!(err, Error::MaxBytesUnreachable { max_bytes: 100, .. }),
             "{err}"
         );
+        // Best effort (imgproxy's max_bytes): the smallest attempt, at minQuality.
+        let best = OutputOptions {
+            max_bytes_best_effort: true,
+            ..impossible
+        };
+        let out = process(&input, &Pipeline::default(), &best, &limits()).unwrap();
+        assert_eq!(out.quality, Some(best.min_quality), "{format}");
+        assert!(out.bytes.len() > 100 && out.bytes.len() < full.bytes.len());
     }
+    let png_best_effort = OutputOptions {
+        max_bytes: Some(1000),
+        max_bytes_best_effort: true,
+        ..OutputOptions::new(Format::Png)
+    };
+    let out = process(&input, &Pipeline::default(), &png_best_effort, &limits()).unwrap();
+    assert!(out.bytes.len() > 1000);
     let png_too_big = OutputOptions {
         max_bytes: Some(1000),
         ..OutputOptions::new(Format::Png)

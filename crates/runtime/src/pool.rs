@@ -595,6 +595,9 @@ impl Proc {
         }
         let load_timeout = def.timeout.max(MIN_LOAD_TIMEOUT);
         let accepted = tokio::time::timeout(load_timeout, async {
+            // The connection first: a worker that connected, answered and exited before
+            // this task was polled (a failed load, a finished check, a busy machine) has
+            // its answer waiting on the connection, and that answer is what counts.
             tokio::select! {
                 biased;
                 r = listener.accept() => r.map(|(s, _)| Some(s)),

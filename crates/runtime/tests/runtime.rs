@@ -305,6 +305,46 @@ async fn node_syntax_error_and_missing_handler() {
     .await;
 }
 
+/// A worker that answers its first frame and exits at once (every failed load, and
+/// every check) while the runtime is too busy to look: when the runtime comes back,
+/// the connection and the exit are both ready. The frame on the connection is what
+/// counts — the interpreter's message, or the check's success — never "exited".
+#[tokio::test]
+async fn first_frame_wins_over_a_quick_exit_on_a_busy_runtime() {
+    if !have(Kind::Python3) {
+        return;
+    }
+    let e = env();
+    // Holds the runtime's only thread while the worker starts, answers and exits.
+    let stall = || {
+        tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            std::thread::sleep(Duration::from_secs(2));
+        })
+    };
+    for run in 0..6 {
+        let bad = func(
+            &format!("quick{run}"),
+            Kind::Python3,
+            "def handle(event):\n    return 1\n",
+        );
+        let blocker = stall();
+        let r = e.rt.deploy(bad).await;
+        blocker.await.unwrap();
+        match r {
+            Err(Error::Load { message }) => {
+                assert!(message.contains("AttributeError"), "run {run}: {message}");
+            }
+            other => panic!("run {run}: expected the load error, got {other:?}"),
+        }
+        let good = py(&format!("checked{run}"), PY_ECHO);
+        let blocker = stall();
+        let r = e.rt.check(good).await;
+        blocker.await.unwrap();
+        assert!(r.is_ok(), "run {run}: the check of good code failed: {r:?}");
+    }
+}
+
 #[tokio::test]
 async fn builtin_unknown_is_load_error() {
     let e = env();

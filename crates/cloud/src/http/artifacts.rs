@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use axum::Extension;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use verge_api::{Kind, Reason};
 
+use super::extract::{ApiPath, ApiQuery};
 use super::join::REVOKED_PREFIX;
 use super::resources::{object_key, require_write};
 use super::serve::PeerNode;
@@ -58,7 +59,7 @@ fn too_large(max: u64) -> ApiError {
 pub async fn upload(
     State(st): State<SharedState>,
     Extension(principal): Extension<Principal>,
-    Query(q): Query<HashMap<String, String>>,
+    ApiQuery(q): ApiQuery<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -162,7 +163,7 @@ pub async fn list(State(st): State<SharedState>) -> Result<Json<ArtifactList>, A
 /// `Range` is answered with 206 (416 when unsatisfiable).
 pub async fn download(
     State(st): State<SharedState>,
-    Path(param): Path<String>,
+    ApiPath(param): ApiPath<String>,
     principal: Option<Extension<Principal>>,
     peer: Option<Extension<PeerNode>>,
     method: Method,

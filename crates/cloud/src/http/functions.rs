@@ -8,16 +8,15 @@
 //!   `Retry-After`, both at once (decision 019).
 //! - `POST /api/v1/tasks`: a `Task` object → `202` and the Task (named by its
 //!   `metadata.name`, else a generated id), as other kinds answer; a bare `TaskSpec` →
-//!   `202 {taskId, created}`. `GET /api/v1/tasks[/{id}]`; `DELETE /api/v1/tasks/{id}`
-//!   cancels.
+//!   `202 {taskId, created}`. `DELETE /api/v1/tasks/{name}` cancels (lists and gets
+//!   are the resource handlers).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::Extension;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -25,7 +24,8 @@ use verge_api::specs::{FunctionSpec, TaskSpec, TaskTarget};
 use verge_api::{Kind, Object, Reason};
 
 use super::body;
-use super::resources::{self, object_key, require_write};
+use super::extract::{ApiPath, ApiQuery};
+use super::resources::{object_key, require_write};
 use super::state::SharedState;
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -52,8 +52,8 @@ fn task_failure(status: StatusCode, reason: &str, message: String, id: &str) -> 
 
 pub async fn invoke(
     State(st): State<SharedState>,
-    Path(name): Path<String>,
-    Query(q): Query<InvokeQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<InvokeQuery>,
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: Body,
@@ -318,27 +318,10 @@ pub async fn create_task(
     Ok(resp)
 }
 
-pub async fn list_tasks(
-    st: State<SharedState>,
-    principal: Extension<Principal>,
-    q: Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    resources::list(st, principal, Path("tasks".to_string()), q, headers).await
-}
-
-pub async fn get_task(
-    st: State<SharedState>,
-    Path(id): Path<String>,
-    principal: Extension<Principal>,
-) -> Result<Json<Object>, ApiError> {
-    resources::get(st, Path(("tasks".to_string(), id)), principal).await
-}
-
 /// `DELETE /api/v1/tasks/{id}`: cancels (the task stays, phase `Cancelled`).
 pub async fn cancel_task(
     State(st): State<SharedState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<Value>, ApiError> {
     require_write(&principal)?;

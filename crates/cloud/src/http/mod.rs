@@ -1,11 +1,16 @@
-//! The HTTP API: routes, authentication and metrics middleware, and the accept loop
-//! (TLS by default). Handlers live in one module per area.
+//! The HTTP API: the router (built from the route table in [`routes`], which
+//! [`openapi`] documents), the authentication and metrics middleware, health, metrics,
+//! the JSON 404/405 fallbacks, and the accept loop (TLS by default). Handlers live in
+//! one module per area.
 
 pub mod artifacts;
 mod body;
+pub mod extract;
 pub mod functions;
 pub mod join;
+pub mod openapi;
 pub mod resources;
+pub mod routes;
 pub mod serve;
 pub mod state;
 pub mod tokens;
@@ -13,83 +18,94 @@ pub mod watch;
 
 use std::time::Instant;
 
-use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
-use verge_api::Reason;
+use axum::routing::{MethodFilter, MethodRouter, on};
+use axum::{Extension, Router};
+use verge_api::{Kind, Reason};
 
 use crate::error::ApiError;
 use crate::metrics::{RequestLabels, RouteLabels};
+use routes::{Access, Op, Route};
 pub use state::{AppState, SharedState};
 
-/// Builds the whole router; `mounts` are services nested at their path prefix, outside
-/// the API's authentication (they check requests themselves) but inside the metrics.
-pub fn router(st: SharedState, mounts: &[(String, Router)]) -> Router {
-    let api = Router::new()
-        .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
-        .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
-        .route(
-            "/api/v1/artifacts",
-            get(artifacts::list).post(artifacts::upload),
-        )
-        .route(
-            "/api/v1/functions/{name}/invoke",
-            axum::routing::post(functions::invoke),
-        )
-        .route(
-            "/api/v1/tasks",
-            get(functions::list_tasks).post(functions::create_task),
-        )
-        .route(
-            "/api/v1/tasks/{id}",
-            get(functions::get_task).delete(functions::cancel_task),
-        )
-        .route(
-            "/api/v1/{plural}",
-            get(resources::list).post(resources::create),
-        )
-        .route(
-            "/api/v1/{plural}/{name}",
-            get(resources::get)
-                .put(resources::update)
-                .delete(resources::delete),
-        )
-        .route(
-            "/api/v1/{plural}/{name}/status",
-            put(resources::update_status),
-        )
-        .route(
-            "/api/v1/{plural}/{name}/results",
-            get(resources::node_results),
-        )
-        .route("/api/v1/{plural}/{name}/logs", get(resources::app_logs))
-        .route("/api/v1/cluster/info", get(cluster_info))
-        .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(st.clone(), authenticate));
-    let public = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/openapi.json", get(openapi))
-        .route("/api/v1/join", axum::routing::post(join::join))
-        .route("/api/v1/cluster/ca", get(join::cluster_ca));
-    // Readable with a token or a node's client certificate.
-    let node_readable = Router::new()
-        .route("/api/v1/artifacts/{sha256}", get(artifacts::download))
-        .route_layer(middleware::from_fn_with_state(
-            st.clone(),
-            artifacts::authenticate_token_or_node,
-        ));
-    let mut all = api.merge(public).merge(node_readable);
-    for (prefix, service) in mounts {
-        all = all.nest_service(prefix, service.clone());
+/// A service the binary nests under `prefix` (the `/img` endpoint): outside the API's
+/// authentication (it checks requests itself) but inside the metrics, which count it
+/// under its own route (`/img/{*path}`), and in `/openapi.json` with `paths`.
+#[derive(Clone)]
+pub struct Mount {
+    /// Where it is nested, e.g. `/img`.
+    pub prefix: String,
+    /// Its routes, relative to `prefix` (`/{*path}`).
+    pub router: Router,
+    /// Its operations, paths relative to `prefix` (`/{path}`).
+    pub paths: utoipa::openapi::Paths,
+}
+
+impl std::fmt::Debug for Mount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mount")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the whole router: every route of [`routes::table`], then the `mounts`.
+pub fn router(st: SharedState, mounts: &[Mount]) -> Router {
+    let mut api: Router<SharedState> = Router::new();
+    for r in routes::table() {
+        api = api.route(&r.path, method_router(&st, &r));
+    }
+    let mut all: Router = api.with_state(st.clone());
+    for m in mounts {
+        all = all.nest(&m.prefix, m.router.clone());
     }
     all.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(st.clone(), track))
-        .with_state(st)
+        .layer(middleware::from_fn_with_state(st, track))
+}
+
+/// The handler of `r.op` for `r.method`, behind the authentication `r.access` asks for.
+fn method_router(st: &SharedState, r: &Route) -> MethodRouter<SharedState> {
+    let m = MethodFilter::try_from(r.method.clone())
+        .unwrap_or_else(|_| panic!("route table: unsupported method {}", r.method));
+    let kind = |mr: MethodRouter<SharedState>, k: Kind| mr.layer(Extension(k));
+    let mr = match r.op {
+        Op::List(k) => kind(on(m, resources::list), k),
+        Op::Create(k) => kind(on(m, resources::create), k),
+        Op::Get(k) => kind(on(m, resources::get), k),
+        Op::Replace(k) => kind(on(m, resources::update), k),
+        Op::Delete(k) => kind(on(m, resources::delete), k),
+        Op::ReplaceStatus(k) => kind(on(m, resources::update_status), k),
+        Op::Logs(k) => kind(on(m, resources::app_logs), k),
+        Op::NodeResults => on(m, resources::node_results),
+        Op::Invoke => on(m, functions::invoke),
+        Op::CreateTask => on(m, functions::create_task),
+        Op::CancelTask => on(m, functions::cancel_task),
+        Op::ListTokens => on(m, tokens::list),
+        Op::CreateToken => on(m, tokens::create),
+        Op::RevokeToken => on(m, tokens::revoke),
+        Op::ListArtifacts => on(m, artifacts::list),
+        Op::UploadArtifact => on(m, artifacts::upload),
+        Op::GetArtifact => on(m, artifacts::download),
+        Op::Join => on(m, join::join),
+        Op::ClusterCa => on(m, join::cluster_ca),
+        Op::ClusterInfo => on(m, cluster_info),
+        Op::Metrics => on(m, metrics),
+        Op::Healthz => on(m, healthz),
+        Op::Readyz => on(m, readyz),
+        Op::OpenApi => on(m, openapi),
+    };
+    match r.access {
+        Access::Public => mr,
+        Access::Token => mr.route_layer(middleware::from_fn_with_state(st.clone(), authenticate)),
+        Access::TokenOrNode => mr.route_layer(middleware::from_fn_with_state(
+            st.clone(),
+            artifacts::authenticate_token_or_node,
+        )),
+    }
 }
 
 async fn authenticate(State(st): State<SharedState>, mut req: Request, next: Next) -> Response {
@@ -163,12 +179,18 @@ async fn cluster_info(State(st): State<SharedState>) -> Response {
     .into_response()
 }
 
-async fn metrics(State(st): State<SharedState>) -> Response {
-    let mut resp = st.metrics.encode().into_response();
+/// `/metrics`: OpenMetrics for a scraper that asks for it (Prometheus does), the
+/// Prometheus text format otherwise.
+async fn metrics(State(st): State<SharedState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::metrics::Exposition::negotiate(accept);
+    let mut resp = st.metrics.encode(format).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(format.content_type()),
     );
+    resp.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept"));
     resp
 }
 
@@ -182,6 +204,18 @@ async fn openapi(State(st): State<SharedState>) -> Response {
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    // `/api/v1/{plural}…` with a plural no kind has: name the kinds.
+    if let Some(plural) = uri
+        .path()
+        .strip_prefix("/api/v1/")
+        .and_then(|rest| rest.split('/').next())
+        && !routes::table()
+            .iter()
+            .any(|r| r.path.starts_with(&format!("/api/v1/{plural}")))
+        && let Err(e) = resources::kind_from_plural(plural)
+    {
+        return e;
+    }
     ApiError::not_found(format!("no route for {method} {}", uri.path()))
 }
 

@@ -15,13 +15,14 @@ use std::collections::HashMap;
 use axum::Extension;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use verge_api::{API_VERSION, Kind, LabelSelector, ListMeta, Object, ObjectList, Reason};
 use verge_store::{DynStore, Expect, KeyValue, Revision};
 
 use super::body;
+use super::extract::{ApiPath, ApiQuery};
 use super::state::SharedState;
 use super::watch;
 use crate::auth::{Principal, now_rfc3339};
@@ -152,11 +153,10 @@ const LIST_PARAMS: &[&str] = &[
 pub async fn list(
     State(st): State<SharedState>,
     Extension(principal): Extension<Principal>,
-    Path(plural): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    Extension(kind): Extension<Kind>,
+    ApiQuery(q): ApiQuery<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let kind = kind_from_plural(&plural)?;
     let view = view(&st, kind, &principal);
     if let Some(bad) = q.keys().find(|k| !LIST_PARAMS.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!(
@@ -228,10 +228,10 @@ pub async fn list(
 
 pub async fn get(
     State(st): State<SharedState>,
-    Path((plural, name)): Path<(String, String)>,
+    Extension(kind): Extension<Kind>,
+    ApiPath(name): ApiPath<String>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<Object>, ApiError> {
-    let kind = kind_from_plural(&plural)?;
     let kv = st
         .store
         .get(&object_key(kind, &name))
@@ -245,12 +245,11 @@ pub async fn get(
 
 pub async fn create(
     State(st): State<SharedState>,
-    Path(plural): Path<String>,
+    Extension(kind): Extension<Kind>,
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Object>), ApiError> {
-    let kind = kind_from_plural(&plural)?;
     require_write(&principal)?;
     let mut obj = body::read_object(&headers, body, st.max_body_bytes).await?;
     check_kind(kind, &obj)?;
@@ -291,12 +290,12 @@ const UPDATE_RETRIES: usize = 16;
 
 pub async fn update(
     State(st): State<SharedState>,
-    Path((plural, name)): Path<(String, String)>,
+    Extension(kind): Extension<Kind>,
+    ApiPath(name): ApiPath<String>,
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Object>, ApiError> {
-    let kind = kind_from_plural(&plural)?;
     require_write(&principal)?;
     let obj = body::read_object(&headers, body, st.max_body_bytes).await?;
     check_kind(kind, &obj)?;
@@ -445,12 +444,12 @@ const STATUS_TOP_LEVEL: &[&str] = &["apiVersion", "kind", "metadata", "spec", "s
 /// the optional `metadata.resourceVersion` precondition is ignored.
 pub async fn update_status(
     State(st): State<SharedState>,
-    Path((plural, name)): Path<(String, String)>,
+    Extension(kind): Extension<Kind>,
+    ApiPath(name): ApiPath<String>,
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Object>, ApiError> {
-    let kind = kind_from_plural(&plural)?;
     require_write(&principal)?;
     let value = body::read_value(&headers, body, st.max_body_bytes).await?;
     let serde_json::Value::Object(map) = value else {
@@ -503,11 +502,11 @@ pub async fn update_status(
 
 pub async fn delete(
     State(st): State<SharedState>,
-    Path((plural, name)): Path<(String, String)>,
-    Query(q): Query<HashMap<String, String>>,
+    Extension(kind): Extension<Kind>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<HashMap<String, String>>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<Object>, ApiError> {
-    let kind = kind_from_plural(&plural)?;
     require_write(&principal)?;
     if let Some(bad) = q.keys().find(|k| k.as_str() != "resourceVersion") {
         return Err(ApiError::bad_request(format!(
@@ -554,16 +553,17 @@ pub async fn delete(
 /// invocations) wrote, shipped by their nodes, oldest first.
 pub async fn app_logs(
     State(st): State<SharedState>,
-    Path((plural, name)): Path<(String, String)>,
-    Query(q): Query<LogsQuery>,
+    Extension(kind): Extension<Kind>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    let kind = kind_from_plural(&plural)?;
     let source = match kind {
         Kind::App => format!("app/{name}/"),
         Kind::Function => format!("fn/{name}/"),
-        _ => {
-            return Err(ApiError::not_found(format!(
-                "{plural}/{name}/logs: only apps and functions have logs"
+        other => {
+            return Err(ApiError::internal(format!(
+                "route table: logs mounted for {}",
+                other.plural()
             )));
         }
     };
@@ -597,14 +597,9 @@ pub struct LogsQuery {
 /// order, each with the store revision it arrived at (`receivedRevision`).
 pub async fn node_results(
     State(st): State<SharedState>,
-    Path((plural, name)): Path<(String, String)>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let kind = kind_from_plural(&plural)?;
-    if kind != Kind::Node {
-        return Err(ApiError::not_found(format!(
-            "{plural}/{name}/results: only nodes have results"
-        )));
-    }
+    let kind = Kind::Node;
     if st.store.get(&object_key(kind, &name)).await?.is_none() {
         return Err(not_found(kind, &name));
     }

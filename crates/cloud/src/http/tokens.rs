@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
 use serde::Serialize;
@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 use verge_api::Reason;
 
 use super::body;
+use super::extract::ApiPath;
 use super::state::SharedState;
 use crate::auth::{NewToken, Principal, TokenCreateRequest, TokenInfo};
 use crate::error::ApiError;
@@ -73,7 +74,7 @@ pub async fn list(
 
 pub async fn revoke(
     State(st): State<SharedState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<TokenInfo>, ApiError> {
     require_admin(&principal)?;
