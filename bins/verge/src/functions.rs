@@ -296,10 +296,14 @@ pub async fn invoke(
     content_type: &str,
     out_file: Option<&Path>,
 ) -> Result<()> {
-    let body = read_data(data)?;
+    let mut body = read_data(data)?;
     if content_type == "application/json" {
         serde_json::from_slice::<Value>(&body)
             .map_err(|e| anyhow!("--data is not valid JSON: {e}"))?;
+        // `--out cover.jpg` on an image function: a JPEG, not its default PNG.
+        if let Some(f) = out_file {
+            body = crate::images::invoke_body_for_out_file(client, name, body, f).await;
+        }
     }
     let mut req = client
         .request(Method::POST, &format!("/api/v1/functions/{name}/invoke"))

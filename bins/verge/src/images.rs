@@ -1,6 +1,7 @@
 //! The image service in this binary: the builtin image functions and the `/img` endpoint
 //! of `verge cloud` / `verge dev` (wiring of `verge-images`), and the `verge image`
-//! commands (local processing, signed URLs, installing the function pack).
+//! commands (local processing, signed URLs, installing the function pack), and the output
+//! format `verge invoke IMAGE-FUNCTION --out FILE` asks for (from FILE's extension).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -538,20 +539,8 @@ async fn run_local(op: &LocalOp) -> Result<()> {
         None => None,
     };
     // The output file's extension picks the format unless the input says otherwise.
-    let produces_image = !matches!(name.as_str(), "image.info" | "image.frames");
-    if produces_image
-        && let Some(fmt) = out
-            .extension()
-            .and_then(|e| e.to_str())
-            .and_then(format_of_ext)
-    {
-        let output = input
-            .entry("output")
-            .or_insert_with(|| serde_json::json!({}));
-        if let Some(o) = output.as_object_mut() {
-            o.entry("format")
-                .or_insert(serde_json::Value::String(fmt.into()));
-        }
+    if produces_image(&name) {
+        format_from_out_file(&mut input, &out);
     }
     if inline.is_some() {
         // The file is the main source; the other fields stay options.
@@ -593,11 +582,139 @@ async fn run_local(op: &LocalOp) -> Result<()> {
     Ok(())
 }
 
-fn format_of_ext(ext: &str) -> Option<&'static str> {
+/// The output format a file name asks for by its extension (`cover.jpg` → `jpeg`).
+fn format_of_path(path: &Path) -> Option<&'static str> {
+    let ext = path.extension()?.to_str()?;
     match ext.to_ascii_lowercase().as_str() {
         "jpg" | "jpeg" => Some("jpeg"),
         "png" => Some("png"),
         "webp" => Some("webp"),
         _ => None,
+    }
+}
+
+/// Whether the builtin `handler` is an image function whose answer is one image, encoded
+/// as its `output.format` says (`image.info` and `image.frames` answer JSON).
+fn produces_image(handler: &str) -> bool {
+    FUNCTIONS.iter().any(|(n, _)| *n == handler)
+        && !matches!(handler, "image.info" | "image.frames")
+}
+
+/// Sets `output.format` in an image function's input from the output file's extension
+/// (`--out cover.jpg` → `jpeg`) unless the input names a format itself; a file name
+/// without an image extension changes nothing. Returns whether it set one.
+fn format_from_out_file(
+    input: &mut serde_json::Map<String, serde_json::Value>,
+    out: &Path,
+) -> bool {
+    let Some(fmt) = format_of_path(out) else {
+        return false;
+    };
+    let output = input
+        .entry("output")
+        .or_insert_with(|| serde_json::json!({}));
+    match output.as_object_mut() {
+        Some(o) if !o.contains_key("format") => {
+            o.insert("format".into(), fmt.into());
+            true
+        }
+        _ => false,
+    }
+}
+
+/// `verge invoke NAME --out FILE` with a JSON body: when NAME is one of the image
+/// functions (a builtin whose answer is an image) and the input names no
+/// `output.format`, the file's extension picks it, as `verge image OP IN OUT` does. Any
+/// other function, body or file name is sent as it is.
+pub async fn invoke_body_for_out_file(
+    client: &Client,
+    function: &str,
+    body: Vec<u8>,
+    out: &Path,
+) -> Vec<u8> {
+    if format_of_path(out).is_none() {
+        return body;
+    }
+    let Ok(serde_json::Value::Object(mut input)) = serde_json::from_slice(&body) else {
+        return body;
+    };
+    // Only the function itself says whether it is an image function; if it cannot be
+    // read, the invoke reports why.
+    let Ok(f) = client
+        .send_json::<serde_json::Value>(
+            reqwest::Method::GET,
+            &format!("/api/v1/functions/{function}"),
+            None,
+        )
+        .await
+    else {
+        return body;
+    };
+    let builtin_image = f["spec"]["runtime"] == "builtin"
+        && f["spec"]["handler"].as_str().is_some_and(produces_image);
+    if builtin_image && format_from_out_file(&mut input, out) {
+        serde_json::to_vec(&input).unwrap_or(body)
+    } else {
+        body
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn the_extension_picks_the_format() {
+        for (file, fmt) in [
+            ("cover.jpg", "jpeg"),
+            ("COVER.JPEG", "jpeg"),
+            ("a/b/qr.png", "png"),
+            ("frame.webp", "webp"),
+        ] {
+            let mut input = map(json!({"width": 10}));
+            assert!(format_from_out_file(&mut input, Path::new(file)), "{file}");
+            assert_eq!(input["output"], json!({"format": fmt}), "{file}");
+            assert_eq!(input["width"], json!(10));
+        }
+    }
+
+    #[test]
+    fn a_format_in_the_input_wins_and_other_options_stay() {
+        let mut input = map(json!({"output": {"format": "png"}}));
+        assert!(!format_from_out_file(&mut input, Path::new("cover.jpg")));
+        assert_eq!(input["output"], json!({"format": "png"}));
+
+        let mut input = map(json!({"output": {"quality": 80}}));
+        assert!(format_from_out_file(&mut input, Path::new("cover.jpg")));
+        assert_eq!(input["output"], json!({"format": "jpeg", "quality": 80}));
+    }
+
+    #[test]
+    fn other_file_names_change_nothing() {
+        for file in ["out", "out.json", "out.gif", "-", "photo.jpg.txt"] {
+            let mut input = map(json!({"width": 10}));
+            assert!(!format_from_out_file(&mut input, Path::new(file)), "{file}");
+            assert_eq!(input, map(json!({"width": 10})), "{file}");
+        }
+    }
+
+    #[test]
+    fn only_functions_that_answer_one_image_take_a_format() {
+        for f in [
+            "image.compose",
+            "image.qrcode",
+            "image.pipeline",
+            "video.frame",
+        ] {
+            assert!(produces_image(f), "{f}");
+        }
+        for f in ["image.info", "image.frames", "handler.main", "image.nope"] {
+            assert!(!produces_image(f), "{f}");
+        }
     }
 }

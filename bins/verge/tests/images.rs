@@ -56,6 +56,51 @@ async fn image_functions_and_signed_urls() -> Result<()> {
         (verge_imaging::Format::Webp, 120)
     );
 
+    // `--out FILE` picks the format from FILE's extension when the input names none
+    // (the README's `--out cover.jpg` wrote a PNG); a format in the input still wins,
+    // and a function that answers JSON is sent its input untouched.
+    let compose = r##"{"width": 64, "height": 32, "background": "#101820"}"##;
+    for (file, want) in [
+        ("cover.jpg", verge_imaging::Format::Jpeg),
+        ("cover.webp", verge_imaging::Format::Webp),
+        ("cover.png", verge_imaging::Format::Png),
+    ] {
+        let out = dir.path().join(file);
+        success(&verge(&[
+            "invoke",
+            "image-compose",
+            "--data",
+            compose,
+            "--out",
+            out.to_str().unwrap(),
+        ])?);
+        let info = verge_imaging::info(&std::fs::read(&out)?, &Default::default())?;
+        assert_eq!((info.format, info.width), (want, 64), "{file}");
+    }
+    let named = dir.path().join("named.jpg");
+    success(&verge(&[
+        "invoke",
+        "image-compose",
+        "--data",
+        r#"{"width": 64, "height": 32, "output": {"format": "webp"}}"#,
+        "--out",
+        named.to_str().unwrap(),
+    ])?);
+    let info = verge_imaging::info(&std::fs::read(&named)?, &Default::default())?;
+    assert_eq!(info.format, verge_imaging::Format::Webp);
+    let json_out = dir.path().join("info.jpg");
+    let data = format!(r#"{{"image": {{"artifact": "{sha}"}}}}"#);
+    success(&verge(&[
+        "invoke",
+        "image-info",
+        "--data",
+        &data,
+        "--out",
+        json_out.to_str().unwrap(),
+    ])?);
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_out)?)?;
+    assert_eq!(info["width"], 300, "{info}");
+
     // The keys file is the cloud's, private.
     let keys = cloud.data_dir().join("img-keys");
     let mode = std::fs::metadata(&keys)?.permissions().mode() & 0o777;

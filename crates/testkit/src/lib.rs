@@ -648,17 +648,64 @@ fn terminate(child: &mut Option<Child>, grace: Duration) {
 
 /// A private Docker engine: `dockerd` with its own data root, exec root and unix socket
 /// in a short temp dir under `/tmp` (unix socket paths are limited to 108 bytes), `vfs`
-/// storage, no bridge and no iptables rules (containers use `--network host`). Stopped
+/// storage, no iptables rules and no bridge (containers use `--network host`) unless
+/// [`Dockerd::start_bridged`] gives them one of their own. Stopped
 /// (SIGTERM, then SIGKILL) on drop. Needs root and Debian's `docker.io`.
 pub struct Dockerd {
     child: Option<Child>,
     dir: tempfile::TempDir,
     socket: PathBuf,
+    /// A bridge made for this daemon by [`Dockerd::start_bridged`], deleted on drop.
+    bridge: Option<String>,
 }
 
 impl Dockerd {
     /// Starts the daemon and waits until `/_ping` answers (60 s at most).
     pub async fn start() -> Result<Dockerd> {
+        Self::start_with(&["--bridge=none"], None).await
+    }
+
+    /// Like [`Dockerd::start`], but containers get their own network namespace on a
+    /// bridge, as with a stock dockerd's `docker0`: `bridge` is created here with
+    /// `host_cidr` (`10.213.0.1/24`) as the host's address and the containers' gateway,
+    /// replaced if a crashed run left it, and deleted on drop. No iptables rules (the
+    /// host reaches containers on the bridge; containers reach nothing beyond it), and
+    /// `docker0` is not touched. Needs iproute2's `ip`.
+    pub async fn start_bridged(bridge: &str, host_cidr: &str) -> Result<Dockerd> {
+        let ip = find_program("ip", &["/usr/sbin", "/sbin", "/usr/bin"])
+            .ok_or_else(|| missing("ip", "iproute2"))?;
+        let ip_cmd = |args: &[&str]| -> Result<()> {
+            let out = Command::new(&ip)
+                .args(args)
+                .output()
+                .context("running ip")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            Ok(())
+        };
+        let _ = Command::new(&ip)
+            .args(["link", "del", bridge])
+            .stderr(Stdio::null())
+            .status();
+        ip_cmd(&["link", "add", bridge, "type", "bridge"])?;
+        let made = async {
+            ip_cmd(&["addr", "add", host_cidr, "dev", bridge])?;
+            ip_cmd(&["link", "set", bridge, "up"])?;
+            let flag = format!("--bridge={bridge}");
+            Self::start_with(&[&flag], Some(bridge.to_string())).await
+        }
+        .await;
+        if made.is_err() {
+            let _ = ip_cmd(&["link", "del", bridge]);
+        }
+        made
+    }
+
+    async fn start_with(network: &[&str], bridge: Option<String>) -> Result<Dockerd> {
         let bin = find_program("dockerd", &["/usr/sbin", "/sbin", "/usr/bin"])
             .ok_or_else(|| missing("dockerd", "docker.io"))?;
         find_program("docker", &["/usr/bin", "/usr/local/bin"])
@@ -685,10 +732,10 @@ impl Dockerd {
                 "--storage-driver",
                 "vfs",
                 "--iptables=false",
-                "--bridge=none",
                 "--shutdown-timeout",
                 "3",
             ])
+            .args(network)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -698,6 +745,7 @@ impl Dockerd {
             child: Some(child),
             dir,
             socket,
+            bridge,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -774,6 +822,12 @@ impl Drop for Dockerd {
         terminate(&mut self.child, Duration::from_secs(20));
         // It leaves mounts behind (exec/netns/default): unmounted so the temp dir goes.
         unmount_under(self.dir.path());
+        if let Some(bridge) = self.bridge.take() {
+            let _ = Command::new("ip")
+                .args(["link", "del", &bridge])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
