@@ -366,11 +366,8 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     {
         let sync = node_manager.sync.clone();
         let rx = shutdown_rx.clone();
-        background.push(tokio::spawn(async move {
-            if let Err(e) = sync.run(rx).await {
-                tracing::error!(error = %e, "desired-state sync stopped");
-            }
-        }));
+        // Relists after any watch error; returns only at shutdown.
+        background.push(tokio::spawn(async move { sync.run(rx).await }));
     }
     // Functions: the cloud's runtime, the Function, Task and Trigger controllers.
     let mut sandbox = cfg.function_sandbox.clone();

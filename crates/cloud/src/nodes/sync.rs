@@ -568,29 +568,76 @@ impl Sync {
         true
     }
 
-    /// Follows the store; pushes deltas to connected nodes whose desired set changed.
-    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) -> crate::Result<()> {
-        let list = self.store.list("/registry/", None).await?;
-        if let Ok(mut cache) = self.cache.write() {
-            cache.revision = list.revision;
-            for kv in &list.items {
-                Self::apply_event(
-                    &mut cache,
-                    &kv.key,
-                    EventKind::Put,
-                    &kv.value,
-                    kv.mod_revision,
-                );
+    /// Follows the store until `shutdown`; pushes deltas to connected nodes whose
+    /// desired set changed. A watch that fails — compaction overtook it (410), the
+    /// stream ended, a store error — is never the end: the cache is rebuilt from a fresh
+    /// list, every connected node gets what changed meanwhile, and the watch resumes
+    /// from the list's revision (with a backoff between failed attempts).
+    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let backoff = crate::controller::Backoff {
+            base: std::time::Duration::from_millis(200),
+            max: std::time::Duration::from_secs(10),
+        };
+        let mut failures = 0u32;
+        let mut relist = false;
+        loop {
+            match self.follow(&mut shutdown, relist, &mut failures).await {
+                Ok(()) => return,
+                Err(e) => {
+                    failures += 1;
+                    let wait = backoff.delay(failures);
+                    tracing::warn!(error = %e, retry_in = ?wait, "desired-state sync lost its watch; relisting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
             }
-            cache.revision = list.revision;
+            relist = true;
+        }
+    }
+
+    /// One list (the cache rebuilt from it; after a `relist`, deltas to every connected
+    /// node), then the watch until shutdown (`Ok`) or an error.
+    async fn follow(
+        &self,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+        relist: bool,
+        failures: &mut u32,
+    ) -> crate::Result<()> {
+        let list = self.store.list("/registry/", None).await?;
+        let mut fresh = Cache::default();
+        for kv in &list.items {
+            Self::apply_event(
+                &mut fresh,
+                &kv.key,
+                EventKind::Put,
+                &kv.value,
+                kv.mod_revision,
+            );
+        }
+        fresh.revision = list.revision;
+        if let Ok(mut cache) = self.cache.write() {
+            // Revisions never go back, whatever the list says.
+            fresh.revision = fresh.revision.max(cache.revision);
+            *cache = fresh;
         }
         let mut events = self.store.watch("/registry/", list.revision).await?;
+        *failures = 0;
+        if relist {
+            self.push_to_connected();
+        }
         loop {
             let first = tokio::select! {
                 e = events.next() => e,
                 _ = shutdown.changed() => return Ok(()),
             };
-            let Some(first) = first else { return Ok(()) };
+            let Some(first) = first else {
+                if *shutdown.borrow() {
+                    return Ok(());
+                }
+                return Err(crate::Error::Store(verge_store::Error::Closed));
+            };
             let mut changed = false;
             let mut batch = vec![first];
             // Take whatever else is ready, so a burst of writes makes one round of deltas.
@@ -601,7 +648,16 @@ impl Sync {
                 }
             }
             for ev in batch {
-                let ev = ev?;
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        // What was applied of this batch still goes out.
+                        if changed {
+                            self.push_to_connected();
+                        }
+                        return Err(e.into());
+                    }
+                };
                 if let Ok(mut cache) = self.cache.write() {
                     changed |= Self::apply_event(
                         &mut cache,
@@ -613,20 +669,141 @@ impl Sync {
                 }
             }
             if changed {
-                let targets: Vec<(String, i64, BTreeMap<String, i64>)> = self
-                    .nodes
-                    .lock()
-                    .map(|n| {
-                        n.iter()
-                            .filter(|(_, s)| s.connected && s.sent_rev > 0)
-                            .map(|(k, s)| (k.clone(), s.sent_rev, s.sent.clone()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for (node, rev, sent) in targets {
-                    self.send(&node, Some((rev, sent)));
-                }
+                self.push_to_connected();
             }
         }
+    }
+
+    /// Sends every connected node that has had its snapshot what changed since.
+    fn push_to_connected(&self) {
+        let targets: Vec<(String, i64, BTreeMap<String, i64>)> = self
+            .nodes
+            .lock()
+            .map(|n| {
+                n.iter()
+                    .filter(|(_, s)| s.connected && s.sent_rev > 0)
+                    .map(|(k, s)| (k.clone(), s.sent_rev, s.sent.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (node, rev, sent) in targets {
+            self.send(&node, Some((rev, sent)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use verge_store::{MemStore, Store};
+
+    use super::*;
+    use crate::gateway::Downlink;
+
+    /// The objects each node holds, as it would after applying every `Desired` sent.
+    #[derive(Default)]
+    struct Nodes {
+        held: Mutex<BTreeMap<String, BTreeMap<String, Object>>>,
+    }
+
+    impl Nodes {
+        fn config(&self, node: &str, name: &str) -> Option<String> {
+            let held = self.held.lock().unwrap();
+            let o = held.get(node)?.get(&format!("Config/{name}"))?;
+            o.spec["data"]["v"].as_str().map(str::to_string)
+        }
+    }
+
+    impl Downlink for Nodes {
+        fn send(&self, node: &str, channel: Channel, payload: Bytes) -> bool {
+            let Ok(Message::Desired(d)) = verge_proto::decode(channel, &payload) else {
+                return false;
+            };
+            let mut held = self.held.lock().unwrap();
+            let objects = held.entry(node.to_string()).or_default();
+            if d.snapshot {
+                objects.clear();
+            }
+            for o in d.upserts {
+                objects.insert(format!("{}/{}", o.kind, o.metadata.name), o);
+            }
+            for r in d.deletes {
+                objects.remove(&format!("{}/{}", r.kind, r.name));
+            }
+            true
+        }
+        fn kick(&self, _: &str) {}
+        fn revoke_serial(&self, _: &str) {}
+    }
+
+    async fn put_config(store: &MemStore, name: &str, v: &str) {
+        let key = format!("{CONFIG_PREFIX}{name}");
+        let o = serde_json::json!({"apiVersion": "verge.dev/v1", "kind": "Config",
+            "metadata": {"name": name}, "spec": {"data": {"v": v}}});
+        let value = Bytes::from(serde_json::to_vec(&o).unwrap());
+        if store.get(&key).await.unwrap().is_some() {
+            store
+                .update(&key, value, Default::default(), Expect::Any)
+                .await
+                .unwrap();
+        } else {
+            store.create(&key, value, Default::default()).await.unwrap();
+        }
+    }
+
+    async fn settle() {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_compaction_overtaking_the_watch_is_recovered_and_nodes_converge() {
+        let store = MemStore::new();
+        put_config(&store, "keep", "0").await;
+        put_config(&store, "gone", "0").await;
+        let nodes = Arc::new(Nodes::default());
+        let sync = Arc::new(Sync::new(Arc::new(store.clone())));
+        sync.set_gateway(nodes.clone());
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn({
+            let sync = sync.clone();
+            async move { sync.run(rx).await }
+        });
+        settle().await;
+        sync.hello("n1", 0).await;
+        assert_eq!(nodes.config("n1", "keep").as_deref(), Some("0"));
+        assert_eq!(nodes.config("n1", "gone").as_deref(), Some("0"));
+
+        // Thousands of writes while the sync task cannot run (MemStore writes do not
+        // yield), a deletion, a new object, then compaction past all of them: the watch
+        // lags, finds its history gone, and must relist.
+        for round in 1..=5000 {
+            put_config(&store, "keep", &round.to_string()).await;
+        }
+        store
+            .delete(&format!("{CONFIG_PREFIX}gone"), Expect::Any)
+            .await
+            .unwrap();
+        put_config(&store, "new", "7").await;
+        let rev = store.current_revision().await.unwrap();
+        store.compact(rev).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        settle().await;
+        assert_eq!(nodes.config("n1", "keep").as_deref(), Some("5000"));
+        assert_eq!(
+            nodes.config("n1", "gone"),
+            None,
+            "the deletion reached the node"
+        );
+        assert_eq!(nodes.config("n1", "new").as_deref(), Some("7"));
+
+        // And it follows live changes afterwards.
+        put_config(&store, "keep", "live").await;
+        settle().await;
+        assert_eq!(nodes.config("n1", "keep").as_deref(), Some("live"));
+        stop.send_replace(true);
+        task.await.unwrap();
     }
 }
