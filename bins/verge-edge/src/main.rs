@@ -473,10 +473,23 @@ fn configs_table(items: &[serde_json::Value]) -> String {
     out
 }
 
-/// The builtin functions of an edge node: the runtime's own and the image pack, whose
-/// `{"artifact": ...}` sources are downloaded from the cloud with the node's certificate
-/// and `{"url": ...}` sources fetched through the outbound guard under the node's allow
-/// lists (public addresses only by default).
+/// The builtin functions of a lean edge node (built without the `images` feature):
+/// the runtime's own.
+#[cfg(not(feature = "images"))]
+fn builtins(
+    _identity: &Identity,
+    _data_dir: &Path,
+    _outbound: &verge_outbound::Client,
+) -> Result<verge_runtime::Registry> {
+    Ok(verge_runtime::Registry::with_defaults())
+}
+
+/// The builtin functions of an edge node built with the `images` feature: the
+/// runtime's own and the image pack, whose `{"artifact": ...}` sources are downloaded
+/// from the cloud with the node's certificate and `{"url": ...}` sources fetched
+/// through the outbound guard under the node's allow lists (public addresses only by
+/// default).
+#[cfg(feature = "images")]
 fn builtins(
     identity: &Identity,
     data_dir: &Path,
@@ -500,11 +513,13 @@ fn builtins(
 }
 
 /// Artifacts read from the cloud's store, verified against their digest.
+#[cfg(feature = "images")]
 struct EdgeArtifacts {
     fetcher: verge_edge::artifact::Fetcher,
     dir: PathBuf,
 }
 
+#[cfg(feature = "images")]
 impl verge_images::functions::ArtifactSource for EdgeArtifacts {
     fn read<'a>(
         &'a self,
