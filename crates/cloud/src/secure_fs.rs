@@ -61,29 +61,6 @@ pub fn ensure_private_dir(path: &Path) -> Result<()> {
 pub fn take_data_dir(dir: &Path, what: &str) -> Result<verge_datadir::DataDirLock> {
     ensure_private_dir(dir)?;
     let lock = verge_datadir::DataDirLock::acquire(dir, what)?;
-    let report = verge_datadir::secure_tree(dir)?;
-    if report.changed > 0 {
-        tracing::info!(
-            dir = %dir.display(),
-            changed = report.changed,
-            "tightened modes in the data dir (directories 0700, files 0600)"
-        );
-    }
-    if report.failed > 0 {
-        tracing::warn!(
-            dir = %dir.display(),
-            failed = report.failed,
-            first = report.first_failure.as_deref().unwrap_or(""),
-            "could not tighten the modes of some entries of the data dir"
-        );
-    }
-    if report.truncated {
-        tracing::warn!(
-            dir = %dir.display(),
-            max_entries = verge_datadir::MAX_ENTRIES,
-            max_depth = verge_datadir::MAX_DEPTH,
-            "data dir walk stopped at its bound; entries past it keep their modes"
-        );
-    }
+    verge_datadir::secure_tree_logged(dir)?;
     Ok(lock)
 }

@@ -114,6 +114,36 @@ impl Report {
     }
 }
 
+/// [`secure_tree`], then logs what it changed, what it could not change and whether
+/// the walk stopped at its bound: what a process does with its data dir at each start.
+pub fn secure_tree_logged(root: &Path) -> Result<Report> {
+    let report = secure_tree(root)?;
+    if report.changed > 0 {
+        tracing::info!(
+            dir = %root.display(),
+            changed = report.changed,
+            "tightened modes in the data dir (directories 0700, files 0600)"
+        );
+    }
+    if report.failed > 0 {
+        tracing::warn!(
+            dir = %root.display(),
+            failed = report.failed,
+            first = report.first_failure.as_deref().unwrap_or(""),
+            "could not tighten the modes of some entries of the data dir"
+        );
+    }
+    if report.truncated {
+        tracing::warn!(
+            dir = %root.display(),
+            max_entries = MAX_ENTRIES,
+            max_depth = MAX_DEPTH,
+            "data dir walk stopped at its bound; entries past it keep their modes"
+        );
+    }
+    Ok(report)
+}
+
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }

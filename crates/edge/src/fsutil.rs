@@ -100,28 +100,6 @@ pub fn read_required(path: &Path) -> Result<String> {
 /// every file without group/other bits (an unpacked executable keeps its owner's
 /// execute bit); bounded, never following a symlink. Logs what it changed.
 pub fn secure_data_dir(dir: &Path) -> Result<()> {
-    let report = verge_datadir::secure_tree(dir)?;
-    if report.changed > 0 {
-        tracing::info!(
-            dir = %dir.display(),
-            changed = report.changed,
-            "tightened modes in the data dir (directories 0700, files 0600)"
-        );
-    }
-    if report.failed > 0 {
-        tracing::warn!(
-            dir = %dir.display(),
-            failed = report.failed,
-            first = report.first_failure.as_deref().unwrap_or(""),
-            "could not tighten the modes of some entries of the data dir"
-        );
-    }
-    if report.truncated {
-        tracing::warn!(
-            dir = %dir.display(),
-            max_entries = verge_datadir::MAX_ENTRIES,
-            "data dir walk stopped at its bound; entries past it keep their modes"
-        );
-    }
+    verge_datadir::secure_tree_logged(dir)?;
     Ok(())
 }

@@ -20,11 +20,13 @@ use verge_api::LabelSelector;
 
 use crate::{DynStore, Error, Event, EventKind, Expect, Labels, WatchStream};
 
-fn b(s: &str) -> Bytes {
+/// Test helper: bytes of a string.
+pub fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
 
-fn labels(pairs: &[(&str, &str)]) -> Labels {
+/// Test helper: labels from pairs.
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -32,13 +34,14 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 }
 
 /// Next item of a watch stream, failing the test instead of hanging forever.
-async fn next(stream: &mut WatchStream) -> Option<crate::Result<Arc<Event>>> {
+pub async fn next(stream: &mut WatchStream) -> Option<crate::Result<Arc<Event>>> {
     tokio::time::timeout(Duration::from_secs(30), stream.next())
         .await
         .expect("watch stream stalled")
 }
 
-async fn take(stream: &mut WatchStream, n: usize) -> Vec<Arc<Event>> {
+/// Test helper: the next `n` events of a watch (each within 30 s).
+pub async fn take(stream: &mut WatchStream, n: usize) -> Vec<Arc<Event>> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         out.push(next(stream).await.expect("stream ended early").unwrap());

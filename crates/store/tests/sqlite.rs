@@ -3,13 +3,12 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use verge_store::compliance::{b, labels, next, take};
 use verge_store::{
-    Error, Event, EventKind, Expect, Labels, SqliteOptions, SqliteStore, Store, WatchStream,
-    compliance,
+    Error, EventKind, Expect, Labels, SqliteOptions, SqliteStore, Store, compliance,
 };
 
 fn opts(dir: &Path) -> SqliteOptions {
@@ -18,32 +17,6 @@ fn opts(dir: &Path) -> SqliteOptions {
 
 async fn open(dir: &Path) -> SqliteStore {
     SqliteStore::open(opts(dir)).await.unwrap()
-}
-
-fn b(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
-
-/// Next item of a watch stream, failing the test instead of hanging forever.
-async fn next(stream: &mut WatchStream) -> Option<verge_store::Result<Arc<Event>>> {
-    tokio::time::timeout(Duration::from_secs(30), stream.next())
-        .await
-        .expect("watch stream stalled")
-}
-
-async fn take(stream: &mut WatchStream, n: usize) -> Vec<Arc<Event>> {
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        out.push(next(stream).await.expect("stream ended early").unwrap());
-    }
-    out
 }
 
 #[tokio::test]
