@@ -360,10 +360,17 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     background.push(tokio::spawn(
         node_manager.clone().lifecycle_loop(shutdown_rx.clone()),
     ));
+    // Controllers on the one runtime share one informer per kind.
+    let informers = controller::Informers::new(store.clone(), shutdown_rx.clone());
     {
-        let apps = apps::AppController::new(store.clone(), node_manager.apps.clone());
-        let rx = shutdown_rx.clone();
-        background.push(tokio::spawn(async move { apps.run(rx).await }));
+        let apps = Arc::new(apps::AppController::new(
+            store.clone(),
+            node_manager.apps.clone(),
+            &informers,
+        ));
+        background.push(tokio::spawn(
+            apps.run(informers.clone(), shutdown_rx.clone()),
+        ));
     }
     {
         let sync = node_manager.sync.clone();
@@ -406,8 +413,6 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         let rx = shutdown_rx.clone();
         background.push(tokio::spawn(async move { controller.run(rx).await }));
         background.push(tokio::spawn(tasks.clone().run(shutdown_rx.clone())));
-        // Controllers on the one runtime share one informer per kind.
-        let informers = controller::Informers::new(store.clone(), shutdown_rx.clone());
         let triggers = Arc::new(functions::triggers::TriggerController::new(
             store.clone(),
             tasks.clone(),

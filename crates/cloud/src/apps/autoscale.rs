@@ -1,17 +1,8 @@
 //! Pure autoscaling: replicas from reported usage, within `[min, max]`, scaling up at
 //! once and down only when every recommendation in the stabilization window agrees.
 
-use serde::{Deserialize, Serialize};
-
-/// Kept in the App's `status.autoscale`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ScaleState {
-    pub replicas: u32,
-    /// `(unix ms, recommendation)` inside the window, oldest first.
-    #[serde(default)]
-    pub history: Vec<(i64, u32)>,
-}
+/// Kept in the App's `status.autoscale` (typed in `verge_api`).
+pub use verge_api::status::app::ScaleState;
 
 /// The raw recommendation: `ceil(current · utilization / target)`, clamped. Without
 /// samples, the current count (clamped).

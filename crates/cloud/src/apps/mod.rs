@@ -1,29 +1,42 @@
-//! The App controller: placement ([`scheduler`]), gray release ([`rollout`]),
-//! dependency checks and autoscaling ([`autoscale`]) — pure functions — driven by
-//! [`AppController::run`], which reads Apps, Nodes and the instances nodes report,
-//! and writes each App's status. Which version (and spec) each node runs is
+//! The App controller on the one controller runtime ([`crate::controller`]): placement
+//! ([`scheduler`]), gray release ([`rollout`]), dependency checks and autoscaling
+//! ([`autoscale`]) are pure functions; [`decide`] puts them together for one App;
+//! [`AppController`] is the reconcile around it, keyed by App name, and writes each
+//! App's typed status ([`AppStatus`]). Which version (and spec) each node runs is
 //! `status.rollout.nodes`; [`crate::nodes::sync`] turns it into desired state. An App
 //! that references Secrets gets a `SecretsResolved` condition ([`secret_problem`]),
-//! checked against the keys of the stored Secrets — no value is opened here.
+//! checked against the keys of the cached Secrets — no value is opened here.
+//!
+//! Work is proportional to change — nothing lists Apps or Nodes on a timer. An App is
+//! reconciled when it changes; when a Node changes in a way the scheduler sees
+//! ([`node_wakes`]: the apps placed on it, the apps whose selector takes it, the
+//! unschedulable ones); when an App it depends on changes or another App's placement
+//! frees or takes capacity ([`app_wakes`]); when a Secret it names changes
+//! ([`secret_wakes`]); when its nodes report a change of its instances ([`Reports`]);
+//! and, by `Action::requeue`, while a rollout step waits (health, pause) or the app
+//! autoscales. Nodes, Apps and Secrets are read from the shared informer caches.
 
 pub mod autoscale;
 pub mod rollout;
 pub mod scheduler;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 use verge_api::specs::{AppSpec, ScaleMetric};
+use verge_api::status::app::{AppInstance, AppStatus};
+use verge_api::status::{Condition, ConditionStatus, set_condition};
 use verge_api::{Kind, Object};
 use verge_proto::{InstanceState, InstanceStatus};
 use verge_store::DynStore;
 
-use crate::objects::{kind_prefix, modify, object_key};
-use rollout::{Commands, Inputs, Phase, RolloutState};
-use scheduler::{Count, NodeInfo, PlacementRule, Request};
+use crate::controller::{Action, Cache, Change, Controller, Informers, backoff_policy};
+use crate::error::ApiError;
+use crate::objects::{kv_to_object, modify, object_key};
+use rollout::{Commands, Inputs as RolloutInputs, Phase, RolloutState};
+use scheduler::{Assignment, Count, NodeInfo, PlacementRule, Request};
 
 /// Annotations the `verge rollout` commands set.
 pub use verge_api::names::{
@@ -33,60 +46,148 @@ pub use verge_api::names::{
 /// Usage-only status changes are written at most this often.
 const USAGE_WRITE_INTERVAL_MS: i64 = 10_000;
 
-/// The latest instances each node reported (fed by the node manager).
-#[derive(Default)]
-pub struct Reports {
-    by_node: Mutex<HashMap<String, Vec<InstanceStatus>>>,
-    changed: Notify,
-}
-
-impl Reports {
-    pub fn report(&self, node: &str, apps: &[InstanceStatus]) {
-        if let Ok(mut m) = self.by_node.lock() {
-            let prev = m.insert(node.to_string(), apps.to_vec());
-            if !prev.is_some_and(|p| verge_proto::same_but_usage(&p, apps)) {
-                self.changed.notify_one();
-            }
-        }
-    }
-
-    pub fn forget(&self, node: &str) {
-        if let Ok(mut m) = self.by_node.lock() {
-            m.remove(node);
-        }
-        self.changed.notify_one();
-    }
-
-    /// app → node → instances.
-    fn by_app(&self) -> HashMap<String, BTreeMap<String, Vec<InstanceStatus>>> {
-        let mut out: HashMap<String, BTreeMap<String, Vec<InstanceStatus>>> = HashMap::new();
-        if let Ok(m) = self.by_node.lock() {
-            for (node, list) in m.iter() {
-                for i in list {
-                    out.entry(i.app.clone())
-                        .or_default()
-                        .entry(node.clone())
-                        .or_default()
-                        .push(i.clone());
-                }
-            }
-        }
-        out
-    }
-}
-
-pub struct AppController {
-    store: DynStore,
-    pub reports: std::sync::Arc<Reports>,
-    /// App → unix ms of its last status write.
-    written: Mutex<HashMap<String, i64>>,
-    /// Until then, node reports may not all be in (after a cloud restart).
-    warm_at: std::time::Instant,
-}
+/// How often an autoscaled app is evaluated.
+const AUTOSCALE_EVERY: Duration = Duration::from_secs(1);
 
 /// How long after start the controller waits for node reports before a missing one
 /// can fail a rollout's deadline.
 const WARM_UP: Duration = Duration::from_secs(30);
+
+/// The latest instances each node reported (fed by the node manager). Each report
+/// wakes the apps whose instances it changed: at once for a change of state, health,
+/// version or restarts; for a change of usage alone at most once per
+/// [`USAGE_WRITE_INTERVAL_MS`] per app.
+#[derive(Default)]
+pub struct Reports {
+    inner: Mutex<ReportsInner>,
+}
+
+#[derive(Default)]
+struct ReportsInner {
+    by_node: HashMap<String, Vec<InstanceStatus>>,
+    /// app → node → instances.
+    by_app: HashMap<String, BTreeMap<String, Vec<InstanceStatus>>>,
+    /// app → when a usage-only change last woke it.
+    usage_woken: HashMap<String, tokio::time::Instant>,
+    wake: Option<mpsc::UnboundedSender<String>>,
+}
+
+fn by_app(list: &[InstanceStatus]) -> BTreeMap<&str, Vec<InstanceStatus>> {
+    let mut out: BTreeMap<&str, Vec<InstanceStatus>> = BTreeMap::new();
+    for i in list {
+        out.entry(i.app.as_str()).or_default().push(i.clone());
+    }
+    out
+}
+
+impl Reports {
+    /// The names of apps whose reports changed are sent here from now on (to the App
+    /// controller; a later call replaces the receiver).
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<String> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().wake = Some(tx);
+        rx
+    }
+
+    pub fn report(&self, node: &str, apps: &[InstanceStatus]) {
+        let mut g = self.lock();
+        let old = g
+            .by_node
+            .insert(node.to_string(), apps.to_vec())
+            .unwrap_or_default();
+        let (old, new) = (by_app(&old), by_app(apps));
+        let names: BTreeSet<&str> = old.keys().chain(new.keys()).copied().collect();
+        let now = tokio::time::Instant::now();
+        for app in names {
+            let wake = match (old.get(app), new.get(app)) {
+                (Some(o), Some(n)) if o == n => false,
+                (Some(o), Some(n)) if verge_proto::same_but_usage(o, n) => {
+                    let due = g.usage_woken.get(app).is_none_or(|t| {
+                        now.duration_since(*t).as_millis() as i64 >= USAGE_WRITE_INTERVAL_MS
+                    });
+                    if due {
+                        g.usage_woken.insert(app.to_string(), now);
+                    }
+                    due
+                }
+                _ => true,
+            };
+            match new.get(app) {
+                Some(list) => {
+                    g.by_app
+                        .entry(app.to_string())
+                        .or_default()
+                        .insert(node.to_string(), list.clone());
+                }
+                None => g.remove(app, node),
+            }
+            if wake {
+                g.send(app);
+            }
+        }
+    }
+
+    /// The node is gone: its reports too (waking the apps it had).
+    pub fn forget(&self, node: &str) {
+        let mut g = self.lock();
+        let old = g.by_node.remove(node).unwrap_or_default();
+        let apps: BTreeSet<String> = old.into_iter().map(|i| i.app).collect();
+        for app in &apps {
+            g.remove(app, node);
+            g.send(app);
+        }
+    }
+
+    /// Node → the instances of `app` it reported.
+    pub fn of_app(&self, app: &str) -> BTreeMap<String, Vec<InstanceStatus>> {
+        self.lock().by_app.get(app).cloned().unwrap_or_default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReportsInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ReportsInner {
+    fn remove(&mut self, app: &str, node: &str) {
+        if let Some(m) = self.by_app.get_mut(app) {
+            m.remove(node);
+            if m.is_empty() {
+                self.by_app.remove(app);
+                self.usage_woken.remove(app);
+            }
+        }
+    }
+
+    fn send(&self, app: &str) {
+        if let Some(tx) = &self.wake {
+            let _ = tx.send(app.to_string());
+        }
+    }
+}
+
+/// What the controller remembers between reconciles.
+#[derive(Default)]
+struct Memory {
+    /// App → unix ms of its last status write.
+    written: HashMap<String, i64>,
+    /// App → where its replicas are and what one requests: the capacity it takes from
+    /// other apps, and which apps a Node change concerns. Loaded from the cached
+    /// statuses at the first reconcile, then kept from each decision.
+    placed: HashMap<String, (Assignment, Request)>,
+    loaded: bool,
+}
+
+pub struct AppController {
+    store: DynStore,
+    reports: Arc<Reports>,
+    apps: Arc<Cache>,
+    nodes: Arc<Cache>,
+    secrets: Arc<Cache>,
+    memory: Arc<Mutex<Memory>>,
+    /// Until then, node reports may not all be in (after a cloud restart).
+    warm_at: tokio::time::Instant,
+}
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -237,13 +338,6 @@ fn find_cycle(
     None
 }
 
-fn condition(kind: &str, ok: bool, reason: &str, message: &str) -> Value {
-    json!({
-        "type": kind, "status": if ok { "True" } else { "False" },
-        "reason": reason, "message": message,
-    })
-}
-
 fn commands(o: &Object) -> Commands {
     let a = &o.metadata.annotations;
     Commands {
@@ -257,364 +351,577 @@ fn commands(o: &Object) -> Commands {
     }
 }
 
-/// The status minus what changes all the time (usage), to decide whether to write.
-fn significant(status: &Value) -> Value {
-    let mut s = status.clone();
-    if let Some(list) = s.get_mut("instances").and_then(Value::as_array_mut) {
-        for i in list {
-            if let Some(m) = i.as_object_mut() {
-                m.remove("cpuMillis");
-                m.remove("memoryBytes");
+
+/// Whether `rule`'s selector and architectures take `n` (readiness and capacity
+/// aside).
+fn selects(spec: &AppSpec, n: &NodeInfo) -> bool {
+    let p = spec.placement.clone().unwrap_or_default();
+    p.node_selector.iter().all(|(k, v)| n.labels.get(k) == Some(v))
+        && (p.architectures.is_empty() || p.architectures.contains(&n.arch))
+}
+
+fn conditions_of(o: &Object) -> Vec<Condition> {
+    serde_json::from_value(o.status["conditions"].clone()).unwrap_or_default()
+}
+
+fn unschedulable(o: &Object) -> bool {
+    verge_api::status::is_true(&conditions_of(o), "Unschedulable")
+}
+
+/// The apps a Node change concerns: none when nothing the scheduler sees of the node
+/// changed (a `lastSeen` write); else the apps placed on it (`placed`), the apps whose
+/// selector takes it (before or after), and the unschedulable apps (their counts of
+/// nodes that do not fit change).
+pub fn node_wakes(
+    change: &Change,
+    apps: &[Arc<Object>],
+    placed: &HashMap<String, (Assignment, Request)>,
+) -> Vec<String> {
+    let old = change.old.as_deref().map(node_info);
+    let new = change.new.as_deref().map(node_info);
+    if old == new {
+        return Vec::new();
+    }
+    let mut out: BTreeSet<String> = placed
+        .iter()
+        .filter(|(_, (a, _))| a.contains_key(&change.name))
+        .map(|(app, _)| app.clone())
+        .collect();
+    for o in apps {
+        let Ok(spec) = serde_json::from_value::<AppSpec>(o.spec.clone()) else {
+            continue;
+        };
+        let takes = old.iter().chain(new.iter()).any(|n| selects(&spec, n));
+        if takes || unschedulable(o) {
+            out.insert(o.metadata.name.clone());
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The other apps an App change concerns: those that depend on it (directly or not)
+/// when its spec changed or it came or went, and the unschedulable ones when its
+/// placement changed (capacity was freed or taken). Its own status writes alone wake
+/// nobody else.
+pub fn app_wakes(change: &Change, apps: &[Arc<Object>]) -> Vec<String> {
+    let spec = |o: &Option<Arc<Object>>| o.as_ref().map(|o| o.spec.clone());
+    let placement = |o: &Option<Arc<Object>>| o.as_ref().map(|o| o.status["placement"].clone());
+    let mut out = BTreeSet::new();
+    if spec(&change.old) != spec(&change.new) {
+        // Reverse dependencies, transitively.
+        let deps: Vec<(String, Vec<String>)> = apps
+            .iter()
+            .filter_map(|o| {
+                let s = serde_json::from_value::<AppSpec>(o.spec.clone()).ok()?;
+                let d = s.depends_on.iter().map(|d| d.app.clone()).collect();
+                Some((o.metadata.name.clone(), d))
+            })
+            .collect();
+        let mut todo = vec![change.name.clone()];
+        while let Some(at) = todo.pop() {
+            for (app, d) in &deps {
+                if d.contains(&at) && !out.contains(app) {
+                    out.insert(app.clone());
+                    todo.push(app.clone());
+                }
             }
         }
     }
-    if let Some(m) = s.as_object_mut() {
-        m.remove("autoscale");
+    if placement(&change.old) != placement(&change.new) {
+        for o in apps {
+            if unschedulable(o) {
+                out.insert(o.metadata.name.clone());
+            }
+        }
     }
-    s
+    out.remove(&change.name);
+    out.into_iter().collect()
+}
+
+fn secret_keys_of(o: &Option<Arc<Object>>) -> Option<Vec<String>> {
+    o.as_ref().map(|o| {
+        o.spec["data"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    })
+}
+
+/// The apps a Secret change concerns: those that reference it, when its keys changed
+/// (or it came or went). Values are not looked at.
+pub fn secret_wakes(change: &Change, apps: &[Arc<Object>]) -> Vec<String> {
+    if secret_keys_of(&change.old) == secret_keys_of(&change.new) {
+        return Vec::new();
+    }
+    apps.iter()
+        .filter(|o| {
+            serde_json::from_value::<AppSpec>(o.spec.clone()).is_ok_and(|s| {
+                s.secret_uses()
+                    .iter()
+                    .any(|u| u.secret.name == change.name)
+            })
+        })
+        .map(|o| o.metadata.name.clone())
+        .collect()
+}
+
+/// Everything [`decide`] looks at besides the App.
+pub struct Inputs<'a> {
+    /// Every node, with what the other apps placed there request already counted.
+    pub nodes: &'a [NodeInfo],
+    /// Node → its reported instances of this app.
+    pub reports: &'a BTreeMap<String, Vec<InstanceStatus>>,
+    /// This app's `dependsOn` problem (reason, message), if any.
+    pub dependency: Option<&'a (&'static str, String)>,
+    /// Secret name → its keys, for the Secrets the app references.
+    pub secrets: &'a BTreeMap<String, BTreeMap<String, String>>,
+    /// Node reports may still be missing (the controller just started).
+    pub warming_up: bool,
+    pub now_ms: i64,
+    /// The same instant, RFC 3339 (condition transition times).
+    pub now: &'a str,
+}
+
+/// What [`decide`] decides for one App.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub status: AppStatus,
+    /// Look again after this long even if nothing changes (a rollout step waiting for
+    /// health or pausing; autoscaling).
+    pub requeue: Option<Duration>,
+}
+
+/// The pure rule: the App's next status (placement, rollout, instances, conditions,
+/// autoscale) from its object, its spec and what [`Inputs`] says of the world.
+pub fn decide(o: &Object, spec: &AppSpec, inp: &Inputs<'_>) -> Decision {
+    let prev: AppStatus = serde_json::from_value(o.status.clone()).unwrap_or_default();
+    let reports = inp.reports;
+    let placement = spec.placement.clone().unwrap_or_default();
+    // Autoscaling decides the replica count for `replicas` placement.
+    let mut scale = None;
+    let count = match (
+        placement.replicas,
+        placement.replicas_per_node,
+        &spec.autoscale,
+    ) {
+        (_, _, Some(a)) => {
+            let res = spec.resources.clone().unwrap_or_default();
+            let (request, samples): (u64, Vec<u64>) = match a.metric {
+                ScaleMetric::Cpu => (
+                    res.cpu_millis().unwrap_or(0),
+                    reports
+                        .values()
+                        .flatten()
+                        .filter_map(|i| i.cpu_millis)
+                        .collect(),
+                ),
+                ScaleMetric::Memory => (
+                    res.memory_bytes().unwrap_or(0),
+                    reports
+                        .values()
+                        .flatten()
+                        .filter_map(|i| i.memory_bytes)
+                        .collect(),
+                ),
+            };
+            let prev_scale = prev.autoscale.clone().unwrap_or_default();
+            let current = if prev_scale.replicas == 0 {
+                placement
+                    .replicas
+                    .unwrap_or(a.min_replicas)
+                    .clamp(a.min_replicas, a.max_replicas)
+            } else {
+                prev_scale.replicas
+            };
+            let rec = autoscale::recommend(
+                current,
+                &samples,
+                request,
+                a.target_percent,
+                a.min_replicas,
+                a.max_replicas,
+            );
+            let window = i64::from(a.stabilization_seconds.unwrap_or(60)) * 1000;
+            let before = autoscale::ScaleState {
+                replicas: current,
+                history: prev_scale.history,
+            };
+            let next = autoscale::stabilize(&before, rec, inp.now_ms, window);
+            let n = next.replicas;
+            scale = Some(next);
+            Count::Spread(n)
+        }
+        (Some(n), _, None) => Count::Spread(n),
+        (None, Some(k), None) => Count::PerNode(k),
+        (None, None, None) => Count::PerNode(1),
+    };
+    let rule = PlacementRule {
+        node_selector: placement.node_selector.clone(),
+        architectures: placement.architectures.clone(),
+        count,
+        request: request_of(spec),
+    };
+    let (assignment, unschedulable) = scheduler::schedule(&rule, inp.nodes, &prev.placement);
+    let cmds = commands(o);
+    let rollout_decision = rollout::reconcile(
+        prev.rollout.as_ref(),
+        &RolloutInputs {
+            version: &spec.version,
+            spec: &o.spec,
+            strategy: &spec.rollout.clone().unwrap_or_default(),
+            placement: &assignment,
+            reports,
+            commands: cmds,
+            seen_resume_seq: prev.rollout_resume_seen,
+            probed: spec.health.is_some(),
+            warming_up: inp.warming_up,
+            now_ms: inp.now_ms,
+        },
+    );
+    let st = rollout_decision.state;
+
+    // Instances, as reported, for nodes the app is on (or leaving).
+    let counts = replica_counts(reports, &st);
+    let mut instances = Vec::new();
+    for (node, list) in reports {
+        for i in list {
+            instances.push(AppInstance {
+                node: node.clone(),
+                replica: i.replica,
+                version: i.version.clone(),
+                state: i.state.as_str().to_string(),
+                health: match i.healthy {
+                    Some(true) => "Healthy",
+                    Some(false) => "Unhealthy",
+                    None => "Unknown",
+                }
+                .to_string(),
+                restarts: i.restarts,
+                cpu_millis: i.cpu_millis,
+                memory_bytes: i.memory_bytes,
+                last_error: i.last_error.clone(),
+                limits: i.limits.clone(),
+                started_at_ms: i.started_at_ms,
+            });
+        }
+    }
+    let desired: u32 = assignment.values().sum();
+    let cond = |t: &str, ok: bool, reason: &str, msg: &str| {
+        Condition::new(t, ConditionStatus::from_bool(ok), reason, msg)
+    };
+    let mut fresh = vec![match &unschedulable {
+        None => cond(
+            "Scheduled",
+            true,
+            "Scheduled",
+            &format!("{} nodes", assignment.len()),
+        ),
+        Some(u) => cond("Unschedulable", true, u.reason, &u.message),
+    }];
+    fresh.push(match inp.dependency {
+        None => cond("DependenciesResolved", true, "Resolved", ""),
+        Some((reason, msg)) => cond("DependenciesResolved", false, reason, msg),
+    });
+    if !spec.secret_uses().is_empty() {
+        fresh.push(match secret_problem(spec, inp.secrets) {
+            None => cond("SecretsResolved", true, "Resolved", ""),
+            Some(msg) => cond("SecretsResolved", false, "MissingSecret", &msg),
+        });
+    }
+    fresh.push(cond(
+        "Available",
+        desired > 0 && counts.ready >= desired,
+        if st.phase == Phase::Complete {
+            "Complete"
+        } else {
+            st.phase.as_str()
+        },
+        &st.message,
+    ));
+    // The conditions of now, each keeping its transition time while its status stays.
+    let mut conditions = Vec::new();
+    for c in fresh {
+        let mut one: Vec<Condition> = verge_api::status::find(&prev.conditions, &c.type_)
+            .cloned()
+            .into_iter()
+            .collect();
+        set_condition(&mut one, c, inp.now);
+        conditions.extend(one);
+    }
+    let steps = spec.rollout.clone().unwrap_or_default().effective_steps();
+    let percent = steps.get(st.step).map_or(100, |s| s.percent);
+    let mut requeue = rollout_decision.requeue_ms.map(Duration::from_millis);
+    if scale.is_some() {
+        requeue = Some(requeue.map_or(AUTOSCALE_EVERY, |d| d.min(AUTOSCALE_EVERY)));
+    }
+    let status = AppStatus {
+        observed_generation: o.metadata.generation,
+        version: st.serving_version().to_string(),
+        target_version: st.target_version.clone(),
+        phase: st.phase,
+        replicas: desired,
+        ready_replicas: counts.ready,
+        updated_replicas: counts.updated,
+        step: format!("{}/{} ({}%)", st.step + 1, st.steps, percent),
+        placement: assignment,
+        rollout: Some(st),
+        rollout_resume_seen: cmds.resume_seq,
+        instances,
+        conditions,
+        autoscale: scale,
+    };
+    Decision { status, requeue }
+}
+
+/// Whether to write a new status now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    Now,
+    /// Only usage changed and the last write was recent: write after this long.
+    After(Duration),
+    No,
+}
+
+/// A significant change is written at once; a change of usage alone at most once per
+/// [`USAGE_WRITE_INTERVAL_MS`] (`last`: when this app's status was last written).
+pub fn write_due(prev: &AppStatus, next: &AppStatus, last: Option<i64>, now_ms: i64) -> Write {
+    if next == prev {
+        return Write::No;
+    }
+    if next.significant() != prev.significant() {
+        return Write::Now;
+    }
+    match last {
+        Some(t) if now_ms - t < USAGE_WRITE_INTERVAL_MS => Write::After(Duration::from_millis(
+            (USAGE_WRITE_INTERVAL_MS - (now_ms - t)) as u64,
+        )),
+        _ => Write::Now,
+    }
 }
 
 impl AppController {
-    pub fn new(store: DynStore, reports: std::sync::Arc<Reports>) -> Self {
+    pub fn new(store: DynStore, reports: Arc<Reports>, informers: &Informers) -> Self {
         Self {
             store,
             reports,
-            written: Mutex::new(HashMap::new()),
-            warm_at: std::time::Instant::now() + WARM_UP,
+            apps: informers.cache(Kind::App),
+            nodes: informers.cache(Kind::Node),
+            secrets: informers.cache(Kind::Secret),
+            memory: Arc::new(Mutex::new(Memory::default())),
+            warm_at: tokio::time::Instant::now() + WARM_UP,
         }
     }
 
-    /// Reconciles every app every second, and at once after an App changes (its spec
-    /// or annotations; not the status this controller writes) or a node reports a
-    /// change.
-    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        use futures::StreamExt;
-        let mut events = None;
-        let mut generations: HashMap<String, String> = HashMap::new();
-        loop {
-            if events.is_none() {
-                // (Re)opened after a compaction or an error; polling covers the gap.
-                let prefix = kind_prefix(Kind::App);
-                if let Ok(list) = self.store.list(&prefix, None).await {
-                    events = self.store.watch(&prefix, list.revision).await.ok();
-                }
-            }
-            if let Err(e) = self.pass().await {
-                tracing::warn!(error = %e, "app controller pass failed");
-            }
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(1000)) => break,
-                    _ = self.reports.changed.notified() => {
-                        // Coalesce a burst of reports.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        break;
-                    }
-                    ev = async { match events.as_mut() { Some(w) => w.next().await, None => std::future::pending().await } } => {
-                        let Some(Ok(ev)) = ev else { events = None; continue };
-                        // Only spec and metadata changes wake us (not our own status writes).
-                        let key = ev.kv.key.clone();
-                        let fingerprint = serde_json::from_slice::<Object>(&ev.kv.value)
-                            .map(|o| format!("{}{:?}", o.spec, o.metadata.annotations))
-                            .unwrap_or_default();
-                        if generations.insert(key, fingerprint.clone()).as_ref() != Some(&fingerprint) {
-                            break;
-                        }
-                    }
-                    _ = shutdown.changed() => return,
-                }
-            }
-        }
-    }
-
-    async fn pass(&self) -> crate::Result<()> {
-        let apps_kv = self.store.list(&kind_prefix(Kind::App), None).await?;
-        let nodes_kv = self.store.list(&kind_prefix(Kind::Node), None).await?;
-        let mut apps: BTreeMap<String, (Object, AppSpec)> = BTreeMap::new();
-        for kv in &apps_kv.items {
-            let Ok(o) = serde_json::from_slice::<Object>(&kv.value) else {
-                continue;
-            };
-            let Ok(spec) = serde_json::from_value::<AppSpec>(o.spec.clone()) else {
-                continue;
-            };
-            apps.insert(o.metadata.name.clone(), (o, spec));
-        }
-        let nodes: Vec<NodeInfo> = nodes_kv
-            .items
-            .iter()
-            .filter_map(|kv| serde_json::from_slice::<Object>(&kv.value).ok())
-            .map(|o| node_info(&o))
-            .collect();
-        let specs: BTreeMap<String, AppSpec> = apps
-            .iter()
-            .map(|(k, (_, s))| (k.clone(), s.clone()))
-            .collect();
-        let deps = dependency_problems(&specs);
-        // Secret name → its keys (values left sealed and unread), when any app needs them.
-        let mut secret_keys: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-        if specs.values().any(|s| !s.secret_uses().is_empty()) {
-            for kv in self
-                .store
-                .list(&kind_prefix(Kind::Secret), None)
-                .await?
-                .items
-            {
-                if let Ok(o) = serde_json::from_slice::<Object>(&kv.value) {
-                    let keys = o.spec["data"]
-                        .as_object()
-                        .map(|m| m.keys().map(|k| (k.clone(), String::new())).collect())
-                        .unwrap_or_default();
-                    secret_keys.insert(o.metadata.name, keys);
-                }
-            }
-        }
-        let reports = self.reports.by_app();
-        let empty = BTreeMap::new();
-        let now = now_ms();
-
-        // What each app already uses on each node (from its current assignment).
-        let mut used: HashMap<String, BTreeMap<String, Request>> = HashMap::new();
-        for (name, (o, spec)) in &apps {
-            let req = request_of(spec);
-            if let Some(nodes) = o.status["placement"].as_object() {
-                for (n, r) in nodes {
-                    let k = r.as_u64().unwrap_or(0);
-                    used.entry(n.clone()).or_default().insert(
-                        name.clone(),
-                        Request {
-                            cpu_millis: req.cpu_millis * k,
-                            memory_bytes: req.memory_bytes * k,
-                        },
-                    );
-                }
-            }
-        }
-
-        let live: BTreeSet<String> = apps.keys().cloned().collect();
-        if let Ok(mut w) = self.written.lock() {
-            w.retain(|k, _| live.contains(k));
-        }
-
-        for (name, (o, spec)) in &apps {
-            let reports = reports.get(name).unwrap_or(&empty);
-            let prev_state: Option<RolloutState> =
-                serde_json::from_value(o.status["rollout"].clone()).ok();
-            let prev_scale: autoscale::ScaleState =
-                serde_json::from_value(o.status["autoscale"].clone()).unwrap_or_default();
-
-            // Autoscaling decides the replica count for `replicas` placement.
-            let placement = spec.placement.clone().unwrap_or_default();
-            let mut scale = None;
-            let count = match (
-                placement.replicas,
-                placement.replicas_per_node,
-                &spec.autoscale,
-            ) {
-                (_, _, Some(a)) => {
-                    let res = spec.resources.clone().unwrap_or_default();
-                    let (request, samples): (u64, Vec<u64>) = match a.metric {
-                        ScaleMetric::Cpu => (
-                            res.cpu_millis().unwrap_or(0),
-                            reports
-                                .values()
-                                .flatten()
-                                .filter_map(|i| i.cpu_millis)
-                                .collect(),
-                        ),
-                        ScaleMetric::Memory => (
-                            res.memory_bytes().unwrap_or(0),
-                            reports
-                                .values()
-                                .flatten()
-                                .filter_map(|i| i.memory_bytes)
-                                .collect(),
-                        ),
-                    };
-                    let current = if prev_scale.replicas == 0 {
-                        placement
-                            .replicas
-                            .unwrap_or(a.min_replicas)
-                            .clamp(a.min_replicas, a.max_replicas)
-                    } else {
-                        prev_scale.replicas
-                    };
-                    let rec = autoscale::recommend(
-                        current,
-                        &samples,
-                        request,
-                        a.target_percent,
-                        a.min_replicas,
-                        a.max_replicas,
-                    );
-                    let window = i64::from(a.stabilization_seconds.unwrap_or(60)) * 1000;
-                    let prev = autoscale::ScaleState {
-                        replicas: current,
-                        history: prev_scale.history.clone(),
-                    };
-                    let next = autoscale::stabilize(&prev, rec, now, window);
-                    let n = next.replicas;
-                    scale = Some(next);
-                    Count::Spread(n)
-                }
-                (Some(n), _, None) => Count::Spread(n),
-                (None, Some(k), None) => Count::PerNode(k),
-                (None, None, None) => Count::PerNode(1),
-            };
-
-            // Capacity: what other apps use on each node.
-            let infos: Vec<NodeInfo> = nodes
-                .iter()
-                .map(|n| {
-                    let mut n = n.clone();
-                    if let Some(u) = used.get(&n.name) {
-                        for (app, r) in u {
-                            if app != name {
-                                n.used_cpu_millis += r.cpu_millis;
-                                n.used_memory_bytes += r.memory_bytes;
-                            }
-                        }
-                    }
-                    n
-                })
-                .collect();
-            let rule = PlacementRule {
-                node_selector: placement.node_selector.clone(),
-                architectures: placement.architectures.clone(),
-                count,
-                request: request_of(spec),
-            };
-            let current: scheduler::Assignment = o.status["placement"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), u32::try_from(v.as_u64()?).ok()?)))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let (assignment, unschedulable) = scheduler::schedule(&rule, &infos, &current);
-            let cmds = commands(o);
-            let seen_resume: u64 = o.status["rolloutResumeSeen"].as_u64().unwrap_or(0);
-            let decision = rollout::reconcile(
-                prev_state.as_ref(),
-                &Inputs {
-                    version: &spec.version,
-                    spec: &o.spec,
-                    strategy: &spec.rollout.clone().unwrap_or_default(),
-                    placement: &assignment,
-                    reports,
-                    commands: cmds,
-                    seen_resume_seq: seen_resume,
-                    probed: spec.health.is_some(),
-                    warming_up: std::time::Instant::now() < self.warm_at,
-                    now_ms: now,
-                },
-            );
-            let st = decision.state;
-
-            // Instances, as reported, for nodes the app is on (or leaving).
-            let counts = replica_counts(reports, &st);
-            let ready = counts.ready;
-            let mut instances = Vec::new();
-            for (node, list) in reports {
-                for i in list {
-                    instances.push(json!({
-                        "node": node, "replica": i.replica, "version": i.version,
-                        "state": i.state.as_str(),
-                        "health": match i.healthy { Some(true) => "Healthy", Some(false) => "Unhealthy", None => "Unknown" },
-                        "restarts": i.restarts, "cpuMillis": i.cpu_millis,
-                        "memoryBytes": i.memory_bytes, "lastError": i.last_error,
-                        "limits": i.limits, "startedAtMs": i.started_at_ms,
-                    }));
-                }
-            }
-            let desired: u32 = assignment.values().sum();
-            let mut conditions = vec![match &unschedulable {
-                None => condition(
-                    "Scheduled",
-                    true,
-                    "Scheduled",
-                    &format!("{} nodes", assignment.len()),
-                ),
-                Some(u) => condition("Unschedulable", true, u.reason, &u.message),
-            }];
-            match deps.get(name) {
-                None => conditions.push(condition("DependenciesResolved", true, "Resolved", "")),
-                Some((reason, msg)) => {
-                    conditions.push(condition("DependenciesResolved", false, reason, msg))
-                }
-            }
-            if !spec.secret_uses().is_empty() {
-                conditions.push(match secret_problem(spec, &secret_keys) {
-                    None => condition("SecretsResolved", true, "Resolved", ""),
-                    Some(msg) => condition("SecretsResolved", false, "MissingSecret", &msg),
-                });
-            }
-            conditions.push(condition(
-                "Available",
-                desired > 0 && ready >= desired,
-                if st.phase == Phase::Complete {
-                    "Complete"
-                } else {
-                    st.phase.as_str()
-                },
-                &st.message,
-            ));
-            let steps = spec.rollout.clone().unwrap_or_default().effective_steps();
-            let percent = steps.get(st.step).map_or(100, |s| s.percent);
-            let mut status = json!({
-                "observedGeneration": o.metadata.generation,
-                "version": st.serving_version(),
-                "targetVersion": st.target_version,
-                "phase": st.phase.as_str(),
-                "replicas": desired,
-                "readyReplicas": ready,
-                "updatedReplicas": counts.updated,
-                "step": format!("{}/{} ({}%)", st.step + 1, st.steps, percent),
-                "placement": assignment,
-                "rollout": st,
-                "rolloutResumeSeen": cmds.resume_seq,
-                "instances": instances,
-                "conditions": conditions,
-            });
-            if let Some(s) = scale {
-                status["autoscale"] = serde_json::to_value(s).unwrap_or_default();
-            }
-            let changed = significant(&status) != significant(&o.status);
-            let usage_due = self
-                .written
+    /// Runs the controller until `shutdown` flips: keyed by App name, woken as the
+    /// module doc says.
+    pub async fn run(
+        self: Arc<Self>,
+        informers: Arc<Informers>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let wake = self.reports.subscribe();
+        let (apps, memory) = (self.apps.clone(), self.memory.clone());
+        let on_node = move |c: &Change| {
+            let placed = memory
                 .lock()
-                .ok()
-                .and_then(|w| w.get(name).copied())
-                .is_none_or(|t| now - t >= USAGE_WRITE_INTERVAL_MS)
-                && status != o.status;
-            if !(changed || usage_due) {
-                continue;
-            }
-            let key = object_key(Kind::App, name);
-            let r = modify(&self.store, Kind::App, &key, name, None, |cur| {
-                let mut next = cur.clone();
-                // Only this generation's decision (a spec change meanwhile: next pass).
-                if cur.metadata.generation != o.metadata.generation {
-                    return Ok(next);
-                }
-                next.status = status.clone();
-                Ok(next)
-            })
+                .map(|m| m.placed.clone())
+                .unwrap_or_default();
+            node_wakes(c, &apps.list(), &placed)
+        };
+        let apps = self.apps.clone();
+        let on_app = move |c: &Change| app_wakes(c, &apps.list());
+        let apps = self.apps.clone();
+        let on_secret = move |c: &Change| secret_wakes(c, &apps.list());
+        Controller::new("apps", informers)
+            .for_kind(Kind::App)
+            .watches(Kind::Node, on_node)
+            .watches(Kind::App, on_app)
+            .watches(Kind::Secret, on_secret)
+            .wakeups(wake)
+            .run(
+                |req: crate::controller::Request, this: Arc<Self>| async move {
+                    this.reconcile(&req.key, req.object.is_some()).await
+                },
+                backoff_policy,
+                self,
+                shutdown,
+            )
             .await;
-            match r {
-                Ok(_) => {
-                    if let Ok(mut w) = self.written.lock() {
-                        w.insert(name.clone(), now);
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn forget(&self, name: &str) {
+        let mut m = self.memory();
+        m.written.remove(name);
+        m.placed.remove(name);
+    }
+
+    /// One App: decide, remember its placement, write its status when due.
+    async fn reconcile(&self, name: &str, exists: bool) -> Result<Action, ApiError> {
+        // The App is read from the store, not the cache: the cache may not yet show
+        // this controller's own last write.
+        let key = object_key(Kind::App, name);
+        let kv = match exists {
+            true => self.store.get(&key).await?,
+            false => None,
+        };
+        let Some(kv) = kv else {
+            self.forget(name);
+            return Ok(Action::await_change());
+        };
+        let o = kv_to_object(&kv)?;
+        let Ok(spec) = serde_json::from_value::<AppSpec>(o.spec.clone()) else {
+            // Validation keeps such specs out; one is left alone.
+            return Ok(Action::await_change());
+        };
+        let nodes = self.node_infos(name);
+        let reports = self.reports.of_app(name);
+        let dependency = self.dependency_problem(name, &spec);
+        let secrets = self.secret_keys(&spec);
+        let now_ms = now_ms();
+        let now = crate::auth::now_rfc3339();
+        let d = decide(
+            &o,
+            &spec,
+            &Inputs {
+                nodes: &nodes,
+                reports: &reports,
+                dependency: dependency.as_ref(),
+                secrets: &secrets,
+                warming_up: tokio::time::Instant::now() < self.warm_at,
+                now_ms,
+                now: &now,
+            },
+        );
+        let prev: AppStatus = serde_json::from_value(o.status.clone()).unwrap_or_default();
+        let last = {
+            let mut m = self.memory();
+            m.placed.insert(
+                name.to_string(),
+                (d.status.placement.clone(), request_of(&spec)),
+            );
+            m.written.get(name).copied()
+        };
+        let mut requeue = d.requeue;
+        match write_due(&prev, &d.status, last, now_ms) {
+            Write::No => {}
+            Write::After(wait) => requeue = Some(requeue.map_or(wait, |r| r.min(wait))),
+            Write::Now => {
+                let status = serde_json::to_value(&d.status).map_err(ApiError::internal)?;
+                let generation = o.metadata.generation;
+                let r = modify(
+                    &self.store,
+                    Kind::App,
+                    &key,
+                    name,
+                    Some(kv.mod_revision),
+                    |cur| {
+                        let mut next = cur.clone();
+                        // Only this generation's decision (a spec change meanwhile wakes
+                        // the app again).
+                        if cur.metadata.generation == generation {
+                            next.status = status.clone();
+                        }
+                        Ok(next)
+                    },
+                )
+                .await;
+                match r {
+                    Ok(_) => {
+                        self.memory().written.insert(name.to_string(), now_ms);
                     }
-                }
-                Err(e) if e.reason == verge_api::Reason::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(app = %name, error = %e.message, "app status update failed")
+                    Err(e) if e.reason == verge_api::Reason::NotFound => {
+                        self.forget(name);
+                        return Ok(Action::await_change());
+                    }
+                    // Changed meanwhile (an annotation, a spec): decide again on it.
+                    Err(e) if e.reason == verge_api::Reason::Conflict => {
+                        return Ok(Action::requeue(Duration::ZERO));
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
-        Ok(())
+        Ok(requeue.map_or(Action::await_change(), Action::requeue))
+    }
+
+    /// Every cached node, with the requests of the other apps placed there counted.
+    fn node_infos(&self, name: &str) -> Vec<NodeInfo> {
+        let mut used: HashMap<String, Request> = HashMap::new();
+        {
+            let mut m = self.memory();
+            if !m.loaded {
+                for o in self.apps.list() {
+                    let Ok(spec) = serde_json::from_value::<AppSpec>(o.spec.clone()) else {
+                        continue;
+                    };
+                    let st: AppStatus =
+                        serde_json::from_value(o.status.clone()).unwrap_or_default();
+                    m.placed
+                        .entry(o.metadata.name.clone())
+                        .or_insert((st.placement, request_of(&spec)));
+                }
+                m.loaded = true;
+            }
+            for (app, (a, req)) in &m.placed {
+                if app == name {
+                    continue;
+                }
+                for (n, k) in a {
+                    let u = used.entry(n.clone()).or_default();
+                    u.cpu_millis += req.cpu_millis * u64::from(*k);
+                    u.memory_bytes += req.memory_bytes * u64::from(*k);
+                }
+            }
+        }
+        self.nodes
+            .list()
+            .iter()
+            .map(|o| {
+                let mut n = node_info(o);
+                if let Some(u) = used.get(&n.name) {
+                    n.used_cpu_millis = u.cpu_millis;
+                    n.used_memory_bytes = u.memory_bytes;
+                }
+                n
+            })
+            .collect()
+    }
+
+    /// `name`'s `dependsOn` problem, from the apps it reaches (cached specs).
+    fn dependency_problem(&self, name: &str, spec: &AppSpec) -> Option<(&'static str, String)> {
+        let mut specs = BTreeMap::from([(name.to_string(), spec.clone())]);
+        let mut todo: Vec<String> = spec.depends_on.iter().map(|d| d.app.clone()).collect();
+        while let Some(app) = todo.pop() {
+            if specs.contains_key(&app) {
+                continue;
+            }
+            let Some(o) = self.apps.get(&app) else {
+                continue;
+            };
+            if let Ok(s) = serde_json::from_value::<AppSpec>(o.spec.clone()) {
+                todo.extend(s.depends_on.iter().map(|d| d.app.clone()));
+                specs.insert(app, s);
+            }
+        }
+        dependency_problems(&specs).remove(name)
+    }
+
+    /// Name → keys of the Secrets `spec` references (values left sealed and unread).
+    fn secret_keys(&self, spec: &AppSpec) -> BTreeMap<String, BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        for u in spec.secret_uses() {
+            if let Some(keys) = secret_keys_of(&self.secrets.get(&u.secret.name)) {
+                out.insert(
+                    u.secret.name.clone(),
+                    keys.into_iter().map(|k| (k, String::new())).collect(),
+                );
+            }
+        }
+        out
     }
 }
 

@@ -23,7 +23,6 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use verge_api::specs::{Pause, RolloutStrategy};
 use verge_proto::{InstanceState, InstanceStatus};
 
@@ -32,79 +31,8 @@ use super::scheduler::Assignment;
 /// A canary that restarted this many times fails the health gate.
 pub const CRASH_RESTARTS: u32 = 3;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum Phase {
-    #[default]
-    Progressing,
-    Paused,
-    Complete,
-    RolledBack,
-    Failed,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Progressing => "Progressing",
-            Phase::Paused => "Paused",
-            Phase::Complete => "Complete",
-            Phase::RolledBack => "RolledBack",
-            Phase::Failed => "Failed",
-        }
-    }
-}
-
-/// Kept in the App's `status.rollout`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct RolloutState {
-    pub phase: Phase,
-    /// The version being rolled out (the spec's).
-    pub target_version: String,
-    /// The spec at `target_version` (what nodes on it are sent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_spec: Option<serde_json::Value>,
-    /// The version every node ran before (absent for an app's first version).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stable_version: Option<String>,
-    /// The spec of `stable_version`, sent to nodes not (or no longer) switched.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stable_spec: Option<serde_json::Value>,
-    /// The version before the stable one, for `verge rollout rollback` after a
-    /// completed rollout.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous_spec: Option<serde_json::Value>,
-    /// Index into the effective steps, and how many there are.
-    pub step: usize,
-    pub steps: usize,
-    pub step_started_ms: i64,
-    /// When the current step's gate passed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gate_passed_ms: Option<i64>,
-    /// Canary nodes healthy at the last look (more = progress, which restarts the
-    /// deadline).
-    #[serde(default)]
-    pub healthy_nodes: usize,
-    /// Node → version it is told to run.
-    #[serde(default)]
-    pub nodes: BTreeMap<String, String>,
-    #[serde(default)]
-    pub message: String,
-}
-
-impl RolloutState {
-    /// The version the app serves: the target once its rollout is complete (or for an
-    /// app's first version), else the stable one — while a new version is rolled out,
-    /// after it was rolled back, and while a failed gate holds.
-    pub fn serving_version(&self) -> &str {
-        match (self.phase, &self.stable_version) {
-            (Phase::Complete, _) | (_, None) => &self.target_version,
-            (_, Some(stable)) => stable,
-        }
-    }
-}
+/// The rollout state kept in the App's `status.rollout` (typed in `verge_api`).
+pub use verge_api::status::app::{RolloutPhase as Phase, RolloutState};
 
 /// Operator input, from the App's annotations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
