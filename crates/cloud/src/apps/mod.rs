@@ -351,12 +351,13 @@ fn commands(o: &Object) -> Commands {
     }
 }
 
-
 /// Whether `rule`'s selector and architectures take `n` (readiness and capacity
 /// aside).
 fn selects(spec: &AppSpec, n: &NodeInfo) -> bool {
     let p = spec.placement.clone().unwrap_or_default();
-    p.node_selector.iter().all(|(k, v)| n.labels.get(k) == Some(v))
+    p.node_selector
+        .iter()
+        .all(|(k, v)| n.labels.get(k) == Some(v))
         && (p.architectures.is_empty() || p.architectures.contains(&n.arch))
 }
 
@@ -455,11 +456,8 @@ pub fn secret_wakes(change: &Change, apps: &[Arc<Object>]) -> Vec<String> {
     }
     apps.iter()
         .filter(|o| {
-            serde_json::from_value::<AppSpec>(o.spec.clone()).is_ok_and(|s| {
-                s.secret_uses()
-                    .iter()
-                    .any(|u| u.secret.name == change.name)
-            })
+            serde_json::from_value::<AppSpec>(o.spec.clone())
+                .is_ok_and(|s| s.secret_uses().iter().any(|u| u.secret.name == change.name))
         })
         .map(|o| o.metadata.name.clone())
         .collect()
@@ -722,10 +720,7 @@ impl AppController {
         let wake = self.reports.subscribe();
         let (apps, memory) = (self.apps.clone(), self.memory.clone());
         let on_node = move |c: &Change| {
-            let placed = memory
-                .lock()
-                .map(|m| m.placed.clone())
-                .unwrap_or_default();
+            let placed = memory.lock().map(|m| m.placed.clone()).unwrap_or_default();
             node_wakes(c, &apps.list(), &placed)
         };
         let apps = self.apps.clone();
@@ -928,6 +923,7 @@ impl AppController {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
     use verge_api::specs::Dependency;
 
     fn app(version: &str, deps: &[(&str, Option<&str>)]) -> AppSpec {
@@ -1056,5 +1052,476 @@ mod tests {
         );
         assert_eq!(p["b"].0, "DependencyCycle");
         assert_eq!(p["c"].0, "DependencyCycle");
+    }
+
+    fn obj(
+        kind: Kind,
+        name: &str,
+        generation: i64,
+        labels: Value,
+        spec: Value,
+        status: Value,
+    ) -> Object {
+        serde_json::from_value(json!({
+            "apiVersion": verge_api::API_VERSION, "kind": kind.name(),
+            "metadata": {"name": name, "generation": generation, "labels": labels},
+            "spec": spec, "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn node(name: &str, site: &str) -> Object {
+        obj(
+            Kind::Node,
+            name,
+            1,
+            json!({"site": site}),
+            json!({}),
+            json!({"phase": "Ready", "nodeInfo": {"arch": "x86_64"}, "lastSeen": "t0"}),
+        )
+    }
+
+    fn app_obj(name: &str, spec: Value) -> Object {
+        obj(Kind::App, name, 1, json!({}), spec, Value::Null)
+    }
+
+    fn change(kind: Kind, old: Option<Object>, new: Option<Object>) -> Change {
+        let name = old
+            .as_ref()
+            .or(new.as_ref())
+            .map(|o| o.metadata.name.clone())
+            .unwrap();
+        Change {
+            kind,
+            name,
+            old: old.map(Arc::new),
+            new: new.map(Arc::new),
+        }
+    }
+
+    fn docker(version: &str, extra: Value) -> Value {
+        let mut v = json!({"version": version, "workload": {"docker": {"image": "x"}}});
+        if let (Some(m), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            m.extend(e.clone());
+        }
+        v
+    }
+
+    #[test]
+    fn a_node_change_wakes_only_the_apps_it_concerns() {
+        let apps = vec![
+            Arc::new(app_obj(
+                "edge-a",
+                docker(
+                    "1.0.0",
+                    json!({"placement": {"nodeSelector": {"site": "a"}}}),
+                ),
+            )),
+            Arc::new(app_obj(
+                "edge-b",
+                docker(
+                    "1.0.0",
+                    json!({"placement": {"nodeSelector": {"site": "b"}}}),
+                ),
+            )),
+            Arc::new(app_obj(
+                "arm",
+                docker(
+                    "1.0.0",
+                    json!({"placement": {"architectures": ["aarch64"]}}),
+                ),
+            )),
+        ];
+        let placed = HashMap::from([(
+            "arm".to_string(),
+            (
+                Assignment::from([("n1".to_string(), 1)]),
+                Request::default(),
+            ),
+        )]);
+        let n1 = node("n1", "x");
+        let mut relabelled = n1.clone();
+        relabelled.metadata.labels.insert("site".into(), "a".into());
+        // The label now matches edge-a's selector; arm is placed there (memory).
+        assert_eq!(
+            node_wakes(
+                &change(Kind::Node, Some(n1.clone()), Some(relabelled)),
+                &apps,
+                &placed
+            ),
+            vec!["arm".to_string(), "edge-a".to_string()]
+        );
+        // A lastSeen write changes nothing the scheduler sees: nobody wakes.
+        let mut seen = n1.clone();
+        seen.status["lastSeen"] = json!("t1");
+        assert!(
+            node_wakes(
+                &change(Kind::Node, Some(n1.clone()), Some(seen)),
+                &apps,
+                &placed
+            )
+            .is_empty()
+        );
+        // A new node of site b wakes edge-b only; an unschedulable app wakes too.
+        let mut stuck = app_obj(
+            "stuck",
+            docker(
+                "1.0.0",
+                json!({"placement": {"nodeSelector": {"site": "z"}}}),
+            ),
+        );
+        stuck.status = json!({"conditions": [{"type": "Unschedulable", "status": "True",
+            "reason": "NoMatchingNodes", "message": ""}]});
+        let mut apps = apps;
+        apps.push(Arc::new(stuck));
+        assert_eq!(
+            node_wakes(
+                &change(Kind::Node, None, Some(node("n2", "b"))),
+                &apps,
+                &HashMap::new()
+            ),
+            vec!["edge-b".to_string(), "stuck".to_string()]
+        );
+    }
+
+    #[test]
+    fn an_app_change_wakes_its_dependents_and_a_secret_change_its_users() {
+        let apps: Vec<Arc<Object>> = vec![
+            Arc::new(app_obj("db", docker("1.0.0", json!({})))),
+            Arc::new(app_obj(
+                "api",
+                docker("1.0.0", json!({"dependsOn": [{"app": "db"}]})),
+            )),
+            Arc::new(app_obj(
+                "web",
+                docker("1.0.0", json!({"dependsOn": [{"app": "api"}]})),
+            )),
+            Arc::new(app_obj("lone", docker("1.0.0", json!({})))),
+        ];
+        let db = app_obj("db", docker("1.0.0", json!({})));
+        let mut db2 = db.clone();
+        db2.spec["version"] = json!("2.0.0");
+        assert_eq!(
+            app_wakes(&change(Kind::App, Some(db.clone()), Some(db2)), &apps),
+            vec!["api".to_string(), "web".to_string()]
+        );
+        // Its own status write (same spec, same placement) wakes nobody else.
+        let mut written = db.clone();
+        written.status = json!({"phase": "Complete"});
+        assert!(app_wakes(&change(Kind::App, Some(db.clone()), Some(written)), &apps).is_empty());
+
+        let user = app_obj(
+            "user",
+            json!({"version": "1.0.0", "workload": {"native": {
+            "artifact": {"sha256": "a".repeat(64)}, "command": "run",
+            "secretEnv": {"DB": {"name": "db-pass", "key": "password"}}}}}),
+        );
+        let apps = vec![Arc::new(user), Arc::new(db)];
+        let secret = |keys: Value| {
+            obj(
+                Kind::Secret,
+                "db-pass",
+                1,
+                json!({}),
+                json!({"data": keys}),
+                Value::Null,
+            )
+        };
+        let s1 = secret(json!({"password": "sealed1"}));
+        assert_eq!(
+            secret_wakes(&change(Kind::Secret, None, Some(s1.clone())), &apps),
+            vec!["user".to_string()]
+        );
+        // A new value under the same keys changes no app's status.
+        let s2 = secret(json!({"password": "sealed2"}));
+        assert!(secret_wakes(&change(Kind::Secret, Some(s1), Some(s2)), &apps).is_empty());
+    }
+
+    #[test]
+    fn usage_alone_is_written_at_most_once_per_interval() {
+        let inst = |cpu| AppInstance {
+            node: "n1".into(),
+            state: "Running".into(),
+            cpu_millis: Some(cpu),
+            ..Default::default()
+        };
+        let a = AppStatus {
+            instances: vec![inst(10)],
+            ..Default::default()
+        };
+        let b = AppStatus {
+            instances: vec![inst(20)],
+            ..Default::default()
+        };
+        assert_eq!(write_due(&a, &a, None, 0), Write::No);
+        assert_eq!(write_due(&a, &b, None, 0), Write::Now);
+        assert_eq!(
+            write_due(&a, &b, Some(4_000), 10_000),
+            Write::After(Duration::from_millis(4_000))
+        );
+        assert_eq!(write_due(&a, &b, Some(0), 10_000), Write::Now);
+        let moved = AppStatus {
+            replicas: 1,
+            ..a.clone()
+        };
+        assert_eq!(write_due(&a, &moved, Some(9_999), 10_000), Write::Now);
+    }
+
+    mod on_mem_store {
+        use super::*;
+        use verge_store::MemStore;
+
+        struct Env {
+            store: DynStore,
+            reports: Arc<Reports>,
+            c: AppController,
+            _stop: tokio::sync::watch::Sender<bool>,
+        }
+
+        async fn put(store: &DynStore, o: &Object) {
+            let key = object_key(Kind::from_kind_name(&o.kind).unwrap(), &o.metadata.name);
+            let bytes = crate::objects::encode_for_store(o).unwrap();
+            match store.get(&key).await.unwrap() {
+                Some(_) => {
+                    store
+                        .update(
+                            &key,
+                            bytes,
+                            o.metadata.labels.clone(),
+                            verge_store::Expect::Any,
+                        )
+                        .await
+                        .unwrap();
+                }
+                None => {
+                    store
+                        .create(&key, bytes, o.metadata.labels.clone())
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+
+        async fn env(objects: &[Object]) -> Env {
+            let store: DynStore = Arc::new(MemStore::new());
+            for o in objects {
+                put(&store, o).await;
+            }
+            let (stop, rx) = tokio::sync::watch::channel(false);
+            let informers = Informers::new(store.clone(), rx);
+            let reports = Arc::new(Reports::default());
+            let c = AppController::new(store.clone(), reports.clone(), &informers);
+            for k in [Kind::App, Kind::Node, Kind::Secret] {
+                informers.cache(k).wait_synced().await;
+            }
+            Env {
+                store,
+                reports,
+                c,
+                _stop: stop,
+            }
+        }
+
+        impl Env {
+            async fn app(&self, name: &str) -> (Object, i64) {
+                let kv = self
+                    .store
+                    .get(&object_key(Kind::App, name))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                (kv_to_object(&kv).unwrap(), kv.mod_revision)
+            }
+
+            fn running(&self, node: &str, app: &str, version: &str) {
+                self.reports.report(
+                    node,
+                    &[InstanceStatus::new(app, 0, version, InstanceState::Running)],
+                );
+            }
+        }
+
+        fn status(o: &Object) -> AppStatus {
+            serde_json::from_value(o.status.clone()).unwrap()
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn an_app_with_nothing_to_do_awaits_change_and_does_not_write() {
+            let e = env(&[node("n1", "a"), app_obj("web", docker("1.0.0", json!({})))]).await;
+            // Placed, first version to every node, waiting for its replica.
+            let a = e.c.reconcile("web", true).await.unwrap();
+            assert_eq!(a, Action::requeue(Duration::from_secs(1)));
+            let (o, _) = e.app("web").await;
+            let st = status(&o);
+            assert_eq!(st.placement, Assignment::from([("n1".to_string(), 1)]));
+            assert_eq!(st.phase, Phase::Progressing);
+            assert_eq!(st.observed_generation, Some(1));
+            // The replica runs: complete, written with its condition times.
+            e.running("n1", "web", "1.0.0");
+            assert_eq!(
+                e.c.reconcile("web", true).await.unwrap(),
+                Action::await_change()
+            );
+            let (o, rev) = e.app("web").await;
+            let st = status(&o);
+            assert_eq!(
+                (st.phase, st.ready_replicas, st.version.as_str()),
+                (Phase::Complete, 1, "1.0.0")
+            );
+            let available = verge_api::status::find(&st.conditions, "Available")
+                .unwrap()
+                .clone();
+            assert!(available.is_true() && available.last_transition_time.is_some());
+            // Its own write woke it again: nothing changed, nothing written.
+            tokio::time::advance(Duration::from_secs(5)).await;
+            assert_eq!(
+                e.c.reconcile("web", true).await.unwrap(),
+                Action::await_change()
+            );
+            let (o, rev2) = e.app("web").await;
+            assert_eq!(rev, rev2);
+            assert_eq!(
+                verge_api::status::find(&status(&o).conditions, "Available"),
+                Some(&available)
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_rollout_step_requeues_after_its_pause() {
+            let spec = |v: &str| {
+                docker(
+                    v,
+                    json!({"rollout": {"steps": [
+                {"percent": 50, "pause": "30s"}, {"percent": 100}]}}),
+                )
+            };
+            let e = env(&[
+                node("n1", "a"),
+                node("n2", "a"),
+                app_obj("web", spec("1.0.0")),
+            ])
+            .await;
+            e.c.reconcile("web", true).await.unwrap();
+            e.running("n1", "web", "1.0.0");
+            e.running("n2", "web", "1.0.0");
+            assert_eq!(
+                e.c.reconcile("web", true).await.unwrap(),
+                Action::await_change()
+            );
+            // A new version: n1 is the canary, waiting for health.
+            let mut next = app_obj("web", spec("1.1.0"));
+            next.metadata.generation = Some(2);
+            next.status = e.app("web").await.0.status;
+            put(&e.store, &next).await;
+            assert_eq!(
+                e.c.reconcile("web", true).await.unwrap(),
+                Action::requeue(Duration::from_secs(1))
+            );
+            let st = status(&e.app("web").await.0);
+            let nodes = st.rollout.as_ref().unwrap().nodes.clone();
+            assert_eq!(nodes["n1"], "1.1.0");
+            assert_eq!(nodes["n2"], "1.0.0");
+            // Healthy: the step's pause starts, and the app is looked at when it ends.
+            e.running("n1", "web", "1.1.0");
+            assert_eq!(
+                e.c.reconcile("web", true).await.unwrap(),
+                Action::requeue(Duration::from_secs(30))
+            );
+            let st = status(&e.app("web").await.0);
+            assert_eq!(st.updated_replicas, 1);
+            assert_eq!(st.step, "1/2 (50%)");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn an_autoscaled_app_is_evaluated_again_and_others_are_not() {
+            let spec = docker(
+                "1.0.0",
+                json!({"resources": {"cpu": "100m"},
+                "autoscale": {"metric": "cpu", "targetPercent": 50, "minReplicas": 1, "maxReplicas": 3}}),
+            );
+            let e = env(&[node("n1", "a"), app_obj("auto", spec)]).await;
+            assert_eq!(
+                e.c.reconcile("auto", true).await.unwrap(),
+                Action::requeue(AUTOSCALE_EVERY)
+            );
+            e.running("n1", "auto", "1.0.0");
+            assert_eq!(
+                e.c.reconcile("auto", true).await.unwrap(),
+                Action::requeue(AUTOSCALE_EVERY)
+            );
+            assert_eq!(
+                status(&e.app("auto").await.0).autoscale.unwrap().replicas,
+                1
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_deleted_app_is_forgotten() {
+            let e = env(&[node("n1", "a"), app_obj("web", docker("1.0.0", json!({})))]).await;
+            e.c.reconcile("web", true).await.unwrap();
+            assert!(e.c.memory().placed.contains_key("web"));
+            e.store
+                .delete(&object_key(Kind::App, "web"), verge_store::Expect::Any)
+                .await
+                .unwrap();
+            assert_eq!(
+                e.c.reconcile("web", false).await.unwrap(),
+                Action::await_change()
+            );
+            let m = e.c.memory();
+            assert!(!m.placed.contains_key("web") && !m.written.contains_key("web"));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn reports_wake_the_apps_whose_instances_changed() {
+            let reports = Reports::default();
+            let mut rx = reports.subscribe();
+            let i = |app: &str, cpu| InstanceStatus {
+                cpu_millis: Some(cpu),
+                ..InstanceStatus::new(app, 0, "1.0.0", InstanceState::Running)
+            };
+            reports.report("n1", &[i("a", 1), i("b", 1)]);
+            let mut got = vec![rx.recv().await.unwrap(), rx.recv().await.unwrap()];
+            got.sort();
+            assert_eq!(got, ["a", "b"]);
+            // Usage of a alone: woken once per interval.
+            reports.report("n1", &[i("a", 2), i("b", 1)]);
+            assert_eq!(rx.recv().await.unwrap(), "a");
+            reports.report("n1", &[i("a", 3), i("b", 1)]);
+            assert!(rx.try_recv().is_err());
+            assert_eq!(reports.of_app("a")["n1"][0].cpu_millis, Some(3));
+            tokio::time::advance(Duration::from_millis(USAGE_WRITE_INTERVAL_MS as u64)).await;
+            reports.report("n1", &[i("a", 4), i("b", 1)]);
+            assert_eq!(rx.recv().await.unwrap(), "a");
+            // b gone from the node: b wakes; the node forgotten: a wakes.
+            reports.report("n1", &[i("a", 4)]);
+            assert_eq!(rx.recv().await.unwrap(), "b");
+            reports.forget("n1");
+            assert_eq!(rx.recv().await.unwrap(), "a");
+            assert!(reports.of_app("a").is_empty());
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn the_running_controller_settles_after_its_own_writes() {
+            let e = env(&[node("n1", "a"), app_obj("web", docker("1.0.0", json!({})))]).await;
+            let (stop, rx) = tokio::sync::watch::channel(false);
+            let informers = Informers::new(e.store.clone(), rx.clone());
+            let c = Arc::new(AppController::new(
+                e.store.clone(),
+                e.reports.clone(),
+                &informers,
+            ));
+            let task = tokio::spawn(c.run(informers, rx));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            e.running("n1", "web", "1.0.0");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let (o, rev) = e.app("web").await;
+            assert_eq!(status(&o).phase, Phase::Complete);
+            // Nothing changes for a minute: no write.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            assert_eq!(e.app("web").await.1, rev);
+            stop.send(true).unwrap();
+            task.await.unwrap();
+        }
     }
 }
