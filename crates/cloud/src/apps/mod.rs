@@ -369,6 +369,12 @@ fn unschedulable(o: &Object) -> bool {
     verge_api::status::is_true(&conditions_of(o), "Unschedulable")
 }
 
+/// Whether a Node change alters what the scheduler sees of the node (it came or went,
+/// or its labels, architecture, readiness or capacity changed).
+fn scheduling_changed(change: &Change) -> bool {
+    change.old.as_deref().map(node_info) != change.new.as_deref().map(node_info)
+}
+
 /// The apps a Node change concerns: none when nothing the scheduler sees of the node
 /// changed (a `lastSeen` write); else the apps placed on it (`placed`), the apps whose
 /// selector takes it (before or after), and the unschedulable apps (their counts of
@@ -378,11 +384,11 @@ pub fn node_wakes(
     apps: &[Arc<Object>],
     placed: &HashMap<String, (Assignment, Request)>,
 ) -> Vec<String> {
-    let old = change.old.as_deref().map(node_info);
-    let new = change.new.as_deref().map(node_info);
-    if old == new {
+    if !scheduling_changed(change) {
         return Vec::new();
     }
+    let old = change.old.as_deref().map(node_info);
+    let new = change.new.as_deref().map(node_info);
     let mut out: BTreeSet<String> = placed
         .iter()
         .filter(|(_, (a, _))| a.contains_key(&change.name))
@@ -720,8 +726,13 @@ impl AppController {
         let wake = self.reports.subscribe();
         let (apps, memory) = (self.apps.clone(), self.memory.clone());
         let on_node = move |c: &Change| {
-            let placed = memory.lock().map(|m| m.placed.clone()).unwrap_or_default();
-            node_wakes(c, &apps.list(), &placed)
+            // Most Node changes are `lastSeen` writes: decided before anything is read.
+            if !scheduling_changed(c) {
+                return Vec::new();
+            }
+            let list = apps.list();
+            let m = memory.lock().unwrap_or_else(|e| e.into_inner());
+            node_wakes(c, &list, &m.placed)
         };
         let apps = self.apps.clone();
         let on_app = move |c: &Change| app_wakes(c, &apps.list());
@@ -1520,6 +1531,44 @@ mod tests {
             // Nothing changes for a minute: no write.
             tokio::time::sleep(Duration::from_secs(60)).await;
             assert_eq!(e.app("web").await.1, rev);
+            stop.send(true).unwrap();
+            task.await.unwrap();
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_node_label_change_places_only_the_matching_app() {
+            let sel = |site: &str| {
+                docker(
+                    "1.0.0",
+                    json!({"placement": {"nodeSelector": {"site": site}}}),
+                )
+            };
+            let e = env(&[
+                node("n1", "x"),
+                app_obj("a", sel("a")),
+                app_obj("b", sel("b")),
+            ])
+            .await;
+            let (stop, rx) = tokio::sync::watch::channel(false);
+            let informers = Informers::new(e.store.clone(), rx.clone());
+            let c = Arc::new(AppController::new(
+                e.store.clone(),
+                e.reports.clone(),
+                &informers,
+            ));
+            let task = tokio::spawn(c.run(informers, rx));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert!(status(&e.app("a").await.0).placement.is_empty());
+            let b_rev = e.app("b").await.1;
+            let mut n1 = node("n1", "a");
+            n1.metadata.generation = Some(2);
+            put(&e.store, &n1).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let a = status(&e.app("a").await.0);
+            assert_eq!(a.placement, Assignment::from([("n1".to_string(), 1)]));
+            assert!(verge_api::status::is_true(&a.conditions, "Scheduled"));
+            // b still matches nothing: its status (and revision) stay.
+            assert_eq!(e.app("b").await.1, b_rev);
             stop.send(true).unwrap();
             task.await.unwrap();
         }
