@@ -654,7 +654,11 @@ pub fn decide(o: &Object, spec: &AppSpec, inp: &Inputs<'_>) -> Decision {
     }
     let steps = spec.rollout.clone().unwrap_or_default().effective_steps();
     let percent = steps.get(st.step).map_or(100, |s| s.percent);
-    let mut requeue = rollout_decision.requeue_ms.map(Duration::from_millis);
+    // Waiting for replicas on no node at all: only a change (a node, a spec) can help.
+    let mut requeue = match assignment.is_empty() {
+        true => None,
+        false => rollout_decision.requeue_ms.map(Duration::from_millis),
+    };
     if scale.is_some() {
         requeue = Some(requeue.map_or(AUTOSCALE_EVERY, |d| d.min(AUTOSCALE_EVERY)));
     }
@@ -1464,6 +1468,23 @@ mod tests {
                 status(&e.app("auto").await.0).autoscale.unwrap().replicas,
                 1
             );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn an_app_no_node_takes_awaits_change() {
+            let spec = docker(
+                "1.0.0",
+                json!({"placement": {"nodeSelector": {"site": "mars"}}}),
+            );
+            let e = env(&[node("n1", "a"), app_obj("far", spec)]).await;
+            assert_eq!(
+                e.c.reconcile("far", true).await.unwrap(),
+                Action::await_change()
+            );
+            let st = status(&e.app("far").await.0);
+            let u = verge_api::status::find(&st.conditions, "Unschedulable").unwrap();
+            assert_eq!(u.reason, "NoMatchingNodes");
+            assert!(verge_api::status::find(&st.conditions, "Scheduled").is_none());
         }
 
         #[tokio::test(start_paused = true)]
