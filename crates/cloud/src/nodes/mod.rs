@@ -25,6 +25,7 @@
 //! store at most once per [`STATUS_WRITE_INTERVAL`] (the latest report wins).
 
 pub mod certs;
+pub mod delete;
 pub mod logs;
 pub mod results;
 pub mod sync;
