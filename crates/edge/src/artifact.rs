@@ -37,6 +37,9 @@
 //! a restart), so a refused artifact costs one download. Callers treat the refusal as
 //! final for that version; a different digest is a new attempt. Failing to *write*
 //! (a full disk) is an ordinary error: the verified download is kept for the retry.
+//! Installs of one digest run one at a time ([`digest_lock`]): two at once would share
+//! `DEST.partial`, and one from a URL serving other bytes could corrupt the other's
+//! download and get a good digest refused.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -393,6 +396,16 @@ pub async fn install(
         });
     }
     let archive = downloads.join(&artifact.sha256);
+    let lock = digest_lock(&archive);
+    let _one_at_a_time = lock.lock().await;
+    // Another install of the digest may have refused it meanwhile.
+    if let Some(reason) = refused::recall(downloads, &sha256) {
+        return Err(Error::ArtifactRefused {
+            sha256,
+            reason,
+            remembered: true,
+        });
+    }
     let public_only;
     let (url, via) = match (&artifact.url, fetcher) {
         (Some(u), Some(f)) if on_cloud_origin(u, &f.cloud) => (u.clone(), Via::Node(&f.client)),
@@ -438,6 +451,22 @@ pub async fn install(
     write_marker(&marker, &artifact.sha256)?;
     let _ = std::fs::remove_file(&archive);
     Ok(())
+}
+
+/// The lock held while `archive` (a digest's download path) is fetched and unpacked.
+fn digest_lock(archive: &Path) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, LazyLock, Mutex, Weak};
+    type Locks = Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>>;
+    static LOCKS: LazyLock<Locks> = LazyLock::new(Default::default);
+    let mut all = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    all.retain(|_, l| l.strong_count() > 0);
+    if let Some(l) = all.get(archive).and_then(Weak::upgrade) {
+        return l;
+    }
+    let l = Arc::new(tokio::sync::Mutex::new(()));
+    all.insert(archive.to_path_buf(), Arc::downgrade(&l));
+    l
 }
 
 /// Writes the ready marker as a new file, never through a symlink: an archive cannot

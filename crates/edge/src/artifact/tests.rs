@@ -404,3 +404,38 @@ async fn install_marks_the_directory_ready_once() {
     );
     assert!(!downloads.join(&digest).exists());
 }
+
+/// Two installs of one digest at once, one from a server that serves other bytes (an
+/// App whose `artifact.url` is wrong): the good one installs, the bad one fails its
+/// digest, and the digest is not refused for anyone.
+#[tokio::test]
+async fn installs_of_one_digest_at_once_do_not_spoil_each_other() {
+    let (data, digest) = tar_gz(|b| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o755);
+        b.append_data(&mut h, "bin/app", &b"hi\n"[..]).unwrap();
+    });
+    let (_good_srv, good) = cloud_store(data, &digest).await;
+    let (_bad_srv, bad) = cloud_store(b"not an archive".repeat(4096), &digest).await;
+    let artifact = verge_api::specs::ArtifactRef {
+        sha256: digest.clone(),
+        url: None,
+    };
+    for round in 0..10 {
+        let tmp = tempfile::tempdir().unwrap();
+        let downloads = tmp.path().join("downloads");
+        let (ok_dir, bad_dir) = (tmp.path().join("ok"), tmp.path().join("bad"));
+        let (ok, err) = tokio::join!(
+            install(Some(&good), &artifact, &downloads, &ok_dir, 1 << 20),
+            install(Some(&bad), &artifact, &downloads, &bad_dir, 1 << 20),
+        );
+        ok.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(
+            matches!(err, Err(Error::ArtifactDigest { .. })),
+            "round {round}: {err:?}"
+        );
+        assert_eq!(std::fs::read(ok_dir.join("bin/app")).unwrap(), b"hi\n");
+        assert!(refused::recall(&downloads, &digest).is_none());
+    }
+}
