@@ -5,7 +5,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use serde::Deserialize;
+use verge_api::Object;
 use verge_api::specs::{FunctionSpec, TaskSpec, TaskTarget};
+use verge_api::status::Condition;
 pub use verge_api::status::task::{CallbackState, CallbackStatus, Child, Phase, TaskStatus};
 
 /// Per-attempt deadline when `timeoutSeconds` is unset.
@@ -15,6 +18,8 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Results whose JSON is larger than this are stored in the artifact store and
 /// referenced by URL.
 pub const MAX_INLINE_RESULT: usize = 256 * 1024;
+/// Finished tasks are deleted this long after they finished.
+pub const RETENTION_MS: i64 = 24 * 3600 * 1000;
 
 /// What the scheduler knows of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +30,68 @@ pub struct NodeView {
     pub connected: bool,
     /// `status.phase` (`Ready`, `NotReady`, `Unknown`), for messages.
     pub phase: String,
+}
+
+/// The part of a Node's status the scheduler reads.
+#[derive(Debug, Default, Deserialize)]
+struct NodeReadiness {
+    #[serde(default)]
+    phase: Option<String>,
+    #[serde(default)]
+    conditions: Vec<Condition>,
+}
+
+/// What the scheduler knows of Node `o`: connected when its `Ready` condition is true.
+pub fn node_view(o: &Object) -> NodeView {
+    let st: NodeReadiness = serde_json::from_value(o.status.clone()).unwrap_or_default();
+    NodeView {
+        name: o.metadata.name.clone(),
+        labels: o.metadata.labels.clone(),
+        connected: verge_api::status::is_true(&st.conditions, "Ready"),
+        phase: st.phase.unwrap_or_else(|| "Unknown".into()),
+    }
+}
+
+/// Whether a Node's change (`None`: created / deleted) may change where a pending
+/// task can go: it appeared, went, or its labels, connection or phase changed (not a
+/// heartbeat's time).
+pub fn node_change_matters(old: Option<&Object>, new: Option<&Object>) -> bool {
+    match (old, new) {
+        (Some(a), Some(b)) => node_view(a) != node_view(b),
+        _ => true,
+    }
+}
+
+/// Whether a task belongs in the index of unfinished work: not final, or a callback
+/// still to deliver.
+pub fn needs_index(st: &TaskStatus) -> bool {
+    !st.phase.is_final()
+        || st
+            .callback
+            .as_ref()
+            .is_some_and(|c| c.state == CallbackState::Pending)
+}
+
+/// When an unfinished task's [`timing`] changes next (Unix ms): the end of its
+/// current attempt, or of the wait for one; `None` for a fan-out parent (its
+/// children decide) or a final task.
+pub fn next_deadline(spec: &TaskSpec, status: &TaskStatus) -> Option<i64> {
+    let timeout = attempt_timeout_ms(spec);
+    match status.phase {
+        Phase::Pending => Some(status.created_at_ms + timeout),
+        Phase::Dispatched | Phase::Running if status.children.is_empty() => {
+            Some(status.dispatched_at_ms.unwrap_or(status.created_at_ms) + timeout)
+        }
+        _ => None,
+    }
+}
+
+/// When a final task is deleted (Unix ms): [`RETENTION_MS`] after it finished.
+pub fn retention_end(st: &TaskStatus) -> Option<i64> {
+    if !st.phase.is_final() {
+        return None;
+    }
+    st.finished_at_ms.map(|f| f + RETENTION_MS)
 }
 
 /// Where a task goes now.

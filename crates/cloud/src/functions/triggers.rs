@@ -22,6 +22,7 @@ use verge_api::status::trigger::TriggerStatus;
 use verge_api::{Kind, Object};
 use verge_store::DynStore;
 
+use super::now_ms;
 use super::tasks::{LABEL_TRIGGER, Tasks};
 use crate::controller::{Action, Cache, Controller, Informers, Request, backoff_policy};
 use crate::error::ApiError;
@@ -34,10 +35,6 @@ pub struct TriggerController {
     store: DynStore,
     tasks: Arc<Tasks>,
     functions: Arc<Cache>,
-}
-
-fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// What one reconcile of a trigger decides at `now`.
