@@ -661,6 +661,82 @@ mod tests {
     }
 
     #[test]
+    fn deadlines_retention_and_the_index() {
+        let spec = TaskSpec {
+            function: "f".into(),
+            input: None,
+            target: None,
+            callback_url: None,
+            idempotency_key: None,
+            timeout_seconds: Some(2),
+            max_attempts: None,
+        };
+        let mut st = TaskStatus {
+            created_at_ms: 1000,
+            ..Default::default()
+        };
+        assert_eq!(next_deadline(&spec, &st), Some(3000));
+        assert!(needs_index(&st));
+        assert_eq!(retention_end(&st), None);
+        st.phase = Phase::Dispatched;
+        st.dispatched_at_ms = Some(5000);
+        assert_eq!(next_deadline(&spec, &st), Some(7000));
+        // The deadline is where `timing` stops being Fine.
+        assert_eq!(timing(&spec, &st, 6999), Timing::Fine);
+        assert_ne!(timing(&spec, &st, 7000), Timing::Fine);
+        st.children = vec![Child {
+            name: "c".into(),
+            node: "n".into(),
+            phase: Phase::Pending,
+        }];
+        st.phase = Phase::Running;
+        assert_eq!(
+            next_deadline(&spec, &st),
+            None,
+            "a parent waits for its children"
+        );
+        st.phase = Phase::Succeeded;
+        st.finished_at_ms = Some(9000);
+        assert_eq!(next_deadline(&spec, &st), None);
+        assert_eq!(retention_end(&st), Some(9000 + RETENTION_MS));
+        assert!(!needs_index(&st));
+        st.callback = Some(CallbackStatus::default());
+        assert!(needs_index(&st), "a callback to deliver");
+    }
+
+    #[test]
+    fn only_changes_of_a_nodes_readiness_labels_or_phase_matter_to_waiting_tasks() {
+        let n = |status: serde_json::Value, site: &str| Object {
+            api_version: verge_api::API_VERSION.into(),
+            kind: "Node".into(),
+            metadata: verge_api::ObjectMeta {
+                name: "n1".into(),
+                labels: BTreeMap::from([("site".into(), site.into())]),
+                ..Default::default()
+            },
+            spec: serde_json::Value::Null,
+            status,
+        };
+        let ready = serde_json::json!({"phase": "Ready", "lastHeartbeat": "t1",
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Connected"}]});
+        let mut beat = ready.clone();
+        beat["lastHeartbeat"] = "t2".into();
+        let down = serde_json::json!({"phase": "NotReady",
+            "conditions": [{"type": "Ready", "status": "False"}]});
+        let v = node_view(&n(ready.clone(), "a"));
+        assert!(v.connected);
+        assert_eq!(v.phase, "Ready");
+        assert!(!node_view(&n(down.clone(), "a")).connected);
+        assert!(!node_view(&n(serde_json::Value::Null, "a")).connected);
+        let (a, b) = (n(ready.clone(), "a"), n(beat, "a"));
+        assert!(!node_change_matters(Some(&a), Some(&b)), "a heartbeat");
+        assert!(node_change_matters(Some(&a), Some(&n(down, "a"))));
+        assert!(node_change_matters(Some(&a), Some(&n(ready, "b"))));
+        assert!(node_change_matters(None, Some(&a)));
+        assert!(node_change_matters(Some(&a), None));
+    }
+
+    #[test]
     fn trigger_run_ids() {
         assert!(is_trigger_run_id("tr-0123456789abcdef"));
         for bad in [
