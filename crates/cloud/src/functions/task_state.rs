@@ -62,6 +62,16 @@ pub fn node_change_matters(old: Option<&Object>, new: Option<&Object>) -> bool {
     }
 }
 
+/// The fan-out parent named in a Task's status, read without copying the rest of it.
+pub fn parent_of(status: &serde_json::Value) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Parent {
+        #[serde(default)]
+        parent: Option<String>,
+    }
+    Parent::deserialize(status).ok()?.parent
+}
+
 /// Whether a task belongs in the index of unfinished work: not final, or a callback
 /// still to deliver.
 pub fn needs_index(st: &TaskStatus) -> bool {
@@ -702,6 +712,10 @@ mod tests {
         assert!(!needs_index(&st));
         st.callback = Some(CallbackStatus::default());
         assert!(needs_index(&st), "a callback to deliver");
+        let child = serde_json::json!({"phase": "Pending", "parent": "t-1", "result": [1, 2]});
+        assert_eq!(parent_of(&child).as_deref(), Some("t-1"));
+        assert_eq!(parent_of(&serde_json::json!({"phase": "Pending"})), None);
+        assert_eq!(parent_of(&serde_json::Value::Null), None);
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 const AFTER_DEADLINE: Duration = Duration::from_millis(5);
 /// Tasks reconciled at once.
 const CONCURRENCY: usize = 8;
+/// How long `create` waits for the controller's first pass over a new task.
+const FIRST_PASS_WAIT: Duration = Duration::from_secs(2);
 
 /// `Retry-After` of a synchronous invoke refused because no node for it is Ready.
 const SYNC_RETRY_AFTER_SECS: u64 = 5;
@@ -107,6 +109,8 @@ pub struct Tasks {
     active: Mutex<HashMap<String, Option<String>>>,
     delivering: Mutex<HashSet<String>>,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<TaskStatus>>>>,
+    /// Callers of `create` waiting for the first reconcile of their task.
+    advanced: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     /// Task names to reconcile now (the controller's `wakeups`).
     wake_tx: mpsc::UnboundedSender<String>,
     wake_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
@@ -146,6 +150,7 @@ impl Tasks {
             active: Mutex::new(HashMap::new()),
             delivering: Mutex::new(HashSet::new()),
             waiters: Mutex::new(HashMap::new()),
+            advanced: Mutex::new(HashMap::new()),
             wake_tx,
             wake_rx: Mutex::new(Some(wake_rx)),
             waiting: Mutex::new(HashMap::new()),
@@ -322,9 +327,24 @@ impl Tasks {
             }
         };
         self.track(&id, None);
-        // Placed and dispatched by the controller, at once.
+        // Placed (or told why it waits) and dispatched by the controller, at once; the
+        // answer shows the task as it is after that first pass.
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut a) = self.advanced.lock() {
+            a.entry(id.clone()).or_default().push(tx);
+        }
         self.wake(&id);
-        Ok((inserted, true))
+        if tokio::time::timeout(FIRST_PASS_WAIT, rx).await.is_err()
+            && let Ok(mut a) = self.advanced.lock()
+            && let Some(list) = a.get_mut(&id)
+        {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                a.remove(&id);
+            }
+        }
+        let current = self.fetch(&id).await.ok().flatten().map(|(_, _, o)| o);
+        Ok((current.unwrap_or(inserted), true))
     }
 
     async fn insert(
@@ -426,8 +446,14 @@ impl Tasks {
         target: Option<&TaskTarget>,
         function: &FunctionSpec,
     ) -> Result<(), ApiError> {
-        let nodes = self.nodes();
-        match sync_refusal(&place(target, function, &nodes, &self.load())) {
+        let mut refusal = sync_refusal(&place(target, function, &self.nodes(), &self.load()));
+        if refusal.is_some() {
+            // The cache may be a moment behind a node that just became Ready: a
+            // refusal is checked against the store.
+            let nodes = self.nodes_from_store().await?;
+            refusal = sync_refusal(&place(target, function, &nodes, &self.load()));
+        }
+        match refusal {
             None => Ok(()),
             Some(NotNow::NoSuchNode(m)) => Err(ApiError::not_found(m).field("node")),
             Some(NotNow::Offline(m)) => {
@@ -441,6 +467,21 @@ impl Tasks {
     /// The nodes as the scheduler sees them, from the Node informer cache.
     fn nodes(&self) -> Vec<NodeView> {
         self.nodes.list().iter().map(|o| node_view(o)).collect()
+    }
+
+    /// The nodes as the store has them (only to confirm a refusal, see
+    /// [`Tasks::dispatchable_now`]).
+    async fn nodes_from_store(&self) -> Result<Vec<NodeView>, ApiError> {
+        let list = self
+            .store
+            .list(&crate::objects::kind_prefix(Kind::Node), None)
+            .await?;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<Object>(&kv.value).ok())
+            .map(|o| node_view(&o))
+            .collect())
     }
 
     /// The spec of Function `name`: from the cache, or the store when the cache does
@@ -484,7 +525,7 @@ impl Tasks {
                 c.new
                     .as_ref()
                     .or(c.old.as_ref())
-                    .and_then(|o| TaskStatus::from_value(&o.status).parent)
+                    .and_then(|o| parent_of(&o.status))
                     .into_iter()
                     .collect()
             })
@@ -510,8 +551,13 @@ impl Tasks {
             self.sweep().await;
             return Ok(Action::requeue(SWEEP_EVERY));
         }
-        let next = self.advance(&req.key).await?;
-        Ok(match next {
+        let next = self.advance(&req.key).await;
+        if let Some(list) = self.advanced.lock().ok().and_then(|mut a| a.remove(&req.key)) {
+            for tx in list {
+                let _ = tx.send(());
+            }
+        }
+        Ok(match next? {
             Some(at) => Action::requeue(
                 Duration::from_millis((at - now_ms()).max(0) as u64) + AFTER_DEADLINE,
             ),
