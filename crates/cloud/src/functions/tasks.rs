@@ -552,7 +552,12 @@ impl Tasks {
             return Ok(Action::requeue(SWEEP_EVERY));
         }
         let next = self.advance(&req.key).await;
-        if let Some(list) = self.advanced.lock().ok().and_then(|mut a| a.remove(&req.key)) {
+        if let Some(list) = self
+            .advanced
+            .lock()
+            .ok()
+            .and_then(|mut a| a.remove(&req.key))
+        {
             for tx in list {
                 let _ = tx.send(());
             }
