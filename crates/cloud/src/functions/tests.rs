@@ -473,16 +473,21 @@ async fn result_files_no_task_refers_to_are_swept_at_start_and_kept_while_refere
 struct Receiver {
     url: String,
     deliveries: Arc<std::sync::Mutex<Vec<String>>>,
+    /// When each request arrived (tokio's clock).
+    at: Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>,
 }
 
 async fn receiver(answers: Vec<u16>) -> Receiver {
     let deliveries: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let at: Arc<std::sync::Mutex<Vec<tokio::time::Instant>>> = Arc::default();
     let n = Arc::new(AtomicUsize::new(0));
     let seen = deliveries.clone();
+    let seen_at = at.clone();
     let app = axum::Router::new().route(
         "/hook",
         axum::routing::post(move |headers: axum::http::HeaderMap| {
             let i = n.fetch_add(1, Ordering::SeqCst);
+            seen_at.lock().unwrap().push(tokio::time::Instant::now());
             seen.lock().unwrap().push(
                 headers
                     .get("x-verge-delivery")
@@ -497,7 +502,11 @@ async fn receiver(answers: Vec<u16>) -> Receiver {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Receiver { url, deliveries }
+    Receiver {
+        url,
+        deliveries,
+        at,
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -530,6 +539,19 @@ async fn a_failing_callback_is_retried_with_backoff_and_delivered_once() {
     tokio::time::sleep(Duration::from_secs(120)).await;
     settle().await;
     assert_eq!(*hook.deliveries.lock().unwrap(), vec!["1", "2", "3"]);
+    // Backed off between attempts: at least half the ceiling (full jitter) of 500 ms
+    // before the second attempt, of 1 s before the third.
+    let at = hook.at.lock().unwrap().clone();
+    assert!(
+        at[1] - at[0] >= Duration::from_millis(250),
+        "{:?}",
+        at[1] - at[0]
+    );
+    assert!(
+        at[2] - at[1] >= Duration::from_millis(500),
+        "{:?}",
+        at[2] - at[1]
+    );
     let _ = e.stop.send(true);
 }
 
@@ -559,6 +581,90 @@ async fn a_callback_that_keeps_failing_is_dead_lettered_after_its_attempts() {
     assert_eq!(
         hook.deliveries.lock().unwrap().len(),
         callbacks::MAX_ATTEMPTS as usize
+    );
+    let _ = e.stop.send(true);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repeated_idempotency_key_answers_the_earlier_task() {
+    let e = &env();
+    e.put(Kind::Function, "echo", edge_echo(), Value::Null)
+        .await;
+    e.start_tasks();
+    settle().await;
+    let spec: verge_api::specs::TaskSpec =
+        serde_json::from_value(json!({"function": "echo", "idempotencyKey": "order-7"})).unwrap();
+    let (first, created) = e
+        .tasks
+        .create(spec.clone(), BTreeMap::new(), None)
+        .await
+        .unwrap();
+    assert!(created);
+    let (again, created) = e.tasks.create(spec, BTreeMap::new(), None).await.unwrap();
+    assert_eq!((again.as_str(), created), (first.as_str(), false));
+    let _ = e.stop.send(true);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fan_out_parent_finishes_when_its_children_report() {
+    let e = &env();
+    let sent = Arc::new(Sent::default());
+    e.tasks.set_downlink(sent.clone());
+    e.put(Kind::Function, "echo", edge_echo(), Value::Null)
+        .await;
+    let ready = json!({"phase": "Ready", "conditions": [{"type": "Ready", "status": "True"}]});
+    for n in ["n1", "n2"] {
+        let labels = BTreeMap::from([("site".to_string(), "x".to_string())]);
+        e.put_labeled(Kind::Node, n, json!({}), ready.clone(), labels)
+            .await;
+    }
+    e.start_tasks();
+    settle().await;
+    let spec: verge_api::specs::TaskSpec =
+        serde_json::from_value(json!({"function": "echo", "target": {"fanout": {"site": "x"}}}))
+            .unwrap();
+    let (parent, _) = e.tasks.create(spec, BTreeMap::new(), None).await.unwrap();
+    let parent = parent.as_str();
+    let sent_ref = &sent;
+    until("both children are dispatched", || async move {
+        sent_ref.0.lock().unwrap().len() == 2
+    })
+    .await;
+    let st = e.task(parent).await.unwrap();
+    assert_eq!(st.children.len(), 2, "{st:?}");
+    for (i, c) in st.children.iter().enumerate() {
+        let r = verge_proto::TaskResult {
+            id: c.name.clone(),
+            ok: true,
+            output: Some(json!({"i": i})),
+            error: None,
+            started_at_ms: now_ms(),
+            finished_at_ms: now_ms(),
+            seq: 1,
+            function: None,
+            trigger: None,
+            attempt: Some(1),
+        };
+        // A node's result for its sibling's task is refused.
+        let other = if c.node == "n1" { "n2" } else { "n1" };
+        assert_eq!(
+            e.tasks.admit(other, &r, None).await,
+            tasks::Admission::Refuse(task_state::Refusal::OtherNode)
+        );
+        assert_eq!(
+            e.tasks.admit(&c.node, &r, None).await,
+            tasks::Admission::Take
+        );
+        e.tasks.on_result(&c.node, &r).await.unwrap();
+    }
+    until("the parent has finished", || async move {
+        e.task(parent).await.unwrap().phase == Phase::Succeeded
+    })
+    .await;
+    let st = e.task(parent).await.unwrap();
+    assert!(
+        st.children.iter().all(|c| c.phase == Phase::Succeeded),
+        "{st:?}"
     );
     let _ = e.stop.send(true);
 }
