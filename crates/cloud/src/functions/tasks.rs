@@ -51,7 +51,7 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 /// How late after a deadline the reconcile runs (the clock's granularity).
 const AFTER_DEADLINE: Duration = Duration::from_millis(5);
 /// Tasks reconciled at once.
-const CONCURRENCY: usize = 8;
+const CONCURRENCY: usize = 32;
 /// How long `create` waits for the controller's first pass over a new task.
 const FIRST_PASS_WAIT: Duration = Duration::from_secs(2);
 
