@@ -15,6 +15,8 @@
 //! informer after a compaction or any watch error, whose diff reaches the nodes like
 //! any other change. The revision a delta goes to is the highest the informers reflect,
 //! and always a new one when what nodes get changed.
+//! A `hello` that arrives before the cache was first built waits for it (never an
+//! empty snapshot that would empty the node).
 //!
 //! Synced kinds: `Config` (placed by `spec.placement.nodeSelector`), `App` (the
 //! version the App controller assigned to the node, see [`AppDesired`]), `Function`
@@ -182,6 +184,9 @@ pub struct Sync {
     /// Opens Secret values for the nodes (none are sent without it).
     secret_box: OnceLock<Arc<SecretBox>>,
     cache: RwLock<Cache>,
+    /// Flips to true once the cache was built from the synced informers: a node that
+    /// says hello before waits for it instead of getting an empty snapshot.
+    built: watch::Sender<bool>,
     nodes: Mutex<HashMap<String, NodeSync>>,
 }
 
@@ -192,6 +197,7 @@ impl Sync {
             gateway: OnceLock::new(),
             secret_box: OnceLock::new(),
             cache: RwLock::new(Cache::default()),
+            built: watch::channel(false).0,
             nodes: Mutex::new(HashMap::new()),
         }
     }
@@ -346,6 +352,7 @@ impl Sync {
 
     /// `last_applied: None`: take what the node last acknowledged.
     async fn greet(&self, node: &str, last_applied: Option<i64>) {
+        let _ = self.built.subscribe().wait_for(|b| *b).await;
         let known = self
             .nodes
             .lock()
@@ -588,6 +595,7 @@ impl Sync {
             fresh.revision = observed.max(cache.revision + 1);
             *cache = fresh;
         }
+        self.built.send_replace(true);
     }
 
     /// Follows the shared informers of the synced kinds until `shutdown` and pushes
