@@ -173,6 +173,8 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     cfg.limits
         .check()
         .map_err(|e| Error::Config(format!("connection limits: {e}")))?;
+    // Tests only: where node deletion aborts the process (`nodes::delete::CrashPoint`).
+    let crash_at = nodes::delete::CrashPoint::from_env().map_err(Error::Config)?;
     // This process's alone (the lock) and private (0700, files 0600) at every start.
     let _data_dir_lock = secure_fs::take_data_dir(&cfg.data_dir, "verge cloud")?;
     let ca = ClusterCa::load_or_create(&cfg.data_dir)?;
@@ -420,6 +422,17 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         background.push(tokio::spawn(
             triggers.run(informers.clone(), shutdown_rx.clone()),
         ));
+        // Deleting a Node: certificates revoked, session closed, records removed, then
+        // the Node goes (a crash in between is finished after the restart).
+        let deletion = nodes::delete::NodeDeletion::new(
+            store.clone(),
+            node_manager.clone(),
+            gateway.clone(),
+            crash_at,
+        );
+        background.push(tokio::spawn(
+            deletion.run(informers.clone(), shutdown_rx.clone()),
+        ));
     }
     let openapi_json: Bytes =
         serde_json::to_vec_pretty(&http::openapi::document(&cfg.mounts))?.into();
@@ -440,7 +453,6 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
             .unwrap_or(time::Duration::days(30)),
         mqtt_url,
         nodes: Some(node_manager.clone()),
-        gateway,
         artifacts: artifact_store,
         functions: Some(Arc::new(functions::Functions {
             host: function_host,

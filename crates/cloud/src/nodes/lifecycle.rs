@@ -21,7 +21,8 @@
 //! The cloud's own clock decides liveness (receive time), so a node whose clock is
 //! skewed is still judged correctly; the skew is reported in its status.
 //!
-//! Must not: write per heartbeat, or remove a node's records (node deletion does).
+//! Must not: write per heartbeat, write to a Node being deleted, or remove a node's
+//! records (node deletion does, `nodes/delete.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -335,9 +336,12 @@ impl NodeManager {
     /// One node: its phase, `lastSeen`, skew and a status report that waited.
     async fn reconcile_node(&self, req: Request) -> Result<Action, crate::ApiError> {
         let node = req.key.as_str();
-        if req.object.is_none() {
-            // Deleted (or not created yet): nothing to write.
-            return Ok(Action::await_change());
+        match &req.object {
+            // Deleted, not created yet, or being deleted (node deletion owns it now and
+            // deletes it with compare-and-swap): nothing to write.
+            None => return Ok(Action::await_change()),
+            Some(o) if o.metadata.is_deleting() => return Ok(Action::await_change()),
+            Some(_) => {}
         }
         let now = Instant::now();
         let started = self.started.get().copied().unwrap_or(now);

@@ -18,6 +18,7 @@
 //! store at most once per [`STATUS_WRITE_INTERVAL`] (the latest report wins).
 
 pub mod certs;
+pub mod delete;
 pub mod lifecycle;
 pub mod logs;
 pub mod results;
@@ -178,7 +179,8 @@ impl NodeManager {
     /// Signs a node's CSR for its next key (the session's certificate authenticated
     /// the node), records the new serial (keeping the previous one, revoked with the
     /// node) and sends the certificate back. Expired certificate records of the node
-    /// are pruned first ([`certs`]). Refused, with a warning, for unknown nodes, a CSR
+    /// are pruned first ([`certs`]). Refused, with a warning, for unknown nodes and nodes
+    /// being deleted ([`delete`]), a CSR
     /// naming another node, more than one renewal per [`RENEW_MIN_INTERVAL`], or a node
     /// already holding [`certs::MAX_LIVE_CERTS_PER_NODE`] unexpired certificates.
     async fn renew(&self, node: &str, req: &verge_proto::CertRequest) -> Handled {
@@ -243,6 +245,10 @@ impl NodeManager {
             Err(e) => Err(e),
             Ok(()) => {
                 modify(&self.store, Kind::Node, &key, node, None, |cur| {
+                    // A Node being deleted gets no new certificate (`delete.rs`).
+                    if cur.metadata.is_deleting() {
+                        return Err(crate::objects::not_found(Kind::Node, node));
+                    }
                     let mut next = cur.clone();
                     let ann = &mut next.metadata.annotations;
                     if let Some(old) = ann.get(ANNOTATION_CERT_SERIAL).cloned() {
@@ -258,7 +264,7 @@ impl NodeManager {
         match r {
             Ok(_) => {}
             Err(e) if e.reason == verge_api::Reason::NotFound => {
-                tracing::warn!(%node, "certificate renewal for a node that does not exist; refused");
+                tracing::warn!(%node, "certificate renewal for a node that does not exist or is being deleted; refused");
                 return Handled::Done;
             }
             Err(e) => {
