@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Deserialize;
 use verge_api::Object;
 use verge_api::specs::{FunctionSpec, TaskSpec, TaskTarget};
-use verge_api::status::Condition;
+use verge_api::status::node::NodeStatus;
 pub use verge_api::status::task::{CallbackState, CallbackStatus, Child, Phase, TaskStatus};
 
 /// Per-attempt deadline when `timeoutSeconds` is unset.
@@ -32,18 +32,11 @@ pub struct NodeView {
     pub phase: String,
 }
 
-/// The part of a Node's status the scheduler reads.
-#[derive(Debug, Default, Deserialize)]
-struct NodeReadiness {
-    #[serde(default)]
-    phase: Option<String>,
-    #[serde(default)]
-    conditions: Vec<Condition>,
-}
-
-/// What the scheduler knows of Node `o`: connected when its `Ready` condition is true.
+/// What the scheduler knows of Node `o` (its status read as
+/// [`verge_api::status::node::NodeStatus`]): connected when its `Ready` condition is
+/// true.
 pub fn node_view(o: &Object) -> NodeView {
-    let st: NodeReadiness = serde_json::from_value(o.status.clone()).unwrap_or_default();
+    let st = NodeStatus::deserialize(&o.status).unwrap_or_default();
     NodeView {
         name: o.metadata.name.clone(),
         labels: o.metadata.labels.clone(),
