@@ -11,6 +11,7 @@ pub mod artifact_access;
 pub mod artifacts;
 pub mod auth;
 mod client_config;
+pub mod compaction;
 pub mod controller;
 mod error;
 pub mod functions;
@@ -273,6 +274,8 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let (api_admission, mqtt_admission) = admissions(&cfg, &metrics);
+    // Controllers on the one runtime share one informer (one store watch) per kind.
+    let informers = controller::Informers::new(store.clone(), shutdown_rx.clone());
 
     // Edge nodes: lifecycle + sync, and the MQTT gateway they connect to.
     let node_manager = nodes::NodeManager::new(
@@ -360,10 +363,10 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         (None, None) => (None, None),
     };
     background.push(tokio::spawn(
-        node_manager.clone().lifecycle_loop(shutdown_rx.clone()),
+        node_manager
+            .clone()
+            .run_lifecycle(informers.clone(), shutdown_rx.clone()),
     ));
-    // Controllers on the one runtime share one informer per kind.
-    let informers = controller::Informers::new(store.clone(), shutdown_rx.clone());
     {
         let apps = Arc::new(apps::AppController::new(
             store.clone(),
@@ -377,8 +380,9 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     {
         let sync = node_manager.sync.clone();
         let rx = shutdown_rx.clone();
-        // Relists after any watch error; returns only at shutdown.
-        background.push(tokio::spawn(async move { sync.run(rx).await }));
+        let informers = informers.clone();
+        // Follows the informers (which relist after any watch error) until shutdown.
+        background.push(tokio::spawn(async move { sync.run(informers, rx).await }));
     }
     // Functions: the cloud's runtime, the Function, Task and Trigger controllers.
     let mut sandbox = cfg.function_sandbox.clone();
@@ -405,16 +409,25 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         artifact_store.clone(),
         functions::callbacks::load_or_create_key(&cfg.data_dir)?,
         functions::callbacks::http_client(&cfg.outbound_allow_networks, &cfg.outbound_allow_hosts)?,
+        &informers,
     );
     if let Some(gw) = &gateway {
         tasks.set_downlink(gw.clone());
     }
     let _ = node_manager.tasks.set(tasks.clone());
     {
-        let controller = functions::FunctionController::new(store.clone(), function_host.clone());
-        let rx = shutdown_rx.clone();
-        background.push(tokio::spawn(async move { controller.run(rx).await }));
-        background.push(tokio::spawn(tasks.clone().run(shutdown_rx.clone())));
+        let functions = Arc::new(functions::FunctionController::new(
+            store.clone(),
+            function_host.clone(),
+            &informers,
+        ));
+        // Shuts the function runtime down when it stops.
+        background.push(tokio::spawn(
+            functions.run(informers.clone(), shutdown_rx.clone()),
+        ));
+        background.push(tokio::spawn(
+            tasks.clone().run(informers.clone(), shutdown_rx.clone()),
+        ));
         let triggers = Arc::new(functions::triggers::TriggerController::new(
             store.clone(),
             tasks.clone(),
@@ -463,12 +476,14 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         secrets: secret_box,
     });
     let app = http::router(state, &cfg.mounts);
-    let compactor = tokio::spawn(compact_loop(
-        store.clone(),
-        cfg.history_revisions,
-        cfg.compact_interval,
-        shutdown_rx.clone(),
-    ));
+    let compactor = tokio::spawn(
+        Arc::new(compaction::Compactor {
+            store: store.clone(),
+            keep: cfg.history_revisions,
+            every: cfg.compact_interval,
+        })
+        .run(informers.clone(), shutdown_rx.clone()),
+    );
     tracing::info!(%url, data_dir = %cfg.data_dir.display(), "verge cloud listening");
     let server = tokio::spawn(http::serve::serve(
         listener,
@@ -537,32 +552,4 @@ fn admissions(
             m.clone(),
         ),
     )
-}
-
-/// Keeps `keep` revisions of history.
-async fn compact_loop(
-    store: DynStore,
-    keep: i64,
-    every: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.changed() => return,
-        }
-        let (Ok(cur), Ok(done)) = (
-            store.current_revision().await,
-            store.compacted_revision().await,
-        ) else {
-            continue;
-        };
-        let target = cur - keep;
-        if target > done {
-            match store.compact(target).await {
-                Ok(()) => tracing::debug!(revision = target, "compacted history"),
-                Err(e) => tracing::warn!(error = %e, "compaction failed"),
-            }
-        }
-    }
 }

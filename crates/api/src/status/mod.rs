@@ -4,8 +4,13 @@
 //! Pure: no I/O, no clock (the caller passes `now`).
 
 pub mod app;
+pub mod node;
 
 use serde::{Deserialize, Serialize};
+
+pub mod function;
+pub mod task;
+pub mod trigger;
 
 /// Whether a condition holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
