@@ -29,7 +29,7 @@ use verge_proto::{
     Ack, Channel, Heartbeat, Hello, InstanceState, InstanceStatus, Message, NodeStatus,
 };
 
-use crate::client::Client;
+use verge_client::Client;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FleetArgs {
@@ -192,8 +192,8 @@ impl CloudChild {
 }
 
 pub async fn run(args: FleetArgs) -> Result<()> {
-    let hb = crate::commands::parse_duration(&args.heartbeat_interval)?;
-    let observe = crate::commands::parse_duration(&args.observe)?;
+    let hb = verge_client::parse_duration(&args.heartbeat_interval)?;
+    let observe = verge_client::parse_duration(&args.observe)?;
     let dir = tempfile::tempdir()?;
     // Fixed ports so the restart phase comes back on the same addresses.
     let api_port = free_port()?;
@@ -225,7 +225,7 @@ pub async fn run(args: FleetArgs) -> Result<()> {
         .map(String::from),
     );
     let (mut cloud, cfg, port) = CloudChild::start(dir.path(), cloud_args).await?;
-    let base_rss = crate::bench::rss_kib(Some(cloud.pid())).unwrap_or(0);
+    let base_rss = crate::api::rss_kib(Some(cloud.pid())).unwrap_or(0);
     println!(
         "cloud: {} (pid {}), mqtt port {port}, baseline RSS {} MiB",
         cfg.server,
@@ -296,7 +296,7 @@ pub async fn run(args: FleetArgs) -> Result<()> {
     let connect_secs = t.elapsed().as_secs_f64();
     println!("connected {} nodes in {:.1}s", agents.len(), connect_secs);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let rss = crate::bench::rss_kib(Some(cloud.pid())).unwrap_or(0);
+    let rss = crate::api::rss_kib(Some(cloud.pid())).unwrap_or(0);
     let per_node = (rss.saturating_sub(base_rss)) as f64 * 1024.0 / agents.len() as f64;
     println!(
         "cloud RSS {} MiB with {} nodes: {:.1} KB per node",
