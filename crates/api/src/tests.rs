@@ -1872,6 +1872,7 @@ proptest! {
 }
 
 /// The schema's name pattern is the one the API documents for `{name}` parameters.
+#[cfg(feature = "openapi")]
 #[test]
 fn metadata_name_schema_has_the_name_pattern() {
     use utoipa::PartialSchema;
@@ -1880,6 +1881,7 @@ fn metadata_name_schema_has_the_name_pattern() {
     assert_eq!(meta["properties"]["name"]["maxLength"], 63);
 }
 
+#[cfg(feature = "openapi")]
 #[test]
 fn specs_have_openapi_schemas() {
     use utoipa::PartialSchema;
