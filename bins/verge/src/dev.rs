@@ -168,7 +168,7 @@ async fn dev_edge(
     if !dir.join("identity.json").exists() {
         let c = Client::new(admin)?;
         let body = serde_json::json!({"role": "bootstrap", "uses": 1, "ttlSeconds": 600,
-            "labels": {"verge.dev/dev": "true"},
+            "labels": {(verge_api::names::LABEL_DEV): "true"},
             "description": "verge dev local edge node"});
         let tok: serde_json::Value = c
             .send_json(reqwest::Method::POST, "/api/v1/tokens", Some(&body))
@@ -182,7 +182,7 @@ async fn dev_edge(
             token: tok["token"].as_str().unwrap_or_default().to_string(),
             ca_hash: verge_cloud::ca_hash_from_pem(ca).map_err(|e| anyhow::anyhow!("{e}"))?,
             name: Some(DEV_NODE.into()),
-            labels: [("verge.dev/dev".to_string(), "true".to_string())].into(),
+            labels: [(verge_api::names::LABEL_DEV.to_string(), "true".to_string())].into(),
             data_dir: dir.clone(),
         })
         .await
@@ -232,7 +232,7 @@ async fn example_function(admin: &ClientConfig) -> Result<()> {
     let body = serde_json::json!({
         "apiVersion": verge_api::API_VERSION,
         "kind": "Function",
-        "metadata": {"name": EXAMPLE_FUNCTION, "labels": {"verge.io/example": "true"}},
+        "metadata": {"name": EXAMPLE_FUNCTION, "labels": {(verge_api::names::LABEL_EXAMPLE): "true"}},
         "spec": {"runtime": "python3", "handler": "handler.main", "code": EXAMPLE_CODE},
     });
     c.send_json::<serde_json::Value>(reqwest::Method::POST, "/api/v1/functions", Some(&body))

@@ -114,7 +114,7 @@ fn img_mount(
     args: &ImageServiceArgs,
     env: Arc<ImageEnv>,
     dev: bool,
-) -> Result<verge_cloud::http::Mount> {
+) -> Result<verge_cloud::Mount> {
     let keys_file = args
         .img_keys_file
         .clone()
@@ -133,7 +133,7 @@ fn img_mount(
         cfg.cache_max_bytes = args.img_cache_mb.saturating_mul(1 << 20);
     }
     let svc = ImgService::new(cfg, env).map_err(|e| anyhow!("{e}"))?;
-    Ok(verge_cloud::http::Mount {
+    Ok(verge_cloud::Mount {
         prefix: "/img".to_string(),
         router: svc.router(),
         paths: verge_images::server::openapi_paths(),
@@ -241,7 +241,7 @@ pub async fn install(client: &Client, node_selector: Option<&str>) -> Result<usi
         let body = serde_json::json!({
             "apiVersion": verge_api::API_VERSION,
             "kind": "Function",
-            "metadata": {"name": name, "labels": {"verge.io/pack": "images"}},
+            "metadata": {"name": name, "labels": {(verge_api::names::LABEL_PACK): "images"}},
             "spec": {"runtime": "builtin", "handler": builtin, "placement": placement,
                      "resources": {"timeoutSeconds": 60}},
         });

@@ -627,7 +627,7 @@ def main(event):
         let l = cloud
             .api(
                 Method::GET,
-                "/api/v1/tasks?labelSelector=verge.io/trigger%3Dtick",
+                "/api/v1/tasks?labelSelector=verge.dev/trigger%3Dtick",
                 None,
             )
             .await?;

@@ -142,7 +142,7 @@ pub async fn node_may_fetch(
         return Ok(true);
     }
     let apps = store
-        .list(&crate::http::resources::kind_prefix(Kind::App), None)
+        .list(&crate::objects::kind_prefix(Kind::App), None)
         .await?;
     for app in objects(&apps.items) {
         let rollout = &app.status["rollout"];
@@ -160,7 +160,7 @@ pub async fn node_may_fetch(
         }
     }
     let labels: BTreeMap<String, String> = match store
-        .get(&crate::http::resources::object_key(Kind::Node, node))
+        .get(&crate::objects::object_key(Kind::Node, node))
         .await?
     {
         Some(kv) => serde_json::from_slice::<Object>(&kv.value)
@@ -169,7 +169,7 @@ pub async fn node_may_fetch(
         None => return Ok(false),
     };
     let functions = store
-        .list(&crate::http::resources::kind_prefix(Kind::Function), None)
+        .list(&crate::objects::kind_prefix(Kind::Function), None)
         .await?;
     let mut placed = Vec::new();
     for f in objects(&functions.items) {
@@ -185,7 +185,7 @@ pub async fn node_may_fetch(
         placed.push(f.metadata.name);
     }
     let triggers = store
-        .list(&crate::http::resources::kind_prefix(Kind::Trigger), None)
+        .list(&crate::objects::kind_prefix(Kind::Trigger), None)
         .await?;
     for t in objects(&triggers.items) {
         let function = t.spec["function"].as_str().unwrap_or_default();

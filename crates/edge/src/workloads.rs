@@ -34,8 +34,7 @@ use crate::engine::{Enforcement, Engine, InstanceKey, InstanceSpec, Limits, Payl
 use crate::secrets::{NodeSecrets, SECRET_KIND};
 use crate::{EdgeState, now_ms};
 
-/// Annotation the cloud puts on an App sent to a node: how many replicas run here.
-pub const ANNOTATION_REPLICAS: &str = "verge.io/replicas";
+pub use verge_api::names::ANNOTATION_REPLICAS;
 /// How long `stop` waits after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -1027,7 +1026,7 @@ mod tests {
     fn replicas_come_from_the_annotation_and_auth_and_env_from_secrets() {
         let mut o: Object = serde_json::from_value(serde_json::json!({
             "apiVersion": "verge.io/v1", "kind": "App", "metadata": {"name": "web",
-              "annotations": {"verge.io/replicas": "2"}},
+              "annotations": {"verge.dev/replicas": "2"}},
             "spec": {"version": "1.0.0", "workload": {"docker": {"image": "r/x:1",
                 "env": {"PLAIN": "1"},
                 "secretEnv": {"TOKEN": {"name": "creds", "key": "token"}},

@@ -17,12 +17,7 @@ use crate::limits::{MAX_ENV, MAX_SECRET_BYTES, MAX_SECRET_KEY_LEN, MAX_SECRET_KE
 use crate::object::Object;
 use crate::validate::{check_dns_label, check_env_name};
 
-/// Annotation on a Secret read without its values (every value is then `""`). A
-/// Secret carrying it is refused on write, so a redacted copy never overwrites the
-/// real values.
-pub const ANNOTATION_REDACTED: &str = "verge.dev/redacted";
-/// Annotation on a Secret whose stored values could not be decrypted, saying why.
-pub const ANNOTATION_SECRET_ERROR: &str = "verge.dev/secret-error";
+pub use crate::names::{ANNOTATION_REDACTED, ANNOTATION_SECRET_ERROR};
 
 /// Key of a Secret a Docker workload's `registryAuth` reads the user name from.
 pub const REGISTRY_USERNAME_KEY: &str = "username";

@@ -21,15 +21,14 @@ use verge_api::{Kind, Object};
 use verge_proto::{InstanceState, InstanceStatus};
 use verge_store::DynStore;
 
-use crate::http::resources::{kind_prefix, modify, object_key};
+use crate::objects::{kind_prefix, modify, object_key};
 use rollout::{Commands, Inputs, Phase, RolloutState};
 use scheduler::{Count, NodeInfo, PlacementRule, Request};
 
 /// Annotations the `verge rollout` commands set.
-pub const ANNOTATION_PAUSED: &str = "rollout.verge.io/paused";
-pub const ANNOTATION_PROMOTE: &str = "rollout.verge.io/promote";
-pub const ANNOTATION_RESUME: &str = "rollout.verge.io/resume";
-pub const ANNOTATION_ROLLBACK: &str = "rollout.verge.io/rollback";
+pub use verge_api::names::{
+    ANNOTATION_PAUSED, ANNOTATION_PROMOTE, ANNOTATION_RESUME, ANNOTATION_ROLLBACK,
+};
 
 /// Usage-only status changes are written at most this often.
 const USAGE_WRITE_INTERVAL_MS: i64 = 10_000;

@@ -174,7 +174,7 @@ impl Informers {
 
 /// The object a stored value holds, with `resourceVersion` filled in.
 fn decode(kv: &KeyValue) -> Option<Arc<Object>> {
-    match crate::http::resources::kv_to_object(kv) {
+    match crate::objects::kv_to_object(kv) {
         Ok(o) => Some(Arc::new(o)),
         Err(e) => {
             tracing::warn!(key = %kv.key, error = %e.message, "undecodable object left out of the cache");
@@ -184,7 +184,7 @@ fn decode(kv: &KeyValue) -> Option<Arc<Object>> {
 }
 
 fn name_of(kind: Kind, key: &str) -> Option<String> {
-    key.strip_prefix(&crate::http::resources::kind_prefix(kind))
+    key.strip_prefix(&crate::objects::kind_prefix(kind))
         .map(str::to_string)
 }
 
@@ -196,7 +196,7 @@ async fn reflect(
     backoff: Backoff,
 ) {
     let kind = informer.cache.kind;
-    let prefix = crate::http::resources::kind_prefix(kind);
+    let prefix = crate::objects::kind_prefix(kind);
     let mut failures = 0u32;
     loop {
         if *shutdown.borrow() {

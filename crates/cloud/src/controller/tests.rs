@@ -16,7 +16,7 @@ fn object(kind: Kind, name: &str, v: i64) -> Bytes {
 }
 
 fn key(kind: Kind, name: &str) -> String {
-    crate::http::resources::object_key(kind, name)
+    crate::objects::object_key(kind, name)
 }
 
 async fn put(store: &MemStore, kind: Kind, name: &str, v: i64) {

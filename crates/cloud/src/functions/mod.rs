@@ -27,7 +27,7 @@ use verge_api::{Kind, Object, Reason};
 use verge_runtime::{Error as RtError, Input, Runtime, Source};
 use verge_store::DynStore;
 
-use crate::http::resources::{kind_prefix, modify, object_key};
+use crate::objects::{kind_prefix, modify, object_key};
 
 /// Builtin functions the cloud offers (the binary fills the registry).
 pub type Registry = verge_runtime::Registry;

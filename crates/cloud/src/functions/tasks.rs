@@ -34,7 +34,7 @@ use super::{FunctionHost, callbacks};
 use crate::artifacts::ArtifactStore;
 use crate::error::ApiError;
 use crate::gateway::DynDownlink;
-use crate::http::resources::{kind_prefix, modify, object_key};
+use crate::objects::{kind_prefix, modify, object_key};
 
 /// How often unfinished tasks are looked at.
 pub const TICK: Duration = Duration::from_millis(500);
@@ -45,10 +45,7 @@ const SYNC_RETRY_AFTER_SECS: u64 = 5;
 pub const MAX_ACTIVE_TASKS: usize = 10_000;
 /// Finished tasks are deleted this long after they finished.
 pub const RETENTION_MS: i64 = 24 * 3600 * 1000;
-/// Label on tasks a trigger started.
-pub const LABEL_TRIGGER: &str = "verge.io/trigger";
-/// Label on fan-out children: their parent.
-pub const LABEL_PARENT: &str = "verge.io/parent";
+pub use verge_api::names::{LABEL_PARENT, LABEL_TRIGGER};
 const KEY_PREFIX: &str = "/system/taskkeys/";
 /// Task records a node may create with trigger runs: per second, sustained.
 pub const TRIGGER_RUNS_PER_SEC: f64 = 5.0;

@@ -25,7 +25,7 @@ use verge_store::DynStore;
 use super::tasks::{LABEL_TRIGGER, Tasks};
 use crate::controller::{Action, Cache, Controller, Informers, Request, backoff_policy};
 use crate::error::ApiError;
-use crate::http::resources::{kv_to_object, modify, object_key};
+use crate::objects::{kv_to_object, modify, object_key};
 
 /// How late after a fire time the reconcile runs (the clock's granularity).
 const AFTER_FIRE: Duration = Duration::from_millis(5);

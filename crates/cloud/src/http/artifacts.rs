@@ -24,13 +24,14 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use verge_api::{Kind, Reason};
 
 use super::extract::{ApiPath, ApiQuery};
-use super::join::REVOKED_PREFIX;
-use super::resources::{object_key, require_write};
+use super::resources::require_write;
 use super::serve::PeerNode;
 use super::state::SharedState;
 use crate::artifacts::{ArtifactList, RangeRequest, parse_range, parse_sha256};
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::nodes::certs::REVOKED_PREFIX;
+use crate::objects::object_key;
 
 /// Bytes per chunk of a download.
 const CHUNK: usize = 64 * 1024;

@@ -25,11 +25,12 @@ use verge_api::{Kind, Object, Reason};
 
 use super::body;
 use super::extract::{ApiPath, ApiQuery};
-use super::resources::{object_key, require_write};
+use super::resources::require_write;
 use super::state::SharedState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::functions::task_state::{Phase, TaskStatus};
+use crate::objects::object_key;
 
 fn functions(st: &SharedState) -> Result<&crate::functions::Functions, ApiError> {
     st.functions

@@ -26,23 +26,17 @@ use utoipa::ToSchema;
 use verge_api::{API_VERSION, Format, Kind, Object, ObjectMeta, Reason};
 
 use super::body;
-use super::resources::object_key;
 use super::serve::PeerAddr;
 use super::state::SharedState;
 use crate::auth::now_rfc3339;
 use crate::error::ApiError;
+use crate::nodes::certs::record_node_cert;
+use crate::objects::object_key;
+use verge_api::names::{ANNOTATION_CERT_NOT_AFTER, ANNOTATION_CERT_SERIAL};
 
 pub const MAX_JOIN_BODY: usize = 16 * 1024;
 /// Time allowed for the whole join request body.
 const JOIN_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// Annotation holding the serial of the node's current certificate.
-pub const CERT_SERIAL_ANNOTATION: &str = "verge.dev/cert-serial";
-pub const CERT_EXPIRES_ANNOTATION: &str = "verge.dev/cert-not-after";
-/// The serial the node's certificate had before its last rotation (still valid until
-/// it expires, so it is revoked with the node too).
-pub const PREVIOUS_CERT_SERIAL_ANNOTATION: &str = "verge.dev/previous-cert-serial";
-/// Store prefix of revoked certificate serials.
-pub const REVOKED_PREFIX: &str = "/system/revoked-certs/";
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -267,7 +261,7 @@ pub async fn join(
     };
     if existing_obj
         .as_ref()
-        .is_some_and(|o| o.metadata.annotations.contains_key(CERT_SERIAL_ANNOTATION))
+        .is_some_and(|o| o.metadata.annotations.contains_key(ANNOTATION_CERT_SERIAL))
     {
         return Err(ApiError::new(
             Reason::AlreadyExists,
@@ -303,10 +297,10 @@ pub async fn join(
     obj.metadata.labels.extend(labels);
     obj.metadata
         .annotations
-        .insert(CERT_SERIAL_ANNOTATION.into(), cert.serial.clone());
+        .insert(ANNOTATION_CERT_SERIAL.into(), cert.serial.clone());
     obj.metadata
         .annotations
-        .insert(CERT_EXPIRES_ANNOTATION.into(), expires.clone());
+        .insert(ANNOTATION_CERT_NOT_AFTER.into(), expires.clone());
     obj.metadata.resource_version = None;
     verge_api::validate_object(&obj)
         .map_err(|e| ApiError::invalid(e.field.clone(), e.to_string()))?;
@@ -339,95 +333,6 @@ pub async fn join(
             mqtt_url: st.mqtt_url.clone(),
         }),
     ))
-}
-
-/// Store prefix of every certificate issued to a node (join and each renewal), so
-/// deleting the node revokes all of them, also ones whose delivery was lost.
-pub const NODE_CERTS_PREFIX: &str = "/system/node-certs/";
-
-/// Records a certificate issued to `node`.
-pub async fn record_node_cert(
-    store: &verge_store::DynStore,
-    node: &str,
-    serial: &str,
-    not_after: &str,
-) -> Result<(), ApiError> {
-    let rec = serde_json::json!({"node": node, "serial": serial, "notAfter": not_after});
-    match store
-        .create(
-            &format!("{NODE_CERTS_PREFIX}{node}/{serial}"),
-            serde_json::to_vec(&rec).map_err(ApiError::internal)?.into(),
-            Default::default(),
-        )
-        .await
-    {
-        Ok(_) | Err(verge_store::Error::AlreadyExists { .. }) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The serials of every certificate issued to a node: the recorded ones, and the
-/// annotations (nodes joined before the records existed).
-pub async fn node_serials(
-    store: &verge_store::DynStore,
-    node: &Object,
-) -> Result<Vec<String>, ApiError> {
-    let mut out: Vec<String> = [CERT_SERIAL_ANNOTATION, PREVIOUS_CERT_SERIAL_ANNOTATION]
-        .iter()
-        .filter_map(|a| node.metadata.annotations.get(*a).cloned())
-        .collect();
-    let prefix = format!("{NODE_CERTS_PREFIX}{}/", node.metadata.name);
-    for kv in store.list(&prefix, None).await?.items {
-        if let Some(serial) = kv.key.strip_prefix(&prefix)
-            && !out.iter().any(|s| s == serial)
-        {
-            out.push(serial.to_string());
-        }
-    }
-    Ok(out)
-}
-
-/// Records a deleted node's certificate serials as revoked (and forgets the issue
-/// records). Returns the serials.
-pub async fn revoke_node_cert(st: &SharedState, node: &Object) -> Result<Vec<String>, ApiError> {
-    let serials = node_serials(&st.store, node).await?;
-    // Each serial's expiry, where its issue record has it: the revocation record is
-    // pruned once that has passed (`nodes::certs::prune_revoked`); without one it is kept.
-    let prefix = format!("{NODE_CERTS_PREFIX}{}/", node.metadata.name);
-    let expiries: std::collections::HashMap<String, String> = st
-        .store
-        .list(&prefix, None)
-        .await?
-        .items
-        .iter()
-        .filter_map(|kv| serde_json::from_slice::<crate::nodes::certs::CertRecord>(&kv.value).ok())
-        .map(|r| (r.serial, r.not_after))
-        .collect();
-    for serial in &serials {
-        let mut rec = serde_json::json!({"node": node.metadata.name, "serial": serial, "revokedAt": now_rfc3339()});
-        if let Some(not_after) = expiries.get(serial).filter(|t| !t.is_empty()) {
-            rec["notAfter"] = serde_json::Value::String(not_after.clone());
-        }
-        match st
-            .store
-            .create(
-                &format!("{REVOKED_PREFIX}{serial}"),
-                serde_json::to_vec(&rec).map_err(ApiError::internal)?.into(),
-                Default::default(),
-            )
-            .await
-        {
-            Ok(_) | Err(verge_store::Error::AlreadyExists { .. }) => {
-                tracing::info!(node = %node.metadata.name, %serial, "node certificate revoked");
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    for serial in &serials {
-        let key = format!("{NODE_CERTS_PREFIX}{}/{serial}", node.metadata.name);
-        let _ = st.store.delete(&key, verge_store::Expect::Any).await;
-    }
-    Ok(serials)
 }
 
 /// The first label a join asks for that its bootstrap token does not grant, as the

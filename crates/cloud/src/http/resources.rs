@@ -19,7 +19,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use verge_api::{API_VERSION, Kind, LabelSelector, ListMeta, Object, ObjectList, Reason};
-use verge_store::{DynStore, Expect, KeyValue, Revision};
+use verge_store::{Expect, Revision};
 
 use super::body;
 use super::extract::{ApiPath, ApiQuery};
@@ -27,17 +27,8 @@ use super::state::SharedState;
 use super::watch;
 use crate::auth::{Principal, now_rfc3339};
 use crate::error::ApiError;
+use crate::objects::{encode_for_store, kind_prefix, kv_to_object, modify, not_found, object_key};
 use crate::secrets::SecretView;
-
-/// Store key of an object.
-pub fn object_key(kind: Kind, name: &str) -> String {
-    format!("/registry/{}/{}", kind.plural(), name)
-}
-
-/// Store prefix of a kind.
-pub fn kind_prefix(kind: Kind) -> String {
-    format!("/registry/{}/", kind.plural())
-}
 
 pub fn kind_from_plural(plural: &str) -> Result<Kind, ApiError> {
     Kind::from_plural(plural).ok_or_else(|| {
@@ -62,21 +53,6 @@ pub fn require_write(p: &Principal) -> Result<(), ApiError> {
             ),
         ))
     }
-}
-
-/// Decodes a stored value and fills in `resourceVersion`.
-pub fn kv_to_object(kv: &KeyValue) -> Result<Object, ApiError> {
-    let mut obj: Object = serde_json::from_slice(&kv.value).map_err(ApiError::internal)?;
-    obj.metadata.resource_version = Some(kv.mod_revision.to_string());
-    Ok(obj)
-}
-
-fn encode_for_store(obj: &Object) -> Result<bytes::Bytes, ApiError> {
-    let mut stored = obj.clone();
-    stored.metadata.resource_version = None;
-    Ok(serde_json::to_vec(&stored)
-        .map_err(ApiError::internal)?
-        .into())
 }
 
 fn parse_revision(s: &str, field: &str) -> Result<Revision, ApiError> {
@@ -137,10 +113,6 @@ fn refuse_redacted(kind: Kind, obj: &Object) -> Result<(), ApiError> {
         }
     }
     Ok(())
-}
-
-fn not_found(kind: Kind, name: &str) -> ApiError {
-    ApiError::not_found(format!("{} {name:?} not found", kind.singular()))
 }
 
 const LIST_PARAMS: &[&str] = &[
@@ -286,8 +258,6 @@ pub async fn create(
 }
 
 /// Most compare-and-swap retries for an update that did not ask for a precondition.
-const UPDATE_RETRIES: usize = 16;
-
 pub async fn update(
     State(st): State<SharedState>,
     Extension(kind): Extension<Kind>,
@@ -353,7 +323,7 @@ pub async fn update(
 }
 
 /// An App's `spec.version` may only go backwards as an explicit rollback (the
-/// `rollout.verge.io/rollback: "true"` annotation `verge rollout rollback` sets).
+/// `rollout.verge.dev/rollback: "true"` annotation `verge rollout rollback` sets).
 fn check_version_forward(current: &Object, next: &Object) -> Result<(), ApiError> {
     let version = |o: &Object| {
         o.spec
@@ -380,61 +350,6 @@ fn check_version_forward(current: &Object, next: &Object) -> Result<(), ApiError
         ));
     }
     Ok(())
-}
-
-/// Read-modify-write with compare-and-swap. With `expected`, a stale version is a 409;
-/// without it, a concurrent change is retried. A change that alters nothing is not
-/// written.
-pub(crate) async fn modify(
-    store: &DynStore,
-    kind: Kind,
-    key: &str,
-    name: &str,
-    expected: Option<Revision>,
-    apply: impl Fn(&Object) -> Result<Object, ApiError>,
-) -> Result<Object, ApiError> {
-    for _ in 0..UPDATE_RETRIES {
-        let kv = store.get(key).await?.ok_or_else(|| not_found(kind, name))?;
-        if let Some(rv) = expected
-            && rv != kv.mod_revision
-        {
-            return Err(verge_store::Error::Conflict {
-                key: key.to_string(),
-                expected: rv,
-                current: kv.mod_revision,
-            }
-            .into());
-        }
-        let mut current: Object = serde_json::from_slice(&kv.value).map_err(ApiError::internal)?;
-        current.metadata.resource_version = None;
-        let mut next = apply(&current)?;
-        next.metadata.resource_version = None;
-        if next == current {
-            next.metadata.resource_version = Some(kv.mod_revision.to_string());
-            return Ok(next);
-        }
-        match store
-            .update(
-                key,
-                encode_for_store(&next)?,
-                next.metadata.labels.clone(),
-                Expect::ModRevision(kv.mod_revision),
-            )
-            .await
-        {
-            Ok(new_kv) => {
-                next.metadata.resource_version = Some(new_kv.mod_revision.to_string());
-                return Ok(next);
-            }
-            Err(verge_store::Error::Conflict { .. }) if expected.is_none() => continue,
-            Err(verge_store::Error::NotFound { .. }) => return Err(not_found(kind, name)),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::new(
-        Reason::Conflict,
-        "the object is being modified concurrently; retry",
-    ))
 }
 
 const STATUS_TOP_LEVEL: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
@@ -529,7 +444,7 @@ pub async fn delete(
     let obj = shown(&view(&st, kind, &principal), kv_to_object(&kv)?);
     if kind == Kind::Node {
         // A deleted node's certificate is refused from now on, and its session closed.
-        let serials = super::join::revoke_node_cert(&st, &obj).await?;
+        let serials = crate::nodes::certs::revoke_node_cert(&st.store, &obj).await?;
         if let Some(gw) = &st.gateway {
             for serial in &serials {
                 gw.revoke_serial(serial);

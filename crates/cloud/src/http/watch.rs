@@ -31,9 +31,9 @@ use futures::StreamExt;
 use verge_api::{Kind, LabelSelector, Reason, WatchEvent, WatchEventType};
 use verge_store::{Event, EventKind, Revision, WatchStream};
 
-use super::resources::{kind_prefix, kv_to_object};
 use super::state::SharedState;
 use crate::error::ApiError;
+use crate::objects::{kind_prefix, kv_to_object};
 use crate::secrets::SecretView;
 
 pub const DEFAULT_TIMEOUT_SECS: u64 = 1800;
@@ -131,7 +131,8 @@ impl WatchLimit {
     }
 
     /// Streams `token_id` holds now.
-    pub fn open_for(&self, token_id: &str) -> usize {
+    #[cfg(test)]
+    fn open_for(&self, token_id: &str) -> usize {
         self.open
             .lock()
             .map(|o| o.get(token_id).copied().unwrap_or(0))

@@ -1,5 +1,5 @@
 //! Keeping the records of issued node certificates (`/system/node-certs/{node}/{serial}`,
-//! written by `http::join::record_node_cert` at join and at each renewal) only while
+//! written by [`record_node_cert`] at join and at each renewal) only while
 //! they matter, and bounded per node.
 //!
 //! A record exists so that deleting the node revokes the serial (decision 006). Once
@@ -24,7 +24,100 @@ use time::format_description::well_known::Rfc3339;
 use verge_store::{DynStore, Expect};
 
 use crate::error::ApiError;
-use crate::http::join::NODE_CERTS_PREFIX;
+use verge_api::Object;
+use verge_api::names::{ANNOTATION_CERT_SERIAL, ANNOTATION_PREVIOUS_CERT_SERIAL};
+
+use crate::auth::now_rfc3339;
+
+/// Store prefix of revoked certificate serials (refused by either transport).
+pub const REVOKED_PREFIX: &str = "/system/revoked-certs/";
+
+/// Store prefix of every certificate issued to a node (join and each renewal), so
+/// deleting the node revokes all of them, also ones whose delivery was lost.
+pub const NODE_CERTS_PREFIX: &str = "/system/node-certs/";
+
+/// Records a certificate issued to `node`.
+pub async fn record_node_cert(
+    store: &verge_store::DynStore,
+    node: &str,
+    serial: &str,
+    not_after: &str,
+) -> Result<(), ApiError> {
+    let rec = serde_json::json!({"node": node, "serial": serial, "notAfter": not_after});
+    match store
+        .create(
+            &format!("{NODE_CERTS_PREFIX}{node}/{serial}"),
+            serde_json::to_vec(&rec).map_err(ApiError::internal)?.into(),
+            Default::default(),
+        )
+        .await
+    {
+        Ok(_) | Err(verge_store::Error::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The serials of every certificate issued to a node: the recorded ones, and the
+/// annotations (nodes joined before the records existed).
+pub async fn node_serials(
+    store: &verge_store::DynStore,
+    node: &Object,
+) -> Result<Vec<String>, ApiError> {
+    let mut out: Vec<String> = [ANNOTATION_CERT_SERIAL, ANNOTATION_PREVIOUS_CERT_SERIAL]
+        .iter()
+        .filter_map(|a| node.metadata.annotations.get(*a).cloned())
+        .collect();
+    let prefix = format!("{NODE_CERTS_PREFIX}{}/", node.metadata.name);
+    for kv in store.list(&prefix, None).await?.items {
+        if let Some(serial) = kv.key.strip_prefix(&prefix)
+            && !out.iter().any(|s| s == serial)
+        {
+            out.push(serial.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Records a deleted node's certificate serials as revoked (and forgets the issue
+/// records). Returns the serials.
+pub async fn revoke_node_cert(store: &DynStore, node: &Object) -> Result<Vec<String>, ApiError> {
+    let serials = node_serials(store, node).await?;
+    // Each serial's expiry, where its issue record has it: the revocation record is
+    // pruned once that has passed (`nodes::certs::prune_revoked`); without one it is kept.
+    let prefix = format!("{NODE_CERTS_PREFIX}{}/", node.metadata.name);
+    let expiries: std::collections::HashMap<String, String> = store
+        .list(&prefix, None)
+        .await?
+        .items
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<CertRecord>(&kv.value).ok())
+        .map(|r| (r.serial, r.not_after))
+        .collect();
+    for serial in &serials {
+        let mut rec = serde_json::json!({"node": node.metadata.name, "serial": serial, "revokedAt": now_rfc3339()});
+        if let Some(not_after) = expiries.get(serial).filter(|t| !t.is_empty()) {
+            rec["notAfter"] = serde_json::Value::String(not_after.clone());
+        }
+        match store
+            .create(
+                &format!("{REVOKED_PREFIX}{serial}"),
+                serde_json::to_vec(&rec).map_err(ApiError::internal)?.into(),
+                Default::default(),
+            )
+            .await
+        {
+            Ok(_) | Err(verge_store::Error::AlreadyExists { .. }) => {
+                tracing::info!(node = %node.metadata.name, %serial, "node certificate revoked");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for serial in &serials {
+        let key = format!("{NODE_CERTS_PREFIX}{}/{serial}", node.metadata.name);
+        let _ = store.delete(&key, verge_store::Expect::Any).await;
+    }
+    Ok(serials)
+}
 
 /// Unexpired certificates a node may hold; renewals past it are refused.
 pub const MAX_LIVE_CERTS_PER_NODE: usize = 16;
@@ -115,7 +208,7 @@ pub async fn prune_revoked(
     now: OffsetDateTime,
     grace: time::Duration,
 ) -> Result<Vec<String>, verge_store::Error> {
-    let prefix = crate::http::join::REVOKED_PREFIX;
+    let prefix = REVOKED_PREFIX;
     let records: Vec<CertRecord> = store
         .list(prefix, None)
         .await?
@@ -213,7 +306,7 @@ mod tests {
                 .await
                 .unwrap(),
         );
-        let prefix = crate::http::join::REVOKED_PREFIX;
+        let prefix = REVOKED_PREFIX;
         for (serial, body) in [
             (
                 "old",

@@ -44,7 +44,8 @@ use verge_store::DynStore;
 use crate::functions::task_state::Refusal;
 use crate::functions::tasks::Admission;
 use crate::gateway::{DropLabel, DynDownlink, Handled, Inbound};
-use crate::http::resources::{modify, object_key};
+use crate::objects::{modify, object_key};
+use verge_api::status::{Condition, ConditionStatus};
 
 /// Counters of node input the cloud refused (registered in the cloud's metrics).
 #[derive(Clone, Default)]
@@ -150,20 +151,20 @@ impl Liveness {
     }
 
     /// The `Ready` condition: (status, reason, message).
-    fn condition(self, misses: u32) -> (&'static str, &'static str, String) {
+    fn condition(self, misses: u32) -> (ConditionStatus, &'static str, String) {
         match self {
             Liveness::Ready => (
-                "True",
+                ConditionStatus::True,
                 "HeartbeatsArriving",
                 "the node's heartbeats are arriving".into(),
             ),
             Liveness::NotReady => (
-                "False",
+                ConditionStatus::False,
                 "HeartbeatsMissed",
                 format!("no heartbeat for {misses} intervals"),
             ),
             Liveness::Unknown => (
-                "Unknown",
+                ConditionStatus::Unknown,
                 "NodeStatusUnknown",
                 "no heartbeat yet since the cloud started; waiting for the node".into(),
             ),
@@ -313,8 +314,8 @@ impl NodeManager {
     /// naming another node, more than one renewal per [`RENEW_MIN_INTERVAL`], or a node
     /// already holding [`certs::MAX_LIVE_CERTS_PER_NODE`] unexpired certificates.
     async fn renew(&self, node: &str, req: &verge_proto::CertRequest) -> Handled {
-        use crate::http::join::{
-            CERT_EXPIRES_ANNOTATION, CERT_SERIAL_ANNOTATION, PREVIOUS_CERT_SERIAL_ANNOTATION,
+        use verge_api::names::{
+            ANNOTATION_CERT_NOT_AFTER, ANNOTATION_CERT_SERIAL, ANNOTATION_PREVIOUS_CERT_SERIAL,
         };
         let Some(issuer) = self.issuer.get() else {
             tracing::warn!(%node, "certificate renewal is not enabled; request dropped");
@@ -369,19 +370,18 @@ impl NodeManager {
         let serial = cert.serial.clone();
         // Recorded before anything else, so deleting the node revokes it even if the
         // rest fails or the answer never reaches the node.
-        let recorded =
-            crate::http::join::record_node_cert(&self.store, node, &serial, &expires).await;
+        let recorded = certs::record_node_cert(&self.store, node, &serial, &expires).await;
         let r = match recorded {
             Err(e) => Err(e),
             Ok(()) => {
                 modify(&self.store, Kind::Node, &key, node, None, |cur| {
                     let mut next = cur.clone();
                     let ann = &mut next.metadata.annotations;
-                    if let Some(old) = ann.get(CERT_SERIAL_ANNOTATION).cloned() {
-                        ann.insert(PREVIOUS_CERT_SERIAL_ANNOTATION.into(), old);
+                    if let Some(old) = ann.get(ANNOTATION_CERT_SERIAL).cloned() {
+                        ann.insert(ANNOTATION_PREVIOUS_CERT_SERIAL.into(), old);
                     }
-                    ann.insert(CERT_SERIAL_ANNOTATION.into(), serial.clone());
-                    ann.insert(CERT_EXPIRES_ANNOTATION.into(), expires.clone());
+                    ann.insert(ANNOTATION_CERT_SERIAL.into(), serial.clone());
+                    ann.insert(ANNOTATION_CERT_NOT_AFTER.into(), expires.clone());
                     Ok(next)
                 })
                 .await
@@ -453,7 +453,7 @@ impl NodeManager {
     async fn seed(&self) {
         let Ok(list) = self
             .store
-            .list(&crate::http::resources::kind_prefix(Kind::Node), None)
+            .list(&crate::objects::kind_prefix(Kind::Node), None)
             .await
         else {
             return;
@@ -644,44 +644,35 @@ impl NodeManager {
             m.insert("capacity".into(), capacity.clone());
             m.insert("queue".into(), queue.clone());
             for (t, st, reason, msg) in &conds {
-                set_condition(m, t, if *st { "True" } else { "False" }, reason, msg);
+                set_condition(m, t, ConditionStatus::from_bool(*st), reason, msg);
             }
         })
         .await;
     }
 }
 
-/// Sets one condition in `status.conditions` (`status`: `True`, `False` or `Unknown`),
-/// keeping lastTransitionTime when unchanged.
+/// Sets one condition in `status.conditions` (the one [`Condition`] rule: the
+/// transition time is kept while the status stays).
 fn set_condition(
     m: &mut serde_json::Map<String, serde_json::Value>,
     kind: &str,
-    status_s: &str,
+    status: ConditionStatus,
     reason: &str,
     message: &str,
 ) {
-    let conds = m
-        .entry("conditions")
-        .or_insert_with(|| serde_json::json!([]));
-    if !conds.is_array() {
-        *conds = serde_json::json!([]);
-    }
-    let Some(list) = conds.as_array_mut() else {
-        return;
-    };
-    let existing = list.iter_mut().find(|c| c["type"] == kind);
-    let transition = match &existing {
-        Some(c) if c["status"] == status_s => c["lastTransitionTime"].clone(),
-        _ => now_rfc3339().into(),
-    };
-    let c = serde_json::json!({
-        "type": kind, "status": status_s, "reason": reason, "message": message,
-        "lastTransitionTime": transition,
-    });
-    match existing {
-        Some(e) => *e = c,
-        None => list.push(c),
-    }
+    let mut list: Vec<Condition> = m
+        .get("conditions")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    verge_api::status::set_condition(
+        &mut list,
+        Condition::new(kind, status, reason, message),
+        &now_rfc3339(),
+    );
+    m.insert(
+        "conditions".into(),
+        serde_json::to_value(list).unwrap_or_default(),
+    );
 }
 
 #[async_trait::async_trait]
@@ -885,10 +876,13 @@ mod tests {
     #[test]
     fn the_ready_condition_says_unknown_with_a_reason() {
         let (status, reason, message) = Liveness::Unknown.condition(3);
-        assert_eq!((status, reason), ("Unknown", "NodeStatusUnknown"));
+        assert_eq!(
+            (status, reason),
+            (ConditionStatus::Unknown, "NodeStatusUnknown")
+        );
         assert!(message.contains("since the cloud started"), "{message}");
-        assert_eq!(Liveness::NotReady.condition(3).0, "False");
-        assert_eq!(Liveness::Ready.condition(3).0, "True");
+        assert_eq!(Liveness::NotReady.condition(3).0, ConditionStatus::False);
+        assert_eq!(Liveness::Ready.condition(3).0, ConditionStatus::True);
         for l in [Liveness::Ready, Liveness::NotReady, Liveness::Unknown] {
             assert_eq!(Liveness::parse(l.as_str()), Some(l));
         }

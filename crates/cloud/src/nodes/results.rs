@@ -95,7 +95,7 @@ impl Results {
     /// Stores `r` once. An `Err` means it was not stored: the caller must not
     /// acknowledge it, so the node sends it again.
     pub async fn record(&self, node: &str, r: &TaskResult) -> Result<Recorded> {
-        let node_key = crate::http::resources::object_key(verge_api::Kind::Node, node);
+        let node_key = crate::objects::object_key(verge_api::Kind::Node, node);
         if self.store.get(&node_key).await?.is_none() {
             // Deleted (or never joined): nothing to attach it to. Acked, not kept.
             return Ok(Recorded::UnknownNode);

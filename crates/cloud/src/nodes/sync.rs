@@ -68,8 +68,7 @@ fn digest_rev(bytes: &[u8]) -> i64 {
     (u64::from_be_bytes(h) >> 1) as i64
 }
 
-/// Annotation on an App sent to a node: how many replicas run there.
-pub const ANNOTATION_REPLICAS: &str = "verge.io/replicas";
+pub use verge_api::names::ANNOTATION_REPLICAS;
 
 impl AppDesired {
     fn from_object(o: &Object) -> Self {
