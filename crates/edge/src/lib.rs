@@ -72,6 +72,11 @@ pub mod paths {
     }
 }
 
+/// The page cache of each of the node's redb databases (store, queue). redb's default
+/// (1 GiB) is sized for servers; a node's databases hold a few MiB, and the OS page
+/// cache is still under this one.
+pub(crate) const REDB_CACHE_BYTES: usize = 1024 * 1024;
+
 /// This agent's version (`agentVersion` in `Hello` and `NodeStatus`).
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
