@@ -286,8 +286,24 @@ pub async fn describe(
     Ok(())
 }
 
+/// `deleted`, or `deleting` when finalizers still hold the object (a Node's
+/// certificates are revoked before it goes; the cloud waits for that, bounded).
 pub async fn delete(client: &Client, kind: Kind, name: &str) -> Result<()> {
-    client.delete(kind, name).await?;
+    let obj = client.delete(kind, name).await?;
+    if obj.metadata.deletion_timestamp.is_some()
+        && let Some(left) = client.get_opt(kind, name).await?
+    {
+        outln!(
+            "{}/{name} deleting (waiting for: {})",
+            kind.singular(),
+            if left.metadata.finalizers.is_empty() {
+                "the deletion to finish".to_string()
+            } else {
+                left.metadata.finalizers.join(", ")
+            }
+        );
+        return Ok(());
+    }
     outln!("{}/{name} deleted", kind.singular());
     Ok(())
 }

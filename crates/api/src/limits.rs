@@ -32,6 +32,8 @@ pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
 /// Server-set string fields a client may echo back (`uid`, `resourceVersion`,
 /// `creationTimestamp`).
 pub const MAX_SERVER_FIELD_LEN: usize = 128;
+/// Finalizers per object (`metadata.finalizers`).
+pub const MAX_FINALIZERS: usize = 16;
 
 /// Docker image reference.
 pub const MAX_IMAGE_LEN: usize = 512;

@@ -4,10 +4,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Metadata every resource carries. `name`, `labels` and `annotations` are set by the
-/// user; `uid`, `generation`, `resourceVersion` and `creationTimestamp` are set by the
-/// server (values a client sends for them are ignored, except `resourceVersion` on update,
-/// which is the compare-and-swap precondition).
+/// Metadata every resource carries. `name`, `labels`, `annotations` and `finalizers` are
+/// set by the user; `uid`, `generation`, `resourceVersion`, `creationTimestamp` and
+/// `deletionTimestamp` are set by the server (values a client sends for them are
+/// ignored, except `resourceVersion` on update, which is the compare-and-swap
+/// precondition). Finalizers under the `verge.dev/` domain are the server's too: a
+/// client can neither add nor remove them.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -33,4 +35,23 @@ pub struct ObjectMeta {
     /// RFC 3339 UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_timestamp: Option<String>,
+    /// What must happen before the object goes away: while any is listed, `DELETE`
+    /// only sets `deletionTimestamp`, and whoever owns a finalizer removes it once its
+    /// work is done; the object is deleted when none is left.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finalizers: Vec<String>,
+    /// RFC 3339 UTC: when deletion was asked for (the object is being deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_timestamp: Option<String>,
+}
+
+impl ObjectMeta {
+    /// Whether deletion was asked for (`deletionTimestamp` is set).
+    pub fn is_deleting(&self) -> bool {
+        self.deletion_timestamp.is_some()
+    }
+
+    pub fn has_finalizer(&self, name: &str) -> bool {
+        self.finalizers.iter().any(|f| f == name)
+    }
 }

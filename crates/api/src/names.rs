@@ -22,6 +22,12 @@ pub const ANNOTATION_CERT_NOT_AFTER: &str = "verge.dev/cert-not-after";
 /// expires, so revoked with the node too).
 pub const ANNOTATION_PREVIOUS_CERT_SERIAL: &str = "verge.dev/previous-cert-serial";
 
+/// Finalizer on every Node: its certificates are revoked, its session closed and its
+/// records removed before the Node disappears (the node-deletion controller removes it).
+pub const FINALIZER_NODE_CLEANUP: &str = "verge.dev/node-cleanup";
+/// Finalizers under this prefix belong to the server: clients cannot add or remove them.
+pub const SYSTEM_FINALIZER_PREFIX: &str = "verge.dev/";
+
 /// On a Secret read without its values (every value is then `""`). A Secret carrying
 /// it is refused on write, so a redacted copy never overwrites the real values.
 pub const ANNOTATION_REDACTED: &str = "verge.dev/redacted";

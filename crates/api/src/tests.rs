@@ -586,6 +586,45 @@ fn server_fields_are_bounded() {
         "metadata.resourceVersion",
         "control characters",
     );
+    assert_invalid(
+        set(
+            good_app(),
+            "/metadata/deletionTimestamp",
+            json!("t".repeat(129)),
+        ),
+        "metadata.deletionTimestamp",
+        "too long",
+    );
+}
+
+#[test]
+fn finalizers_are_bounded_qualified_names() {
+    decode_object(set(
+        good_app(),
+        "/metadata/finalizers",
+        json!(["example.com/cleanup", "backup"]),
+    ))
+    .unwrap();
+    assert_invalid(
+        set(good_app(), "/metadata/finalizers", json!(["ok", "Not OK!"])),
+        "metadata.finalizers[1]",
+        "invalid key",
+    );
+    assert_invalid(
+        set(good_app(), "/metadata/finalizers", json!(["a/b", "a/b"])),
+        "metadata.finalizers[1]",
+        "duplicate finalizer",
+    );
+    let many: Vec<String> = (0..17).map(|i| format!("f{i}")).collect();
+    assert_invalid(
+        set(good_app(), "/metadata/finalizers", json!(many)),
+        "metadata.finalizers",
+        "too many finalizers (17, at most 16)",
+    );
+    assert_eq!(
+        invalid(set(good_app(), "/metadata/finalizers", json!("one"))).field,
+        "metadata.finalizers"
+    );
 }
 
 // ---------------------------------------------------------------------------------

@@ -365,6 +365,37 @@ fn validate_metadata(meta: &ObjectMeta) -> Result<(), ValidationError> {
         meta.creation_timestamp.as_ref(),
         "metadata.creationTimestamp",
     )?;
+    check_server_field(
+        meta.deletion_timestamp.as_ref(),
+        "metadata.deletionTimestamp",
+    )?;
+    check_finalizers(&meta.finalizers)
+}
+
+/// At most [`MAX_FINALIZERS`], each a qualified name (`example.com/cleanup`, the
+/// label-key syntax), no duplicates.
+fn check_finalizers(finalizers: &[String]) -> Result<(), ValidationError> {
+    if finalizers.len() > MAX_FINALIZERS {
+        return Err(ValidationError::new(
+            "metadata.finalizers",
+            format!(
+                "too many finalizers ({}, at most {MAX_FINALIZERS})",
+                finalizers.len()
+            ),
+        ));
+    }
+    for (i, f) in finalizers.iter().enumerate() {
+        let field = format!("metadata.finalizers[{i}]");
+        if let Some(problem) = label_key_problem(f) {
+            return Err(ValidationError::new(field, problem));
+        }
+        if finalizers[..i].contains(f) {
+            return Err(ValidationError::new(
+                field,
+                format!("duplicate finalizer {f:?}"),
+            ));
+        }
+    }
     Ok(())
 }
 

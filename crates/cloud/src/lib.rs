@@ -11,6 +11,7 @@ pub mod artifact_access;
 pub mod artifacts;
 pub mod auth;
 mod client_config;
+pub mod compaction;
 pub mod controller;
 mod error;
 pub mod functions;
@@ -172,6 +173,8 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     cfg.limits
         .check()
         .map_err(|e| Error::Config(format!("connection limits: {e}")))?;
+    // Tests only: where node deletion aborts the process (`nodes::delete::CrashPoint`).
+    let crash_at = nodes::delete::CrashPoint::from_env().map_err(Error::Config)?;
     // This process's alone (the lock) and private (0700, files 0600) at every start.
     let _data_dir_lock = secure_fs::take_data_dir(&cfg.data_dir, "verge cloud")?;
     let ca = ClusterCa::load_or_create(&cfg.data_dir)?;
@@ -271,6 +274,8 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let (api_admission, mqtt_admission) = admissions(&cfg, &metrics);
+    // Controllers on the one runtime share one informer (one store watch) per kind.
+    let informers = controller::Informers::new(store.clone(), shutdown_rx.clone());
 
     // Edge nodes: lifecycle + sync, and the MQTT gateway they connect to.
     let node_manager = nodes::NodeManager::new(
@@ -358,7 +363,9 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         (None, None) => (None, None),
     };
     background.push(tokio::spawn(
-        node_manager.clone().lifecycle_loop(shutdown_rx.clone()),
+        node_manager
+            .clone()
+            .run_lifecycle(informers.clone(), shutdown_rx.clone()),
     ));
     {
         let apps = apps::AppController::new(store.clone(), node_manager.apps.clone());
@@ -368,8 +375,9 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     {
         let sync = node_manager.sync.clone();
         let rx = shutdown_rx.clone();
-        // Relists after any watch error; returns only at shutdown.
-        background.push(tokio::spawn(async move { sync.run(rx).await }));
+        let informers = informers.clone();
+        // Follows the informers (which relist after any watch error) until shutdown.
+        background.push(tokio::spawn(async move { sync.run(informers, rx).await }));
     }
     // Functions: the cloud's runtime, the Function, Task and Trigger controllers.
     let mut sandbox = cfg.function_sandbox.clone();
@@ -406,8 +414,6 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         let rx = shutdown_rx.clone();
         background.push(tokio::spawn(async move { controller.run(rx).await }));
         background.push(tokio::spawn(tasks.clone().run(shutdown_rx.clone())));
-        // Controllers on the one runtime share one informer per kind.
-        let informers = controller::Informers::new(store.clone(), shutdown_rx.clone());
         let triggers = Arc::new(functions::triggers::TriggerController::new(
             store.clone(),
             tasks.clone(),
@@ -415,6 +421,17 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         ));
         background.push(tokio::spawn(
             triggers.run(informers.clone(), shutdown_rx.clone()),
+        ));
+        // Deleting a Node: certificates revoked, session closed, records removed, then
+        // the Node goes (a crash in between is finished after the restart).
+        let deletion = nodes::delete::NodeDeletion::new(
+            store.clone(),
+            node_manager.clone(),
+            gateway.clone(),
+            crash_at,
+        );
+        background.push(tokio::spawn(
+            deletion.run(informers.clone(), shutdown_rx.clone()),
         ));
     }
     let openapi_json: Bytes =
@@ -436,7 +453,6 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
             .unwrap_or(time::Duration::days(30)),
         mqtt_url,
         nodes: Some(node_manager.clone()),
-        gateway,
         artifacts: artifact_store,
         functions: Some(Arc::new(functions::Functions {
             host: function_host,
@@ -446,12 +462,14 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         secrets: secret_box,
     });
     let app = http::router(state, &cfg.mounts);
-    let compactor = tokio::spawn(compact_loop(
-        store.clone(),
-        cfg.history_revisions,
-        cfg.compact_interval,
-        shutdown_rx.clone(),
-    ));
+    let compactor = tokio::spawn(
+        Arc::new(compaction::Compactor {
+            store: store.clone(),
+            keep: cfg.history_revisions,
+            every: cfg.compact_interval,
+        })
+        .run(informers.clone(), shutdown_rx.clone()),
+    );
     tracing::info!(%url, data_dir = %cfg.data_dir.display(), "verge cloud listening");
     let server = tokio::spawn(http::serve::serve(
         listener,
@@ -520,32 +538,4 @@ fn admissions(
             m.clone(),
         ),
     )
-}
-
-/// Keeps `keep` revisions of history.
-async fn compact_loop(
-    store: DynStore,
-    keep: i64,
-    every: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.changed() => return,
-        }
-        let (Ok(cur), Ok(done)) = (
-            store.current_revision().await,
-            store.compacted_revision().await,
-        ) else {
-            continue;
-        };
-        let target = cur - keep;
-        if target > done {
-            match store.compact(target).await {
-                Ok(()) => tracing::debug!(revision = target, "compacted history"),
-                Err(e) => tracing::warn!(error = %e, "compaction failed"),
-            }
-        }
-    }
 }

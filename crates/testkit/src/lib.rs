@@ -33,6 +33,8 @@ pub struct Cloud {
     log_filter: String,
     /// Where its stderr goes, when captured ([`Cloud::log`]).
     log_file: Option<PathBuf>,
+    /// Extra environment of the process ([`Cloud::start_env`], [`Cloud::clear_env`]).
+    env: Vec<(String, String)>,
 }
 
 fn install_provider() {
@@ -42,13 +44,24 @@ fn install_provider() {
 impl Cloud {
     /// Starts `bin cloud` on a fresh temp dir.
     pub async fn start(bin: &Path, extra_args: &[&str]) -> Result<Self> {
-        Self::start_with(bin, extra_args, "warn", false).await
+        Self::start_with(bin, extra_args, "warn", false, &[]).await
     }
 
     /// Like [`Cloud::start`], with `RUST_LOG=filter` and its log captured to a file in
     /// the temp dir, for tests about what the cloud logs ([`Cloud::log`]).
     pub async fn start_logging(bin: &Path, extra_args: &[&str], filter: &str) -> Result<Self> {
-        Self::start_with(bin, extra_args, filter, true).await
+        Self::start_with(bin, extra_args, filter, true, &[]).await
+    }
+
+    /// Like [`Cloud::start_logging`] (filter `warn`), with extra environment variables
+    /// (e.g. a fault-injection point) until [`Cloud::clear_env`].
+    pub async fn start_env(bin: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_with(bin, extra_args, "warn", true, env).await
+    }
+
+    /// Later (re)starts get no extra environment.
+    pub fn clear_env(&mut self) {
+        self.env.clear();
     }
 
     async fn start_with(
@@ -56,6 +69,7 @@ impl Cloud {
         extra_args: &[&str],
         filter: &str,
         capture: bool,
+        env: &[(&str, &str)],
     ) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
         let log_file = capture.then(|| tmp.path().join("cloud.log"));
@@ -74,6 +88,10 @@ impl Cloud {
             mqtt_url: String::new(),
             log_filter: filter.to_owned(),
             log_file,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         c.spawn().await?;
         Ok(c)
@@ -110,6 +128,7 @@ impl Cloud {
         }
         cmd.args(&self.extra_args)
             .env("RUST_LOG", &self.log_filter)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         if let Some(path) = &self.log_file {
             let log = std::fs::OpenOptions::new()

@@ -3,6 +3,8 @@
 //!
 //! Pure: no I/O, no clock (the caller passes `now`).
 
+pub mod node;
+
 use serde::{Deserialize, Serialize};
 
 /// Whether a condition holds.

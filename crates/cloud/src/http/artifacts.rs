@@ -306,8 +306,8 @@ fn file_stream(
 }
 
 /// Authentication for downloads: a bearer token when one is sent; otherwise the
-/// node's client certificate ([`PeerNode`]), accepted only while the Node exists and
-/// the certificate's serial is not revoked.
+/// node's client certificate ([`PeerNode`]), accepted only while the Node exists (and
+/// is not being deleted) and the certificate's serial is not revoked.
 pub async fn authenticate_token_or_node(
     State(st): State<SharedState>,
     mut req: Request,
@@ -350,14 +350,15 @@ async fn check_node(st: &SharedState, peer: &PeerNode) -> Result<(), ApiError> {
             peer.name, peer.serial
         )));
     }
-    if st
-        .store
-        .get(&object_key(Kind::Node, &peer.name))
-        .await?
-        .is_none()
-    {
+    let Some(kv) = st.store.get(&object_key(Kind::Node, &peer.name)).await? else {
         return Err(deny(format!(
             "node {:?} does not exist (deleted?); its certificate is no longer accepted",
+            peer.name
+        )));
+    };
+    if crate::objects::kv_to_object(&kv)?.metadata.is_deleting() {
+        return Err(deny(format!(
+            "node {:?} is being deleted; its certificate is no longer accepted",
             peer.name
         )));
     }

@@ -32,7 +32,7 @@ use crate::auth::now_rfc3339;
 use crate::error::ApiError;
 use crate::nodes::certs::record_node_cert;
 use crate::objects::object_key;
-use verge_api::names::{ANNOTATION_CERT_NOT_AFTER, ANNOTATION_CERT_SERIAL};
+use verge_api::names::{ANNOTATION_CERT_NOT_AFTER, ANNOTATION_CERT_SERIAL, FINALIZER_NODE_CLEANUP};
 
 pub const MAX_JOIN_BODY: usize = 16 * 1024;
 /// Time allowed for the whole join request body.
@@ -261,6 +261,19 @@ pub async fn join(
     };
     if existing_obj
         .as_ref()
+        .is_some_and(|o| o.metadata.is_deleting())
+    {
+        return Err(ApiError::new(
+            Reason::AlreadyExists,
+            format!(
+                "node {:?} is being deleted; join again once it is gone",
+                req.name
+            ),
+        )
+        .field("name"));
+    }
+    if existing_obj
+        .as_ref()
         .is_some_and(|o| o.metadata.annotations.contains_key(ANNOTATION_CERT_SERIAL))
     {
         return Err(ApiError::new(
@@ -295,6 +308,12 @@ pub async fn join(
         status: serde_json::Value::Null,
     });
     obj.metadata.labels.extend(labels);
+    // Deleting the Node revokes its certificates first (`nodes::delete`).
+    if !obj.metadata.has_finalizer(FINALIZER_NODE_CLEANUP) {
+        obj.metadata
+            .finalizers
+            .push(FINALIZER_NODE_CLEANUP.to_string());
+    }
     obj.metadata
         .annotations
         .insert(ANNOTATION_CERT_SERIAL.into(), cert.serial.clone());

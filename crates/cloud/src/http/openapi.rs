@@ -447,7 +447,15 @@ fn describe(op: Op) -> OperationBuilder {
                 integer(0, None),
                 "delete only if unchanged since this revision",
             ))
-            .response("200", ok("the deleted object", Ref::from_schema_name(k)))
+            .response(
+                "200",
+                ok(
+                    "the deleted object; with finalizers (every Node), the object marked \
+                     with metadata.deletionTimestamp (a Node's answer waits, at most 10 s, \
+                     until it is gone)",
+                    Ref::from_schema_name(k),
+                ),
+            )
             .response("403", write_denied())
             .response("404", error("not found"))
             .response("409", error("resourceVersion is stale"))

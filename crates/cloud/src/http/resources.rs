@@ -1,6 +1,13 @@
 //! `/api/v1/{plural}[/{name}[/status]]`: create, get, list, update (compare-and-swap on
 //! `metadata.resourceVersion`), delete, and the status subresource.
 //!
+//! Deletion follows finalizers (decision 028): an object with `metadata.finalizers`
+//! (and every Node) is only marked (`metadata.deletionTimestamp`); it goes away once
+//! its finalizers are removed — by an update, or for a Node by the node-deletion
+//! controller (`nodes::delete`), which the Node DELETE waits for (bounded). Finalizers
+//! under `verge.dev/` and `deletionTimestamp` are the server's: what a client sends for
+//! them is ignored, like `uid`.
+//!
 //! Objects are stored as JSON without `resourceVersion`; it is filled from the store's
 //! `mod_revision` when read. `generation` starts at 1 and is bumped only when `spec`
 //! changes. Updates that change nothing are not written (the answer carries the
@@ -28,6 +35,16 @@ use super::watch;
 use crate::auth::{Principal, now_rfc3339};
 use crate::error::ApiError;
 use crate::objects::{encode_for_store, kind_prefix, kv_to_object, modify, not_found, object_key};
+use verge_api::names::{FINALIZER_NODE_CLEANUP, SYSTEM_FINALIZER_PREFIX};
+
+/// How long `DELETE /api/v1/nodes/{name}` waits for the node-deletion controller to
+/// finish before answering with the Node still marked (the deletion then finishes in
+/// the background).
+const NODE_DELETE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn is_system_finalizer(f: &str) -> bool {
+    f.starts_with(SYSTEM_FINALIZER_PREFIX)
+}
 use crate::secrets::SecretView;
 
 pub fn kind_from_plural(plural: &str) -> Result<Kind, ApiError> {
@@ -230,6 +247,13 @@ pub async fn create(
     obj.metadata.generation = Some(1);
     obj.metadata.creation_timestamp = Some(now_rfc3339());
     obj.metadata.resource_version = None;
+    obj.metadata.deletion_timestamp = None;
+    obj.metadata.finalizers.retain(|f| !is_system_finalizer(f));
+    if kind == Kind::Node {
+        obj.metadata
+            .finalizers
+            .push(FINALIZER_NODE_CLEANUP.to_string());
+    }
     // Status is written only through the /status subresource.
     obj.status = serde_json::Value::Null;
     let name = obj.metadata.name.clone();
@@ -284,7 +308,7 @@ pub async fn update(
         None => None,
     };
     let key = object_key(kind, &name);
-    modify(&st.store, kind, &key, &name, expected, |current| {
+    let updated = modify(&st.store, kind, &key, &name, expected, |current| {
         if kind == Kind::App {
             check_version_forward(current, &obj)?;
         }
@@ -309,6 +333,7 @@ pub async fn update(
         }
         next.metadata.uid = current.metadata.uid.clone();
         next.metadata.creation_timestamp = current.metadata.creation_timestamp.clone();
+        merge_finalizers(current, &mut next)?;
         let generation = current.metadata.generation.unwrap_or(1);
         next.metadata.generation = Some(if next.spec != current.spec {
             generation + 1
@@ -318,8 +343,61 @@ pub async fn update(
         next.status = current.status.clone();
         Ok(next)
     })
-    .await
-    .map(|o| Json(shown(&view(&st, kind, &principal), o)))
+    .await?;
+    let updated = finish_if_released(&st, kind, &key, updated).await?;
+    Ok(Json(shown(&view(&st, kind, &principal), updated)))
+}
+
+/// The server's parts of `metadata` on update: `deletionTimestamp` and the `verge.dev/`
+/// finalizers are kept from `current` whatever the client sent; an object being
+/// deleted takes no new finalizer.
+fn merge_finalizers(current: &Object, next: &mut Object) -> Result<(), ApiError> {
+    next.metadata.deletion_timestamp = current.metadata.deletion_timestamp.clone();
+    next.metadata.finalizers.retain(|f| !is_system_finalizer(f));
+    for f in current
+        .metadata
+        .finalizers
+        .iter()
+        .filter(|f| is_system_finalizer(f))
+    {
+        next.metadata.finalizers.push(f.clone());
+    }
+    if current.metadata.is_deleting()
+        && let Some(added) = next
+            .metadata
+            .finalizers
+            .iter()
+            .find(|f| !current.metadata.has_finalizer(f))
+    {
+        return Err(ApiError::invalid(
+            "metadata.finalizers",
+            format!("metadata.finalizers: cannot add {added:?} to an object that is being deleted"),
+        ));
+    }
+    Ok(())
+}
+
+/// An object being deleted whose last finalizer an update removed goes away now
+/// (Nodes are deleted by their controller, which also revokes their certificates).
+async fn finish_if_released(
+    st: &SharedState,
+    kind: Kind,
+    key: &str,
+    obj: Object,
+) -> Result<Object, ApiError> {
+    if kind == Kind::Node || !obj.metadata.is_deleting() || !obj.metadata.finalizers.is_empty() {
+        return Ok(obj);
+    }
+    let rv = obj
+        .metadata
+        .resource_version
+        .as_deref()
+        .and_then(|r| r.parse::<Revision>().ok())
+        .unwrap_or_default();
+    match st.store.delete(key, Expect::ModRevision(rv)).await {
+        Ok(_) | Err(verge_store::Error::NotFound { .. }) => Ok(obj),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// An App's `spec.version` may only go backwards as an explicit rollback (the
@@ -429,38 +507,53 @@ pub async fn delete(
         ))
         .field(bad.clone()));
     }
-    let expect = match q.get("resourceVersion") {
-        Some(rv) => Expect::ModRevision(parse_revision(rv, "resourceVersion")?),
-        None => Expect::Any,
+    let expected = match q.get("resourceVersion") {
+        Some(rv) => Some(parse_revision(rv, "resourceVersion")?),
+        None => None,
     };
+    let key = object_key(kind, &name);
     let kv = st
         .store
-        .delete(&object_key(kind, &name), expect)
-        .await
-        .map_err(|e| match e {
+        .get(&key)
+        .await?
+        .ok_or_else(|| not_found(kind, &name))?;
+    let current = kv_to_object(&kv)?;
+    // Without finalizers (and not a Node): deleted at once, as always.
+    if kind != Kind::Node && current.metadata.finalizers.is_empty() {
+        let expect = expected.map_or(Expect::Any, Expect::ModRevision);
+        let kv = st.store.delete(&key, expect).await.map_err(|e| match e {
             verge_store::Error::NotFound { .. } => not_found(kind, &name),
             other => other.into(),
         })?;
-    let obj = shown(&view(&st, kind, &principal), kv_to_object(&kv)?);
-    if kind == Kind::Node {
-        // A deleted node's certificate is refused from now on, and its session closed.
-        let serials = crate::nodes::certs::revoke_node_cert(&st.store, &obj).await?;
-        if let Some(gw) = &st.gateway {
-            for serial in &serials {
-                gw.revoke_serial(serial);
-            }
+        return Ok(Json(shown(
+            &view(&st, kind, &principal),
+            kv_to_object(&kv)?,
+        )));
+    }
+    // Marked; a repeated DELETE changes nothing. Every Node is marked (also ones
+    // created before the finalizer existed): its controller revokes its certificates
+    // before it goes.
+    let marked = modify(&st.store, kind, &key, &name, expected, |cur| {
+        let mut next = cur.clone();
+        if next.metadata.deletion_timestamp.is_none() {
+            next.metadata.deletion_timestamp = Some(now_rfc3339());
         }
-        if let Some(nodes) = &st.nodes {
-            nodes.forget(&name);
-            nodes.sync.drop_record(&name).await;
-            nodes.apps.forget(&name);
-            nodes.logs.forget(&name);
-            if let Err(e) = nodes.results.forget(&name).await {
-                tracing::warn!(node = %name, error = %e, "could not delete the node's results");
-            }
+        Ok(next)
+    })
+    .await?;
+    let marked = finish_if_released(&st, kind, &key, marked).await?;
+    if kind == Kind::Node {
+        let rv = marked
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|r| r.parse::<Revision>().ok())
+            .unwrap_or_default();
+        if !crate::nodes::delete::wait_gone(&st.store, &name, rv, NODE_DELETE_WAIT).await? {
+            tracing::info!(node = %name, "node deletion continues in the background");
         }
     }
-    Ok(Json(obj))
+    Ok(Json(shown(&view(&st, kind, &principal), marked)))
 }
 
 /// `GET /api/v1/apps/{name}/logs[?node=N&tail=K]` (and `functions/{name}/logs`): the

@@ -31,9 +31,8 @@ pub struct AppState {
     pub node_cert_validity: time::Duration,
     /// Broker URL handed to joining nodes.
     pub mqtt_url: Option<String>,
-    /// Node lifecycle and sync (told about node deletions).
+    /// Node lifecycle and sync (logs and results of nodes).
     pub nodes: Option<Arc<crate::nodes::NodeManager>>,
-    pub gateway: Option<crate::gateway::DynDownlink>,
     /// The content-addressed artifact store (`/api/v1/artifacts`).
     pub artifacts: Arc<crate::artifacts::ArtifactStore>,
     /// The function runtime and the task controller.

@@ -2,7 +2,9 @@
 //! written by [`record_node_cert`] at join and at each renewal) only while
 //! they matter, and bounded per node.
 //!
-//! A record exists so that deleting the node revokes the serial (decision 006). Once
+//! A record exists so that deleting the node revokes the serial (decision 006; the
+//! node-deletion controller, [`super::delete`], uses [`revoke_serials`] and
+//! [`forget_issue_records`] in that order). Once
 //! the certificate has expired (plus a grace for the clocks of whoever checks it, e.g.
 //! an external broker) no TLS peer accepts it any more, so its record is pruned. Pruning
 //! happens for one node at a time, when that node renews (the only moment its records
@@ -78,23 +80,49 @@ pub async fn node_serials(
     Ok(out)
 }
 
-/// Records a deleted node's certificate serials as revoked (and forgets the issue
-/// records). Returns the serials.
-pub async fn revoke_node_cert(store: &DynStore, node: &Object) -> Result<Vec<String>, ApiError> {
-    let serials = node_serials(store, node).await?;
-    // Each serial's expiry, where its issue record has it: the revocation record is
-    // pruned once that has passed (`nodes::certs::prune_revoked`); without one it is kept.
-    let prefix = format!("{NODE_CERTS_PREFIX}{}/", node.metadata.name);
-    let expiries: std::collections::HashMap<String, String> = store
+/// Serial -> `notAfter` of the node's recorded certificates (where the record has it).
+pub async fn node_cert_expiries(
+    store: &DynStore,
+    node: &str,
+) -> Result<std::collections::HashMap<String, String>, ApiError> {
+    let prefix = format!("{NODE_CERTS_PREFIX}{node}/");
+    Ok(store
         .list(&prefix, None)
         .await?
         .items
         .iter()
         .filter_map(|kv| serde_json::from_slice::<CertRecord>(&kv.value).ok())
         .map(|r| (r.serial, r.not_after))
-        .collect();
-    for serial in &serials {
-        let mut rec = serde_json::json!({"node": node.metadata.name, "serial": serial, "revokedAt": now_rfc3339()});
+        .collect())
+}
+
+/// Which of `serials` already have a revocation record.
+pub async fn revoked_among(store: &DynStore, serials: &[String]) -> Result<Vec<String>, ApiError> {
+    let mut out = Vec::new();
+    for serial in serials {
+        if store
+            .get(&format!("{REVOKED_PREFIX}{serial}"))
+            .await?
+            .is_some()
+        {
+            out.push(serial.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a revocation record for each of `serials` of `node` (idempotent: an existing
+/// record is kept). Each record carries the certificate's expiry where `expiries` has
+/// it, so it is pruned once that has passed ([`prune_revoked`]); without one it is kept.
+pub async fn revoke_serials(
+    store: &DynStore,
+    node: &str,
+    serials: &[String],
+    expiries: &std::collections::HashMap<String, String>,
+) -> Result<(), ApiError> {
+    for serial in serials {
+        let mut rec =
+            serde_json::json!({"node": node, "serial": serial, "revokedAt": now_rfc3339()});
         if let Some(not_after) = expiries.get(serial).filter(|t| !t.is_empty()) {
             rec["notAfter"] = serde_json::Value::String(not_after.clone());
         }
@@ -107,16 +135,41 @@ pub async fn revoke_node_cert(store: &DynStore, node: &Object) -> Result<Vec<Str
             .await
         {
             Ok(_) | Err(verge_store::Error::AlreadyExists { .. }) => {
-                tracing::info!(node = %node.metadata.name, %serial, "node certificate revoked");
+                tracing::info!(%node, %serial, "node certificate revoked");
             }
             Err(e) => return Err(e.into()),
         }
     }
-    for serial in &serials {
-        let key = format!("{NODE_CERTS_PREFIX}{}/{serial}", node.metadata.name);
-        let _ = store.delete(&key, verge_store::Expect::Any).await;
+    Ok(())
+}
+
+/// Deletes the issue records of `serials` of `node`: only once each is revoked (the
+/// records are what make an unannotated serial revocable).
+pub async fn forget_issue_records(
+    store: &DynStore,
+    node: &str,
+    serials: &[String],
+) -> Result<(), ApiError> {
+    for serial in serials {
+        let key = format!("{NODE_CERTS_PREFIX}{node}/{serial}");
+        match store.delete(&key, Expect::Any).await {
+            Ok(_) | Err(verge_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
-    Ok(serials)
+    Ok(())
+}
+
+/// Serials of `node` that still have an issue record.
+pub async fn issue_records(store: &DynStore, node: &str) -> Result<Vec<String>, ApiError> {
+    let prefix = format!("{NODE_CERTS_PREFIX}{node}/");
+    Ok(store
+        .list(&prefix, None)
+        .await?
+        .items
+        .iter()
+        .filter_map(|kv| kv.key.strip_prefix(&prefix).map(str::to_string))
+        .collect())
 }
 
 /// Unexpired certificates a node may hold; renewals past it are refused.

@@ -1,18 +1,11 @@
 //! Node lifecycle and the data manager for node traffic.
 //!
 //! [`NodeManager`] implements the gateway's [`Inbound`]: heartbeats update an in-memory
-//! last-seen time (never a store write per heartbeat); a lifecycle loop marks a node
-//! `NotReady` after `misses` missed heartbeats and `Ready` again on the next one, and
-//! flushes `lastSeen` to the Node's status periodically. Status reports are written to
-//! the Node's status. Desired-state sync lives in [`sync`].
-//!
-//! After a cloud (re)start nothing has been heard from any node yet: a node recorded
-//! `Ready` is `Unknown` (condition `Ready` = `Unknown`, as in Kubernetes) until its first
-//! heartbeat makes it `Ready`, or until `misses` intervals from the cloud's start pass
-//! without one (`NotReady`); one recorded `NotReady` stays so ([`liveness`], pure).
-//!
-//! The cloud's own clock decides liveness (receive time), so a node whose clock is
-//! skewed is still judged correctly; the skew is reported in its status.
+//! last-seen time (never a store write per heartbeat); the `nodes` controller
+//! ([`lifecycle`], on the controller runtime) marks a node `Ready`, `NotReady` or
+//! `Unknown` and flushes `lastSeen` to the Node's status. Status reports are written to
+//! the Node's status (typed: `verge_api::status::node::NodeStatus`). Desired-state sync
+//! lives in [`sync`].
 //!
 //! What a node sends is taken only for what is placed on it: a task result only when
 //! the task controller admits it (`Tasks::admit`: the attempt was dispatched to this
@@ -25,6 +18,8 @@
 //! store at most once per [`STATUS_WRITE_INTERVAL`] (the latest report wins).
 
 pub mod certs;
+pub mod delete;
+pub mod lifecycle;
 pub mod logs;
 pub mod results;
 pub mod sync;
@@ -32,8 +27,6 @@ pub mod sync;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-
-use futures::StreamExt;
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -45,7 +38,11 @@ use crate::functions::task_state::Refusal;
 use crate::functions::tasks::Admission;
 use crate::gateway::{DropLabel, DynDownlink, Handled, Inbound};
 use crate::objects::{modify, object_key};
+use verge_api::status::node as node_status;
 use verge_api::status::{Condition, ConditionStatus};
+
+use lifecycle::Runtime;
+pub use lifecycle::{LifecycleConfig, Liveness, liveness};
 
 /// Counters of node input the cloud refused (registered in the cloud's metrics).
 #[derive(Clone, Default)]
@@ -90,152 +87,15 @@ impl InputMetrics {
 const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// A node's status report is written to the store at most this often; one arriving
-/// sooner waits (the latest replaces it) and the lifecycle loop writes it when due, so
-/// a node sending reports as fast as it can costs one store write a second.
+/// sooner waits (the latest replaces it) and the lifecycle controller writes it when
+/// due, so a node sending reports as fast as it can costs one store write a second.
 pub const STATUS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct StatusWrites {
-    last: Option<Instant>,
+    last: Option<tokio::time::Instant>,
     pending: Option<Box<NodeStatus>>,
 }
-
-#[derive(Debug, Clone)]
-pub struct LifecycleConfig {
-    /// Expected heartbeat period of nodes.
-    pub heartbeat_interval: Duration,
-    /// Missed heartbeats before NotReady.
-    pub misses: u32,
-    /// How often `lastSeen` is written to Node status.
-    pub last_seen_flush: Duration,
-}
-
-impl Default for LifecycleConfig {
-    fn default() -> Self {
-        Self {
-            heartbeat_interval: Duration::from_secs(15),
-            misses: 3,
-            last_seen_flush: Duration::from_secs(30),
-        }
-    }
-}
-
-/// What the cloud can say about a node: `status.phase` and the `Ready` condition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Liveness {
-    /// Heartbeats are arriving.
-    Ready,
-    /// No heartbeat for `misses` intervals.
-    NotReady,
-    /// Nothing heard since the cloud started, and not yet `misses` intervals of it.
-    Unknown,
-}
-
-impl Liveness {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Liveness::Ready => "Ready",
-            Liveness::NotReady => "NotReady",
-            Liveness::Unknown => "Unknown",
-        }
-    }
-
-    /// From a stored `status.phase`.
-    pub fn parse(phase: &str) -> Option<Liveness> {
-        match phase {
-            "Ready" => Some(Liveness::Ready),
-            "NotReady" => Some(Liveness::NotReady),
-            "Unknown" => Some(Liveness::Unknown),
-            _ => None,
-        }
-    }
-
-    /// The `Ready` condition: (status, reason, message).
-    fn condition(self, misses: u32) -> (ConditionStatus, &'static str, String) {
-        match self {
-            Liveness::Ready => (
-                ConditionStatus::True,
-                "HeartbeatsArriving",
-                "the node's heartbeats are arriving".into(),
-            ),
-            Liveness::NotReady => (
-                ConditionStatus::False,
-                "HeartbeatsMissed",
-                format!("no heartbeat for {misses} intervals"),
-            ),
-            Liveness::Unknown => (
-                ConditionStatus::Unknown,
-                "NodeStatusUnknown",
-                "no heartbeat yet since the cloud started; waiting for the node".into(),
-            ),
-        }
-    }
-}
-
-/// A node's liveness (pure). `since_seen`: time since its last heartbeat (or session)
-/// *in this cloud process*, `None` if nothing came yet; `watching`: time since the
-/// lifecycle loop started; `recorded`: the phase the store held at that start.
-/// Heard from within `grace` → Ready, longer ago → NotReady; never heard → Unknown
-/// for the first `grace` of the cloud's life, NotReady after (or at once if it was
-/// recorded NotReady: nothing new is known of it).
-pub fn liveness(
-    since_seen: Option<Duration>,
-    watching: Duration,
-    grace: Duration,
-    recorded: Option<Liveness>,
-) -> Liveness {
-    match since_seen {
-        Some(d) if d < grace => Liveness::Ready,
-        Some(_) => Liveness::NotReady,
-        None if recorded == Some(Liveness::NotReady) || watching >= grace => Liveness::NotReady,
-        None => Liveness::Unknown,
-    }
-}
-
-/// Most phase and `lastSeen` writes one lifecycle tick makes (the rest wait a tick).
-const MAX_PHASE_WRITES_PER_TICK: usize = 2000;
-/// Phase writes in flight at once (the store commits them in groups).
-const PHASE_WRITE_CONCURRENCY: usize = 32;
-
-/// A node whose status the lifecycle loop is about to write.
-struct Change {
-    node: String,
-    phase: Liveness,
-    /// The phase changes (not only `lastSeen` or the clock skew).
-    moved: bool,
-}
-
-impl Change {
-    /// Write order: nodes becoming Ready, then other phase changes (NotReady before
-    /// Unknown), then `lastSeen` flushes.
-    fn priority(&self) -> (u8, u8) {
-        let phase = match self.phase {
-            Liveness::Ready => 0,
-            Liveness::NotReady => 1,
-            Liveness::Unknown => 2,
-        };
-        (u8::from(!self.moved), phase)
-    }
-}
-
-#[derive(Debug, Default)]
-struct Runtime {
-    /// Last heartbeat (or session start) in this process.
-    last_seen: Option<Instant>,
-    last_seen_wall: Option<OffsetDateTime>,
-    /// The phase the store held when the lifecycle loop started.
-    recorded: Option<Liveness>,
-    /// What the store says (as far as we wrote it).
-    written: Option<Liveness>,
-    seen_since_flush: bool,
-    clock_skew_ms: i64,
-    /// What the store says of the skew (as far as we wrote it).
-    reported_skew_ms: i64,
-}
-
-/// A skew change larger than this is written to the Node's status at once (smaller
-/// ones ride along with the periodic `lastSeen` flush).
-const SKEW_REPORT_STEP_MS: i64 = 1000;
 
 pub struct NodeManager {
     store: DynStore,
@@ -255,6 +115,11 @@ pub struct NodeManager {
     /// Per node: the last status write and a report waiting for its turn.
     status_writes: Mutex<HashMap<String, StatusWrites>>,
     gateway: OnceLock<DynDownlink>,
+    /// Node names for the lifecycle controller ([`lifecycle`]), and its end of them.
+    wake: tokio::sync::mpsc::UnboundedSender<String>,
+    wakeups: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    /// When the lifecycle controller started (what `Unknown` counts from).
+    started: OnceLock<tokio::time::Instant>,
     issuer: OnceLock<Issuer>,
     /// Last certificate renewal per node (at most one per [`RENEW_MIN_INTERVAL`]).
     renewed: Mutex<HashMap<String, Instant>>,
@@ -284,7 +149,11 @@ impl NodeManager {
         log_budget: logs::LogBudget,
         metrics: InputMetrics,
     ) -> Arc<Self> {
+        let (wake, wakeups) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Self {
+            wake,
+            wakeups: Mutex::new(Some(wakeups)),
+            started: OnceLock::new(),
             sync: Arc::new(sync::Sync::new(store.clone())),
             results: results::Results::new(store.clone()),
             tasks: std::sync::OnceLock::new(),
@@ -310,7 +179,8 @@ impl NodeManager {
     /// Signs a node's CSR for its next key (the session's certificate authenticated
     /// the node), records the new serial (keeping the previous one, revoked with the
     /// node) and sends the certificate back. Expired certificate records of the node
-    /// are pruned first ([`certs`]). Refused, with a warning, for unknown nodes, a CSR
+    /// are pruned first ([`certs`]). Refused, with a warning, for unknown nodes and nodes
+    /// being deleted ([`delete`]), a CSR
     /// naming another node, more than one renewal per [`RENEW_MIN_INTERVAL`], or a node
     /// already holding [`certs::MAX_LIVE_CERTS_PER_NODE`] unexpired certificates.
     async fn renew(&self, node: &str, req: &verge_proto::CertRequest) -> Handled {
@@ -375,6 +245,10 @@ impl NodeManager {
             Err(e) => Err(e),
             Ok(()) => {
                 modify(&self.store, Kind::Node, &key, node, None, |cur| {
+                    // A Node being deleted gets no new certificate (`delete.rs`).
+                    if cur.metadata.is_deleting() {
+                        return Err(crate::objects::not_found(Kind::Node, node));
+                    }
                     let mut next = cur.clone();
                     let ann = &mut next.metadata.annotations;
                     if let Some(old) = ann.get(ANNOTATION_CERT_SERIAL).cloned() {
@@ -390,7 +264,7 @@ impl NodeManager {
         match r {
             Ok(_) => {}
             Err(e) if e.reason == verge_api::Reason::NotFound => {
-                tracing::warn!(%node, "certificate renewal for a node that does not exist; refused");
+                tracing::warn!(%node, "certificate renewal for a node that does not exist or is being deleted; refused");
                 return Handled::Done;
             }
             Err(e) => {
@@ -421,160 +295,55 @@ impl NodeManager {
         self.sync.set_gateway(gw);
     }
 
-    /// Patches a Node's status (compare-and-swap with retries); missing nodes are
-    /// ignored (deleted meanwhile).
+    /// Patches a Node's status as its typed [`node_status::NodeStatus`]
+    /// (compare-and-swap with retries); a missing node is not an error (deleted
+    /// meanwhile).
     async fn patch_status(
         &self,
         node: &str,
-        f: impl Fn(&mut serde_json::Map<String, serde_json::Value>),
-    ) {
+        f: impl Fn(&mut node_status::NodeStatus),
+    ) -> Result<(), crate::ApiError> {
         let key = object_key(Kind::Node, node);
         let r = modify(&self.store, Kind::Node, &key, node, None, |cur| {
             let mut next = cur.clone();
-            if !next.status.is_object() {
-                next.status = serde_json::json!({});
-            }
-            if let Some(m) = next.status.as_object_mut() {
-                f(m);
-            }
+            let mut st = node_status::NodeStatus::from_value(&next.status);
+            f(&mut st);
+            next.status = serde_json::to_value(&st).unwrap_or_default();
             Ok(next)
         })
         .await;
-        if let Err(e) = r
-            && e.reason != verge_api::Reason::NotFound
-        {
-            tracing::warn!(%node, error = %e.message, "node status update failed");
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.reason == verge_api::Reason::NotFound => Ok(()),
+            Err(e) => {
+                tracing::warn!(%node, error = %e.message, "node status update failed");
+                Err(e)
+            }
         }
     }
 
-    /// Seeds the runtime with every known node and the phase the store holds for it,
-    /// none of them seen yet: after a cloud restart a node is `Unknown` until its first
-    /// heartbeat ([`liveness`]), never `Ready` on the strength of an old record.
-    async fn seed(&self) {
-        let Ok(list) = self
-            .store
-            .list(&crate::objects::kind_prefix(Kind::Node), None)
-            .await
-        else {
-            return;
+    /// A status report of `node` that waited and is now due, and when the next one
+    /// is (if one waits).
+    fn due_report(
+        &self,
+        node: &str,
+        now: tokio::time::Instant,
+    ) -> (Option<Box<NodeStatus>>, Option<Duration>) {
+        let Ok(mut w) = self.status_writes.lock() else {
+            return (None, None);
         };
-        if let Ok(mut rt) = self.runtime.lock() {
-            for kv in list.items {
-                let Ok(obj) = serde_json::from_slice::<verge_api::Object>(&kv.value) else {
-                    continue;
-                };
-                let recorded = obj
-                    .status
-                    .get("phase")
-                    .and_then(|p| p.as_str())
-                    .and_then(Liveness::parse);
-                let r = rt.entry(obj.metadata.name).or_default();
-                r.recorded = recorded;
-                r.written = recorded;
-            }
+        let Some(s) = w.get_mut(node) else {
+            return (None, None);
+        };
+        if s.pending.is_none() {
+            return (None, None);
         }
-    }
-
-    /// Marks nodes Ready/NotReady/Unknown and flushes lastSeen; runs until `shutdown`.
-    pub async fn lifecycle_loop(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let started = Instant::now();
-        self.seed().await;
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        let mut last_flush = Instant::now();
-        let grace = self.cfg.heartbeat_interval * self.cfg.misses;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
+        match s.last.map(|t| now - t) {
+            Some(d) if d < STATUS_WRITE_INTERVAL => (None, Some(STATUS_WRITE_INTERVAL - d)),
+            _ => {
+                s.last = Some(now);
+                (s.pending.take(), None)
             }
-            let flush_due = last_flush.elapsed() >= self.cfg.last_seen_flush;
-            let mut changes: Vec<Change> = Vec::new();
-            if let Ok(rt) = self.runtime.lock() {
-                for (name, r) in rt.iter() {
-                    let now = liveness(
-                        r.last_seen.map(|t| t.elapsed()),
-                        started.elapsed(),
-                        grace,
-                        r.recorded,
-                    );
-                    let skew_moved =
-                        (r.clock_skew_ms - r.reported_skew_ms).abs() > SKEW_REPORT_STEP_MS;
-                    if r.written != Some(now) || (flush_due && r.seen_since_flush) || skew_moved {
-                        changes.push(Change {
-                            node: name.clone(),
-                            phase: now,
-                            moved: r.written != Some(now),
-                        });
-                    }
-                }
-            }
-            // Nodes coming back first, and a bounded number per tick: after a restart
-            // of a large fleet's cloud the `Unknown` marks must not hold up the `Ready`
-            // of the nodes that reconnect (one that does before its mark is written
-            // needs no write at all).
-            changes.sort_by_key(Change::priority);
-            changes.truncate(MAX_PHASE_WRITES_PER_TICK);
-            let mut writes: Vec<(String, Liveness, Option<String>, i64)> = Vec::new();
-            if let Ok(mut rt) = self.runtime.lock() {
-                for c in changes {
-                    let Some(r) = rt.get_mut(&c.node) else {
-                        continue;
-                    };
-                    let seen = r
-                        .last_seen_wall
-                        .and_then(|t| t.replace_nanosecond(0).ok())
-                        .and_then(|t| t.format(&Rfc3339).ok());
-                    r.written = Some(c.phase);
-                    r.seen_since_flush = false;
-                    r.reported_skew_ms = r.clock_skew_ms;
-                    writes.push((c.node, c.phase, seen, r.clock_skew_ms));
-                }
-            }
-            if flush_due {
-                last_flush = Instant::now();
-            }
-            // Status reports that waited for their node's write interval.
-            let waiting: Vec<(String, Box<NodeStatus>)> = self
-                .status_writes
-                .lock()
-                .map(|mut w| {
-                    w.iter_mut()
-                        .filter(|(_, s)| {
-                            s.pending.is_some()
-                                && s.last.is_none_or(|t| t.elapsed() >= STATUS_WRITE_INTERVAL)
-                        })
-                        .filter_map(|(n, s)| {
-                            s.last = Some(Instant::now());
-                            s.pending.take().map(|p| (n.clone(), p))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            for (name, st) in waiting {
-                self.write_status(&name, &st).await;
-            }
-            let misses = self.cfg.misses;
-            let this: &Self = &self;
-            futures::stream::iter(writes)
-                .for_each_concurrent(
-                    PHASE_WRITE_CONCURRENCY,
-                    |(name, phase, seen, skew)| async move {
-                        let (status, reason, message) = phase.condition(misses);
-                        this.patch_status(&name, |m| {
-                            m.insert("phase".into(), phase.as_str().into());
-                            if let Some(s) = &seen {
-                                m.insert("lastSeen".into(), s.clone().into());
-                            }
-                            m.insert("clockSkewMs".into(), skew.into());
-                            set_condition(m, "Ready", status, reason, &message);
-                        })
-                        .await;
-                        if phase == Liveness::NotReady {
-                            tracing::info!(node = %name, "node NotReady");
-                        }
-                    },
-                )
-                .await;
         }
     }
 
@@ -598,33 +367,48 @@ impl NodeManager {
             self.note_refusal(node, "instance reports for apps not placed on it");
         }
         self.apps.report(node, &placed);
+        let now = tokio::time::Instant::now();
+        let mut wake = false;
         let due = self.status_writes.lock().is_ok_and(|mut w| {
             let w = w.entry(node.to_string()).or_default();
-            if w.last.is_none_or(|t| t.elapsed() >= STATUS_WRITE_INTERVAL) {
-                w.last = Some(Instant::now());
+            if w.last.is_none_or(|t| now - t >= STATUS_WRITE_INTERVAL) {
+                w.last = Some(now);
                 w.pending = None;
                 true
             } else {
-                w.pending = Some(Box::new(s.clone()));
+                // The lifecycle controller writes it when due (one wakeup per wait).
+                wake = w.pending.replace(Box::new(s.clone())).is_none();
                 false
             }
         });
+        if wake {
+            self.wake(node);
+        }
         if due {
-            self.write_status(node, s).await;
+            let _ = self.write_status(node, s).await;
         }
     }
 
-    async fn write_status(&self, node: &str, s: &NodeStatus) {
-        let info = serde_json::json!({
-            "arch": s.arch, "os": s.os, "kernel": s.kernel, "cpus": s.cpus,
-            "memoryBytes": s.memory_bytes, "diskBytes": s.disk_bytes,
-            "agentVersion": s.agent_version,
-        });
-        let alloc = serde_json::json!({
-            "memoryFreeBytes": s.memory_free_bytes, "diskFreeBytes": s.disk_free_bytes,
-        });
-        let queue = serde_json::to_value(s.queue).unwrap_or_default();
-        let capacity = serde_json::to_value(&s.capacity).unwrap_or_default();
+    async fn write_status(&self, node: &str, s: &NodeStatus) -> Result<(), crate::ApiError> {
+        let info = node_status::NodeInfo {
+            arch: s.arch.clone(),
+            os: s.os.clone(),
+            kernel: s.kernel.clone(),
+            cpus: s.cpus,
+            memory_bytes: s.memory_bytes,
+            disk_bytes: s.disk_bytes,
+            agent_version: s.agent_version.clone(),
+        };
+        let alloc = node_status::Allocatable {
+            memory_free_bytes: s.memory_free_bytes,
+            disk_free_bytes: s.disk_free_bytes,
+        };
+        let queue = node_status::QueueStats {
+            pending_bytes: s.queue.pending_bytes,
+            pending_items: s.queue.pending_items,
+            dropped_items: s.queue.dropped_items,
+            dropped_bytes: s.queue.dropped_bytes,
+        };
         let conds: Vec<(String, bool, String, String)> = s
             .conditions
             .iter()
@@ -638,40 +422,38 @@ impl NodeManager {
                 )
             })
             .collect();
-        self.patch_status(node, |m| {
-            m.insert("nodeInfo".into(), info.clone());
-            m.insert("allocatable".into(), alloc.clone());
-            m.insert("capacity".into(), capacity.clone());
-            m.insert("queue".into(), queue.clone());
-            for (t, st, reason, msg) in &conds {
-                set_condition(m, t, ConditionStatus::from_bool(*st), reason, msg);
+        self.patch_status(node, |st| {
+            st.node_info = Some(info.clone());
+            st.allocatable = Some(alloc.clone());
+            st.capacity = Some(s.capacity.clone());
+            st.queue = Some(queue);
+            for (t, cs, reason, msg) in &conds {
+                set_condition(
+                    &mut st.conditions,
+                    t,
+                    ConditionStatus::from_bool(*cs),
+                    reason,
+                    msg,
+                );
             }
         })
-        .await;
+        .await
     }
 }
 
-/// Sets one condition in `status.conditions` (the one [`Condition`] rule: the
-/// transition time is kept while the status stays).
+/// Sets one condition (the one [`Condition`] rule: the transition time is kept while
+/// the status stays).
 fn set_condition(
-    m: &mut serde_json::Map<String, serde_json::Value>,
+    list: &mut Vec<Condition>,
     kind: &str,
     status: ConditionStatus,
     reason: &str,
     message: &str,
 ) {
-    let mut list: Vec<Condition> = m
-        .get("conditions")
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_default();
     verge_api::status::set_condition(
-        &mut list,
+        list,
         Condition::new(kind, status, reason, message),
         &now_rfc3339(),
-    );
-    m.insert(
-        "conditions".into(),
-        serde_json::to_value(list).unwrap_or_default(),
     );
 }
 
@@ -680,9 +462,8 @@ impl Inbound for NodeManager {
     fn connected(&self, node: &str) {
         if let Ok(mut rt) = self.runtime.lock() {
             let r = rt.entry(node.to_string()).or_default();
-            r.last_seen = Some(Instant::now());
-            r.last_seen_wall = Some(OffsetDateTime::now_utc());
-            r.seen_since_flush = true;
+            r.seen(tokio::time::Instant::now(), OffsetDateTime::now_utc());
+            self.wake_if_due(node, r);
         }
     }
 
@@ -694,10 +475,10 @@ impl Inbound for NodeManager {
         let now = OffsetDateTime::now_utc();
         if let Ok(mut rt) = self.runtime.lock() {
             let r = rt.entry(node.to_string()).or_default();
-            r.last_seen = Some(Instant::now());
-            r.last_seen_wall = Some(now);
-            r.seen_since_flush = true;
+            r.seen(tokio::time::Instant::now(), now);
             r.clock_skew_ms = hb.sent_at_ms - (now.unix_timestamp_nanos() / 1_000_000) as i64;
+            // Only when a write is due: a Ready node's heartbeats wake nothing.
+            self.wake_if_due(node, r);
         }
     }
 
@@ -706,10 +487,9 @@ impl Inbound for NodeManager {
             Message::Hello(h) => self.sync.hello(node, h.last_applied_revision).await,
             Message::Ack(a) => {
                 if let Some(sync_status) = self.sync.ack(node, a.revision).await {
-                    self.patch_status(node, |m| {
-                        m.insert("sync".into(), sync_status.clone());
-                    })
-                    .await;
+                    let _ = self
+                        .patch_status(node, |st| st.sync = Some(sync_status.clone()))
+                        .await;
                 }
             }
             Message::NodeStatus(s) => self.on_status(node, &s).await,
@@ -835,57 +615,5 @@ impl NodeManager {
         if let Some(gw) = self.gateway.get() {
             gw.kick(node);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn after_a_cloud_start_a_node_is_unknown_until_it_is_heard_from() {
-        let s = Duration::from_secs;
-        let grace = s(45);
-        let ready = Some(Liveness::Ready);
-        // Recorded Ready, nothing heard yet: Unknown, never Ready.
-        assert_eq!(liveness(None, s(0), grace, ready), Liveness::Unknown);
-        assert_eq!(liveness(None, s(44), grace, ready), Liveness::Unknown);
-        assert_eq!(liveness(None, s(44), grace, None), Liveness::Unknown);
-        // Its first heartbeat: Ready at once, also within the first grace.
-        assert_eq!(liveness(Some(s(0)), s(1), grace, ready), Liveness::Ready);
-        assert_eq!(
-            liveness(Some(s(0)), s(1), grace, Some(Liveness::NotReady)),
-            Liveness::Ready
-        );
-        // Never heard: NotReady only after `grace` counted from the cloud's start.
-        assert_eq!(liveness(None, s(45), grace, ready), Liveness::NotReady);
-        assert_eq!(liveness(None, s(45), grace, None), Liveness::NotReady);
-        // Recorded NotReady and not heard from: still NotReady (no flap to Unknown).
-        assert_eq!(
-            liveness(None, s(0), grace, Some(Liveness::NotReady)),
-            Liveness::NotReady
-        );
-        // Heard, then silent: NotReady after `grace` from the last heartbeat.
-        assert_eq!(liveness(Some(s(44)), s(100), grace, ready), Liveness::Ready);
-        assert_eq!(
-            liveness(Some(s(45)), s(100), grace, ready),
-            Liveness::NotReady
-        );
-    }
-
-    #[test]
-    fn the_ready_condition_says_unknown_with_a_reason() {
-        let (status, reason, message) = Liveness::Unknown.condition(3);
-        assert_eq!(
-            (status, reason),
-            (ConditionStatus::Unknown, "NodeStatusUnknown")
-        );
-        assert!(message.contains("since the cloud started"), "{message}");
-        assert_eq!(Liveness::NotReady.condition(3).0, ConditionStatus::False);
-        assert_eq!(Liveness::Ready.condition(3).0, ConditionStatus::True);
-        for l in [Liveness::Ready, Liveness::NotReady, Liveness::Unknown] {
-            assert_eq!(Liveness::parse(l.as_str()), Some(l));
-        }
-        assert_eq!(Liveness::parse("Pending"), None);
     }
 }

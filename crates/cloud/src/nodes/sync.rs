@@ -10,6 +10,14 @@
 //! delta only if it starts at its applied revision and persists before acking, so a lost
 //! message just leads to a `hello` and a resync.
 //!
+//! What it knows of the objects comes from the shared informers ([`Sync::run`]), never
+//! from a watch of its own: one store watch per kind in the cloud, relisted by the
+//! informer after a compaction or any watch error, whose diff reaches the nodes like
+//! any other change. The revision a delta goes to is the highest the informers reflect,
+//! and always a new one when what nodes get changed.
+//! A `hello` that arrives before the cache was first built waits for it (never an
+//! empty snapshot that would empty the node).
+//!
 //! Synced kinds: `Config` (placed by `spec.placement.nodeSelector`), `App` (the
 //! version the App controller assigned to the node, see [`AppDesired`]), `Function`
 //! (edge-placed, by `spec.placement.nodeSelector`), `Trigger` (those the node fires
@@ -24,22 +32,31 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::stream::SelectAll;
 use serde::{Deserialize, Serialize};
-use verge_api::Object;
+use tokio::sync::watch;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use verge_api::specs::{AppSpec, ConfigSpec, FunctionSpec, SecretKeyRef, SecretSpec, TriggerSpec};
+use verge_api::{Kind, Object};
 use verge_proto::{Channel, Desired, Message, ObjectRef};
-use verge_store::{DynStore, EventKind, Expect};
+use verge_store::{DynStore, Expect};
 
+use crate::controller::Informers;
 use crate::gateway::DynDownlink;
 use crate::secrets::SecretBox;
 
 const RECORD_PREFIX: &str = "/system/nodesync/";
-const CONFIG_PREFIX: &str = "/registry/configs/";
-const NODE_PREFIX: &str = "/registry/nodes/";
-const APP_PREFIX: &str = "/registry/apps/";
-const FUNCTION_PREFIX: &str = "/registry/functions/";
-const TRIGGER_PREFIX: &str = "/registry/triggers/";
-const SECRET_PREFIX: &str = "/registry/secrets/";
+
+/// The kinds whose changes change what nodes should hold (Node: its labels).
+const SYNCED_KINDS: [Kind; 6] = [
+    Kind::Config,
+    Kind::App,
+    Kind::Function,
+    Kind::Trigger,
+    Kind::Secret,
+    Kind::Node,
+];
 
 /// What the nodes should hold of one App: the version each placed node runs (from
 /// `status.rollout.nodes`, written by the App controller) and, per version, the object
@@ -167,6 +184,9 @@ pub struct Sync {
     /// Opens Secret values for the nodes (none are sent without it).
     secret_box: OnceLock<Arc<SecretBox>>,
     cache: RwLock<Cache>,
+    /// Flips to true once the cache was built from the synced informers: a node that
+    /// says hello before waits for it instead of getting an empty snapshot.
+    built: watch::Sender<bool>,
     nodes: Mutex<HashMap<String, NodeSync>>,
 }
 
@@ -177,6 +197,7 @@ impl Sync {
             gateway: OnceLock::new(),
             secret_box: OnceLock::new(),
             cache: RwLock::new(Cache::default()),
+            built: watch::channel(false).0,
             nodes: Mutex::new(HashMap::new()),
         }
     }
@@ -331,6 +352,7 @@ impl Sync {
 
     /// `last_applied: None`: take what the node last acknowledged.
     async fn greet(&self, node: &str, last_applied: Option<i64>) {
+        let _ = self.built.subscribe().wait_for(|b| *b).await;
         let known = self
             .nodes
             .lock()
@@ -418,7 +440,11 @@ impl Sync {
     }
 
     /// The node persisted up to `revision`. Returns the sync status to show on the Node.
-    pub async fn ack(&self, node: &str, revision: i64) -> Option<serde_json::Value> {
+    pub async fn ack(
+        &self,
+        node: &str,
+        revision: i64,
+    ) -> Option<verge_api::status::node::SyncStatus> {
         let record = {
             let mut nodes = self.nodes.lock().ok()?;
             let st = nodes.get_mut(node)?;
@@ -449,12 +475,12 @@ impl Sync {
         if let Err(e) = written {
             tracing::warn!(%node, error = %e, "could not persist the sync record");
         }
-        Some(serde_json::json!({
-            "desiredRevision": revision,
-            "ackedRevision": revision,
-            "objects": record.objects.len(),
-            "lastSync": crate::auth::now_rfc3339(),
-        }))
+        Some(verge_api::status::node::SyncStatus {
+            desired_revision: revision,
+            acked_revision: revision,
+            objects: record.objects.len() as u64,
+            last_sync: crate::auth::now_rfc3339(),
+        })
     }
 
     pub fn disconnected(&self, node: &str) {
@@ -479,58 +505,34 @@ impl Sync {
             .await;
     }
 
-    fn apply_event(
-        cache: &mut Cache,
-        key: &str,
-        kind: EventKind,
-        value: &[u8],
-        revision: i64,
-    ) -> bool {
-        cache.revision = cache.revision.max(revision);
-        if let Some(name) = key.strip_prefix(CONFIG_PREFIX) {
+    /// Applies one object's state (`None`: deleted) of `kind` to `cache`. Returns
+    /// whether what nodes get changed.
+    fn apply(cache: &mut Cache, kind: Kind, name: &str, obj: Option<&Object>) -> bool {
+        match kind {
             // Parsed once here, matched per node.
-            return Self::apply_spec(&mut cache.configs, name, kind, value, revision);
-        }
-        if let Some(name) = key.strip_prefix(FUNCTION_PREFIX) {
-            return Self::apply_spec(&mut cache.functions, name, kind, value, revision);
-        }
-        if let Some(name) = key.strip_prefix(TRIGGER_PREFIX) {
-            return Self::apply_spec(&mut cache.triggers, name, kind, value, revision);
-        }
-        if let Some(name) = key.strip_prefix(SECRET_PREFIX) {
-            return Self::apply_spec(&mut cache.secrets, name, kind, value, revision);
-        }
-        if let Some(name) = key.strip_prefix(APP_PREFIX) {
-            let next = match kind {
-                EventKind::Delete => None,
-                EventKind::Put => serde_json::from_slice::<Object>(value)
-                    .ok()
-                    .map(|o| AppDesired::from_object(&o)),
-            };
-            let prev = match next {
-                Some(n) => cache.apps.insert(name.to_string(), n),
-                None => cache.apps.remove(name),
-            };
-            return prev.as_ref() != cache.apps.get(name);
-        }
-        if let Some(name) = key.strip_prefix(NODE_PREFIX) {
-            match kind {
-                EventKind::Delete => {
-                    cache.node_labels.remove(name);
-                    return true;
-                }
-                EventKind::Put => {
-                    if let Ok(o) = serde_json::from_slice::<Object>(value) {
-                        let changed = cache.node_labels.get(name) != Some(&o.metadata.labels);
-                        cache
-                            .node_labels
-                            .insert(name.to_string(), o.metadata.labels);
-                        return changed;
-                    }
-                }
+            Kind::Config => Self::apply_spec(&mut cache.configs, name, obj),
+            Kind::Function => Self::apply_spec(&mut cache.functions, name, obj),
+            Kind::Trigger => Self::apply_spec(&mut cache.triggers, name, obj),
+            Kind::Secret => Self::apply_spec(&mut cache.secrets, name, obj),
+            Kind::App => {
+                let prev = match obj.map(AppDesired::from_object) {
+                    Some(n) => cache.apps.insert(name.to_string(), n),
+                    None => cache.apps.remove(name),
+                };
+                prev.as_ref() != cache.apps.get(name)
             }
+            Kind::Node => match obj {
+                None => cache.node_labels.remove(name).is_some(),
+                Some(o) => {
+                    let changed = cache.node_labels.get(name) != Some(&o.metadata.labels);
+                    cache
+                        .node_labels
+                        .insert(name.to_string(), o.metadata.labels.clone());
+                    changed
+                }
+            },
+            Kind::Task => false,
         }
-        false
     }
 
     /// Keeps `map[name]` at the stored object (Config, Function, Trigger, Secret) with its spec
@@ -539,18 +541,13 @@ impl Sync {
     fn apply_spec<S: serde::de::DeserializeOwned>(
         map: &mut BTreeMap<String, (i64, Object, S)>,
         name: &str,
-        kind: EventKind,
-        value: &[u8],
-        revision: i64,
+        obj: Option<&Object>,
     ) -> bool {
-        let parsed = match kind {
-            EventKind::Delete => None,
-            EventKind::Put => serde_json::from_slice::<Object>(value).ok().and_then(|o| {
-                serde_json::from_value::<S>(o.spec.clone())
-                    .ok()
-                    .map(|spec| (o, spec))
-            }),
-        };
+        let parsed = obj.and_then(|o| {
+            serde_json::from_value::<S>(o.spec.clone())
+                .ok()
+                .map(|spec| (o.clone(), spec))
+        });
         let Some((mut o, spec)) = parsed else {
             return map.remove(name).is_some();
         };
@@ -562,110 +559,103 @@ impl Sync {
         {
             return false;
         }
+        // The informer fills in the mod revision.
+        let revision = o
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|r| r.parse::<i64>().ok())
+            .unwrap_or(0);
         o.metadata.resource_version = Some(revision.to_string());
         map.insert(name.to_string(), (revision, o, spec));
         true
     }
 
-    /// Follows the store until `shutdown`; pushes deltas to connected nodes whose
-    /// desired set changed. A watch that fails — compaction overtook it (410), the
-    /// stream ended, a store error — is never the end: the cache is rebuilt from a fresh
-    /// list, every connected node gets what changed meanwhile, and the watch resumes
-    /// from the list's revision (with a backoff between failed attempts).
-    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let backoff = crate::controller::Backoff {
-            base: std::time::Duration::from_millis(200),
-            max: std::time::Duration::from_secs(10),
-        };
-        let mut failures = 0u32;
-        let mut relist = false;
-        loop {
-            match self.follow(&mut shutdown, relist, &mut failures).await {
-                Ok(()) => return,
-                Err(e) => {
-                    failures += 1;
-                    let wait = backoff.delay(failures);
-                    tracing::warn!(error = %e, retry_in = ?wait, "desired-state sync lost its watch; relisting");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.changed() => return,
-                    }
-                }
-            }
-            relist = true;
-        }
+    /// The store revision the informers of the synced kinds reflect (at least).
+    fn observed_revision(informers: &Informers) -> i64 {
+        SYNCED_KINDS
+            .iter()
+            .map(|k| informers.cache(*k).revision())
+            .max()
+            .unwrap_or(0)
     }
 
-    /// One list (the cache rebuilt from it; after a `relist`, deltas to every connected
-    /// node), then the watch until shutdown (`Ok`) or an error.
-    async fn follow(
-        &self,
-        shutdown: &mut tokio::sync::watch::Receiver<bool>,
-        relist: bool,
-        failures: &mut u32,
-    ) -> crate::Result<()> {
-        let list = self.store.list("/registry/", None).await?;
+    /// The cache rebuilt from the informers' caches (at start, and after falling
+    /// behind their change feeds).
+    fn rebuild(&self, informers: &Informers) {
         let mut fresh = Cache::default();
-        for kv in &list.items {
-            Self::apply_event(
-                &mut fresh,
-                &kv.key,
-                EventKind::Put,
-                &kv.value,
-                kv.mod_revision,
-            );
+        for kind in SYNCED_KINDS {
+            for o in informers.cache(kind).list() {
+                Self::apply(&mut fresh, kind, &o.metadata.name, Some(&o));
+            }
         }
-        fresh.revision = list.revision;
+        let observed = Self::observed_revision(informers);
         if let Ok(mut cache) = self.cache.write() {
-            // Revisions never go back, whatever the list says.
-            fresh.revision = fresh.revision.max(cache.revision);
+            // Revisions never go back, and a new content gets a new one.
+            fresh.revision = observed.max(cache.revision + 1);
             *cache = fresh;
         }
-        let mut events = self.store.watch("/registry/", list.revision).await?;
-        *failures = 0;
-        if relist {
-            self.push_to_connected();
+        self.built.send_replace(true);
+    }
+
+    /// Follows the shared informers of the synced kinds until `shutdown` and pushes
+    /// deltas to connected nodes whose desired set changed. The informers own the
+    /// store watch (one per kind in the cloud): after a compaction overtook it or any
+    /// watch error they relist and report what changed meanwhile, which reaches the
+    /// nodes like any change. Falling behind their feed rebuilds the cache from their
+    /// caches and pushes to every connected node.
+    pub async fn run(&self, informers: Arc<Informers>, mut shutdown: watch::Receiver<bool>) {
+        let mut changes = SelectAll::new();
+        for kind in SYNCED_KINDS {
+            let feed = BroadcastStream::new(informers.get(kind).subscribe());
+            changes.push(feed.map(move |c| (kind, c)));
         }
+        for kind in SYNCED_KINDS {
+            let cache = informers.cache(kind);
+            tokio::select! {
+                _ = cache.wait_synced() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+        self.rebuild(&informers);
         loop {
             let first = tokio::select! {
-                e = events.next() => e,
-                _ = shutdown.changed() => return Ok(()),
+                c = changes.next() => c,
+                _ = shutdown.wait_for(|s| *s) => return,
             };
             let Some(first) = first else {
-                if *shutdown.borrow() {
-                    return Ok(());
-                }
-                return Err(crate::Error::Store(verge_store::Error::Closed));
+                return;
             };
-            let mut changed = false;
-            let mut batch = vec![first];
             // Take whatever else is ready, so a burst of writes makes one round of deltas.
-            while let Some(Some(e)) = futures::FutureExt::now_or_never(events.next()) {
-                batch.push(e);
+            let mut batch = vec![first];
+            while let Some(Some(c)) = futures::FutureExt::now_or_never(changes.next()) {
+                batch.push(c);
                 if batch.len() >= 1024 {
                     break;
                 }
             }
-            for ev in batch {
-                let ev = match ev {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        // What was applied of this batch still goes out.
-                        if changed {
-                            self.push_to_connected();
+            let mut changed = false;
+            let mut lagged = false;
+            if let Ok(mut cache) = self.cache.write() {
+                for (kind, c) in &batch {
+                    match c {
+                        Ok(c) => {
+                            changed |= Self::apply(&mut cache, *kind, &c.name, c.new.as_deref())
                         }
-                        return Err(e.into());
+                        Err(BroadcastStreamRecvError::Lagged(_)) => lagged = true,
                     }
-                };
-                if let Ok(mut cache) = self.cache.write() {
-                    changed |= Self::apply_event(
-                        &mut cache,
-                        &ev.kv.key,
-                        ev.kind,
-                        &ev.kv.value,
-                        ev.revision,
-                    );
                 }
+                if changed {
+                    let observed = Self::observed_revision(&informers);
+                    cache.revision = observed.max(cache.revision + 1);
+                }
+            }
+            if lagged {
+                tracing::warn!(
+                    "desired-state sync fell behind the informers; rebuilding from their caches"
+                );
+                self.rebuild(&informers);
+                changed = true;
             }
             if changed {
                 self.push_to_connected();
@@ -737,7 +727,7 @@ mod tests {
     }
 
     async fn put_config(store: &MemStore, name: &str, v: &str) {
-        let key = format!("{CONFIG_PREFIX}{name}");
+        let key = crate::objects::object_key(Kind::Config, name);
         let o = serde_json::json!({"apiVersion": "verge.dev/v1", "kind": "Config",
             "metadata": {"name": name}, "spec": {"data": {"v": v}}});
         let value = Bytes::from(serde_json::to_vec(&o).unwrap());
@@ -763,12 +753,16 @@ mod tests {
         put_config(&store, "keep", "0").await;
         put_config(&store, "gone", "0").await;
         let nodes = Arc::new(Nodes::default());
-        let sync = Arc::new(Sync::new(Arc::new(store.clone())));
+        let dyn_store: DynStore = Arc::new(store.clone());
+        let sync = Arc::new(Sync::new(dyn_store.clone()));
         sync.set_gateway(nodes.clone());
         let (stop, rx) = tokio::sync::watch::channel(false);
+        // The shared informers own the watch: one per kind, as in the cloud.
+        let informers = Informers::new(dyn_store, rx.clone());
         let task = tokio::spawn({
             let sync = sync.clone();
-            async move { sync.run(rx).await }
+            let informers = informers.clone();
+            async move { sync.run(informers, rx).await }
         });
         settle().await;
         sync.hello("n1", 0).await;
@@ -782,7 +776,10 @@ mod tests {
             put_config(&store, "keep", &round.to_string()).await;
         }
         store
-            .delete(&format!("{CONFIG_PREFIX}gone"), Expect::Any)
+            .delete(
+                &crate::objects::object_key(Kind::Config, "gone"),
+                Expect::Any,
+            )
             .await
             .unwrap();
         put_config(&store, "new", "7").await;

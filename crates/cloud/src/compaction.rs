@@ -1,0 +1,136 @@
+//! History compaction on the controller runtime: one key (`history`), whose reconcile
+//! compacts the store to `current − keep` revisions and asks to run again after the
+//! compaction interval.
+//!
+//! Must not: compact below what was asked to be kept, or run anything on a timer of
+//! its own (the requeue is the timer).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use verge_store::{DynStore, Revision};
+
+use crate::controller::{Action, Controller, Informers, Request, backoff_policy};
+
+/// The compactor's one key.
+pub const KEY: &str = "history";
+
+/// The revision to compact to (pure): `current − keep`, when that is past what is
+/// already compacted; `None` when there is nothing to do.
+pub fn target(current: Revision, compacted: Revision, keep: i64) -> Option<Revision> {
+    let t = current - keep.max(0);
+    (t > compacted).then_some(t)
+}
+
+/// What the compactor needs.
+pub struct Compactor {
+    pub store: DynStore,
+    /// Revisions of history kept for watches.
+    pub keep: i64,
+    /// How often it runs.
+    pub every: Duration,
+}
+
+impl Compactor {
+    /// Compacts if there is something to compact; runs again after `every`.
+    pub async fn reconcile(&self, _req: Request) -> Result<Action, verge_store::Error> {
+        let current = self.store.current_revision().await?;
+        let done = self.store.compacted_revision().await?;
+        if let Some(t) = target(current, done, self.keep) {
+            self.store.compact(t).await?;
+            tracing::debug!(revision = t, "compacted history");
+        }
+        Ok(Action::requeue(self.every))
+    }
+
+    /// Runs until `shutdown` (a failure backs off and retries).
+    pub async fn run(self: Arc<Self>, informers: Arc<Informers>, shutdown: watch::Receiver<bool>) {
+        Controller::new("compactor", informers)
+            .seed(KEY)
+            .run(
+                |req, c: Arc<Compactor>| async move { c.reconcile(req).await },
+                backoff_policy,
+                self,
+                shutdown,
+            )
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use verge_store::{MemStore, Store};
+
+    use super::*;
+
+    #[test]
+    fn compacts_to_current_minus_keep_only_when_that_is_new() {
+        assert_eq!(target(100, 0, 10), Some(90));
+        assert_eq!(target(100, 90, 10), None);
+        assert_eq!(target(5, 0, 10), None);
+        assert_eq!(target(100, 0, -3), Some(100));
+    }
+
+    async fn write(store: &MemStore, n: usize) {
+        for _ in 0..n {
+            store
+                .create(
+                    &format!(
+                        "/registry/configs/c{}",
+                        store.current_revision().await.unwrap()
+                    ),
+                    Bytes::from_static(b"{}"),
+                    Default::default(),
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_compactor_keeps_its_history_and_runs_again_after_its_interval() {
+        let store = MemStore::new();
+        write(&store, 30).await;
+        let (stop, rx) = watch::channel(false);
+        let dyn_store: DynStore = Arc::new(store.clone());
+        let informers = Informers::new(dyn_store.clone(), rx.clone());
+        let c = Arc::new(Compactor {
+            store: dyn_store,
+            keep: 10,
+            every: Duration::from_secs(60),
+        });
+        // One reconcile: compacted to current − keep, and a requeue after the interval.
+        let a = c
+            .reconcile(Request {
+                key: KEY.into(),
+                object: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(a, Action::requeue(Duration::from_secs(60)));
+        let cur = store.current_revision().await.unwrap();
+        assert_eq!(store.compacted_revision().await.unwrap(), cur - 10);
+
+        // On the runtime: nothing more until the interval passes, then it compacts again.
+        let task = tokio::spawn(c.clone().run(informers, rx));
+        write(&store, 20).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let seeded = store.compacted_revision().await.unwrap();
+        let cur = store.current_revision().await.unwrap();
+        assert_eq!(seeded, cur - 10, "the seeded key ran at start");
+        write(&store, 20).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(
+            store.compacted_revision().await.unwrap(),
+            seeded,
+            "not again before the interval"
+        );
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        let cur = store.current_revision().await.unwrap();
+        assert_eq!(store.compacted_revision().await.unwrap(), cur - 10);
+        stop.send_replace(true);
+        task.await.unwrap();
+    }
+}
