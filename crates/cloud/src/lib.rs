@@ -404,16 +404,25 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         artifact_store.clone(),
         functions::callbacks::load_or_create_key(&cfg.data_dir)?,
         functions::callbacks::http_client(&cfg.outbound_allow_networks, &cfg.outbound_allow_hosts)?,
+        &informers,
     );
     if let Some(gw) = &gateway {
         tasks.set_downlink(gw.clone());
     }
     let _ = node_manager.tasks.set(tasks.clone());
     {
-        let controller = functions::FunctionController::new(store.clone(), function_host.clone());
-        let rx = shutdown_rx.clone();
-        background.push(tokio::spawn(async move { controller.run(rx).await }));
-        background.push(tokio::spawn(tasks.clone().run(shutdown_rx.clone())));
+        let functions = Arc::new(functions::FunctionController::new(
+            store.clone(),
+            function_host.clone(),
+            &informers,
+        ));
+        // Shuts the function runtime down when it stops.
+        background.push(tokio::spawn(
+            functions.run(informers.clone(), shutdown_rx.clone()),
+        ));
+        background.push(tokio::spawn(
+            tasks.clone().run(informers.clone(), shutdown_rx.clone()),
+        ));
         let triggers = Arc::new(functions::triggers::TriggerController::new(
             store.clone(),
             tasks.clone(),

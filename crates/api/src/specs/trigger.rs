@@ -261,8 +261,9 @@ impl Schedule {
     }
 }
 
-/// Where a trigger fires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a trigger fires (`cloud` / `nodes` in a Trigger's status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FiresOn {
     /// The control plane fires it and dispatches a task (a `nodeSelector` target, or a
     /// cloud-placed function).

@@ -7,6 +7,10 @@ pub mod node;
 
 use serde::{Deserialize, Serialize};
 
+pub mod function;
+pub mod task;
+pub mod trigger;
+
 /// Whether a condition holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum ConditionStatus {

@@ -6,10 +6,11 @@
 //!   compiled (in the same sandbox), never run: the cloud never executes code placed
 //!   on edge nodes;
 //! - [`FunctionController`]: keeps the host in step with the `Function` objects and
-//!   writes their status (a `secretEnv` reference to a missing Secret or key fails
-//!   it, naming both; a change of a referenced Secret checks it again);
+//!   writes their status ([`FunctionStatus`]; a `secretEnv` reference to a missing
+//!   Secret or key fails it, naming both; a change of a referenced Secret checks it
+//!   again), as a controller on the one runtime;
 //! - [`tasks`]: the Task controller (placement, dispatch to nodes, results,
-//!   callbacks); [`triggers`]: cron triggers the cloud fires.
+//!   callbacks, retention); [`triggers`]: cron triggers the cloud fires.
 
 pub mod callbacks;
 pub mod task_state;
@@ -19,15 +20,42 @@ pub mod triggers;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use serde_json::json;
 use verge_api::specs::FunctionSpec;
+use verge_api::status::function::{FunctionPhase, FunctionPlacement, FunctionStatus};
 use verge_api::{Kind, Object, Reason};
 use verge_runtime::{Error as RtError, Input, Runtime, Source};
 use verge_store::DynStore;
 
-use crate::objects::{kind_prefix, modify, object_key};
+use crate::controller::{Action, Cache, Controller, Informers, Request, backoff_policy};
+use crate::error::ApiError;
+use crate::objects::{modify, object_key};
+
+/// Unix ms now: the wall clock. Under test it is read off tokio's clock (anchored to
+/// the wall clock at the test's first reading), so paused time drives the deadlines
+/// the task controller computes from it.
+pub(crate) fn now_ms() -> i64 {
+    #[cfg(not(test))]
+    {
+        (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+    }
+    #[cfg(test)]
+    {
+        thread_local! {
+            static ANCHOR: (i64, tokio::time::Instant) = (
+                (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64,
+                tokio::time::Instant::now(),
+            );
+        }
+        ANCHOR.with(|(wall, at)| {
+            let now = tokio::time::Instant::now();
+            match now.checked_duration_since(*at) {
+                Some(d) => wall + d.as_millis() as i64,
+                None => wall - at.duration_since(now).as_millis() as i64,
+            }
+        })
+    }
+}
 
 /// Builtin functions the cloud offers (the binary fills the registry).
 pub type Registry = verge_runtime::Registry;
@@ -211,139 +239,211 @@ impl FunctionHost {
     }
 }
 
-/// Keeps the [`FunctionHost`] in step with the Function objects: each new version is
-/// loaded once (its status then says `Ready`, or `Failed` with the interpreter's
+/// Keeps the [`FunctionHost`] in step with the Function objects, as a controller on
+/// the one runtime ([`crate::controller`]), keyed by function name: each new version
+/// is loaded once (its status then says `Ready`, or `Failed` with the interpreter's
 /// message); cloud-placed ones stay loaded, the others are unloaded after the check.
+///
+/// A function is reconciled when it changes and when a Secret it references changes
+/// (a new revision of a referenced Secret is a new version to check); a check that
+/// failed for a reason of the cloud's own (an I/O error, a crashed worker) is retried
+/// with the error policy's backoff. Nothing lists the functions on a timer.
 pub struct FunctionController {
     store: DynStore,
     host: Arc<FunctionHost>,
+    /// The Secrets informer: their revisions are part of a function's version.
+    secrets: Arc<Cache>,
     /// name → version checked.
     checked: Mutex<HashMap<String, String>>,
 }
 
+/// The version a function was checked at: its own (generation and uid) and the
+/// revision of each Secret it references (`0`: missing), given by `secret_rev`.
+pub fn checked_version(
+    o: &Object,
+    spec: &FunctionSpec,
+    secret_rev: impl Fn(&str) -> Option<String>,
+) -> String {
+    let mut version = version_of(o);
+    for u in spec.secret_uses() {
+        let rev = secret_rev(&u.secret.name).unwrap_or_else(|| "0".into());
+        version.push_str(&format!(";{}@{rev}", u.secret.name));
+    }
+    version
+}
+
+/// The functions among `functions` whose spec references Secret `secret`.
+pub fn secret_users(functions: &[Arc<Object>], secret: &str) -> Vec<String> {
+    functions
+        .iter()
+        .filter(|o| {
+            serde_json::from_value::<FunctionSpec>(o.spec.clone())
+                .is_ok_and(|s| s.secret_uses().iter().any(|u| u.secret.name == secret))
+        })
+        .map(|o| o.metadata.name.clone())
+        .collect()
+}
+
+/// What a check (or load) of a function's version comes to: the status to store,
+/// and whether the failure was the cloud's own (retried with backoff) rather than
+/// the function's (kept until the function or a Secret it uses changes).
+pub fn checked_status(
+    o: &Object,
+    spec: &FunctionSpec,
+    checked: &Result<(), RtError>,
+) -> (FunctionStatus, bool) {
+    let in_cloud = spec.in_cloud();
+    let (phase, message, retry) = match checked {
+        Ok(()) if in_cloud => (
+            FunctionPhase::Ready,
+            "loaded; runs in the cloud".to_string(),
+            false,
+        ),
+        Ok(()) => (
+            FunctionPhase::Ready,
+            "compiled (none of it run in the cloud); runs on edge nodes".to_string(),
+            false,
+        ),
+        Err(RtError::Unavailable { message }) if !in_cloud => (
+            FunctionPhase::Ready,
+            format!("not checked in the cloud: {message}"),
+            false,
+        ),
+        Err(e) => (
+            FunctionPhase::Failed,
+            e.to_string(),
+            matches!(
+                e,
+                RtError::Io { .. }
+                    | RtError::WorkerCrashed { .. }
+                    | RtError::Timeout { .. }
+                    | RtError::QueueFull { .. }
+            ),
+        ),
+    };
+    let status = FunctionStatus {
+        observed_generation: o.metadata.generation,
+        phase,
+        message,
+        runtime: spec.runtime.as_str().to_string(),
+        placement: if in_cloud {
+            FunctionPlacement::Cloud
+        } else {
+            FunctionPlacement::Edge
+        },
+    };
+    (status, retry)
+}
+
 impl FunctionController {
-    pub fn new(store: DynStore, host: Arc<FunctionHost>) -> Self {
+    pub fn new(store: DynStore, host: Arc<FunctionHost>, informers: &Informers) -> Self {
         Self {
             store,
             host,
+            secrets: informers.cache(Kind::Secret),
             checked: Mutex::new(HashMap::new()),
         }
     }
 
-    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        loop {
-            if let Err(e) = self.pass().await {
-                tracing::warn!(error = %e, "function controller pass failed");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
-                _ = shutdown.changed() => {
-                    self.host.runtime.shutdown().await;
-                    return;
-                }
-            }
+    /// Runs the controller until `shutdown` flips, then shuts the function runtime
+    /// down (its workers stop).
+    pub async fn run(
+        self: Arc<Self>,
+        informers: Arc<Informers>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let functions = informers.cache(Kind::Function);
+        let host = self.host.clone();
+        Controller::new("functions", informers)
+            .for_kind(Kind::Function)
+            .watches(Kind::Secret, move |change| {
+                secret_users(&functions.list(), &change.name)
+            })
+            .concurrency(2)
+            .run(
+                |req: Request, this: Arc<Self>| async move { this.reconcile(req).await },
+                backoff_policy,
+                self,
+                shutdown,
+            )
+            .await;
+        host.runtime.shutdown().await;
+    }
+
+    fn forget(&self, name: &str) {
+        if let Ok(mut c) = self.checked.lock() {
+            c.remove(name);
         }
     }
 
-    async fn pass(&self) -> crate::Result<()> {
-        let list = self.store.list(&kind_prefix(Kind::Function), None).await?;
-        let mut seen = Vec::new();
-        // Revisions of the Secrets, read once a pass and only when referenced.
-        let mut secret_revs: Option<BTreeMap<String, i64>> = None;
-        for kv in &list.items {
-            let Ok(o) = serde_json::from_slice::<Object>(&kv.value) else {
-                continue;
-            };
-            let name = o.metadata.name.clone();
-            seen.push(name.clone());
-            let Ok(spec) = serde_json::from_value::<FunctionSpec>(o.spec.clone()) else {
-                continue;
-            };
-            // A change of a referenced Secret (or its arrival) is a new version to check.
-            let mut version = version_of(&o);
-            for u in spec.secret_uses() {
-                if secret_revs.is_none() {
-                    let prefix = kind_prefix(Kind::Secret);
-                    let secrets = self.store.list(&prefix, None).await?;
-                    secret_revs = Some(
-                        secrets
-                            .items
-                            .iter()
-                            .filter_map(|kv| {
-                                Some((kv.key.strip_prefix(&prefix)?.to_string(), kv.mod_revision))
-                            })
-                            .collect(),
-                    );
-                }
-                let rev = secret_revs.as_ref().and_then(|r| r.get(&u.secret.name));
-                version.push_str(&format!(";{}@{}", u.secret.name, rev.unwrap_or(&0)));
-            }
-            let done = self
-                .checked
-                .lock()
-                .is_ok_and(|c| c.get(&name) == Some(&version));
-            if done && o.status["observedGeneration"] == json!(o.metadata.generation) {
-                continue;
-            }
-            let checked = if spec.in_cloud() {
-                self.host.deploy(&o, &spec).await
-            } else {
-                // Code placed on edge nodes never runs in the cloud.
-                self.host.remove(&name).await;
-                self.host.check(&o, &spec).await
-            };
-            let (phase, message) = match checked {
-                Ok(()) if spec.in_cloud() => ("Ready", "loaded; runs in the cloud".to_string()),
-                Ok(()) => (
-                    "Ready",
-                    "compiled (none of it run in the cloud); runs on edge nodes".to_string(),
-                ),
-                Err(RtError::Unavailable { message }) if !spec.in_cloud() => {
-                    ("Ready", format!("not checked in the cloud: {message}"))
-                }
-                Err(e) => {
-                    self.host.remove(&name).await;
-                    ("Failed", e.to_string())
-                }
-            };
-            tracing::info!(function = %name, %version, phase, "function checked");
-            let status = json!({
-                "observedGeneration": o.metadata.generation,
-                "phase": phase,
-                "message": message,
-                "runtime": spec.runtime.as_str(),
-                "placement": if spec.in_cloud() { "cloud" } else { "edge" },
-            });
-            let key = object_key(Kind::Function, &name);
-            let generation = o.metadata.generation;
-            let r = modify(&self.store, Kind::Function, &key, &name, None, |cur| {
-                let mut next = cur.clone();
-                if cur.metadata.generation == generation {
-                    next.status = status.clone();
-                }
-                Ok(next)
-            })
-            .await;
-            if let Err(e) = r
-                && e.reason != Reason::NotFound
-            {
-                tracing::warn!(function = %name, error = %e.message, "function status update failed");
-            }
-            if let Ok(mut c) = self.checked.lock() {
-                c.insert(name, version);
-            }
-        }
-        let gone: Vec<String> = self
+    async fn reconcile(&self, req: Request) -> Result<Action, ApiError> {
+        let name = req.key;
+        let Some(o) = req.object else {
+            self.host.remove(&name).await;
+            self.forget(&name);
+            return Ok(Action::await_change());
+        };
+        let Ok(spec) = serde_json::from_value::<FunctionSpec>(o.spec.clone()) else {
+            return Ok(Action::await_change());
+        };
+        let version = checked_version(&o, &spec, |s| {
+            self.secrets
+                .get(s)
+                .and_then(|x| x.metadata.resource_version.clone())
+        });
+        let stored: FunctionStatus = serde_json::from_value(o.status.clone()).unwrap_or_default();
+        let done = self
             .checked
             .lock()
-            .map(|c| c.keys().filter(|k| !seen.contains(k)).cloned().collect())
-            .unwrap_or_default();
-        for name in gone {
-            self.host.remove(&name).await;
-            if let Ok(mut c) = self.checked.lock() {
-                c.remove(&name);
-            }
+            .is_ok_and(|c| c.get(&name) == Some(&version));
+        if done && stored.observed_generation == o.metadata.generation {
+            return Ok(Action::await_change());
         }
-        Ok(())
+        let checked = if spec.in_cloud() {
+            self.host.deploy(&o, &spec).await
+        } else {
+            // Code placed on edge nodes never runs in the cloud.
+            self.host.remove(&name).await;
+            self.host.check(&o, &spec).await
+        };
+        if checked.is_err() {
+            self.host.remove(&name).await;
+        }
+        let (status, retry) = checked_status(&o, &spec, &checked);
+        tracing::info!(function = %name, %version, phase = status.phase.as_str(), "function checked");
+        let value = serde_json::to_value(&status).map_err(ApiError::internal)?;
+        let key = object_key(Kind::Function, &name);
+        let generation = o.metadata.generation;
+        let r = modify(&self.store, Kind::Function, &key, &name, None, |cur| {
+            let mut next = cur.clone();
+            if cur.metadata.generation == generation {
+                next.status = value.clone();
+            }
+            Ok(next)
+        })
+        .await;
+        match r {
+            Ok(_) => {}
+            Err(e) if e.reason == Reason::NotFound => {
+                self.host.remove(&name).await;
+                self.forget(&name);
+                return Ok(Action::await_change());
+            }
+            Err(e) => return Err(e),
+        }
+        if retry {
+            self.forget(&name);
+            return Err(ApiError::new(
+                Reason::Unavailable,
+                format!("function {name:?} could not be checked: {}", status.message),
+            ));
+        }
+        if let Ok(mut c) = self.checked.lock() {
+            c.insert(name, version);
+        }
+        Ok(Action::await_change())
     }
 }
+
+#[cfg(test)]
+mod tests;

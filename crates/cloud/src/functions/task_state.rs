@@ -1,11 +1,15 @@
-//! A Task's status and the pure decisions about it: where it runs, when it has timed
-//! out, what a fan-out parent's phase is. No I/O here (see `tasks.rs`).
+//! The pure decisions about a Task (its status type is
+//! [`verge_api::status::task::TaskStatus`]): where it runs, when it has timed out or
+//! is due next, whether a reporter may finish it, what a fan-out parent's phase is.
+//! No I/O here (see `tasks.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::Deserialize;
+use verge_api::Object;
 use verge_api::specs::{FunctionSpec, TaskSpec, TaskTarget};
+use verge_api::status::node::NodeStatus;
+pub use verge_api::status::task::{CallbackState, CallbackStatus, Child, Phase, TaskStatus};
 
 /// Per-attempt deadline when `timeoutSeconds` is unset.
 pub const DEFAULT_TASK_TIMEOUT_MS: i64 = 60_000;
@@ -14,125 +18,8 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Results whose JSON is larger than this are stored in the artifact store and
 /// referenced by URL.
 pub const MAX_INLINE_RESULT: usize = 256 * 1024;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum Phase {
-    #[default]
-    Pending,
-    Dispatched,
-    Running,
-    Succeeded,
-    Failed,
-    TimedOut,
-    Cancelled,
-}
-
-impl Phase {
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            Phase::Succeeded | Phase::Failed | Phase::TimedOut | Phase::Cancelled
-        )
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Pending => "Pending",
-            Phase::Dispatched => "Dispatched",
-            Phase::Running => "Running",
-            Phase::Succeeded => "Succeeded",
-            Phase::Failed => "Failed",
-            Phase::TimedOut => "TimedOut",
-            Phase::Cancelled => "Cancelled",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum CallbackState {
-    #[default]
-    Pending,
-    Delivered,
-    /// Every attempt failed; the result stays readable with `GET /api/v1/tasks/{id}`.
-    DeadLettered,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CallbackStatus {
-    pub state: CallbackState,
-    pub attempts: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_status: Option<u16>,
-    /// Unix ms of the next attempt while `Pending`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_attempt_ms: Option<i64>,
-}
-
-/// One child of a fan-out task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Child {
-    pub name: String,
-    pub node: String,
-    pub phase: Phase,
-}
-
-/// `status` of a Task object.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct TaskStatus {
-    pub phase: Phase,
-    /// Why the task waits or failed (`NodeNotFound`, `NodeOffline`, `NoMatchingNodes`,
-    /// `FunctionNotFound`, `HandlerError`, ...).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    pub attempts: u32,
-    /// Where it runs: a node name, or `cloud`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    /// Where each attempt went, in order (`attemptNodes[0]` ran attempt 1): a result
-    /// that names an attempt is applied only from that attempt's node.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub attempt_nodes: Vec<String>,
-    pub created_at_ms: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dispatched_at_ms: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub started_at_ms: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub finished_at_ms: Option<i64>,
-    /// The function's output, when at most [`MAX_INLINE_RESULT`] bytes as JSON.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
-    /// Otherwise: where to download it (`/api/v1/artifacts/{sha256}`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub result_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub result_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub callback: Option<CallbackStatus>,
-    /// Fan-out: the parent task of this child.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub parent: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub children: Vec<Child>,
-    /// The trigger that started it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub trigger: Option<String>,
-}
-
-impl TaskStatus {
-    pub fn from_value(v: &Value) -> TaskStatus {
-        serde_json::from_value(v.clone()).unwrap_or_default()
-    }
-}
+/// Finished tasks are deleted this long after they finished.
+pub const RETENTION_MS: i64 = 24 * 3600 * 1000;
 
 /// What the scheduler knows of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +30,71 @@ pub struct NodeView {
     pub connected: bool,
     /// `status.phase` (`Ready`, `NotReady`, `Unknown`), for messages.
     pub phase: String,
+}
+
+/// What the scheduler knows of Node `o` (its status read as
+/// [`verge_api::status::node::NodeStatus`]): connected when its `Ready` condition is
+/// true.
+pub fn node_view(o: &Object) -> NodeView {
+    let st = NodeStatus::deserialize(&o.status).unwrap_or_default();
+    NodeView {
+        name: o.metadata.name.clone(),
+        labels: o.metadata.labels.clone(),
+        connected: verge_api::status::is_true(&st.conditions, "Ready"),
+        phase: st.phase.unwrap_or_else(|| "Unknown".into()),
+    }
+}
+
+/// Whether a Node's change (`None`: created / deleted) may change where a pending
+/// task can go: it appeared, went, or its labels, connection or phase changed (not a
+/// heartbeat's time).
+pub fn node_change_matters(old: Option<&Object>, new: Option<&Object>) -> bool {
+    match (old, new) {
+        (Some(a), Some(b)) => node_view(a) != node_view(b),
+        _ => true,
+    }
+}
+
+/// The fan-out parent named in a Task's status, read without copying the rest of it.
+pub fn parent_of(status: &serde_json::Value) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Parent {
+        #[serde(default)]
+        parent: Option<String>,
+    }
+    Parent::deserialize(status).ok()?.parent
+}
+
+/// Whether a task belongs in the index of unfinished work: not final, or a callback
+/// still to deliver.
+pub fn needs_index(st: &TaskStatus) -> bool {
+    !st.phase.is_final()
+        || st
+            .callback
+            .as_ref()
+            .is_some_and(|c| c.state == CallbackState::Pending)
+}
+
+/// When an unfinished task's [`timing`] changes next (Unix ms): the end of its
+/// current attempt, or of the wait for one; `None` for a fan-out parent (its
+/// children decide) or a final task.
+pub fn next_deadline(spec: &TaskSpec, status: &TaskStatus) -> Option<i64> {
+    let timeout = attempt_timeout_ms(spec);
+    match status.phase {
+        Phase::Pending => Some(status.created_at_ms + timeout),
+        Phase::Dispatched | Phase::Running if status.children.is_empty() => {
+            Some(status.dispatched_at_ms.unwrap_or(status.created_at_ms) + timeout)
+        }
+        _ => None,
+    }
+}
+
+/// When a final task is deleted (Unix ms): [`RETENTION_MS`] after it finished.
+pub fn retention_end(st: &TaskStatus) -> Option<i64> {
+    if !st.phase.is_final() {
+        return None;
+    }
+    st.finished_at_ms.map(|f| f + RETENTION_MS)
 }
 
 /// Where a task goes now.
@@ -709,6 +661,86 @@ mod tests {
         };
         assert_eq!(judge(&done, from("a", Some(1))), Err(Refusal::Finished));
         assert_eq!(judge(&done, Reporter::Controller), Err(Refusal::Finished));
+    }
+
+    #[test]
+    fn deadlines_retention_and_the_index() {
+        let spec = TaskSpec {
+            function: "f".into(),
+            input: None,
+            target: None,
+            callback_url: None,
+            idempotency_key: None,
+            timeout_seconds: Some(2),
+            max_attempts: None,
+        };
+        let mut st = TaskStatus {
+            created_at_ms: 1000,
+            ..Default::default()
+        };
+        assert_eq!(next_deadline(&spec, &st), Some(3000));
+        assert!(needs_index(&st));
+        assert_eq!(retention_end(&st), None);
+        st.phase = Phase::Dispatched;
+        st.dispatched_at_ms = Some(5000);
+        assert_eq!(next_deadline(&spec, &st), Some(7000));
+        // The deadline is where `timing` stops being Fine.
+        assert_eq!(timing(&spec, &st, 6999), Timing::Fine);
+        assert_ne!(timing(&spec, &st, 7000), Timing::Fine);
+        st.children = vec![Child {
+            name: "c".into(),
+            node: "n".into(),
+            phase: Phase::Pending,
+        }];
+        st.phase = Phase::Running;
+        assert_eq!(
+            next_deadline(&spec, &st),
+            None,
+            "a parent waits for its children"
+        );
+        st.phase = Phase::Succeeded;
+        st.finished_at_ms = Some(9000);
+        assert_eq!(next_deadline(&spec, &st), None);
+        assert_eq!(retention_end(&st), Some(9000 + RETENTION_MS));
+        assert!(!needs_index(&st));
+        st.callback = Some(CallbackStatus::default());
+        assert!(needs_index(&st), "a callback to deliver");
+        let child = serde_json::json!({"phase": "Pending", "parent": "t-1", "result": [1, 2]});
+        assert_eq!(parent_of(&child).as_deref(), Some("t-1"));
+        assert_eq!(parent_of(&serde_json::json!({"phase": "Pending"})), None);
+        assert_eq!(parent_of(&serde_json::Value::Null), None);
+    }
+
+    #[test]
+    fn only_changes_of_a_nodes_readiness_labels_or_phase_matter_to_waiting_tasks() {
+        let n = |status: serde_json::Value, site: &str| Object {
+            api_version: verge_api::API_VERSION.into(),
+            kind: "Node".into(),
+            metadata: verge_api::ObjectMeta {
+                name: "n1".into(),
+                labels: BTreeMap::from([("site".into(), site.into())]),
+                ..Default::default()
+            },
+            spec: serde_json::Value::Null,
+            status,
+        };
+        let ready = serde_json::json!({"phase": "Ready", "lastHeartbeat": "t1",
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Connected"}]});
+        let mut beat = ready.clone();
+        beat["lastHeartbeat"] = "t2".into();
+        let down = serde_json::json!({"phase": "NotReady",
+            "conditions": [{"type": "Ready", "status": "False"}]});
+        let v = node_view(&n(ready.clone(), "a"));
+        assert!(v.connected);
+        assert_eq!(v.phase, "Ready");
+        assert!(!node_view(&n(down.clone(), "a")).connected);
+        assert!(!node_view(&n(serde_json::Value::Null, "a")).connected);
+        let (a, b) = (n(ready.clone(), "a"), n(beat, "a"));
+        assert!(!node_change_matters(Some(&a), Some(&b)), "a heartbeat");
+        assert!(node_change_matters(Some(&a), Some(&n(down, "a"))));
+        assert!(node_change_matters(Some(&a), Some(&n(ready, "b"))));
+        assert!(node_change_matters(None, Some(&a)));
+        assert!(node_change_matters(Some(&a), None));
     }
 
     #[test]

@@ -8,13 +8,20 @@
 //! whether a node's result may be taken ([`judge`]: only for the attempt the cloud
 //! dispatched to that node; never for a fan-out parent; never for an unknown task,
 //! except a run of a trigger the node fires, within the active-task cap and a per-node
-//! rate), and [`Tasks::finish`] checks again inside its compare-and-swap. Large result
-//! files are collected once no task refers to them (the sweep after each prune, and
-//! at start-up).
+//! rate), and [`Tasks::finish`] checks again inside its compare-and-swap.
 //!
-//! Unfinished tasks are kept in an in-memory index (rebuilt from the store at start)
-//! that a loop advances every [`TICK`]; creating a task and receiving a result
-//! advance it at once, so dispatch does not wait for the tick.
+//! The controller runs on the one runtime ([`crate::controller`]), keyed by task name.
+//! A task is reconciled when it changes, when a node or cloud run reports on it or
+//! its callback attempt ends (the `wakeups` channel), when a child of a fan-out parent
+//! changes (the parent), when a node or the function a pending task waits for changes
+//! (the tasks waiting), and at its own next deadline (`Action::requeue`): the attempt
+//! timeout, the next callback attempt, the end of its retention ([`RETENTION_MS`]
+//! after it finished: it is deleted then). Large result files no task refers to are
+//! collected by the key [`SWEEP_KEY`], right after start-up and then every
+//! [`SWEEP_EVERY`]. Nothing lists the tasks or the nodes on a timer: placement reads
+//! the Node and Function informer caches. Unfinished tasks (and finished ones with a
+//! callback to deliver) are also kept in an in-memory index, built from the cache at
+//! start, for the load per node and the [`MAX_ACTIVE_TASKS`] cap.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -23,7 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use sha2::Digest;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use verge_api::specs::{FunctionSpec, TaskSpec, TaskTarget};
 use verge_api::{API_VERSION, Kind, Object, ObjectMeta, Reason};
 use verge_proto::{Channel, Message, TaskResult};
@@ -32,19 +39,26 @@ use verge_store::{DynStore, Expect};
 use super::task_state::*;
 use super::{FunctionHost, callbacks};
 use crate::artifacts::ArtifactStore;
+use crate::controller::{Action, Cache, Change, Controller, Informers, Request, backoff_policy};
 use crate::error::ApiError;
 use crate::gateway::DynDownlink;
-use crate::objects::{kind_prefix, modify, object_key};
+use crate::objects::{modify, object_key};
 
-/// How often unfinished tasks are looked at.
-pub const TICK: Duration = Duration::from_millis(500);
+/// The key of the large-result sweep (not a task name: those are DNS labels).
+pub const SWEEP_KEY: &str = "_sweep";
+/// How often the large-result sweep runs (and once right after start-up).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// How late after a deadline the reconcile runs (the clock's granularity).
+const AFTER_DEADLINE: Duration = Duration::from_millis(5);
+/// Tasks reconciled at once.
+const CONCURRENCY: usize = 32;
+/// How long `create` waits for the controller's first pass over a new task.
+const FIRST_PASS_WAIT: Duration = Duration::from_secs(2);
 
 /// `Retry-After` of a synchronous invoke refused because no node for it is Ready.
 const SYNC_RETRY_AFTER_SECS: u64 = 5;
 /// Unfinished tasks allowed at once; creating more answers 429.
 pub const MAX_ACTIVE_TASKS: usize = 10_000;
-/// Finished tasks are deleted this long after they finished.
-pub const RETENTION_MS: i64 = 24 * 3600 * 1000;
 pub use verge_api::names::{LABEL_PARENT, LABEL_TRIGGER};
 const KEY_PREFIX: &str = "/system/taskkeys/";
 /// Task records a node may create with trigger runs: per second, sustained.
@@ -65,9 +79,7 @@ pub enum Admission {
     Later,
 }
 
-fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
+use super::now_ms;
 
 /// A new task id: `t-` and 16 hex digits.
 pub fn new_task_id() -> String {
@@ -97,10 +109,23 @@ pub struct Tasks {
     active: Mutex<HashMap<String, Option<String>>>,
     delivering: Mutex<HashSet<String>>,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<TaskStatus>>>>,
-    wake: Notify,
+    /// Callers of `create` waiting for the first reconcile of their task.
+    advanced: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    /// Task names to reconcile now (the controller's `wakeups`).
+    wake_tx: mpsc::UnboundedSender<String>,
+    wake_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    /// Pending tasks waiting for a node or their function → the function's name: a
+    /// change of a Node, or of that Function, reconciles them.
+    waiting: Mutex<HashMap<String, String>>,
+    tasks: Arc<Cache>,
+    nodes: Arc<Cache>,
+    functions: Arc<Cache>,
     /// Held (shared) while a large result is written and referenced, and (exclusive)
     /// by the sweep, so the sweep never sees a result file between the two.
     result_files: tokio::sync::RwLock<()>,
+    /// Result files written since the last sweep began: the task cache may not show
+    /// the tasks referring to them yet, so that sweep keeps them (the next one judges).
+    fresh_results: Mutex<HashSet<String>>,
     /// Per node: the budget for Task records its trigger runs create.
     trigger_runs: Mutex<HashMap<String, Bucket>>,
 }
@@ -112,7 +137,9 @@ impl Tasks {
         artifacts: Arc<ArtifactStore>,
         callback_key: Vec<u8>,
         http: verge_outbound::Client,
+        informers: &Informers,
     ) -> Arc<Self> {
+        let (wake_tx, wake_rx) = mpsc::unbounded_channel();
         Arc::new(Self {
             store,
             host,
@@ -123,8 +150,15 @@ impl Tasks {
             active: Mutex::new(HashMap::new()),
             delivering: Mutex::new(HashSet::new()),
             waiters: Mutex::new(HashMap::new()),
-            wake: Notify::new(),
+            advanced: Mutex::new(HashMap::new()),
+            wake_tx,
+            wake_rx: Mutex::new(Some(wake_rx)),
+            waiting: Mutex::new(HashMap::new()),
+            tasks: informers.cache(Kind::Task),
+            nodes: informers.cache(Kind::Node),
+            functions: informers.cache(Kind::Function),
             result_files: tokio::sync::RwLock::new(()),
+            fresh_results: Mutex::new(HashSet::new()),
             trigger_runs: Mutex::new(HashMap::new()),
         })
     }
@@ -152,6 +186,42 @@ impl Tasks {
     fn untrack(&self, name: &str) {
         if let Ok(mut a) = self.active.lock() {
             a.remove(name);
+        }
+    }
+
+    /// Reconciles task `name` soon (a report, a result, a callback attempt ended).
+    fn wake(&self, name: &str) {
+        let _ = self.wake_tx.send(name.to_string());
+    }
+
+    fn set_waiting(&self, name: &str, function: Option<&str>) {
+        if let Ok(mut w) = self.waiting.lock() {
+            match function {
+                Some(f) => {
+                    w.insert(name.to_string(), f.to_string());
+                }
+                None => {
+                    w.remove(name);
+                }
+            }
+        }
+    }
+
+    /// The pending tasks a change of a Node or Function may unblock.
+    fn waiting_for(&self, change: &Change) -> Vec<String> {
+        let Ok(w) = self.waiting.lock() else {
+            return Vec::new();
+        };
+        match change.kind {
+            Kind::Node if node_change_matters(change.old.as_deref(), change.new.as_deref()) => {
+                w.keys().cloned().collect()
+            }
+            Kind::Function => w
+                .iter()
+                .filter(|(_, f)| **f == change.name)
+                .map(|(t, _)| t.clone())
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -257,8 +327,22 @@ impl Tasks {
             }
         };
         self.track(&id, None);
-        self.advance(&id).await;
-        // As it is now (advancing may have placed or dispatched it already).
+        // Placed (or told why it waits) and dispatched by the controller, at once; the
+        // answer shows the task as it is after that first pass.
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut a) = self.advanced.lock() {
+            a.entry(id.clone()).or_default().push(tx);
+        }
+        self.wake(&id);
+        if tokio::time::timeout(FIRST_PASS_WAIT, rx).await.is_err()
+            && let Ok(mut a) = self.advanced.lock()
+            && let Some(list) = a.get_mut(&id)
+        {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                a.remove(&id);
+            }
+        }
         let current = self.fetch(&id).await.ok().flatten().map(|(_, _, o)| o);
         Ok((current.unwrap_or(inserted), true))
     }
@@ -362,8 +446,14 @@ impl Tasks {
         target: Option<&TaskTarget>,
         function: &FunctionSpec,
     ) -> Result<(), ApiError> {
-        let nodes = self.nodes().await;
-        match sync_refusal(&place(target, function, &nodes, &self.load())) {
+        let mut refusal = sync_refusal(&place(target, function, &self.nodes(), &self.load()));
+        if refusal.is_some() {
+            // The cache may be a moment behind a node that just became Ready: a
+            // refusal is checked against the store.
+            let nodes = self.nodes_from_store().await?;
+            refusal = sync_refusal(&place(target, function, &nodes, &self.load()));
+        }
+        match refusal {
             None => Ok(()),
             Some(NotNow::NoSuchNode(m)) => Err(ApiError::not_found(m).field("node")),
             Some(NotNow::Offline(m)) => {
@@ -374,29 +464,32 @@ impl Tasks {
         }
     }
 
-    async fn nodes(&self) -> Vec<NodeView> {
-        let Ok(list) = self.store.list(&kind_prefix(Kind::Node), None).await else {
-            return Vec::new();
-        };
-        list.items
-            .iter()
-            .filter_map(|kv| serde_json::from_slice::<Object>(&kv.value).ok())
-            .map(|o| {
-                let connected = o.status["conditions"].as_array().is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                });
-                NodeView {
-                    phase: o.status["phase"].as_str().unwrap_or("Unknown").to_string(),
-                    name: o.metadata.name,
-                    labels: o.metadata.labels,
-                    connected,
-                }
-            })
-            .collect()
+    /// The nodes as the scheduler sees them, from the Node informer cache.
+    fn nodes(&self) -> Vec<NodeView> {
+        self.nodes.list().iter().map(|o| node_view(o)).collect()
     }
 
+    /// The nodes as the store has them (only to confirm a refusal, see
+    /// [`Tasks::dispatchable_now`]).
+    async fn nodes_from_store(&self) -> Result<Vec<NodeView>, ApiError> {
+        let list = self
+            .store
+            .list(&crate::objects::kind_prefix(Kind::Node), None)
+            .await?;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<Object>(&kv.value).ok())
+            .map(|o| node_view(&o))
+            .collect())
+    }
+
+    /// The spec of Function `name`: from the cache, or the store when the cache does
+    /// not have it yet (a task created right after its function).
     async fn function(&self, name: &str) -> Option<FunctionSpec> {
+        if let Some(o) = self.functions.get(name) {
+            return serde_json::from_value(o.spec.clone()).ok();
+        }
         let kv = self
             .store
             .get(&object_key(Kind::Function, name))
@@ -406,22 +499,99 @@ impl Tasks {
         serde_json::from_value(o.spec).ok()
     }
 
-    /// Moves one task forward (see the module docs).
-    pub async fn advance(self: &Arc<Self>, name: &str) {
-        let Some((spec, status, obj)) = self.read(name).await else {
+    /// Runs the controller until `shutdown` flips (see the module docs).
+    pub async fn run(
+        self: Arc<Self>,
+        informers: Arc<Informers>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        // The index, from the synced cache (once, at start).
+        tokio::select! {
+            _ = self.tasks.wait_synced() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        for o in self.tasks.list() {
+            let st = TaskStatus::from_value(&o.status);
+            if needs_index(&st) {
+                self.track(&o.metadata.name, st.node.clone());
+            }
+        }
+        let wakeups = self.wake_rx.lock().ok().and_then(|mut r| r.take());
+        let (on_node, on_function) = (self.clone(), self.clone());
+        let mut controller = Controller::new("tasks", informers)
+            .for_kind(Kind::Task)
+            // A child's change is its fan-out parent's.
+            .watches(Kind::Task, |c| {
+                c.new
+                    .as_ref()
+                    .or(c.old.as_ref())
+                    .and_then(|o| parent_of(&o.status))
+                    .into_iter()
+                    .collect()
+            })
+            .watches(Kind::Node, move |c| on_node.waiting_for(c))
+            .watches(Kind::Function, move |c| on_function.waiting_for(c))
+            .seed(SWEEP_KEY)
+            .concurrency(CONCURRENCY);
+        if let Some(rx) = wakeups {
+            controller = controller.wakeups(rx);
+        }
+        controller
+            .run(
+                |req: Request, this: Arc<Self>| async move { this.reconcile(req).await },
+                backoff_policy,
+                self,
+                shutdown,
+            )
+            .await;
+    }
+
+    async fn reconcile(self: Arc<Self>, req: Request) -> Result<Action, ApiError> {
+        if req.key == SWEEP_KEY {
+            self.sweep().await;
+            return Ok(Action::requeue(SWEEP_EVERY));
+        }
+        let next = self.advance(&req.key).await;
+        if let Some(list) = self
+            .advanced
+            .lock()
+            .ok()
+            .and_then(|mut a| a.remove(&req.key))
+        {
+            for tx in list {
+                let _ = tx.send(());
+            }
+        }
+        Ok(match next? {
+            Some(at) => Action::requeue(
+                Duration::from_millis((at - now_ms()).max(0) as u64) + AFTER_DEADLINE,
+            ),
+            None => Action::await_change(),
+        })
+    }
+
+    /// Moves one task forward (see the module docs); when to look at it again (Unix
+    /// ms), if nothing else happens to it first. The status is read from the store,
+    /// not the cache: the cache may not yet show this controller's own last write.
+    async fn advance(self: &Arc<Self>, name: &str) -> Result<Option<i64>, ApiError> {
+        let Some((spec, status, obj)) = self.fetch(name).await? else {
             self.untrack(name);
-            return;
+            self.set_waiting(name, None);
+            return Ok(None);
         };
         let now = now_ms();
         if status.phase.is_final() {
-            self.after_final(name, &spec, &status, now).await;
-            return;
+            self.set_waiting(name, None);
+            return self.after_final(name, &spec, &status, now).await;
         }
         if !status.children.is_empty() {
-            return self.advance_parent(name, &status).await;
+            self.advance_parent(name, &status).await;
+            return Ok(None);
         }
+        let deadline = next_deadline(&spec, &status);
         match timing(&spec, &status, now) {
             Timing::TimedOut(message) => {
+                self.set_waiting(name, None);
                 let _ = self
                     .finish(
                         name,
@@ -436,19 +606,24 @@ impl Tasks {
                         Reporter::Controller,
                     )
                     .await;
-                return;
+                // Its change brings it back (callback, retention).
+                return Ok(None);
             }
             Timing::Redispatch => {
                 if let Some(node) = status.node.clone() {
                     self.dispatch(name, &spec, &node, &obj).await;
                 }
-                return;
+                // The new attempt's deadline, once the dispatch is read back.
+                return Ok(Some(now + attempt_timeout_ms(&spec)));
             }
             Timing::Fine => {}
         }
         if status.phase != Phase::Pending {
-            return;
+            return Ok(deadline);
         }
+        // Waiting from before the caches are read: a change landing after the read
+        // finds it in `waiting` and reconciles it again.
+        self.set_waiting(name, Some(&spec.function));
         let Some(function) = self.function(&spec.function).await else {
             let message = format!("function {:?} not found", spec.function);
             self.update(name, |st, _| {
@@ -458,15 +633,21 @@ impl Tasks {
                 changed
             })
             .await;
-            return;
+            return Ok(deadline);
         };
-        // A cloud run needs no node list (read from the store otherwise).
+        // A cloud run needs no node list.
         let nodes = if spec.target.is_none() && function.in_cloud() {
             Vec::new()
         } else {
-            self.nodes().await
+            self.nodes()
         };
         let placement = place(spec.target.as_ref(), &function, &nodes, &self.load());
+        if matches!(
+            placement,
+            Placement::Cloud | Placement::Node(_) | Placement::FanOut(_)
+        ) {
+            self.set_waiting(name, None);
+        }
         match placement {
             Placement::Cloud => self.run_in_cloud(name, &spec).await,
             Placement::Node(node) => self.dispatch(name, &spec, &node, &obj).await,
@@ -482,6 +663,8 @@ impl Tasks {
                 .await;
             }
         }
+        // Whatever was written brings it back; the deadline in any case.
+        Ok(deadline)
     }
 
     async fn dispatch(self: &Arc<Self>, name: &str, spec: &TaskSpec, node: &str, obj: &Object) {
@@ -668,8 +851,8 @@ impl Tasks {
         .await;
         for c in &children {
             self.track(&c.name, None);
+            self.wake(&c.name);
         }
-        self.wake.notify_one();
     }
 
     async fn advance_parent(self: &Arc<Self>, name: &str, status: &TaskStatus) {
@@ -750,7 +933,12 @@ impl Tasks {
                 let len = bytes.len() as u64;
                 let store = self.artifacts.clone();
                 match tokio::task::spawn_blocking(move || store.put_result(&bytes)).await {
-                    Ok(Ok(sha)) => (None, Some(format!("{RESULT_URL_PREFIX}{sha}")), Some(len)),
+                    Ok(Ok(sha)) => {
+                        if let Ok(mut f) = self.fresh_results.lock() {
+                            f.insert(sha.clone());
+                        }
+                        (None, Some(format!("{RESULT_URL_PREFIX}{sha}")), Some(len))
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!(task = %name, error = %e, "could not store a large result");
                         (None, None, Some(len))
@@ -822,37 +1010,44 @@ impl Tasks {
         }
         if st.callback.is_some() {
             self.track(name, None);
-            self.wake.notify_one();
         } else {
             self.untrack(name);
         }
+        // Reconciled now: its callback, its retention; and its parent (no recursion
+        // into `advance` here).
+        self.wake(name);
         if let Some(parent) = &st.parent {
-            // Advanced by the loop, woken now (no recursion into `advance` here).
-            self.track(parent, None);
-            self.wake.notify_one();
+            self.wake(parent);
         }
     }
 
-    async fn after_final(self: &Arc<Self>, name: &str, spec: &TaskSpec, st: &TaskStatus, now: i64) {
-        let Some(cb) = &st.callback else {
+    /// A final task: its callback's next attempt (started here, delivered in the
+    /// background), or else its deletion once its retention is over. When to look at
+    /// it again.
+    async fn after_final(
+        self: &Arc<Self>,
+        name: &str,
+        spec: &TaskSpec,
+        st: &TaskStatus,
+        now: i64,
+    ) -> Result<Option<i64>, ApiError> {
+        let pending = st
+            .callback
+            .as_ref()
+            .filter(|cb| cb.state == CallbackState::Pending)
+            .and_then(|cb| spec.callback_url.clone().map(|url| (cb, url)));
+        let Some((cb, url)) = pending else {
             self.untrack(name);
-            return;
+            return self.expire(name, st, now).await;
         };
-        if cb.state != CallbackState::Pending {
-            self.untrack(name);
-            return;
-        }
-        let Some(url) = spec.callback_url.clone() else {
-            self.untrack(name);
-            return;
-        };
-        if cb.next_attempt_ms.is_some_and(|t| t > now) {
-            return;
+        if let Some(t) = cb.next_attempt_ms.filter(|t| *t > now) {
+            return Ok(Some(t));
         }
         if let Ok(mut d) = self.delivering.lock()
             && !d.insert(name.to_string())
         {
-            return;
+            // An attempt is under way: its end wakes the task.
+            return Ok(None);
         }
         let attempt = cb.attempts + 1;
         let body = serde_json::to_vec(&json!({
@@ -883,7 +1078,7 @@ impl Tasks {
                 if let Ok(mut d) = this.delivering.lock() {
                     d.remove(&name);
                 }
-                this.wake.notify_one();
+                this.wake(&name);
                 return;
             }
             let r = callbacks::deliver(&this.http, &url, &this.callback_key, &name, attempt, &body)
@@ -925,8 +1120,41 @@ impl Tasks {
             if let Ok(mut d) = this.delivering.lock() {
                 d.remove(&name);
             }
-            this.wake.notify_one();
+            this.wake(&name);
         });
+        Ok(None)
+    }
+
+    /// Deletes a final task once [`RETENTION_MS`] passed since it finished (a task
+    /// without `finishedAtMs` is kept); otherwise when that is.
+    async fn expire(&self, name: &str, st: &TaskStatus, now: i64) -> Result<Option<i64>, ApiError> {
+        let Some(at) = retention_end(st) else {
+            return Ok(None);
+        };
+        if now < at {
+            return Ok(Some(at));
+        }
+        let key = object_key(Kind::Task, name);
+        let Some(kv) = self.store.get(&key).await? else {
+            return Ok(None);
+        };
+        // Only the version judged: a task changed meanwhile is judged again.
+        let cur = serde_json::from_slice::<Object>(&kv.value)
+            .map(|o| TaskStatus::from_value(&o.status))
+            .unwrap_or_default();
+        if retention_end(&cur).is_some_and(|end| now >= end) && !needs_index(&cur) {
+            match self
+                .store
+                .delete(&key, Expect::ModRevision(kv.mod_revision))
+                .await
+            {
+                Ok(_) => tracing::debug!(task = %name, "finished task deleted after its retention"),
+                Err(verge_store::Error::NotFound { .. } | verge_store::Error::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Deleted (its change ends it), or changed meanwhile (so is its change).
+        Ok(None)
     }
 
     /// Whether node `node`'s result `r` may be taken, decided before anything of it
@@ -1114,78 +1342,19 @@ impl Tasks {
         r
     }
 
-    /// The loop: rebuilds the index, then advances every tracked task each tick, and
-    /// deletes finished tasks after [`RETENTION_MS`].
-    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        if let Ok(list) = self.store.list(&kind_prefix(Kind::Task), None).await {
-            for kv in &list.items {
-                let Ok(o) = serde_json::from_slice::<Object>(&kv.value) else {
-                    continue;
-                };
-                let st = TaskStatus::from_value(&o.status);
-                let pending_callback = st
-                    .callback
-                    .as_ref()
-                    .is_some_and(|c| c.state == CallbackState::Pending);
-                if !st.phase.is_final() || pending_callback {
-                    self.track(&o.metadata.name, st.node.clone());
-                }
-            }
-        }
-        let mut last_prune = 0i64;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(TICK) => {}
-                _ = self.wake.notified() => {}
-                _ = shutdown.changed() => return,
-            }
-            let names: Vec<String> = self
-                .active
-                .lock()
-                .map(|a| a.keys().cloned().collect())
-                .unwrap_or_default();
-            for name in names {
-                self.advance(&name).await;
-            }
-            let now = now_ms();
-            if now - last_prune > 60_000 {
-                last_prune = now;
-                self.prune(now).await;
-            }
-        }
-    }
-
-    /// Deletes finished tasks after [`RETENTION_MS`], then the large-result files no
-    /// remaining task refers to (result files a crash or a deleted task left behind
-    /// included: the first pass runs right after start-up).
-    async fn prune(&self, now: i64) {
+    /// Removes the large-result files no task refers to (result files a crash or a
+    /// deleted task left behind included: the first pass runs right after start-up).
+    /// Reads the Task cache; files written since the previous pass are kept this time.
+    async fn sweep(&self) {
         // Exclusive: no result file is being written and referenced meanwhile.
         let _sweeping = self.result_files.write().await;
-        let Ok(list) = self.store.list(&kind_prefix(Kind::Task), None).await else {
-            return;
-        };
-        let mut referenced: HashSet<String> = HashSet::new();
-        for kv in &list.items {
-            let Ok(o) = serde_json::from_slice::<Object>(&kv.value) else {
-                continue;
-            };
-            let st = TaskStatus::from_value(&o.status);
-            let expired = st.phase.is_final()
-                && st.finished_at_ms.is_some_and(|f| now - f > RETENTION_MS)
-                && !self
-                    .active
-                    .lock()
-                    .is_ok_and(|a| a.contains_key(&o.metadata.name));
-            if expired
-                && self
-                    .store
-                    .delete(&kv.key, Expect::ModRevision(kv.mod_revision))
-                    .await
-                    .is_ok()
-            {
-                continue;
-            }
-            if let Some(sha) = st
+        let mut referenced: HashSet<String> = self
+            .fresh_results
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default();
+        for o in self.tasks.list() {
+            if let Some(sha) = TaskStatus::from_value(&o.status)
                 .result_url
                 .as_deref()
                 .and_then(|u| u.strip_prefix(RESULT_URL_PREFIX))

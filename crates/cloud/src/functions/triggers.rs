@@ -4,8 +4,8 @@
 //!
 //! Each due fire time becomes a Task whose idempotency key names the trigger and the
 //! fire time, so a restart (or a reconcile on a stale read) never starts it twice. The
-//! last fire time lives in the trigger's status (`lastFireMs`), written before the task
-//! is created. Triggers fired by nodes get `firesOn: nodes` and their next fire time in
+//! last fire time lives in the trigger's status ([`TriggerStatus`]: `lastFireMs`),
+//! written before the task is created. Triggers fired by nodes get `firesOn: nodes` and their next fire time in
 //! status; their runs show up as Tasks when the results arrive.
 //!
 //! Work is proportional to change: a trigger is reconciled when it changes, when the
@@ -17,11 +17,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
 use verge_api::specs::{FiresOn, FunctionSpec, Schedule, TaskSpec, TriggerSpec};
+use verge_api::status::trigger::TriggerStatus;
 use verge_api::{Kind, Object};
 use verge_store::DynStore;
 
+use super::now_ms;
 use super::tasks::{LABEL_TRIGGER, Tasks};
 use crate::controller::{Action, Cache, Controller, Informers, Request, backoff_policy};
 use crate::error::ApiError;
@@ -36,19 +37,20 @@ pub struct TriggerController {
     functions: Arc<Cache>,
 }
 
-fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
-
 /// What one reconcile of a trigger decides at `now`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     /// The status to store (unchanged when equal to the object's).
-    pub status: Value,
+    pub status: TriggerStatus,
     /// Fire times to start a Task for, oldest first (after `status` is stored).
     pub fires: Vec<i64>,
     /// The next fire time: reconcile again then.
     pub next: Option<i64>,
+}
+
+/// The status stored on `trigger` (a fresh one when there is none or it does not read).
+pub fn status_of(trigger: &Object) -> TriggerStatus {
+    serde_json::from_value(trigger.status.clone()).unwrap_or_default()
 }
 
 /// The pure rule: `trigger`'s status and due fires at `now_ms`, given the Function it
@@ -58,33 +60,20 @@ pub fn decide(trigger: &Object, function: Option<&FunctionSpec>, now_ms: i64) ->
     let spec = serde_json::from_value::<TriggerSpec>(trigger.spec.clone()).ok()?;
     let schedule = Schedule::of(&spec).ok()?;
     let fires_on = spec.fires_on(function.is_some_and(FunctionSpec::in_cloud));
-    let mut status = trigger.status.clone();
-    if !status.is_object() {
-        status = json!({});
-    }
+    let mut status = status_of(trigger);
     let next = schedule.next_after(now_ms);
-    status["observedGeneration"] = json!(trigger.metadata.generation);
-    status["firesOn"] = json!(match fires_on {
-        FiresOn::Cloud => "cloud",
-        FiresOn::Nodes => "nodes",
-    });
-    status["nextFireMs"] = json!(next);
-    status["message"] = match function {
-        None => json!(format!("function {:?} not found", spec.function)),
-        Some(_) => Value::Null,
+    status.observed_generation = trigger.metadata.generation;
+    status.fires_on = Some(fires_on);
+    status.next_fire_ms = next;
+    status.message = match function {
+        None => Some(format!("function {:?} not found", spec.function)),
+        Some(_) => None,
     };
     let mut fires = Vec::new();
     if fires_on == FiresOn::Cloud {
-        let due = schedule.due(
-            trigger.status["lastFireMs"].as_i64(),
-            now_ms,
-            spec.missed_policy.as_ref(),
-        );
-        status["lastFireMs"] = json!(due.last);
-        if due.skipped > 0 {
-            let skipped = status["skipped"].as_u64().unwrap_or(0) + due.skipped;
-            status["skipped"] = json!(skipped);
-        }
+        let due = schedule.due(status.last_fire_ms, now_ms, spec.missed_policy.as_ref());
+        status.last_fire_ms = Some(due.last);
+        status.skipped += due.skipped;
         fires = due.fires;
     }
     Some(Decision {
@@ -150,9 +139,9 @@ impl TriggerController {
             return Ok(Action::await_change());
         };
         let name = trigger.metadata.name.clone();
-        if d.status != trigger.status {
+        if d.status != status_of(&trigger) {
             let generation = trigger.metadata.generation;
-            let status = d.status.clone();
+            let status = serde_json::to_value(&d.status).map_err(ApiError::internal)?;
             modify(
                 &self.store,
                 Kind::Trigger,
@@ -209,6 +198,7 @@ impl TriggerController {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
 
     fn trigger(spec: Value, status: Value) -> Object {
         Object {
@@ -240,11 +230,15 @@ mod tests {
         );
         let d = decide(&t, Some(&cloud_fn()), T0 + 1_000).unwrap();
         assert!(d.fires.is_empty());
-        assert_eq!(d.status["lastFireMs"], T0 + 1_000);
-        assert_eq!(d.status["firesOn"], "cloud");
-        assert_eq!(d.status["nextFireMs"], T0 + 60_000);
+        assert_eq!(d.status.last_fire_ms, Some(T0 + 1_000));
+        assert_eq!(d.status.fires_on, Some(FiresOn::Cloud));
+        assert_eq!(d.status.next_fire_ms, Some(T0 + 60_000));
         assert_eq!(d.next, Some(T0 + 60_000));
-        assert_eq!(d.status["observedGeneration"], 1);
+        assert_eq!(d.status.observed_generation, Some(1));
+        // The JSON the CLI reads.
+        let v = serde_json::to_value(&d.status).unwrap();
+        assert_eq!(v["firesOn"], "cloud");
+        assert_eq!(v["nextFireMs"], T0 + 60_000);
     }
 
     #[test]
@@ -255,13 +249,13 @@ mod tests {
         );
         let d = decide(&t, Some(&cloud_fn()), T0 + 60_010).unwrap();
         assert_eq!(d.fires, vec![T0 + 60_000]);
-        assert_eq!(d.status["lastFireMs"], T0 + 60_000);
+        assert_eq!(d.status.last_fire_ms, Some(T0 + 60_000));
         assert_eq!(d.next, Some(T0 + 120_000));
         // Decided again on the stored status: nothing more, nothing to write.
-        let stored = trigger(t.spec.clone(), d.status.clone());
+        let stored = trigger(t.spec.clone(), serde_json::to_value(&d.status).unwrap());
         let again = decide(&stored, Some(&cloud_fn()), T0 + 60_020).unwrap();
         assert!(again.fires.is_empty());
-        assert_eq!(again.status, stored.status);
+        assert_eq!(again.status, status_of(&stored));
     }
 
     #[test]
@@ -271,7 +265,10 @@ mod tests {
             Value::Null,
         );
         let d = decide(&t, None, T0).unwrap();
-        assert_eq!(d.status["message"], "function \"gone\" not found");
+        assert_eq!(
+            d.status.message.as_deref(),
+            Some("function \"gone\" not found")
+        );
         let bad = trigger(
             json!({"schedule": "every day", "function": "echo"}),
             Value::Null,

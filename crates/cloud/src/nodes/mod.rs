@@ -10,7 +10,8 @@
 //! What a node sends is taken only for what is placed on it: a task result only when
 //! the task controller admits it (`Tasks::admit`: the attempt was dispatched to this
 //! node, or a run of a trigger the node fires) — refused results are acknowledged,
-//! counted (`verge_node_results_refused_total{reason}`) and not stored; log lines only
+//! counted (`verge_node_results_refused_total{reason}`) and not stored; a result
+//! recorded but not applied before a crash is applied when the node re-sends it; log lines only
 //! from sources placed on the node (its App replicas, its Functions, see
 //! [`NodeManager::may_log`]) and within the log budget ([`logs::LogBudget`]); others
 //! are counted (`verge_node_log_lines_dropped_total{reason}`) and dropped; instance
@@ -588,6 +589,19 @@ impl NodeManager {
             }
             Ok(results::Recorded::Duplicate) => {
                 tracing::debug!(%node, seq = r.seq, "duplicate result acknowledged again");
+                // Recorded before a crash cut its application short (the node re-sends
+                // what was not acknowledged): apply it now. A task it already finished
+                // refuses it (`Finished`).
+                match tasks.on_result(node, r).await {
+                    Ok(()) => {
+                        tracing::info!(%node, task = %r.id, "a recorded result applied after a restart")
+                    }
+                    Err(Refusal::Finished) => {}
+                    Err(why) => {
+                        self.metrics.result_refused(why);
+                        tracing::debug!(%node, task = %r.id, why = why.as_str(), "result not applied");
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(%node, seq = r.seq, error = %e, "could not record a result; the node will re-send it");
