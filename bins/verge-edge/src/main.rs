@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use verge_edge::{EdgeState, Identity, JoinOptions, LocalApi, LocalStore, Queue, QueueConfig};
+use verge_edge::JoinOptions;
+use verge_edge::node::NodeOptions;
 
 #[derive(Parser)]
 #[command(name = "verge-edge", version, about = "The Verge edge node")]
@@ -302,69 +302,22 @@ async fn join(a: JoinArgs) -> Result<()> {
 }
 
 async fn run(a: RunArgs) -> Result<()> {
-    let identity = Identity::load(&a.data_dir)?;
-    let dir = a.data_dir.clone();
-    // The store's lock first: a second agent on this data dir stops here, touching
-    // nothing.
-    let (store, queue) = tokio::task::spawn_blocking(move || -> verge_edge::Result<_> {
-        let store = LocalStore::open(&verge_edge::paths::store(&dir))?;
-        let queue = Queue::open(&verge_edge::paths::queue(&dir), QueueConfig::default())?;
-        Ok((store, queue))
-    })
-    .await
-    .context("opening the local store")??;
-    verge_edge::secure_data_dir(&a.data_dir)?;
-    let state = Arc::new(EdgeState::new(identity.name.clone(), store, queue));
-    let socket = verge_edge::paths::socket(&a.data_dir);
-    let api = LocalApi::bind(&socket, state.clone())?;
-    tracing::info!(
-        node = %identity.name,
-        applied_revision = state.store().applied_revision().unwrap_or(0),
-        socket = %socket.display(),
-        "verge-edge running"
-    );
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut api_stop = stop_rx.clone();
-    let api_task = tokio::spawn(api.serve(async move {
-        let _ = api_stop.wait_for(|stop| *stop).await;
-    }));
-
-    // The uplink: runs beside the local API; the node keeps serving without it.
-    let mut up_stop = stop_rx.clone();
-    let agent_cfg = verge_edge::agent::AgentConfig {
+    if a.function_uid == 0 {
+        anyhow::bail!("--function-uid must not be 0");
+    }
+    // Requests made on a user's behalf go through the outbound guard.
+    let outbound =
+        verge_edge::artifact::outbound_client(&a.outbound_allow_networks, &a.outbound_allow_hosts)?;
+    let mut opts = NodeOptions::new(&a.data_dir, outbound);
+    opts.agent = verge_edge::agent::AgentConfig {
         heartbeat_interval: a.heartbeat_interval,
         status_interval: a.status_interval,
         backoff_cap: a.reconnect_max,
         ..Default::default()
     };
-    let uplink = tokio::spawn(verge_edge::agent::run(
-        identity.clone(),
-        state.clone(),
-        agent_cfg,
-        async move {
-            let _ = up_stop.wait_for(|s| *s).await;
-        },
-    ));
-
-    // Requests made on a user's behalf go through the outbound guard.
-    let outbound =
-        verge_edge::artifact::outbound_client(&a.outbound_allow_networks, &a.outbound_allow_hosts)?;
-    // Workloads: Docker and native apps from the local store, with or without the cloud.
-    let workloads = verge_edge::workloads::Workloads::for_node(
-        state.clone(),
-        &identity,
-        a.docker_socket.as_deref(),
-        a.docker_network.clone(),
-        outbound.clone(),
-    )
-    .await?;
-    let workloads_task = tokio::spawn(workloads.run(stop_rx.clone()));
-    // Functions: warm pools, dispatched tasks, and cron triggers (offline too).
-    if a.function_uid == 0 {
-        anyhow::bail!("--function-uid must not be 0");
-    }
-    let sandbox = verge_runtime::SandboxConfig {
+    opts.docker_socket = a.docker_socket;
+    opts.docker_network = a.docker_network;
+    opts.sandbox = verge_runtime::SandboxConfig {
         mode: if a.unsafe_unsandboxed_functions {
             verge_runtime::SandboxMode::Unsafe
         } else {
@@ -374,38 +327,43 @@ async fn run(a: RunArgs) -> Result<()> {
         gid: a.function_uid,
         ..verge_runtime::SandboxConfig::default()
     };
-    let functions = verge_edge::functions::Functions::for_node(
-        state.clone(),
-        &identity,
-        Arc::new(builtins(&identity, &a.data_dir, &outbound)?),
-        outbound,
-        sandbox,
-    )?;
-    let functions_task = tokio::spawn(functions.run(stop_rx.clone()));
-
-    wait_for_signal().await?;
-    tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
-    let _ = workloads_task.await;
-    let _ = functions_task.await;
-    api_task.await.context("local API task")??;
-    match uplink.await {
-        Ok(Err(e)) => tracing::error!(error = %e, "uplink stopped"),
-        Err(e) => tracing::error!(error = %e, "uplink task failed"),
-        Ok(Ok(())) => {}
-    }
+    opts.builtins = function_pack();
+    verge_edge::node::run_node(
+        opts,
+        |up| {
+            tracing::info!(
+                node = %up.name,
+                applied_revision = up.applied_revision,
+                socket = %up.socket.display(),
+                "verge-edge running"
+            )
+        },
+        wait_for_signal(),
+    )
+    .await?;
     Ok(())
 }
 
-/// Ctrl-C or SIGTERM.
-async fn wait_for_signal() -> Result<()> {
+/// Ctrl-C or SIGTERM (the handlers are installed once the node is up, as `run_node`
+/// polls this only then). If they cannot be installed, the node stops at once with
+/// the reason logged.
+async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "installing the SIGTERM handler; stopping");
+            return;
+        }
+    };
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        r = tokio::signal::ctrl_c() => {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "waiting for Ctrl-C; stopping");
+            }
+        }
         _ = term.recv() => {}
     }
-    Ok(())
 }
 
 async fn get_configs(data_dir: &Path, name: Option<&str>, output: Output) -> Result<()> {
@@ -473,43 +431,35 @@ fn configs_table(items: &[serde_json::Value]) -> String {
     out
 }
 
-/// The builtin functions of a lean edge node (built without the `images` feature):
-/// the runtime's own.
+/// A lean edge node (built without the `images` feature) has the runtime's own
+/// builtins only.
 #[cfg(not(feature = "images"))]
-fn builtins(
-    _identity: &Identity,
-    _data_dir: &Path,
-    _outbound: &verge_outbound::Client,
-) -> Result<verge_runtime::Registry> {
-    Ok(verge_runtime::Registry::with_defaults())
+fn function_pack() -> Option<verge_edge::node::BuiltinsHook> {
+    None
 }
 
-/// The builtin functions of an edge node built with the `images` feature: the
-/// runtime's own and the image pack, whose `{"artifact": ...}` sources are downloaded
-/// from the cloud with the node's certificate and `{"url": ...}` sources fetched
-/// through the outbound guard under the node's allow lists (public addresses only by
-/// default).
+/// An edge node built with the `images` feature adds the image pack, whose
+/// `{"artifact": ...}` sources are downloaded from the cloud with the node's
+/// certificate and `{"url": ...}` sources fetched through the outbound guard under the
+/// node's allow lists (public addresses only by default).
 #[cfg(feature = "images")]
-fn builtins(
-    identity: &Identity,
-    data_dir: &Path,
-    outbound: &verge_outbound::Client,
-) -> Result<verge_runtime::Registry> {
-    let allowed = outbound.policy();
-    let fetcher = verge_images::fetch::Fetcher::new(verge_images::fetch::FetchPolicy {
-        allow_networks: allowed.allow_networks.clone(),
-        allow_hosts: allowed.allow_hosts.clone(),
-        ..verge_images::fetch::FetchPolicy::default()
-    })
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut env = verge_images::functions::ImageEnv::new(fetcher);
-    env.artifacts = Some(Arc::new(EdgeArtifacts {
-        fetcher: verge_edge::artifact::Fetcher::new(identity, outbound.clone())?,
-        dir: data_dir.join("image-sources"),
-    }));
-    let mut r = verge_runtime::Registry::with_defaults();
-    verge_images::functions::register(&mut r, Arc::new(env));
-    Ok(r)
+fn function_pack() -> Option<verge_edge::node::BuiltinsHook> {
+    Some(Box::new(|registry, node| {
+        let allowed = node.outbound.policy();
+        let fetcher = verge_images::fetch::Fetcher::new(verge_images::fetch::FetchPolicy {
+            allow_networks: allowed.allow_networks.clone(),
+            allow_hosts: allowed.allow_hosts.clone(),
+            ..verge_images::fetch::FetchPolicy::default()
+        })
+        .map_err(|e| verge_edge::Error::Builtins(e.to_string()))?;
+        let mut env = verge_images::functions::ImageEnv::new(fetcher);
+        env.artifacts = Some(std::sync::Arc::new(EdgeArtifacts {
+            fetcher: verge_edge::artifact::Fetcher::new(node.identity, node.outbound.clone())?,
+            dir: node.data_dir.join("image-sources"),
+        }));
+        verge_images::functions::register(registry, std::sync::Arc::new(env));
+        Ok(())
+    }))
 }
 
 /// Artifacts read from the cloud's store, verified against their digest.

@@ -308,22 +308,7 @@ pub async fn delete(client: &Client, kind: Kind, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// `30s`, `15m`, `1h`, `7d`, or plain seconds.
-pub fn parse_duration(s: &str) -> Result<Duration> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| anyhow!("invalid duration {s:?}: use e.g. 90s, 15m, 1h, 7d"))?;
-    let mult = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => bail!("invalid duration {s:?}: unit must be s, m, h or d"),
-    };
-    Ok(Duration::from_secs(n.saturating_mul(mult)))
-}
+pub use verge_client::parse_duration;
 
 pub struct TokenArgs<'a> {
     pub role: &'a str,

@@ -153,7 +153,8 @@ async fn start_up(home: &std::path::Path, addr_file: &std::path::Path) -> Result
 }
 
 /// The dev edge node: joined once (a one-use bootstrap token, the real join flow),
-/// then run in-process: local store, local API and the uplink.
+/// then run in-process by `verge_edge::node::run_node`, like `verge-edge run`, with
+/// the image pack.
 async fn dev_edge(
     home: &std::path::Path,
     admin: &ClientConfig,
@@ -187,73 +188,30 @@ async fn dev_edge(
         .await
         .context("joining the local edge node (remove ~/.verge/dev to start over)")?;
     }
-    let identity = verge_edge::Identity::load(&dir)?;
-    let d = dir.clone();
-    let (store, queue) = tokio::task::spawn_blocking(move || -> verge_edge::Result<_> {
-        Ok((
-            verge_edge::LocalStore::open(&verge_edge::paths::store(&d))?,
-            verge_edge::Queue::open(
-                &verge_edge::paths::queue(&d),
-                verge_edge::QueueConfig::default(),
-            )?,
-        ))
-    })
-    .await??;
-    let state = std::sync::Arc::new(verge_edge::EdgeState::new(
-        identity.name.clone(),
-        store,
-        queue,
-    ));
-    let api = verge_edge::LocalApi::bind(&verge_edge::paths::socket(&dir), state.clone())?;
-    let edge_line = format!(
-        "local edge node {} (data {}; `verge-edge get configs --data-dir {}` reads it)",
-        identity.name,
-        dir.display(),
-        dir.display()
-    );
-    let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
     // Same environment variables as `verge-edge run`.
-    let socket = std::env::var_os("VERGE_EDGE_DOCKER_SOCKET").map(PathBuf::from);
-    let network = std::env::var("VERGE_EDGE_DOCKER_NETWORK").ok();
-    let workloads = verge_edge::workloads::Workloads::for_node(
-        state.clone(),
-        &identity,
-        socket.as_deref(),
-        network,
-        outbound.clone(),
+    let mut opts = verge_edge::node::NodeOptions::new(&dir, outbound);
+    opts.docker_socket = std::env::var_os("VERGE_EDGE_DOCKER_SOCKET").map(PathBuf::from);
+    opts.docker_network = std::env::var("VERGE_EDGE_DOCKER_NETWORK").ok();
+    opts.sandbox = sandbox;
+    // The image pack, sharing the control plane's image environment.
+    opts.builtins = Some(Box::new(move |registry, _node| {
+        verge_images::functions::register(registry, images);
+        Ok(())
+    }));
+    verge_edge::node::run_node(
+        opts,
+        |up| {
+            // Up: the banner goes out now, last.
+            let _ = ready.send(format!(
+                "local edge node {} (data {}; `verge-edge get configs --data-dir {}` reads it)",
+                up.name,
+                up.data_dir.display(),
+                up.data_dir.display()
+            ));
+        },
+        shutdown,
     )
     .await?;
-    let functions = verge_edge::functions::Functions::for_node(
-        state.clone(),
-        &identity,
-        std::sync::Arc::new(crate::builtins::registry(images)),
-        outbound,
-        sandbox,
-    )?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stop_workloads = {
-        let s = shutdown.clone();
-        async move {
-            s.await;
-            let _ = stop_tx.send(true);
-        }
-    };
-    // Up: the banner goes out now, last.
-    let _ = ready.send(edge_line);
-    let (api_r, up_r, _, _, _) = tokio::join!(
-        api.serve(shutdown.clone()),
-        verge_edge::agent::run(
-            identity,
-            state,
-            verge_edge::agent::AgentConfig::default(),
-            shutdown
-        ),
-        workloads.run(stop_rx.clone()),
-        functions.run(stop_rx),
-        stop_workloads,
-    );
-    api_r?;
-    up_r?;
     Ok(())
 }
 

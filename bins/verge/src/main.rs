@@ -28,13 +28,7 @@ macro_rules! out {
 }
 
 mod artifact;
-mod bench;
-mod bench_app;
-mod bench_fleet;
-mod bench_image;
-mod bench_invoke;
 mod builtins;
-mod client;
 mod cloud_limits;
 mod commands;
 mod describe;
@@ -44,6 +38,9 @@ mod images;
 mod output;
 mod report;
 mod rollout;
+
+/// The API client (its own crate: the benchmarks use it too).
+use verge_client as client;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -339,7 +336,7 @@ enum Cmd {
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
-        cmd: BenchCmd,
+        cmd: verge_bench::BenchCmd,
     },
 }
 
@@ -373,24 +370,6 @@ enum TokenCmd {
     List,
     /// Revoke a token by id.
     Revoke { id: String },
-}
-
-#[derive(Subcommand)]
-enum BenchCmd {
-    /// Durable creates/s and watch delivery latency.
-    Api(bench::ApiBenchArgs),
-    /// N simulated edge nodes against one cloud: connect, memory, heartbeats, sync, restart.
-    Fleet(bench_fleet::FleetArgs),
-    /// Time from `apply` to running and healthy for an App (a new version per run).
-    App(bench_app::AppBenchArgs),
-    /// Function invocation: warm latency, throughput, cold start, fork baseline, edge dispatch.
-    Invoke(bench_invoke::InvokeBenchArgs),
-    /// Image pipeline vs vipsthumbnail and ImageMagick: 12-MP JPEGs → 1200 px + watermark.
-    Image(bench_image::ImageBenchArgs),
-    #[command(hide = true)]
-    ImageWorker(bench_image::ImageWorkerArgs),
-    #[command(hide = true)]
-    ImageMeasure(bench_image::ImageMeasureArgs),
 }
 
 /// First Ctrl-C or SIGTERM: graceful shutdown. Second Ctrl-C: exit at once.
@@ -663,26 +642,16 @@ async fn run(cli: Cli) -> Result<()> {
             clap_complete::generate(*shell, &mut Cli::command(), "verge", &mut std::io::stdout());
             Ok(())
         }
-        Cmd::Bench { cmd } => match cmd {
-            BenchCmd::App(args) => bench_app::run(&client(&cli)?, args).await,
-            BenchCmd::Api(args) => {
-                let cfg = client::load_config(
+        Cmd::Bench { cmd } => {
+            verge_bench::run(cmd, || {
+                client::load_config(
                     cli.config.as_deref(),
                     cli.server.as_deref(),
                     cli.token.as_deref(),
                 )
-                .ok();
-                bench::run(args.clone(), cfg).await
-            }
-            BenchCmd::Fleet(args) => bench_fleet::run(args.clone()).await,
-            BenchCmd::Invoke(args) => {
-                let c = args.node.as_ref().map(|_| client(&cli)).transpose()?;
-                bench_invoke::run(args, c).await
-            }
-            BenchCmd::Image(args) => bench_image::run(args),
-            BenchCmd::ImageWorker(args) => bench_image::worker(args),
-            BenchCmd::ImageMeasure(args) => bench_image::measure(args),
-        },
+            })
+            .await
+        }
     }
 }
 

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 /// Metadata every resource carries. `name`, `labels`, `annotations` and `finalizers` are
 /// set by the user; `uid`, `generation`, `resourceVersion`, `creationTimestamp` and
@@ -11,11 +10,15 @@ use utoipa::ToSchema;
 /// ignored, except `resourceVersion` on update, which is the compare-and-swap
 /// precondition). Finalizers under the `verge.dev/` domain are the server's too: a
 /// client can neither add nor remove them.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ObjectMeta {
     /// DNS-1123 label: lowercase alphanumerics and '-', at most 63 characters.
-    #[schema(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63)
+    )]
     pub name: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,

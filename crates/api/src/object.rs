@@ -1,7 +1,6 @@
 //! The resource envelope shared by every kind.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::kind::Kind;
 use crate::meta::ObjectMeta;
@@ -11,7 +10,8 @@ pub const API_VERSION: &str = "verge.dev/v1";
 /// The envelope of every resource. `spec` has been validated against the kind's typed
 /// spec (see [`crate::specs`]) by [`crate::decode_object`]; it is kept as JSON so the
 /// server and store stay generic over kinds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Object {
     pub api_version: String,

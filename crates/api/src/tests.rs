@@ -1911,6 +1911,7 @@ proptest! {
 }
 
 /// The schema's name pattern is the one the API documents for `{name}` parameters.
+#[cfg(feature = "openapi")]
 #[test]
 fn metadata_name_schema_has_the_name_pattern() {
     use utoipa::PartialSchema;
@@ -1919,6 +1920,7 @@ fn metadata_name_schema_has_the_name_pattern() {
     assert_eq!(meta["properties"]["name"]["maxLength"], 63);
 }
 
+#[cfg(feature = "openapi")]
 #[test]
 fn specs_have_openapi_schemas() {
     use utoipa::PartialSchema;

@@ -1,12 +1,12 @@
 //! Shapes that travel over the HTTP API besides objects themselves.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::object::Object;
 
 /// Machine-readable cause of an API error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Reason {
     BadRequest,
     Unauthorized,
@@ -43,7 +43,8 @@ impl Reason {
 }
 
 /// Body of every 4xx/5xx answer: `{reason, field, message}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiErrorBody {
     pub reason: Reason,
     /// Field path the error concerns, when there is one.
@@ -153,14 +154,16 @@ mod error_line_tests {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ListMeta {
     /// Store revision the list was read at; watch from here to see every later change.
     pub resource_version: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectList {
     pub api_version: String,
@@ -170,7 +173,8 @@ pub struct ObjectList {
     pub items: Vec<Object>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum WatchEventType {
     Added,
@@ -183,7 +187,8 @@ pub enum WatchEventType {
 }
 
 /// One line of a watch stream (newline-delimited JSON).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WatchEvent {
     #[serde(rename = "type")]
     pub event_type: WatchEventType,

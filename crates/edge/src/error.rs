@@ -117,6 +117,12 @@ pub enum Error {
     /// Starting or stopping a process failed (the OS's words).
     #[error("app {app}: {message}")]
     Process { app: String, message: String },
+    /// A function pack could not register its builtins on the node (its own words).
+    #[error("builtin functions: {0}")]
+    Builtins(String),
+    /// A part of the running node (the local API's or the uplink's task) failed.
+    #[error("{0}")]
+    Task(String),
 }
 
 impl Error {

@@ -11,6 +11,7 @@
 //! | [`state`]     | [`EdgeState`]: live state shared by the uplink and the local API  |
 //! | [`local_api`] | the node's local HTTP API on a unix socket, and its client        |
 //! | [`secrets`]   | Secret values sent to this node → env and registry logins (pure)  |
+//! | [`node`]      | [`node::run_node`]: assembles and runs a node (`verge-edge`, `verge dev`) |
 //!
 //! Lean on purpose: nothing from the cloud side (no axum, no SQL, no image or wasm
 //! crates); TLS is rustls with the ring provider only.
@@ -27,6 +28,7 @@ mod fsutil;
 pub mod functions;
 pub mod identity;
 pub mod local_api;
+pub mod node;
 pub mod queue;
 pub mod secrets;
 pub mod state;
@@ -69,6 +71,11 @@ pub mod paths {
         data_dir.join(SOCKET)
     }
 }
+
+/// The page cache of each of the node's redb databases (store, queue). redb's default
+/// (1 GiB) is sized for servers; a node's databases hold a few MiB, and the OS page
+/// cache is still under this one.
+pub(crate) const REDB_CACHE_BYTES: usize = 1024 * 1024;
 
 /// This agent's version (`agentVersion` in `Hello` and `NodeStatus`).
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -233,6 +233,7 @@ impl Queue {
             Box::new(move || {
                 let file = fsutil::open_private_rw(&path)?;
                 Database::builder()
+                    .set_cache_size(crate::REDB_CACHE_BYTES)
                     .create_file(file)
                     .map_err(db_open_err(&path))
             }),

@@ -76,6 +76,7 @@ impl LocalStore {
     pub fn open(path: &Path) -> Result<LocalStore> {
         let file = fsutil::open_private_rw(path)?;
         let db = Database::builder()
+            .set_cache_size(crate::REDB_CACHE_BYTES)
             .create_file(file)
             .map_err(db_open_err(path))?;
         let txn = db.begin_write()?;

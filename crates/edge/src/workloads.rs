@@ -318,7 +318,11 @@ impl Workloads {
             docker_network,
         );
         if let Err(e) = docker.get().await {
-            tracing::info!(error = %e, "no Docker engine yet: Docker apps wait for it");
+            if cfg!(feature = "docker") {
+                tracing::info!(error = %e, "no Docker engine yet: Docker apps wait for it");
+            } else {
+                tracing::info!(error = %e, "Docker apps cannot run on this node");
+            }
         }
         Ok(Self::new(state, native, docker))
     }

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::error::ValidationError;
 use crate::limits::*;
@@ -21,7 +20,8 @@ use crate::validate::{
 const MAX_VERSION_LEN: usize = 128;
 
 /// Spec of an `App`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AppSpec {
     /// Semantic version of the app (`1.0.0`); rollouts are keyed by it.
@@ -49,7 +49,8 @@ pub struct AppSpec {
 }
 
 /// Exactly one of `http`, `tcp`, `exec`, plus timing.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HealthCheck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,7 +74,8 @@ pub struct HealthCheck {
 }
 
 /// `GET http://127.0.0.1:{port}{path}` answers 2xx or 3xx.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpProbe {
     pub port: u16,
@@ -83,14 +85,16 @@ pub struct HttpProbe {
 }
 
 /// A TCP connect to `127.0.0.1:{port}` succeeds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TcpProbe {
     pub port: u16,
 }
 
 /// The command exits 0 (run in the container, or in the native app's directory).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ExecProbe {
     pub command: Vec<String>,
@@ -155,7 +159,8 @@ impl HealthCheck {
 }
 
 /// Another app that must be healthy on the node first, in a semver range.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Dependency {
     /// Name of the App (DNS-1123 label).
@@ -176,7 +181,8 @@ impl Dependency {
 }
 
 /// Gray release: the new version goes to `percent` of the app's nodes per step.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RolloutStrategy {
     /// Increasing percentages; the last is 100 (added when missing).
@@ -194,7 +200,8 @@ pub struct RolloutStrategy {
     pub progress_deadline_seconds: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RolloutStep {
     /// 1..=100.
@@ -322,7 +329,8 @@ impl RolloutStrategy {
 
 /// Replicas between `minReplicas` and `maxReplicas`, aiming at `targetPercent` of the
 /// requested resource.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Autoscale {
     pub min_replicas: u32,
@@ -335,7 +343,8 @@ pub struct Autoscale {
     pub stabilization_seconds: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ScaleMetric {
     Cpu,
@@ -343,7 +352,8 @@ pub enum ScaleMetric {
 }
 
 /// What runs: exactly one of `docker`, `native`, `function`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Workload {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -355,7 +365,8 @@ pub struct Workload {
 }
 
 /// A container run by the node's Docker engine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DockerWorkload {
     /// Image reference (`registry.local:5000/web:1.0.0`).
@@ -381,7 +392,8 @@ pub struct DockerWorkload {
     pub registry_auth: Option<SecretRef>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PortSpec {
     /// 1..=65535.
@@ -394,7 +406,8 @@ pub struct PortSpec {
     pub protocol: Option<Protocol>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -411,7 +424,8 @@ impl Protocol {
 }
 
 /// A bind mount from the node into the container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct VolumeMount {
     /// Absolute path on the node.
@@ -423,7 +437,8 @@ pub struct VolumeMount {
 }
 
 /// A native process started from a verified artifact.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NativeWorkload {
     pub artifact: ArtifactRef,
@@ -442,14 +457,16 @@ pub struct NativeWorkload {
 }
 
 /// Keeps instances of a `Function` resource running as an app.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FunctionWorkload {
     /// Name of a `Function` (DNS-1123 label).
     pub function: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Resources {
     /// CPU quantity: `500m`, `1`, `0.5`.
@@ -470,7 +487,8 @@ pub struct Resources {
 
 /// Where and how many: `replicasPerNode` on every matching node, or `replicas` spread
 /// over matching nodes (mutually exclusive).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Placement {
     /// Only nodes whose labels match all of these.
@@ -486,7 +504,8 @@ pub struct Placement {
     pub architectures: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RestartPolicy {
     Always,
     OnFailure,

@@ -3,14 +3,14 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::error::ValidationError;
 use crate::specs::one_of;
 use crate::validate::{check_dns_label, check_http_url, check_label_map};
 
 /// A content-addressed artifact (tarball or binary) an agent downloads and verifies.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ArtifactRef {
     /// SHA-256 of the artifact: 64 lowercase hex digits.
@@ -41,7 +41,8 @@ impl ArtifactRef {
 }
 
 /// Reference to a secret by name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SecretRef {
     /// DNS-1123 label.
@@ -56,7 +57,8 @@ impl SecretRef {
 
 /// Where a task (or the tasks a trigger starts) runs: exactly one of a named node, any
 /// one node matching a selector, or every node matching a selector (fan-out).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TaskTarget {
     /// Run on this node (DNS-1123 label).

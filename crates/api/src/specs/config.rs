@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::error::ValidationError;
 use crate::validate::check_label_map;
@@ -16,7 +15,8 @@ pub const MAX_CONFIG_BYTES: usize = 512 * 1024;
 /// Longest key in `spec.data`.
 pub const MAX_CONFIG_KEY: usize = 253;
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConfigSpec {
     /// Key/value configuration. Keys: `[A-Za-z0-9._-]`, at most 253 characters.
@@ -27,7 +27,8 @@ pub struct ConfigSpec {
     pub placement: Option<ConfigPlacement>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConfigPlacement {
     /// Equality selector on node labels; all pairs must match.

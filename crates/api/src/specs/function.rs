@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::error::ValidationError;
 use crate::limits::*;
@@ -14,7 +13,8 @@ use crate::specs::secret::{SecretKeyRef, SecretUse, check_secret_env, env_uses};
 use crate::validate::{check_env, check_label_map, check_len, check_range};
 
 /// Spec of a `Function`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FunctionSpec {
     pub runtime: Runtime,
@@ -40,7 +40,8 @@ pub struct FunctionSpec {
     pub placement: Option<FunctionPlacement>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
     Python3,
@@ -58,7 +59,8 @@ impl Runtime {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FunctionResources {
     /// Memory quantity per instance: `128Mi`.
@@ -76,7 +78,8 @@ pub struct FunctionResources {
     pub max_concurrency: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Scaling {
     /// Instances kept warm while idle (at most `maxInstances`).
@@ -90,7 +93,8 @@ pub struct Scaling {
     pub idle_seconds: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FunctionPlacement {
     /// Run in the cloud rather than on edge nodes (excludes `nodeSelector`).

@@ -2,12 +2,12 @@
 //! operator may set.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::error::ValidationError;
 
 /// Spec of a `Node`. Optional in manifests (absent means empty).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NodeSpec {
     /// When true, the scheduler places no new work on the node (cordon).

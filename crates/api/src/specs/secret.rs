@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::error::ValidationError;
 use crate::limits::{MAX_ENV, MAX_SECRET_BYTES, MAX_SECRET_KEY_LEN, MAX_SECRET_KEYS};
@@ -26,7 +25,8 @@ pub const REGISTRY_USERNAME_KEY: &str = "username";
 pub const REGISTRY_PASSWORD_KEY: &str = "password";
 
 /// Spec of a `Secret`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SecretSpec {
     /// Key → value, as plain UTF-8 text (no base64). Keys: a letter or `_`, then
@@ -37,7 +37,8 @@ pub struct SecretSpec {
 }
 
 /// One value of a Secret: `{name, key}`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret (DNS-1123 label).

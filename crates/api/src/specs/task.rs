@@ -2,7 +2,6 @@
 //! matching node.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::error::ValidationError;
 use crate::limits::*;
@@ -10,7 +9,8 @@ use crate::specs::common::TaskTarget;
 use crate::validate::{check_dns_label, check_http_url, check_json_size, check_range};
 
 /// Spec of a `Task`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TaskSpec {
     /// Function to run (DNS-1123 label).

@@ -4,7 +4,6 @@ use croner::Cron;
 use croner::errors::CronError;
 use croner::parser::{CronParser, Seconds, Year};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::error::ValidationError;
 use crate::limits::*;
@@ -12,7 +11,8 @@ use crate::specs::common::TaskTarget;
 use crate::validate::{check_dns_label, check_json_size, check_len, check_range};
 
 /// Spec of a `Trigger`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TriggerSpec {
     /// Cron schedule: 5 fields (`*/5 * * * *`) or 6 with leading seconds. Ranges,
@@ -35,7 +35,8 @@ pub struct TriggerSpec {
     pub missed_policy: Option<MissedPolicy>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MissedPolicy {
     pub mode: MissedPolicyMode,
@@ -44,7 +45,8 @@ pub struct MissedPolicy {
     pub max_catch_up: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum MissedPolicyMode {
     Skip,

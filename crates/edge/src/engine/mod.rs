@@ -13,6 +13,11 @@ use verge_api::specs::{DockerWorkload, NativeWorkload};
 
 use crate::error::Result;
 
+#[cfg(feature = "docker")]
+pub mod docker;
+/// Without the cargo feature `docker`: every Docker workload fails with the reason.
+#[cfg(not(feature = "docker"))]
+#[path = "no_docker.rs"]
 pub mod docker;
 pub mod native;
 

@@ -23,7 +23,7 @@ use reqwest::Method;
 use verge_api::Kind;
 use verge_cloud::ClientConfig;
 
-use crate::client::Client;
+use verge_client::Client;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiBenchArgs {

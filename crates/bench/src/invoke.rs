@@ -33,7 +33,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use verge_runtime::{FunctionDef, Input, Kind, Output, Registry, Runtime, RuntimeConfig, Source};
 
-use crate::client::{Client, flatten};
+use verge_client::{Client, flatten};
 
 const PY_CODE: &str = "def main(e):\n    return e\n";
 const JS_CODE: &str = "exports.main = (e) => e\n";
@@ -759,7 +759,7 @@ async fn wait_function_ready(client: &Client, name: &str) -> Result<()> {
 
 async fn bench_https(args: &InvokeBenchArgs) -> Result<HttpsResult> {
     let n = args.https_requests.max(1);
-    let server = crate::bench::start_server(args.concurrency).await?;
+    let server = crate::api::start_server(args.concurrency).await?;
     let client = Client::new(&server.config)?;
     let body = json!({
         "apiVersion": "verge.dev/v1", "kind": "Function",

@@ -1,6 +1,10 @@
-//! HTTP client for the Verge API: trusts only the cluster CA from the config, sends the
-//! bearer token, and turns `{reason, field, message}` answers into one-line errors
-//! ([`ApiFailure`]: `404 NotFound: ...`, the one HTTP error shape of the CLI).
+//! HTTP client for the Verge API, shared by the `verge` CLI and its benchmarks
+//! (`verge-bench`): trusts only the cluster CA from the config, sends the bearer token,
+//! and turns `{reason, field, message}` answers into one-line errors ([`ApiFailure`]:
+//! `404 NotFound: ...`, the one HTTP error shape of the CLI); and the CLI's duration
+//! syntax ([`parse_duration`]). Must not print: callers decide what the user sees.
+//! Errors are `anyhow` (only the `verge` binary and its benchmarks use this crate, and
+//! they report errors, never match on them).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -332,6 +336,23 @@ pub fn flatten(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s
+}
+
+/// `30s`, `15m`, `1h`, `7d`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow!("invalid duration {s:?}: use e.g. 90s, 15m, 1h, 7d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => bail!("invalid duration {s:?}: unit must be s, m, h or d"),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(mult)))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use verge_api::{Kind, Object};
 
-use crate::client::Client;
+use verge_client::Client;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AppBenchArgs {
@@ -20,7 +20,7 @@ pub struct AppBenchArgs {
     #[arg(long, default_value_t = 10)]
     pub runs: u32,
     /// Give up on one run after this long.
-    #[arg(long, default_value = "60s", value_parser = crate::commands::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = verge_client::parse_duration)]
     pub timeout: Duration,
 }
 

@@ -29,7 +29,7 @@ use verge_proto::{
     Ack, Channel, Heartbeat, Hello, InstanceState, InstanceStatus, Message, NodeStatus,
 };
 
-use crate::client::Client;
+use verge_client::Client;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FleetArgs {
@@ -192,8 +192,8 @@ impl CloudChild {
 }
 
 pub async fn run(args: FleetArgs) -> Result<()> {
-    let hb = crate::commands::parse_duration(&args.heartbeat_interval)?;
-    let observe = crate::commands::parse_duration(&args.observe)?;
+    let hb = verge_client::parse_duration(&args.heartbeat_interval)?;
+    let observe = verge_client::parse_duration(&args.observe)?;
     let dir = tempfile::tempdir()?;
     // Fixed ports so the restart phase comes back on the same addresses.
     let api_port = free_port()?;
@@ -225,7 +225,7 @@ pub async fn run(args: FleetArgs) -> Result<()> {
         .map(String::from),
     );
     let (mut cloud, cfg, port) = CloudChild::start(dir.path(), cloud_args).await?;
-    let base_rss = crate::bench::rss_kib(Some(cloud.pid())).unwrap_or(0);
+    let base_rss = crate::api::rss_kib(Some(cloud.pid())).unwrap_or(0);
     println!(
         "cloud: {} (pid {}), mqtt port {port}, baseline RSS {} MiB",
         cfg.server,
@@ -296,7 +296,7 @@ pub async fn run(args: FleetArgs) -> Result<()> {
     let connect_secs = t.elapsed().as_secs_f64();
     println!("connected {} nodes in {:.1}s", agents.len(), connect_secs);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let rss = crate::bench::rss_kib(Some(cloud.pid())).unwrap_or(0);
+    let rss = crate::api::rss_kib(Some(cloud.pid())).unwrap_or(0);
     let per_node = (rss.saturating_sub(base_rss)) as f64 * 1024.0 / agents.len() as f64;
     println!(
         "cloud RSS {} MiB with {} nodes: {:.1} KB per node",
@@ -305,9 +305,12 @@ pub async fn run(args: FleetArgs) -> Result<()> {
         per_node / 1000.0
     );
 
-    // 3. Heartbeat ingest.
+    // 3. Heartbeat ingest, and what the idle fleet costs the cloud: nothing changes
+    // but heartbeats, so every controller should be asleep.
     let h0 = metric(&client, "verge_mqtt_messages_total{channel=\"heartbeat\"}").await?;
+    let cpu0 = cpu_seconds(cloud.pid());
     tokio::time::sleep(observe).await;
+    let cpu1 = cpu_seconds(cloud.pid());
     let h1 = metric(&client, "verge_mqtt_messages_total{channel=\"heartbeat\"}").await?;
     println!(
         "heartbeats ingested: {:.0}/s over {:?} (expected ~{:.0}/s)",
@@ -315,6 +318,16 @@ pub async fn run(args: FleetArgs) -> Result<()> {
         observe,
         agents.len() as f64 / hb.as_secs_f64()
     );
+    if let (Some(a), Some(b)) = (cpu0, cpu1) {
+        let used = b - a;
+        println!(
+            "cloud CPU with {} idle nodes: {:.1}% of one core over {:?} ({:.0} µs per heartbeat)",
+            agents.len(),
+            100.0 * used / observe.as_secs_f64(),
+            observe,
+            1e6 * used / (h1 - h0).max(1.0)
+        );
+    }
 
     // 4. A Config change reaching every node.
     let stamp = format!("s{}", now_ms());
@@ -543,6 +556,18 @@ async fn metric(client: &Client, name: &str) -> Result<f64> {
         .unwrap_or(0.0))
 }
 
+/// CPU time (user + system, all threads) process `pid` has used, in seconds; Linux
+/// only. `/proc/PID/stat` counts in clock ticks, 100 per second on Linux.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -708,5 +733,21 @@ async fn agent(creds: NodeCreds, addr: SocketAddr, hb: Duration, stats: Arc<Stat
             verge_edge::agent::backoff(attempt, Duration::from_secs(1), Duration::from_secs(60));
         attempt = attempt.saturating_add(1);
         tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_time_of_a_live_process_is_read_and_grows() {
+        let a = super::cpu_seconds(std::process::id()).expect("own /proc stat");
+        let mut x = 0u64;
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(100) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        let b = super::cpu_seconds(std::process::id()).expect("own /proc stat");
+        assert!(b >= a && x > 0, "{a} then {b}");
+        assert!(super::cpu_seconds(u32::MAX).is_none());
     }
 }
