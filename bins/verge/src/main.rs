@@ -392,7 +392,7 @@ fn client(cli: &Cli) -> Result<client::Client> {
         cli.server.as_deref(),
         cli.token.as_deref(),
     )?;
-    client::Client::new(&cfg)
+    Ok(client::Client::new(&cfg)?)
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -644,11 +644,11 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bench { cmd } => {
             verge_bench::run(cmd, || {
-                client::load_config(
+                Ok(client::load_config(
                     cli.config.as_deref(),
                     cli.server.as_deref(),
                     cli.token.as_deref(),
-                )
+                )?)
             })
             .await
         }

@@ -127,10 +127,8 @@ async fn update<T>(client: &Client, name: &str, f: impl Fn(&mut Object) -> Resul
         o.status = serde_json::Value::Null;
         match client.update(&o).await {
             Ok(_) => return Ok(out),
-            Err(e) if e.to_string().contains("409") || e.to_string().contains("onflict") => {
-                continue;
-            }
-            Err(e) => return Err(e),
+            Err(e) if e.api().is_some_and(|f| f.status.as_u16() == 409) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
     bail!("app/{name} kept changing; try again")

@@ -168,7 +168,7 @@ pub async fn run(args: ApiBenchArgs, config: Option<ClientConfig>) -> Result<()>
                         "placement": {"nodeSelector": {"bench": "none"}}}
                 });
                 let t = Instant::now();
-                let r: Result<serde_json::Value> = client
+                let r: verge_client::Result<serde_json::Value> = client
                     .send_json(Method::POST, "/api/v1/configs", Some(&body))
                     .await;
                 match r {

@@ -3,18 +3,63 @@
 //! and turns `{reason, field, message}` answers into one-line errors ([`ApiFailure`]:
 //! `404 NotFound: ...`, the one HTTP error shape of the CLI); and the CLI's duration
 //! syntax ([`parse_duration`]). Must not print: callers decide what the user sees.
-//! Errors are `anyhow` (only the `verge` binary and its benchmarks use this crate, and
-//! they report errors, never match on them).
+//! Errors are the one [`Error`] enum; an API answer that was not a success is
+//! [`Error::Api`], whose source is the [`ApiFailure`] (so a caller's error chain still
+//! finds it).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use verge_api::{Kind, Object, ObjectList};
 use verge_cloud::ClientConfig;
+
+/// What can go wrong in the client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config (file, `--server`, `--token`, the environment) does not say how to
+    /// reach a server.
+    #[error("{0}")]
+    Config(String),
+    /// The config's CA or the TLS setup.
+    #[error("{0}")]
+    Tls(String),
+    /// The server could not be reached (connection, TLS handshake, timeout).
+    #[error("cannot reach {server}: {reason}")]
+    Unreachable { server: String, reason: String },
+    /// The server answered with an error status.
+    #[error("{0}")]
+    Api(#[source] ApiFailure),
+    /// A success answer that is not what was asked for.
+    #[error("decoding the server's answer: {0}")]
+    Decode(String),
+    /// An object whose `kind` is not one the API has.
+    #[error("unknown kind {0:?}")]
+    UnknownKind(String),
+    /// A duration flag that is not `90s`, `15m`, `1h`, `7d` or plain seconds.
+    #[error("{0}")]
+    Duration(String),
+}
+
+impl Error {
+    /// The API's answer, when this is one.
+    pub fn api(&self) -> Option<&ApiFailure> {
+        match self {
+            Error::Api(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+impl From<ApiFailure> for Error {
+    fn from(f: ApiFailure) -> Self {
+        Error::Api(f)
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Where the CLI config came from, in precedence order.
 pub fn config_path(explicit: Option<&Path>) -> Result<PathBuf> {
@@ -30,7 +75,7 @@ pub fn config_path(explicit: Option<&Path>) -> Result<PathBuf> {
 pub fn home_dir() -> Result<PathBuf> {
     std::env::var_os("HOME")
         .map(PathBuf::from)
-        .ok_or_else(|| anyhow!("HOME is not set; pass --config FILE"))
+        .ok_or_else(|| Error::Config("HOME is not set; pass --config FILE".into()))
 }
 
 /// Loads the config, then applies `--server` / `--token` overrides.
@@ -41,7 +86,7 @@ pub fn load_config(
 ) -> Result<ClientConfig> {
     let path = config_path(explicit)?;
     let mut cfg = if path.exists() {
-        ClientConfig::load(&path).map_err(|e| anyhow!("{e}"))?
+        ClientConfig::load(&path).map_err(|e| Error::Config(e.to_string()))?
     } else if server.is_some() && token.is_some() {
         ClientConfig {
             server: String::new(),
@@ -49,10 +94,10 @@ pub fn load_config(
             token: String::new(),
         }
     } else {
-        bail!(
+        return Err(Error::Config(format!(
             "no config at {}: run `verge dev`, or pass --config, or --server and --token",
             path.display()
-        );
+        )));
     };
     if let Some(s) = server {
         cfg.server = s.trim_end_matches('/').to_string();
@@ -68,17 +113,18 @@ pub fn tls_config(ca_pem: &str) -> Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     let mut rd = ca_pem.as_bytes();
     for cert in rustls_pemfile::certs(&mut rd) {
+        let cert = cert.map_err(|e| Error::Tls(format!("bad CA certificate PEM: {e}")))?;
         roots
-            .add(cert.context("bad CA certificate PEM")?)
-            .context("bad CA certificate")?;
+            .add(cert)
+            .map_err(|e| Error::Tls(format!("bad CA certificate: {e}")))?;
     }
     if roots.is_empty() {
-        bail!("the CA data holds no certificate");
+        return Err(Error::Tls("the CA data holds no certificate".into()));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .context("tls protocol versions")?
+        .map_err(|e| Error::Tls(format!("tls protocol versions: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
@@ -177,22 +223,24 @@ impl Client {
         let mut builder = builder.connect_timeout(Duration::from_secs(10));
         if cfg.server.starts_with("https://") {
             let ca = cfg.certificate_authority_data.as_deref().ok_or_else(|| {
-                anyhow!(
+                Error::Config(format!(
                     "the config has no certificateAuthorityData for {}",
                     cfg.server
-                )
+                ))
             })?;
             builder = builder.use_preconfigured_tls(tls_config(ca)?);
         } else if !cfg.server.starts_with("http://") {
-            bail!(
+            return Err(Error::Config(format!(
                 "server {:?} must start with https:// (or http:// for --insecure-http)",
                 cfg.server
-            );
+            )));
         }
         Ok(Self {
             base: cfg.server.trim_end_matches('/').to_string(),
             token: cfg.token.clone(),
-            http: builder.build().context("building the HTTP client")?,
+            http: builder
+                .build()
+                .map_err(|e| Error::Tls(format!("building the HTTP client: {}", flatten(&e))))?,
         })
     }
 
@@ -212,13 +260,13 @@ impl Client {
             .timeout(Duration::from_secs(60))
             .send()
             .await
-            .map_err(|e| anyhow!("cannot reach {}: {}", self.base, flatten(&e)))?;
+            .map_err(|e| self.unreachable(&e))?;
         let status = resp.status();
         if status.is_success() {
             return resp
                 .json::<T>()
                 .await
-                .context("decoding the server's answer");
+                .map_err(|e| Error::Decode(flatten(&e)));
         }
         Err(failure(resp).await.into())
     }
@@ -232,7 +280,7 @@ impl Client {
     pub async fn get_opt(&self, kind: Kind, name: &str) -> Result<Option<Object>> {
         match self.get(kind, name).await {
             Ok(o) => Ok(Some(o)),
-            Err(e) => match e.downcast_ref::<ApiFailure>() {
+            Err(e) => match e.api() {
                 Some(f) if f.status == StatusCode::NOT_FOUND => Ok(None),
                 _ => Err(e),
             },
@@ -292,11 +340,18 @@ impl Client {
             .query(&q)
             .send()
             .await
-            .map_err(|e| anyhow!("cannot reach {}: {}", self.base, flatten(&e)))?;
+            .map_err(|e| self.unreachable(&e))?;
         if !resp.status().is_success() {
             return Err(failure(resp).await.into());
         }
         Ok(resp)
+    }
+
+    fn unreachable(&self, e: &reqwest::Error) -> Error {
+        Error::Unreachable {
+            server: self.base.clone(),
+            reason: flatten(e),
+        }
     }
 
     pub async fn send_json<T: DeserializeOwned>(
@@ -320,7 +375,7 @@ pub async fn failure(resp: reqwest::Response) -> ApiFailure {
 }
 
 fn kind_of(obj: &Object) -> Result<Kind> {
-    Kind::from_kind_name(&obj.kind).ok_or_else(|| anyhow!("unknown kind {:?}", obj.kind))
+    Kind::from_kind_name(&obj.kind).ok_or_else(|| Error::UnknownKind(obj.kind.clone()))
 }
 
 /// One line from an error and its sources.
@@ -342,15 +397,19 @@ pub fn flatten(e: &dyn std::error::Error) -> String {
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| anyhow!("invalid duration {s:?}: use e.g. 90s, 15m, 1h, 7d"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        Error::Duration(format!("invalid duration {s:?}: use e.g. 90s, 15m, 1h, 7d"))
+    })?;
     let mult = match unit {
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86400,
-        _ => bail!("invalid duration {s:?}: unit must be s, m, h or d"),
+        _ => {
+            return Err(Error::Duration(format!(
+                "invalid duration {s:?}: unit must be s, m, h or d"
+            )));
+        }
     };
     Ok(Duration::from_secs(n.saturating_mul(mult)))
 }
@@ -358,6 +417,20 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_and_their_errors() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
+        let e = parse_duration("5w").unwrap_err();
+        assert!(matches!(e, Error::Duration(_)));
+        assert_eq!(
+            e.to_string(),
+            "invalid duration \"5w\": unit must be s, m, h or d"
+        );
+        assert!(matches!(parse_duration("m"), Err(Error::Duration(_))));
+    }
 
     #[test]
     fn api_answers_become_one_line_and_a_detail() {
@@ -400,6 +473,16 @@ mod tests {
             f.detail.as_deref(),
             Some("Traceback (most recent call last):\n  File \"x\"")
         );
+
+        // As the client's error: the same line, and the answer stays in the chain.
+        let e = Error::from(ApiFailure::from_body(
+            StatusCode::NOT_FOUND,
+            br#"{"reason":"NotFound","message":"app \"web\" not found"}"#,
+        ));
+        assert_eq!(e.to_string(), "404 NotFound: app \"web\" not found");
+        assert_eq!(e.api().map(|f| f.status), Some(StatusCode::NOT_FOUND));
+        let src = std::error::Error::source(&e).expect("the answer is the source");
+        assert!(src.downcast_ref::<ApiFailure>().is_some());
 
         // Not JSON (a proxy in between): the status' phrase and the text.
         let f = ApiFailure::from_body(StatusCode::BAD_GATEWAY, b"upstream went away\n");
