@@ -129,9 +129,77 @@ impl NodeStatus {
     }
 }
 
+/// The part of a Node's status the App scheduler reads, for every node on each
+/// placement: decoded straight from the stored JSON without copying it, everything
+/// else skipped (cheaper than a whole [`NodeStatus`] at fleet scale).
+#[derive(Deserialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SchedulingView {
+    #[serde(default)]
+    pub phase: Option<String>,
+    #[serde(default)]
+    pub node_info: Option<ArchOnly>,
+    /// Values kept as JSON: one odd entry must not hide the node's phase.
+    #[serde(default)]
+    pub capacity: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// `nodeInfo.arch` alone.
+#[derive(Deserialize, Default, Clone, Debug, PartialEq)]
+pub struct ArchOnly {
+    #[serde(default)]
+    pub arch: String,
+}
+
+impl SchedulingView {
+    /// Reads a Node's `status` (anything unreadable reads as empty).
+    pub fn of(v: &serde_json::Value) -> SchedulingView {
+        SchedulingView::deserialize(v).unwrap_or_default()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.phase.as_deref() == Some("Ready")
+    }
+
+    pub fn arch(&self) -> &str {
+        self.node_info.as_ref().map_or("", |i| i.arch.as_str())
+    }
+
+    /// A capacity entry (`cpu`, `memory`) as reported.
+    pub fn capacity(&self, key: &str) -> Option<&str> {
+        self.capacity.as_ref()?.get(key)?.as_str()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scheduling_view_reads_what_the_scheduler_needs_and_nothing_breaks_it() {
+        let v = serde_json::json!({"phase": "Ready", "nodeInfo": {"arch": "aarch64", "os": "x"},
+            "capacity": {"cpu": "4", "memory": "2Gi"}, "conditions": [], "sync": {"objects": 3}});
+        let s = SchedulingView::of(&v);
+        assert!(s.is_ready());
+        assert_eq!(s.arch(), "aarch64");
+        assert_eq!(s.capacity("memory"), Some("2Gi"));
+        assert_eq!(s.capacity("gpu"), None);
+        let empty = SchedulingView::of(&serde_json::Value::Null);
+        assert!(!empty.is_ready());
+        assert_eq!(empty.arch(), "");
+        let v = serde_json::json!({"phase": "Ready", "capacity": {"cpu": 4, "memory": "1Gi"}});
+        let s = SchedulingView::of(&v);
+        assert!(
+            s.is_ready(),
+            "an odd capacity entry does not hide the phase"
+        );
+        assert_eq!(
+            (s.capacity("cpu"), s.capacity("memory")),
+            (None, Some("1Gi"))
+        );
+        let odd = SchedulingView::of(&serde_json::json!({"phase": 7}));
+        assert_eq!(odd, SchedulingView::default());
+    }
 
     #[test]
     fn reads_and_writes_the_json_the_cli_reads() {

@@ -197,15 +197,18 @@ fn now_ms() -> i64 {
 }
 
 fn node_info(o: &Object) -> NodeInfo {
-    let st = &o.status;
-    let cap = |k: &str| st["capacity"][k].as_str().map(str::to_string);
+    let st = verge_api::status::node::SchedulingView::of(&o.status);
     NodeInfo {
         name: o.metadata.name.clone(),
         labels: o.metadata.labels.clone(),
-        arch: st["nodeInfo"]["arch"].as_str().unwrap_or("").to_string(),
-        ready: st["phase"] == "Ready",
-        cpu_millis: cap("cpu").and_then(|c| verge_api::specs::parse_cpu_millis(&c)),
-        memory_bytes: cap("memory").and_then(|m| verge_api::specs::parse_memory_bytes(&m)),
+        arch: st.arch().to_string(),
+        ready: st.is_ready(),
+        cpu_millis: st
+            .capacity("cpu")
+            .and_then(verge_api::specs::parse_cpu_millis),
+        memory_bytes: st
+            .capacity("memory")
+            .and_then(verge_api::specs::parse_memory_bytes),
         used_cpu_millis: 0,
         used_memory_bytes: 0,
     }
