@@ -212,28 +212,6 @@ async fn all_closed_by_server(held: Vec<Held>, within: Duration) -> Result<()> {
     }
 }
 
-async fn metrics(cloud: &Cloud) -> Result<String> {
-    Ok(cloud
-        .client()?
-        .get(format!("{}/metrics", cloud.url))
-        .bearer_auth(&cloud.admin_token)
-        .send()
-        .await?
-        .text()
-        .await?)
-}
-
-/// The value of one sample (`name{labels}`), 0 when absent.
-async fn metric(cloud: &Cloud, sample: &str) -> Result<f64> {
-    let text = metrics(cloud).await?;
-    let key = format!("{sample} ");
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0))
-}
-
 fn many(first: u8, count: u8) -> Vec<IpAddr> {
     (first..first + count).map(lo).collect()
 }
@@ -296,16 +274,16 @@ async fn two_thousand_half_open_tls_connections_from_one_address_leave_healthz_a
     let held = flood(FLOOD, &HTTP_STALLS, &[lo(2)], addr_of(&cloud.url)?, tls).await;
     healthz_answers(&cloud, lo(1)).await?;
     // The per-address cap (default 256) refused the rest at once.
-    let refused = metric(
-        &cloud,
-        "verge_connections_refused_total{listener=\"api\",reason=\"per-ip\"}",
-    )
-    .await?;
+    let refused = cloud
+        .metric("verge_connections_refused_total{listener=\"api\",reason=\"per-ip\"}")
+        .await?;
     assert!(
         refused >= (FLOOD - 256) as f64,
         "refused {refused} of {FLOOD} from one address"
     );
-    let open = metric(&cloud, "verge_connections_open{listener=\"api\"}").await?;
+    let open = cloud
+        .metric("verge_connections_open{listener=\"api\"}")
+        .await?;
     assert!(open <= 256.0 + 2.0, "{open} open");
     drop(held);
     Ok(())
@@ -343,13 +321,13 @@ async fn a_full_api_listener_makes_room_by_closing_its_longest_idle_connections(
     )
     .await;
     healthz_answers(&cloud, lo(1)).await?;
-    let open = metric(&cloud, "verge_connections_open{listener=\"api\"}").await?;
+    let open = cloud
+        .metric("verge_connections_open{listener=\"api\"}")
+        .await?;
     assert!(open <= 200.0, "{open} connections open under a cap of 200");
-    let evicted = metric(
-        &cloud,
-        "verge_connections_closed_total{listener=\"api\",reason=\"evicted\"}",
-    )
-    .await?;
+    let evicted = cloud
+        .metric("verge_connections_closed_total{listener=\"api\",reason=\"evicted\"}")
+        .await?;
     assert!(evicted >= (FLOOD - 200) as f64, "only {evicted} evicted");
     drop(held);
     Ok(())
@@ -385,7 +363,9 @@ async fn under_a_1024_open_file_limit_half_open_connections_leave_healthz_answer
     let kinds = [Stall::HalfRequestLine, Stall::HalfH2Preface];
     let held = flood(FLOOD, &kinds, &many(10, 32), addr_of(&cloud.url)?, tls).await;
     healthz_answers(&cloud, lo(1)).await?;
-    let open = metric(&cloud, "verge_connections_open{listener=\"api\"}").await?;
+    let open = cloud
+        .metric("verge_connections_open{listener=\"api\"}")
+        .await?;
     if open_files.split_whitespace().nth(3) == Some("1024") {
         assert!(open < 1024.0, "{open} connections open under 1,024 files");
     }
@@ -444,11 +424,11 @@ async fn stalled_connections_are_closed_by_the_server_on_their_timers() -> Resul
     all_closed_by_server(held, Duration::from_secs(180)).await?;
     // Every kind was closed for its own reason.
     for reason in ["tls-timeout", "header-timeout"] {
-        let n = metric(
-            &cloud,
-            &format!("verge_connections_closed_total{{listener=\"api\",reason=\"{reason}\"}}"),
-        )
-        .await?;
+        let n = cloud
+            .metric(&format!(
+                "verge_connections_closed_total{{listener=\"api\",reason=\"{reason}\"}}"
+            ))
+            .await?;
         assert!(n >= 1.0, "nothing closed for {reason}");
     }
     // The watches lived through all of that.
@@ -482,12 +462,10 @@ async fn stalled_connections_are_closed_by_the_server_on_their_timers() -> Resul
         Duration::from_secs(60),
         "idle HTTP/2 connection closed",
         async || {
-            let n = metric(
-                &cloud,
-                "verge_connections_closed_total{listener=\"api\",reason=\"idle\"}",
-            )
-            .await
-            .ok()?;
+            let n = cloud
+                .metric("verge_connections_closed_total{listener=\"api\",reason=\"idle\"}")
+                .await
+                .ok()?;
             (n >= 1.0).then_some(())
         },
     )
@@ -497,7 +475,8 @@ async fn stalled_connections_are_closed_by_the_server_on_their_timers() -> Resul
         Duration::from_secs(60),
         "connections released",
         async || {
-            let n = metric(&cloud, "verge_connections_open{listener=\"api\"}")
+            let n = cloud
+                .metric("verge_connections_open{listener=\"api\"}")
                 .await
                 .ok()?;
             (n <= 2.0).then_some(())
@@ -543,19 +522,17 @@ async fn a_client_that_stops_reading_is_closed_after_the_idle_timeout() -> Resul
         Duration::from_secs(60),
         "write-stalled connection closed",
         async || {
-            let n = metric(
-                &cloud,
-                "verge_connections_closed_total{listener=\"api\",reason=\"write-stall\"}",
-            )
-            .await
-            .ok()?;
+            let n = cloud
+                .metric("verge_connections_closed_total{listener=\"api\",reason=\"write-stall\"}")
+                .await
+                .ok()?;
             (n >= 1.0).then_some(())
         },
     )
     .await?;
     // Its watch is gone too.
     eventually(Duration::from_secs(30), "watch released", async || {
-        let n = metric(&cloud, "verge_open_watches").await.ok()?;
+        let n = cloud.metric("verge_open_watches").await.ok()?;
         (n == 0.0).then_some(())
     })
     .await?;
@@ -606,11 +583,9 @@ async fn the_per_address_cap_refuses_extra_connections_at_once() -> Result<()> {
     assert!(err.is_err(), "a 21st connection from 127.0.0.3 was served");
     // Other addresses are served.
     healthz_answers(&cloud, lo(4)).await?;
-    let refused = metric(
-        &cloud,
-        "verge_connections_refused_total{listener=\"api\",reason=\"per-ip\"}",
-    )
-    .await?;
+    let refused = cloud
+        .metric("verge_connections_refused_total{listener=\"api\",reason=\"per-ip\"}")
+        .await?;
     assert!(refused >= 2.0, "{refused}");
     // A place freed is a place for that address again.
     drop(held.pop());
@@ -639,11 +614,9 @@ async fn the_per_address_cap_refuses_extra_connections_at_once() -> Result<()> {
         .await
         .context("the 6th MQTT connection was not closed")?;
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
-    let refused = metric(
-        &cloud,
-        "verge_connections_refused_total{listener=\"mqtt\",reason=\"per-ip\"}",
-    )
-    .await?;
+    let refused = cloud
+        .metric("verge_connections_refused_total{listener=\"mqtt\",reason=\"per-ip\"}")
+        .await?;
     assert!(refused >= 1.0, "{refused}");
     drop((held, gw));
     Ok(())
@@ -735,11 +708,9 @@ async fn half_open_mqtt_connections_are_closed_and_nodes_still_connect() -> Resu
     healthz_answers(&cloud, lo(1)).await?;
     all_closed_by_server(held, Duration::from_secs(180)).await?;
     for reason in ["tls-timeout", "connect"] {
-        let n = metric(
-            &cloud,
-            &format!("verge_mqtt_refused_total{{reason=\"{reason}\"}}"),
-        )
-        .await?;
+        let n = cloud
+            .metric(&format!("verge_mqtt_refused_total{{reason=\"{reason}\"}}"))
+            .await?;
         assert!(n >= 1.0, "nothing refused for {reason}");
     }
     node_connects(&cloud, &node, lo(1)).await
@@ -774,13 +745,13 @@ async fn a_full_gateway_makes_room_for_real_nodes() -> Result<()> {
     )
     .await;
     node_connects(&cloud, &node, lo(1)).await?;
-    let evicted = metric(
-        &cloud,
-        "verge_connections_closed_total{listener=\"mqtt\",reason=\"evicted\"}",
-    )
-    .await?;
+    let evicted = cloud
+        .metric("verge_connections_closed_total{listener=\"mqtt\",reason=\"evicted\"}")
+        .await?;
     assert!(evicted >= (FLOOD - 100) as f64, "only {evicted} evicted");
-    let open = metric(&cloud, "verge_connections_open{listener=\"mqtt\"}").await?;
+    let open = cloud
+        .metric("verge_connections_open{listener=\"mqtt\"}")
+        .await?;
     assert!(open <= 100.0, "{open} open under a cap of 100");
     drop(held);
     Ok(())

@@ -78,20 +78,9 @@ fn publish(cloud: &Cloud, dir: &Path, topic: &str, payload: &[u8]) -> Result<Out
 }
 
 async fn dropped(cloud: &Cloud, reason: &str) -> Result<f64> {
-    let text = cloud
-        .client()?
-        .get(format!("{}/metrics", cloud.url))
-        .bearer_auth(&cloud.admin_token)
-        .send()
-        .await?
-        .text()
-        .await?;
-    let key = format!("verge_mqtt_dropped_total{{reason=\"{reason}\"}} ");
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0))
+    cloud
+        .metric(&format!("verge_mqtt_dropped_total{{reason=\"{reason}\"}}"))
+        .await
 }
 
 fn text(o: &Output) -> String {

@@ -41,22 +41,6 @@ async fn artifact_get_as_node(cloud: &Cloud, node_dir: &Path) -> Result<(StatusC
     Ok((r.status(), r.text().await.unwrap_or_default()))
 }
 
-async fn refused_revoked(cloud: &Cloud) -> Result<f64> {
-    let metrics = cloud
-        .client()?
-        .get(format!("{}/metrics", cloud.url))
-        .bearer_auth(&cloud.admin_token)
-        .send()
-        .await?
-        .text()
-        .await?;
-    Ok(metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("verge_mqtt_refused_total{reason=\"revoked\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0))
-}
-
 async fn node_exists(cloud: &Cloud, node: &str) -> Result<bool> {
     let r = cloud
         .client()?
@@ -154,7 +138,10 @@ async fn crash_at(point: &str) -> Result<()> {
     )
     .await?;
     assert!(
-        refused_revoked(&cloud).await? >= 1.0,
+        cloud
+            .metric("verge_mqtt_refused_total{reason=\"revoked\"}")
+            .await?
+            >= 1.0,
         "the restarted cloud refused the revoked certificate"
     );
     edge.kill9()?;

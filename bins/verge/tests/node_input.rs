@@ -54,30 +54,12 @@ async fn task(cloud: &Cloud, id: &str) -> Result<Value> {
         .await
 }
 
-/// The value of a counter or gauge in `/metrics` (0 when absent).
-async fn metric(cloud: &Cloud, series: &str) -> Result<f64> {
-    let text = cloud
-        .client()?
-        .get(format!("{}/metrics", cloud.url))
-        .bearer_auth(&cloud.admin_token)
-        .send()
-        .await?
-        .text()
-        .await?;
-    let key = format!("{series} ");
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0))
-}
-
 async fn refused(cloud: &Cloud, reason: &str) -> Result<f64> {
-    metric(
-        cloud,
-        &format!("verge_node_results_refused_total{{reason=\"{reason}\"}}"),
-    )
-    .await
+    cloud
+        .metric(&format!(
+            "verge_node_results_refused_total{{reason=\"{reason}\"}}"
+        ))
+        .await
 }
 
 /// Waits until the refusal counter for `reason` moved by `n` from `before` (the cloud
@@ -572,7 +554,7 @@ async fn a_log_flood_stays_within_the_budget_and_its_own_sources() -> Result<()>
     // status is written about once a second, the last report included; instances
     // of apps not placed on the node stay out of those apps' status.
     let updates = "verge_store_operation_duration_seconds_count{op=\"update\"}";
-    let before = metric(&cloud, updates).await?;
+    let before = cloud.metric(updates).await?;
     let instance = |app: &str| {
         let mut i =
             verge_proto::InstanceStatus::new(app, 0, "1.0.0", verge_proto::InstanceState::Running);
@@ -598,7 +580,7 @@ async fn a_log_flood_stays_within_the_budget_and_its_own_sources() -> Result<()>
         },
     )
     .await?;
-    let writes = metric(&cloud, updates).await? - before;
+    let writes = cloud.metric(updates).await? - before;
     assert!(
         writes < 40.0,
         "{writes} store updates for 100 status reports"
@@ -610,7 +592,7 @@ async fn a_log_flood_stays_within_the_budget_and_its_own_sources() -> Result<()>
     .await?;
     let victim = cloud.app("victim").await?;
     assert!(app_instances(&victim, "flood").is_empty(), "{victim}");
-    assert!(metric(&cloud, "verge_node_instances_dropped_total").await? >= 100.0);
+    assert!(cloud.metric("verge_node_instances_dropped_total").await? >= 100.0);
 
     // The victim's own lines.
     quiet.publish(&batch("app/victim/0", 3, 10, 'v')).await?;
@@ -637,11 +619,9 @@ async fn a_log_flood_stays_within_the_budget_and_its_own_sources() -> Result<()>
     let placed = 2;
     let per_batch = 3;
     let rounds = 200;
-    let dropped_before = metric(
-        &cloud,
-        "verge_node_log_lines_dropped_total{reason=\"not-placed\"}",
-    )
-    .await?;
+    let dropped_before = cloud
+        .metric("verge_node_log_lines_dropped_total{reason=\"not-placed\"}")
+        .await?;
     for _ in 0..rounds {
         for s in sources {
             flood
@@ -651,12 +631,10 @@ async fn a_log_flood_stays_within_the_budget_and_its_own_sources() -> Result<()>
     }
     let expect_dropped = (rounds * (sources.len() - placed) * per_batch) as f64;
     let handled = eventually(Duration::from_secs(120), "the flood handled", async || {
-        let n = metric(
-            &cloud,
-            "verge_node_log_lines_dropped_total{reason=\"not-placed\"}",
-        )
-        .await
-        .ok()?;
+        let n = cloud
+            .metric("verge_node_log_lines_dropped_total{reason=\"not-placed\"}")
+            .await
+            .ok()?;
         (n >= dropped_before + expect_dropped).then_some(())
     })
     .await;
@@ -689,7 +667,7 @@ async fn a_log_flood_stays_within_the_budget_and_its_own_sources() -> Result<()>
         peak_before >> 20,
         peak_after >> 20
     );
-    let held = metric(&cloud, "verge_node_log_bytes").await?;
+    let held = cloud.metric("verge_node_log_bytes").await?;
     // The flood's budget plus the victim's three short lines.
     assert!(held > 0.0 && held <= BUDGET as f64 + 1024.0, "{held}");
 
@@ -720,11 +698,9 @@ async fn a_log_flood_stays_within_the_budget_and_its_own_sources() -> Result<()>
         "a replica not placed there: {bytes:?}"
     );
     assert!(
-        metric(
-            &cloud,
-            "verge_node_log_lines_dropped_total{reason=\"evicted\"}"
-        )
-        .await?
+        cloud
+            .metric("verge_node_log_lines_dropped_total{reason=\"evicted\"}")
+            .await?
             > 0.0
     );
     Ok(())

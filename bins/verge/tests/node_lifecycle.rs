@@ -426,20 +426,10 @@ async fn a_deleted_node_says_it_was_revoked_and_stops_reconnecting() -> Result<(
         "no reconnect attempts after it:\n{log}"
     );
     // The gateway saw one refused attempt, not one a second.
-    let metrics = cloud
-        .client()?
-        .get(format!("{}/metrics", cloud.url))
-        .bearer_auth(&cloud.admin_token)
-        .send()
-        .await?
-        .text()
+    let refused = cloud
+        .metric("verge_mqtt_refused_total{reason=\"revoked\"}")
         .await?;
-    let refused: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("verge_mqtt_refused_total{reason=\"revoked\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
-    assert_eq!(refused, 1.0, "{metrics}");
+    assert_eq!(refused, 1.0, "{}", cloud.metrics().await?);
     // The node stays up, offline, and its status says why.
     assert!(edge.running(), "the agent keeps running (offline)");
     let st = edge.get(&["status"]).context("verge-edge get status")?;

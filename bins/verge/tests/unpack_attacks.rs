@@ -145,14 +145,7 @@ fn push(cloud: &Cloud, file: &Path) -> Result<String> {
 
 /// Requests for an artifact's content the cloud has answered, whatever the status.
 async fn artifact_downloads(cloud: &Cloud) -> Result<u64> {
-    let text = cloud
-        .client()?
-        .get(format!("{}/metrics", cloud.url))
-        .bearer_auth(&cloud.admin_token)
-        .send()
-        .await?
-        .text()
-        .await?;
+    let text = cloud.metrics().await?;
     Ok(text
         .lines()
         .filter(|l| {

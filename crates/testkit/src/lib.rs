@@ -1198,6 +1198,29 @@ impl RolloutSeen {
 }
 
 impl Cloud {
+    /// The `/metrics` text (Prometheus), read with the admin token.
+    pub async fn metrics(&self) -> Result<String> {
+        Ok(self
+            .client()?
+            .get(format!("{}/metrics", self.url))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
+    /// The value of one sample (`name{labels}`, exactly as exposed), 0 when absent.
+    pub async fn metric(&self, sample: &str) -> Result<f64> {
+        let text = self.metrics().await?;
+        let key = format!("{sample} ");
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+
     /// Creates the object, or replaces it when it exists (`plural`: `apps`, ...).
     pub async fn apply(&self, plural: &str, obj: &serde_json::Value) -> Result<()> {
         let name = obj["metadata"]["name"].as_str().context("metadata.name")?;
