@@ -10,6 +10,7 @@ pub mod apps;
 pub mod artifact_access;
 pub mod artifacts;
 pub mod auth;
+pub mod buckets;
 mod client_config;
 pub mod compaction;
 pub mod controller;
