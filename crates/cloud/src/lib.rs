@@ -10,6 +10,7 @@ pub mod apps;
 pub mod artifact_access;
 pub mod artifacts;
 pub mod auth;
+pub mod buckets;
 mod client_config;
 pub mod compaction;
 pub mod controller;
@@ -276,6 +277,12 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     let (api_admission, mqtt_admission) = admissions(&cfg, &metrics);
     // Controllers on the one runtime share one informer (one store watch) per kind.
     let informers = controller::Informers::new(store.clone(), shutdown_rx.clone());
+    // Buckets: object bytes under DATA_DIR/blobs, metadata in the store.
+    let buckets = Arc::new(buckets::Buckets::new(
+        store.clone(),
+        buckets::BlobStore::open(&cfg.data_dir)?,
+        informers.cache(verge_api::Kind::Bucket),
+    ));
 
     // Edge nodes: lifecycle + sync, and the MQTT gateway they connect to.
     let node_manager = nodes::NodeManager::new(
@@ -474,6 +481,7 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         })),
         watches: http::watch::WatchLimit::new(cfg.limits.max_watches_per_token),
         secrets: secret_box,
+        buckets: buckets.clone(),
     });
     let app = http::router(state, &cfg.mounts);
     let compactor = tokio::spawn(

@@ -23,7 +23,7 @@ use utoipa::openapi::{
     PathsBuilder, Ref, RefOr, Required, Schema, SchemaFormat,
 };
 use verge_api::specs::{
-    AppSpec, ConfigSpec, FunctionSpec, NodeSpec, SecretSpec, TaskSpec, TriggerSpec,
+    AppSpec, BucketSpec, ConfigSpec, FunctionSpec, NodeSpec, SecretSpec, TaskSpec, TriggerSpec,
 };
 use verge_api::{ApiErrorBody, Kind, ListMeta, ObjectMeta, WatchEvent};
 
@@ -52,6 +52,7 @@ fn spec_schema_name(kind: Kind) -> String {
         Kind::Task => TaskSpec::name(),
         Kind::Config => ConfigSpec::name(),
         Kind::Secret => SecretSpec::name(),
+        Kind::Bucket => BucketSpec::name(),
     }
     .into_owned()
 }
@@ -862,6 +863,8 @@ pub fn document(mounts: &[Mount]) -> OpenApi {
     components = add_schema::<TriggerSpec>(components);
     components = add_schema::<TaskSpec>(components);
     components = add_schema::<ConfigSpec>(components);
+    components = add_schema::<BucketSpec>(components);
+    components = add_schema::<verge_api::specs::Lifecycle>(components);
     components = add_schema::<SecretSpec>(components);
     components = add_schema::<TokenInfo>(components);
     components = add_schema::<TokenCreateRequest>(components);

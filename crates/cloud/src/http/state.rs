@@ -41,6 +41,8 @@ pub struct AppState {
     pub watches: Arc<WatchLimit>,
     /// Seals Secrets for the store and opens them for readers allowed to see values.
     pub secrets: Arc<crate::secrets::SecretBox>,
+    /// Buckets and their objects (`/cdn`, the object routes; the S3 listener has its own).
+    pub buckets: Arc<crate::buckets::Buckets>,
 }
 
 pub type SharedState = Arc<AppState>;
