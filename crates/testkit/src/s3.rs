@@ -2,8 +2,9 @@
 //! `scripts/pyenv` makes (`VERGE_PYENV`, default `/var/tmp/verge-pyenv`) with the AWS
 //! CLI, boto3 and SeaweedFS's `weed`; [`AwsCli`], which runs the AWS CLI or a boto3
 //! script against one endpoint with given credentials, path-style, isolated from the
-//! user's `~/.aws`; [`SeaweedFs`], a real S3 server (`weed server -s3`) on free loopback
-//! ports in a temp dir with static credentials, killed on drop.
+//! user's `~/.aws`, trusting a given CA for TLS; [`SeaweedFs`], a real S3 server (`weed
+//! server -s3`, also over TLS with a CA of its own) on free loopback ports in a temp dir
+//! with static credentials, killed on drop.
 //!
 //! A missing tool is an error naming what to run (`scripts/pyenv`), in CI and anywhere
 //! else: never a skip. Must not sign requests itself nor stand in for S3: every request
@@ -251,22 +252,34 @@ fn token(tag: &str, len: usize) -> String {
 }
 
 /// A real SeaweedFS (`weed server -s3`, one process: master, volume server, filer and
-/// S3 gateway) on free loopback ports (HTTP, no TLS) with its data in a temp dir and one
-/// static identity with every action (an S3 config JSON). Ready when the master assigns
-/// a file id, the filer answers and the S3 gateway answers; killed (SIGTERM, then
-/// SIGKILL) on drop.
+/// S3 gateway) on free loopback ports with its data in a temp dir and one static
+/// identity with every action (an S3 config JSON); [`SeaweedFs::start_tls`] also serves
+/// S3 over TLS with a certificate for 127.0.0.1 from a CA of its own, as Verge's S3
+/// listener does with the cluster CA. Ready when the master assigns a file id, the filer
+/// and the S3 gateway answer; killed (SIGTERM, then SIGKILL) on drop.
 pub struct SeaweedFs {
     child: Option<Child>,
     dir: tempfile::TempDir,
     /// `http://127.0.0.1:PORT`, the S3 endpoint.
     pub endpoint: String,
+    /// `https://127.0.0.1:PORT` and the PEM of its CA, with [`SeaweedFs::start_tls`].
+    pub tls: Option<(String, String)>,
     pub access_key: String,
     pub secret_key: String,
 }
 
 impl SeaweedFs {
-    /// Starts it and waits until ready (60 s at most).
+    /// Starts it (plain HTTP) and waits until ready (60 s at most).
     pub async fn start() -> Result<SeaweedFs> {
+        Self::start_with(false).await
+    }
+
+    /// Like [`SeaweedFs::start`], and S3 over TLS too ([`SeaweedFs::aws_tls`]).
+    pub async fn start_tls() -> Result<SeaweedFs> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> Result<SeaweedFs> {
         // The test's own reqwest clients (presigned URLs) need rustls' provider.
         install_provider();
         let weed = weed_bin()?;
@@ -276,10 +289,14 @@ impl SeaweedFs {
         let config = dir.path().join("s3.json");
         std::fs::write(&config, s3_identity_json(&access_key, &secret_key))?;
         let log_path = dir.path().join("weed.log");
+        let ca_pem = match tls {
+            true => Some(write_tls_files(dir.path())?),
+            false => None,
+        };
         // A port taken between our probe and weed's bind: try again with others.
         let mut last_err = anyhow::anyhow!("weed did not start");
         for _ in 0..3 {
-            let ports = free_ports(8)?;
+            let ports = free_ports()?;
             let data = dir.path().join("data");
             let _ = std::fs::remove_dir_all(&data);
             std::fs::create_dir_all(&data)?;
@@ -287,6 +304,10 @@ impl SeaweedFs {
             let mut child = Some(
                 Command::new(&weed)
                     .args(weed_server_args(&data, &config, &ports))
+                    .args(match tls {
+                        true => tls_args(dir.path(), ports.s3_https),
+                        false => Vec::new(),
+                    })
                     .stdin(Stdio::null())
                     .stdout(log.try_clone()?)
                     .stderr(log)
@@ -304,11 +325,17 @@ impl SeaweedFs {
                     );
                     break;
                 }
-                if weed_ready(&ports).await {
+                if weed_ready(&ports).await
+                    && (!tls
+                        || tokio::net::TcpStream::connect(("127.0.0.1", ports.s3_https))
+                            .await
+                            .is_ok())
+                {
                     return Ok(SeaweedFs {
                         child,
                         dir,
                         endpoint: format!("http://127.0.0.1:{}", ports.s3),
+                        tls: ca_pem.map(|ca| (format!("https://127.0.0.1:{}", ports.s3_https), ca)),
                         access_key,
                         secret_key,
                     });
@@ -334,6 +361,16 @@ impl SeaweedFs {
     /// The AWS CLI and boto3 with this server's endpoint and identity.
     pub fn aws(&self) -> Result<AwsCli> {
         AwsCli::new(&self.endpoint, &self.access_key, &self.secret_key)
+    }
+
+    /// The same over TLS, trusting the server's CA (`AWS_CA_BUNDLE`); started with
+    /// [`SeaweedFs::start_tls`] only.
+    pub fn aws_tls(&self) -> Result<AwsCli> {
+        let (endpoint, ca) = self
+            .tls
+            .as_ref()
+            .context("SeaweedFs::aws_tls needs SeaweedFs::start_tls")?;
+        AwsCli::new(endpoint, &self.access_key, &self.secret_key)?.with_ca_pem(ca)
     }
 
     /// What weed logged so far.
@@ -363,6 +400,7 @@ pub fn s3_identity_json(access_key: &str, secret_key: &str) -> String {
 /// The ports of one `weed server` (gRPC ports too: weed's default, port + 10000,
 /// may be taken or past 65535).
 struct WeedPorts {
+    s3_https: u16,
     master: u16,
     master_grpc: u16,
     volume: u16,
@@ -373,9 +411,9 @@ struct WeedPorts {
     s3_grpc: u16,
 }
 
-/// `n` distinct free loopback ports (all bound at once, then released).
-fn free_ports(n: usize) -> Result<WeedPorts> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
+/// Distinct free loopback ports (all bound at once, then released).
+fn free_ports() -> Result<WeedPorts> {
+    let listeners: Vec<std::net::TcpListener> = (0..9)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<std::io::Result<_>>()?;
     let p: Vec<u16> = listeners
@@ -392,6 +430,7 @@ fn free_ports(n: usize) -> Result<WeedPorts> {
         filer_grpc: p[5],
         s3: p[6],
         s3_grpc: p[7],
+        s3_https: p[8],
     })
 }
 
@@ -419,6 +458,35 @@ fn weed_server_args(data: &Path, config: &Path, p: &WeedPorts) -> Vec<String> {
         "-s3.port.iceberg=0".into(),
         "-s3.port.lance=0".into(),
         format!("-s3.config={}", config.display()),
+    ]
+}
+
+/// A CA and a certificate for IP 127.0.0.1 signed by it, as `tls.crt`/`tls.key` in
+/// `dir`; the CA's PEM.
+fn write_tls_files(dir: &Path) -> Result<String> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name
+        .push(DnType::CommonName, "verge-test seaweedfs ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(Vec::<String>::new())?;
+    leaf.subject_alt_names
+        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+    let cert = leaf.signed_by(&key, &ca_cert, &ca_key)?;
+    std::fs::write(dir.join("tls.crt"), cert.pem())?;
+    std::fs::write(dir.join("tls.key"), key.serialize_pem())?;
+    Ok(ca_cert.pem())
+}
+
+/// The S3 gateway's TLS listener, with the files of [`write_tls_files`].
+fn tls_args(dir: &Path, port: u16) -> Vec<String> {
+    vec![
+        format!("-s3.port.https={port}"),
+        format!("-s3.cert.file={}", dir.join("tls.crt").display()),
+        format!("-s3.key.file={}", dir.join("tls.key").display()),
     ]
 }
 
@@ -480,6 +548,7 @@ mod tests {
     #[test]
     fn weed_args_bind_loopback_and_name_every_port() {
         let p = WeedPorts {
+            s3_https: 9,
             master: 1,
             master_grpc: 2,
             volume: 3,

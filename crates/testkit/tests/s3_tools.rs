@@ -1,6 +1,7 @@
 //! The S3 tools of the tests against a real SeaweedFS: the AWS CLI (mb, cp, ls,
 //! presign, a refused wrong secret) and boto3 (metadata, content type, ETag, a
-//! delimiter listing, a presigned PUT), the shape Verge's own S3 tests reuse with
+//! delimiter listing, a presigned PUT), then both over TLS trusting the server's CA
+//! (and refusing it without): the shape Verge's own S3 tests reuse with
 //! `AwsCli::new(endpoint, key, secret)?.with_ca_pem(&cloud.ca_pem)`. Also: the server
 //! is gone once its guard is dropped.
 
@@ -28,7 +29,7 @@ print("presigned-put", s3.generate_presigned_url(
 
 #[tokio::test]
 async fn aws_cli_and_boto3_drive_a_real_seaweedfs() -> Result<()> {
-    let weed = SeaweedFs::start().await?;
+    let weed = SeaweedFs::start_tls().await?;
     let pid = weed.pid().context("weed runs")?;
     let aws = weed.aws()?;
     let http = reqwest::Client::new();
@@ -105,6 +106,33 @@ async fn aws_cli_and_boto3_drive_a_real_seaweedfs() -> Result<()> {
     ])
     .await?;
     assert_eq!(std::fs::read(&back)?, vec![7u8; 3000]);
+
+    // Over TLS, trusting the server's CA through AWS_CA_BUNDLE (how Verge's tests
+    // reach its S3 listener with the cluster CA); without it the CLI refuses the
+    // certificate.
+    let tls = weed.aws_tls()?;
+    assert!(tls.endpoint.starts_with("https://127.0.0.1:"));
+    let ls = tls.ok(&["s3", "ls", "s3://tools-check/dir/"]).await?;
+    assert!(ls.contains("hello.txt"), "aws s3 ls over TLS: {ls}");
+    let got = tls
+        .boto3_ok(
+            "import boto3; print(boto3.client('s3').get_object(Bucket='tools-check', \
+             Key='pics/a.txt')['Body'].read().decode())",
+            &[],
+        )
+        .await?;
+    assert_eq!(got.trim(), "abc");
+    let untrusted = verge_testkit::AwsCli::new(&tls.endpoint, &weed.access_key, &weed.secret_key)?;
+    let out = untrusted.run(&["s3", "ls", "s3://tools-check"]).await?;
+    assert!(
+        !out.status.success(),
+        "a certificate from an unknown CA was accepted"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SSL") || err.contains("certificate"),
+        "stderr: {err}"
+    );
 
     // Dropped: the process is gone (reaped, so no /proc entry either).
     drop(weed);
