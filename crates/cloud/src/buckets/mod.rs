@@ -19,6 +19,7 @@
 //! Must not know about HTTP, XML or signatures.
 
 pub mod blobs;
+pub mod http_semantics;
 pub mod listing;
 
 use std::collections::{BTreeMap, HashMap};

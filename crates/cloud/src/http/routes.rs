@@ -45,6 +45,13 @@ pub enum Op {
     ListArtifacts,
     UploadArtifact,
     GetArtifact,
+    /// `GET|HEAD /cdn/{bucket}/{*key}`: an object of a public bucket.
+    Cdn,
+    ListObjects,
+    /// GET and HEAD.
+    GetObject,
+    PutObject,
+    DeleteObject,
     Join,
     ClusterCa,
     ClusterInfo,
@@ -116,6 +123,18 @@ pub fn table() -> Vec<Route> {
             }
             _ => {}
         }
+        if kind == Kind::Bucket {
+            t.push(route(
+                Method::GET,
+                format!("{one}/objects"),
+                Token,
+                Op::ListObjects,
+            ));
+            let object = format!("{one}/objects/{{*key}}");
+            t.push(route(Method::GET, &object, Token, Op::GetObject));
+            t.push(route(Method::PUT, &object, Token, Op::PutObject));
+            t.push(route(Method::DELETE, &object, Token, Op::DeleteObject));
+        }
         if kind == Kind::Function {
             t.push(route(
                 Method::POST,
@@ -142,6 +161,7 @@ pub fn table() -> Vec<Route> {
             TokenOrNode,
             Op::GetArtifact,
         ),
+        route(Method::GET, "/cdn/{bucket}/{*key}", Public, Op::Cdn),
         route(Method::POST, "/api/v1/join", Public, Op::Join),
         route(Method::GET, "/api/v1/cluster/ca", Public, Op::ClusterCa),
         route(Method::GET, "/api/v1/cluster/info", Token, Op::ClusterInfo),
