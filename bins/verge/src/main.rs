@@ -38,6 +38,7 @@ mod images;
 mod output;
 mod report;
 mod rollout;
+mod s3;
 
 /// The API client (its own crate: the benchmarks use it too).
 use verge_client as client;
@@ -326,6 +327,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: artifact::ArtifactCmd,
     },
+    /// Objects in buckets: ls, cp, rm (over the API, with its token).
+    S3 {
+        #[command(subcommand)]
+        cmd: s3::S3Command,
+    },
     /// Manage API tokens (admin).
     Token {
         #[command(subcommand)]
@@ -571,6 +577,7 @@ async fn run(cli: Cli) -> Result<()> {
             commands::delete(&client(&cli)?, commands::parse_kind(kind)?, name).await
         }
         Cmd::Artifact { cmd } => artifact::run(&client(&cli)?, cmd).await,
+        Cmd::S3 { cmd } => s3::run(&client(&cli)?, cmd).await,
         Cmd::Rollout { cmd } => rollout::run(&client(&cli)?, cmd).await,
         Cmd::Logs {
             target,

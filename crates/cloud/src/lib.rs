@@ -22,6 +22,7 @@ pub mod limits;
 pub mod metrics;
 pub mod mosquitto;
 pub mod nodes;
+pub mod object_sink;
 pub mod objects;
 mod pki;
 pub mod recover;
@@ -89,6 +90,10 @@ pub struct CloudConfig {
     /// authenticate requests themselves: the `/img` endpoint (signed URLs). Each brings
     /// its OpenAPI paths.
     pub mounts: Vec<http::Mount>,
+    /// Where the cloud installs its buckets for the builtins and mounts that read and
+    /// write objects (the image functions' `output`, `s3://` sources); share it with
+    /// them before starting (decision 032).
+    pub objects: Arc<verge_runtime::ObjectSlot>,
     /// Non-public networks (IPs or CIDRs) that requests made on a user's behalf —
     /// task callbacks — may reach; by default none: public addresses only
     /// (`verge cloud --outbound-allow-networks`). The image service has its own
@@ -126,6 +131,7 @@ impl CloudConfig {
             gateway: gateway::GatewayConfig::default(),
             builtins: Arc::new(functions::Registry::with_defaults()),
             mounts: Vec::new(),
+            objects: Arc::new(verge_runtime::ObjectSlot::new()),
             outbound_allow_networks: Vec::new(),
             outbound_allow_hosts: Vec::new(),
             function_sandbox: verge_runtime::SandboxConfig {
@@ -283,6 +289,8 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         buckets::BlobStore::open(&cfg.data_dir)?,
         informers.cache(verge_api::Kind::Bucket),
     ));
+    cfg.objects
+        .install(Arc::new(object_sink::BucketSink::new(buckets.clone())));
 
     // Edge nodes: lifecycle + sync, and the MQTT gateway they connect to.
     let node_manager = nodes::NodeManager::new(
