@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use verge_api::specs::ObjectRecord;
 use verge_runtime::objects::{FetchedObject, ObjectFuture};
 use verge_runtime::{ObjectError, ObjectErrorKind, ObjectSink, StoredObject};
 
@@ -27,16 +28,34 @@ impl BucketSink {
         Self { buckets }
     }
 
-    /// The bucket's spec, refusing a private bucket as if missing when `public_only`.
-    async fn check(&self, bucket: &str, key: &str, public_only: bool) -> Result<bool, ObjectError> {
-        let spec = self.buckets.spec(bucket).await.map_err(object_error)?;
-        if public_only && !spec.public {
-            return Err(ObjectError::new(
+    /// The object's record and whether its bucket is public. `public_only`: a private
+    /// bucket, a missing bucket and a missing object are one same answer, so an
+    /// unsigned `/img` URL tells nothing about private buckets.
+    async fn head(
+        &self,
+        bucket: &str,
+        key: &str,
+        public_only: bool,
+    ) -> Result<ObjectRecord, ObjectError> {
+        let hidden = || {
+            ObjectError::new(
                 ObjectErrorKind::NotFound,
                 format!("NoSuchKey: no public object s3://{bucket}/{key}"),
-            ));
+            )
+        };
+        let spec = match self.buckets.spec(bucket).await {
+            Ok(s) => s,
+            Err(Error::Bucket { .. }) if public_only => return Err(hidden()),
+            Err(e) => return Err(object_error(e)),
+        };
+        if public_only && !spec.public {
+            return Err(hidden());
         }
-        Ok(spec.public)
+        match self.buckets.head(bucket, key).await {
+            Ok((rec, _)) => Ok(rec),
+            Err(Error::Bucket { .. }) if public_only => Err(hidden()),
+            Err(e) => Err(object_error(e)),
+        }
     }
 }
 
@@ -105,7 +124,12 @@ impl ObjectSink for BucketSink {
     ) -> ObjectFuture<'a, StoredObject> {
         Box::pin(async move {
             check_content_type(content_type)?;
-            let public = self.check(bucket, key, false).await?;
+            let public = self
+                .buckets
+                .spec(bucket)
+                .await
+                .map_err(object_error)?
+                .public;
             let meta = PutMeta {
                 content_type: Some(content_type.to_owned()),
                 ..Default::default()
@@ -131,11 +155,7 @@ impl ObjectSink for BucketSink {
         key: &'a str,
         public_only: bool,
     ) -> ObjectFuture<'a, String> {
-        Box::pin(async move {
-            self.check(bucket, key, public_only).await?;
-            let (rec, _) = self.buckets.head(bucket, key).await.map_err(object_error)?;
-            Ok(rec.etag)
-        })
+        Box::pin(async move { Ok(self.head(bucket, key, public_only).await?.etag) })
     }
 
     fn get<'a>(
@@ -146,8 +166,7 @@ impl ObjectSink for BucketSink {
         public_only: bool,
     ) -> ObjectFuture<'a, FetchedObject> {
         Box::pin(async move {
-            self.check(bucket, key, public_only).await?;
-            let (rec, _) = self.buckets.head(bucket, key).await.map_err(object_error)?;
+            let rec = self.head(bucket, key, public_only).await?;
             if rec.size > max_bytes {
                 return Err(ObjectError::new(
                     ObjectErrorKind::TooLarge,

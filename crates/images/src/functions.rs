@@ -673,6 +673,92 @@ mod tests {
     }
 
     #[test]
+    fn store_targets_come_out_of_output() {
+        let mut args = serde_json::json!({"width": 10, "output": {"format": "webp",
+            "bucket": "b", "key": "k/x.webp", "contentType": "image/x"}});
+        let args = args.as_object_mut().unwrap();
+        let t = take_store_target(args).unwrap().unwrap();
+        assert_eq!(
+            t,
+            StoreTarget {
+                bucket: "b".into(),
+                key: "k/x.webp".into(),
+                content_type: Some("image/x".into())
+            }
+        );
+        assert_eq!(args["output"], serde_json::json!({"format": "webp"}));
+        // Only a target: `output` goes away (functions without encoder options).
+        let mut only = serde_json::json!({"output": {"bucket": "b", "key": "k"}});
+        let only = only.as_object_mut().unwrap();
+        assert!(take_store_target(only).unwrap().is_some());
+        assert!(!only.contains_key("output"));
+        // Encoder options only: untouched.
+        let mut enc = serde_json::json!({"output": {"format": "png"}});
+        let enc = enc.as_object_mut().unwrap();
+        assert!(take_store_target(enc).unwrap().is_none());
+        assert_eq!(enc["output"], serde_json::json!({"format": "png"}));
+        let field = |v: Value| match take_store_target(v.clone().as_object_mut().unwrap()) {
+            Err(Error::Invalid { field, .. }) => field,
+            other => panic!("{v}: {other:?}"),
+        };
+        assert_eq!(
+            field(serde_json::json!({"output": {"bucket": "b"}})),
+            "input.output.key"
+        );
+        assert_eq!(
+            field(serde_json::json!({"output": {"key": "k", "bucket": 3}})),
+            "input.output.bucket"
+        );
+        assert_eq!(
+            field(serde_json::json!({"output": {"contentType": "x/y"}})),
+            "input.output.contentType"
+        );
+    }
+
+    /// An edge node has no buckets: a function asking to store its result, or to read
+    /// an `s3://` source, is refused naming the field, before any work.
+    #[tokio::test]
+    async fn without_a_sink_outputs_and_s3_sources_are_refused() {
+        let env =
+            ImageEnv::new(Fetcher::new(crate::fetch::FetchPolicy::default()).expect("fetcher"));
+        let run = |input: Value| {
+            let env = env.clone();
+            tokio::task::spawn_blocking(move || {
+                call(&env, "image.compose", Input::Json(input)).map(|_| ())
+            })
+        };
+        let e = run(serde_json::json!({"width": 8, "height": 8,
+            "output": {"format": "png", "bucket": "b", "key": "k.png"}}))
+        .await
+        .unwrap()
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid { field, message } if field == "input.output" && message.contains("placement.cloud")),
+            "{e}"
+        );
+        let env2 = env.clone();
+        let e = tokio::task::spawn_blocking(move || {
+            call(
+                &env2,
+                "image.info",
+                Input::Json(serde_json::json!({"image": "s3://b/k.png"})),
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid { field, .. } if field == "input.image"),
+            "{e}"
+        );
+        // Without a target the same call works.
+        run(serde_json::json!({"width": 8, "height": 8, "output": {"format": "png"}}))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[test]
     fn from_json_names_the_path() {
         let e = from_json::<Vec<verge_imaging::Op>>(
             "input.ops",
