@@ -244,6 +244,25 @@ async fn rest_objects_and_cdn() -> Result<()> {
     );
     let (s, e) = put(&cloud, "no-such-bucket", "k", b"x".to_vec(), &[]).await?;
     assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
+    // A body that breaks off before its Content-Length: no object.
+    let broken = futures::stream::iter(vec![
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"part of it")),
+        Err(std::io::Error::other("connection dropped")),
+    ]);
+    let sent = http
+        .put(format!(
+            "{}/api/v1/buckets/site/objects/broken.bin",
+            cloud.url
+        ))
+        .bearer_auth(&cloud.admin_token)
+        .header("content-length", "1000")
+        .body(reqwest::Body::wrap_stream(broken))
+        .send()
+        .await;
+    assert!(
+        sent.as_ref().map_or(true, |r| !r.status().is_success()),
+        "{sent:?}"
+    );
     let mut quota_hit = None;
     for i in 0..8 {
         let (s, e) = put(&cloud, "site", &format!("fill/{i}"), vec![1u8; 2000], &[]).await?;
@@ -266,6 +285,7 @@ async fn rest_objects_and_cdn() -> Result<()> {
         .map(|o| o["key"].as_str().unwrap())
         .collect();
     assert!(!keys.contains(&"big.bin"), "{keys:?}");
+    assert!(!keys.contains(&"broken.bin"), "{keys:?}");
     assert!(keys.contains(&"dir/hello.txt"), "{keys:?}");
 
     // Listing with a delimiter and pages.
@@ -478,6 +498,39 @@ async fn image_output_to_a_bucket_served_by_cdn_and_img_from_s3() -> Result<()> 
         assert!(!s.is_success(), "{output}: {e}");
         assert!(e.to_string().contains(want), "{output}: {e}");
     }
+    // As an async task (no target: the cloud runs it): Failed with the bucket's message.
+    let t = cloud
+        .api(
+            Method::POST,
+            "/api/v1/tasks",
+            Some(json!({"function": "image-resize", "input": {
+                "image": "s3://uploads/in/photo.png", "width": 100,
+                "output": {"format": "png", "bucket": "tiny", "key": "t.png"}}})),
+        )
+        .await?;
+    let id = t["taskId"].as_str().unwrap().to_string();
+    let failed = verge_testkit::eventually(
+        std::time::Duration::from_secs(60),
+        "the task to end",
+        async || {
+            let t = cloud
+                .api(Method::GET, &format!("/api/v1/tasks/{id}"), None)
+                .await
+                .ok()?;
+            let phase = t["status"]["phase"].as_str().unwrap_or("").to_string();
+            ["Succeeded", "Failed", "TimedOut"]
+                .contains(&phase.as_str())
+                .then_some(t)
+        },
+    )
+    .await?;
+    assert_eq!(failed["status"]["phase"], "Failed", "{failed}");
+    assert!(
+        failed["status"]["error"]
+            .to_string()
+            .contains("QuotaExceeded"),
+        "{failed}"
+    );
     let (s, e) = invoke(
         &cloud,
         "image-resize",
