@@ -19,6 +19,7 @@
 //! Must not know about HTTP, XML or signatures.
 
 pub mod blobs;
+pub mod controller;
 pub mod listing;
 
 use std::collections::{BTreeMap, HashMap};
@@ -786,6 +787,20 @@ impl Buckets {
             out.push((rec.key, kv.key[prefix.len()..].to_owned(), rec.initiated));
         }
         out.sort();
+        Ok(out)
+    }
+
+    /// Every open upload: (bucket, key, upload id, initiated).
+    pub async fn all_uploads(&self) -> Result<Vec<(String, String, String, String)>> {
+        let list = self.store.list(UPLOADS_PREFIX, None).await?;
+        let mut out = Vec::new();
+        for kv in &list.items {
+            let Some((bucket, id)) = kv.key[UPLOADS_PREFIX.len()..].split_once('/') else {
+                continue;
+            };
+            let rec: UploadRecord = decode(kv)?;
+            out.push((bucket.to_owned(), rec.key, id.to_owned(), rec.initiated));
+        }
         Ok(out)
     }
 
