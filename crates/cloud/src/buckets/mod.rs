@@ -21,6 +21,8 @@
 pub mod blobs;
 pub mod controller;
 pub mod listing;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
