@@ -1,7 +1,8 @@
-//! `verge s3 ...`: objects in buckets without an AWS client, over the REST object routes
+//! `verge s3 …`: S3 access keys (`verge s3 key create|list|revoke`, `/api/v1/s3keys`), and
+//! objects in buckets without an AWS client, over the REST object routes
 //! (`/api/v1/buckets/{bucket}/objects`) with the API token: `ls` (buckets, or a
 //! bucket's objects and prefixes), `cp` (upload a file, download to a file or stdout),
-//! `rm`. [`S3Command`] is the one enum of the `s3` subcommands; each is one variant.
+//! `rm`. [`S3Cmd`] is the one enum of the `s3` subcommands; each is one variant.
 //!
 //! Pure parsing of `s3://` targets is separate from the requests (unit-tested).
 
@@ -14,12 +15,18 @@ use reqwest::Method;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use verge_api::Kind;
+use verge_cloud::s3::keys::KeyInfo;
 
 use crate::client::{Client, failure, flatten};
 use crate::output::{self, OutputFormat};
 
 #[derive(Subcommand, Debug)]
-pub enum S3Command {
+pub enum S3Cmd {
+    /// S3 access keys for the S3 API (AWS CLI, SDKs).
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
     /// List buckets, or the objects of `BUCKET[/PREFIX]` (`s3://` optional).
     Ls {
         target: Option<String>,
@@ -42,9 +49,17 @@ pub enum S3Command {
     Rm { target: String },
 }
 
-pub async fn run(client: &Client, cmd: &S3Command) -> Result<()> {
+pub async fn run(cmd: &S3Cmd, client: impl FnOnce() -> Result<Client>) -> Result<()> {
     match cmd {
-        S3Command::Ls {
+        S3Cmd::Key { cmd } => key(cmd, &client()?).await,
+        other => objects(other, &client()?).await,
+    }
+}
+
+async fn objects(cmd: &S3Cmd, client: &Client) -> Result<()> {
+    match cmd {
+        S3Cmd::Key { cmd } => key(cmd, client).await,
+        S3Cmd::Ls {
             target,
             recursive,
             output,
@@ -55,7 +70,7 @@ pub async fn run(client: &Client, cmd: &S3Command) -> Result<()> {
                 list_objects(client, bucket, prefix, *recursive, *output).await
             }
         },
-        S3Command::Cp {
+        S3Cmd::Cp {
             src,
             dst,
             content_type,
@@ -73,7 +88,7 @@ pub async fn run(client: &Client, cmd: &S3Command) -> Result<()> {
             }
             (None, None) => bail!("one of SRC and DST must be s3://BUCKET/KEY"),
         },
-        S3Command::Rm { target } => {
+        S3Cmd::Rm { target } => {
             let loc =
                 parse_s3(target).ok_or_else(|| anyhow!("{target:?}: expected s3://BUCKET/KEY"))?;
             let (bucket, key) = object_of(target, loc)?;
@@ -86,6 +101,102 @@ pub async fn run(client: &Client, cmd: &S3Command) -> Result<()> {
                 return Err(failure(resp).await.into());
             }
             outln!("delete: s3://{bucket}/{key}");
+            Ok(())
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Make a key; its secret is printed once (as AWS environment variables).
+    Create {
+        /// Only these buckets (repeatable); every bucket when left out.
+        #[arg(long = "bucket")]
+        buckets: Vec<String>,
+        /// Reading only: no uploads, deletes or bucket changes.
+        #[arg(long)]
+        read_only: bool,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key: requests signed with it fail at once.
+    Revoke { id: String },
+}
+
+async fn key(cmd: &KeyCmd, c: &Client) -> Result<()> {
+    match cmd {
+        KeyCmd::Create {
+            buckets,
+            read_only,
+            description,
+        } => {
+            let body = serde_json::json!({
+                "buckets": buckets,
+                "readOnly": read_only,
+                "description": description,
+            });
+            let info: KeyInfo = c
+                .send_json(Method::POST, "/api/v1/s3keys", Some(&body))
+                .await?;
+            outln!("AWS_ACCESS_KEY_ID={}", info.access_key_id);
+            outln!(
+                "AWS_SECRET_ACCESS_KEY={}",
+                info.secret_access_key.unwrap_or_default()
+            );
+            let cluster: serde_json::Value = c
+                .send_json(Method::GET, "/api/v1/cluster/info", None)
+                .await
+                .unwrap_or_default();
+            match cluster["s3"]["endpoint"].as_str() {
+                Some(url) => eprintln!(
+                    "S3 endpoint {url} (region {}; path-style; TLS with the cluster CA). The secret is shown only once.",
+                    cluster["s3"]["region"].as_str().unwrap_or("us-east-1")
+                ),
+                None => eprintln!(
+                    "the cloud serves no S3 API yet: start it with --s3-listen ADDR:PORT. The secret is shown only once."
+                ),
+            }
+            Ok(())
+        }
+        KeyCmd::List => {
+            let list: serde_json::Value = c.send_json(Method::GET, "/api/v1/s3keys", None).await?;
+            let items: Vec<KeyInfo> =
+                serde_json::from_value(list["items"].clone()).context("decoding keys")?;
+            let rows = items.into_iter().map(|k| {
+                vec![
+                    k.access_key_id,
+                    if k.buckets.is_empty() {
+                        "*".into()
+                    } else {
+                        k.buckets.join(",")
+                    },
+                    if k.read_only { "read" } else { "read-write" }.into(),
+                    k.created,
+                    k.description.unwrap_or_default(),
+                ]
+            });
+            outln!(
+                "{}",
+                output::plain_table(
+                    &[
+                        "ACCESS KEY ID",
+                        "BUCKETS",
+                        "ACCESS",
+                        "CREATED",
+                        "DESCRIPTION"
+                    ],
+                    rows
+                )
+            );
+            Ok(())
+        }
+        KeyCmd::Revoke { id } => {
+            let _: serde_json::Value = c
+                .send_json(Method::DELETE, &format!("/api/v1/s3keys/{id}"), None)
+                .await?;
+            outln!("s3 access key {id} revoked");
             Ok(())
         }
     }
