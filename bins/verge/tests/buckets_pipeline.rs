@@ -105,6 +105,9 @@ async fn rest_objects_and_cdn() -> Result<()> {
     assert_eq!(header(&r, "content-type"), "text/plain");
     assert_eq!(header(&r, "content-length"), "11");
     assert_eq!(header(&r, "accept-ranges"), "bytes");
+    // Uploaded pages cannot script the API's origin.
+    assert_eq!(header(&r, "x-content-type-options"), "nosniff");
+    assert_eq!(header(&r, "content-security-policy"), "sandbox");
     let last_modified = header(&r, "last-modified");
     assert!(last_modified.ends_with(" GMT"), "{last_modified}");
     assert_eq!(r.bytes().await?.as_ref(), b"hello world");

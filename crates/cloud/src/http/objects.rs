@@ -120,6 +120,17 @@ async fn answer(
     for (k, v) in plan.headers {
         h.insert(k, v);
     }
+    // Uploaded content shares the API's origin: a browser must neither sniff it into
+    // something executable nor let an uploaded page script that origin (the web
+    // console's) — an HTML object renders in a sandbox of its own (decision 032).
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static("sandbox"),
+    );
     resp
 }
 
