@@ -697,8 +697,10 @@ mod tests {
         let ok = json!({"event": {"bucket": "uploads", "types": ["created"], "prefix": "in/",
             "suffix": ".jpg"}, "function": "thumb"});
         parse(ok.clone()).validate().unwrap();
-        parse(json!({"event": {"bucket": "uploads", "types": ["created", "deleted"]},
-            "sink": {"url": "https://hooks.example.com/x"}}))
+        parse(
+            json!({"event": {"bucket": "uploads", "types": ["created", "deleted"]},
+            "sink": {"url": "https://hooks.example.com/x"}}),
+        )
         .validate()
         .unwrap();
         let long = "k".repeat(MAX_EVENT_AFFIX_BYTES + 1);
@@ -708,24 +710,75 @@ mod tests {
                 json!({"schedule": "* * * * *", "event": ok["event"], "function": "f"}),
                 "spec.event",
             ),
-            (json!({"event": {"bucket": "Up", "types": ["created"]}, "function": "f"}), "spec.event.bucket"),
-            (json!({"event": {"bucket": "ab", "types": ["created"]}, "function": "f"}), "spec.event.bucket"),
-            (json!({"event": {"bucket": "-abc", "types": ["created"]}, "function": "f"}), "spec.event.bucket"),
-            (json!({"event": {"bucket": "a".repeat(64), "types": ["created"]}, "function": "f"}), "spec.event.bucket"),
-            (json!({"event": {"bucket": "a.b.c", "types": ["created"]}, "function": "f"}), "spec.event.bucket"),
-            (json!({"event": {"bucket": "abc", "types": []}, "function": "f"}), "spec.event.types"),
-            (json!({"event": {"bucket": "abc", "types": ["created", "created"]}, "function": "f"}), "spec.event.types[1]"),
-            (json!({"event": {"bucket": "abc", "types": ["created"], "prefix": long}, "function": "f"}), "spec.event.prefix"),
-            (json!({"event": {"bucket": "abc", "types": ["created"], "suffix": long}, "function": "f"}), "spec.event.suffix"),
+            (
+                json!({"event": {"bucket": "Up", "types": ["created"]}, "function": "f"}),
+                "spec.event.bucket",
+            ),
+            (
+                json!({"event": {"bucket": "ab", "types": ["created"]}, "function": "f"}),
+                "spec.event.bucket",
+            ),
+            (
+                json!({"event": {"bucket": "-abc", "types": ["created"]}, "function": "f"}),
+                "spec.event.bucket",
+            ),
+            (
+                json!({"event": {"bucket": "a".repeat(64), "types": ["created"]}, "function": "f"}),
+                "spec.event.bucket",
+            ),
+            (
+                json!({"event": {"bucket": "a.b.c", "types": ["created"]}, "function": "f"}),
+                "spec.event.bucket",
+            ),
+            (
+                json!({"event": {"bucket": "abc", "types": []}, "function": "f"}),
+                "spec.event.types",
+            ),
+            (
+                json!({"event": {"bucket": "abc", "types": ["created", "created"]}, "function": "f"}),
+                "spec.event.types[1]",
+            ),
+            (
+                json!({"event": {"bucket": "abc", "types": ["created"], "prefix": long}, "function": "f"}),
+                "spec.event.prefix",
+            ),
+            (
+                json!({"event": {"bucket": "abc", "types": ["created"], "suffix": long}, "function": "f"}),
+                "spec.event.suffix",
+            ),
             (json!({"event": ok["event"]}), "spec.function"),
-            (json!({"event": ok["event"], "function": "f", "sink": {"url": "https://x.example"}}), "spec.sink"),
-            (json!({"event": ok["event"], "sink": {"url": "ftp://x.example"}}), "spec.sink.url"),
-            (json!({"event": ok["event"], "sink": {"url": format!("https://x.example/{}", "a".repeat(3000))}}), "spec.sink.url"),
-            (json!({"event": ok["event"], "sink": {"url": "https://x.example"}, "target": {"node": "n"}}), "spec.target"),
-            (json!({"schedule": "* * * * *", "sink": {"url": "https://x.example"}}), "spec.sink"),
-            (json!({"event": ok["event"], "function": "f", "input": {}}), "spec.input"),
-            (json!({"event": ok["event"], "function": "f", "timezone": "UTC"}), "spec.timezone"),
-            (json!({"event": ok["event"], "function": "F!"}), "spec.function"),
+            (
+                json!({"event": ok["event"], "function": "f", "sink": {"url": "https://x.example"}}),
+                "spec.sink",
+            ),
+            (
+                json!({"event": ok["event"], "sink": {"url": "ftp://x.example"}}),
+                "spec.sink.url",
+            ),
+            (
+                json!({"event": ok["event"], "sink": {"url": format!("https://x.example/{}", "a".repeat(3000))}}),
+                "spec.sink.url",
+            ),
+            (
+                json!({"event": ok["event"], "sink": {"url": "https://x.example"}, "target": {"node": "n"}}),
+                "spec.target",
+            ),
+            (
+                json!({"schedule": "* * * * *", "sink": {"url": "https://x.example"}}),
+                "spec.sink",
+            ),
+            (
+                json!({"event": ok["event"], "function": "f", "input": {}}),
+                "spec.input",
+            ),
+            (
+                json!({"event": ok["event"], "function": "f", "timezone": "UTC"}),
+                "spec.timezone",
+            ),
+            (
+                json!({"event": ok["event"], "function": "F!"}),
+                "spec.function",
+            ),
         ] {
             assert_eq!(field_of(spec.clone()), field, "{spec}");
         }
@@ -740,8 +793,10 @@ mod tests {
 
     #[test]
     fn an_event_source_matches_bucket_type_prefix_and_suffix() {
-        let e = parse(serde_json::json!({"event": {"bucket": "uploads", "types": ["created"],
-            "prefix": "in/", "suffix": ".jpg"}, "function": "f"}))
+        let e = parse(
+            serde_json::json!({"event": {"bucket": "uploads", "types": ["created"],
+            "prefix": "in/", "suffix": ".jpg"}, "function": "f"}),
+        )
         .event
         .unwrap();
         assert!(e.matches("uploads", "in/a.jpg", EventType::Created));
@@ -756,13 +811,18 @@ mod tests {
             suffix: None,
         };
         assert!(all.matches("uploads", "", EventType::Deleted));
-        assert_eq!(EventType::Deleted.cloudevent_type(), "dev.verge.object.deleted");
+        assert_eq!(
+            EventType::Deleted.cloudevent_type(),
+            "dev.verge.object.deleted"
+        );
     }
 
     #[test]
     fn event_triggers_are_never_fired_by_nodes() {
-        let spec = parse(serde_json::json!({"event": {"bucket": "uploads", "types": ["created"]},
-            "function": "f", "target": {"node": "n1"}}));
+        let spec = parse(
+            serde_json::json!({"event": {"bucket": "uploads", "types": ["created"]},
+            "function": "f", "target": {"node": "n1"}}),
+        );
         let f: crate::specs::FunctionSpec =
             serde_json::from_value(serde_json::json!({"runtime": "builtin", "handler": "echo"}))
                 .unwrap();
