@@ -20,7 +20,7 @@ pub const DATA_CONTENT_TYPE: &str = "application/json";
 pub const CONTENT_TYPE: &str = "application/cloudevents+json";
 
 /// One object event, as delivered (task input, webhook body, dead letter).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CloudEvent {
     pub specversion: String,
     /// The store revision of the write, 16 hex digits: unique and increasing.
@@ -39,7 +39,7 @@ pub struct CloudEvent {
 }
 
 /// `data` of an object event: an S3-style record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectData {
     pub bucket: String,

@@ -35,7 +35,7 @@ use crate::objects::object_key;
 pub const TRIM_EVERY: usize = 64;
 
 /// Where an event was going.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Target {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,7 +45,7 @@ pub struct Target {
 }
 
 /// One dead letter (the API's and the store's form).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetter {
     /// `{event id}.{trigger}`.
@@ -220,7 +220,7 @@ pub async fn drop_one(store: &DynStore, id: &str) -> Result<DeadLetter, ApiError
 }
 
 /// What a redrive started.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Redriven {
     pub id: String,

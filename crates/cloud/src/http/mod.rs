@@ -5,6 +5,7 @@
 
 pub mod artifacts;
 mod body;
+pub mod deadletters;
 pub mod extract;
 pub mod functions;
 pub mod join;
@@ -90,6 +91,9 @@ fn method_router(st: &SharedState, r: &Route) -> MethodRouter<SharedState> {
         Op::ListArtifacts => on(m, artifacts::list),
         Op::UploadArtifact => on(m, artifacts::upload),
         Op::GetArtifact => on(m, artifacts::download),
+        Op::ListDeadLetters => on(m, deadletters::list),
+        Op::RedriveDeadLetter => on(m, deadletters::redrive),
+        Op::DropDeadLetter => on(m, deadletters::drop),
         Op::Join => on(m, join::join),
         Op::ClusterCa => on(m, join::cluster_ca),
         Op::ClusterInfo => on(m, cluster_info),
