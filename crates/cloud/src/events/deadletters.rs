@@ -133,7 +133,11 @@ impl DeadLetters {
         }
         self.metrics.dead_lettered.inc();
         tracing::warn!(id = %dl.id, trigger = %dl.trigger, reason = %dl.reason, "object event dead-lettered");
-        if self.writes.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == 0 {
+        if self
+            .writes
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(TRIM_EVERY)
+        {
             self.trim().await?;
         }
         Ok(())
