@@ -173,6 +173,7 @@ pub fn describe(obj: &Object, now_ms: i64) -> String {
         Some(Kind::Trigger) => trigger(&mut d, obj),
         Some(Kind::Config) => config(&mut d, obj),
         Some(Kind::Secret) => secret(&mut d, obj),
+        Some(Kind::Bucket) => bucket(&mut d, obj),
         None => {}
     }
     d.out
@@ -782,6 +783,38 @@ fn config(d: &mut Doc, obj: &Object) {
         },
     );
     d.field("Placement", placement(&spec["placement"]));
+}
+
+fn bucket(d: &mut Doc, obj: &Object) {
+    let (spec, st) = (&obj.spec, &obj.status);
+    d.field(
+        "Public",
+        if spec["public"] == Value::Bool(true) {
+            "yes (read at /cdn/NAME/KEY)"
+        } else {
+            "no"
+        },
+    );
+    d.field("Quota", spec["quota"].as_str().unwrap_or("<none>"));
+    d.field(
+        "Max Object Size",
+        spec["maxObjectSize"].as_str().unwrap_or("5Gi"),
+    );
+    d.field(
+        "Lifecycle",
+        match spec["lifecycle"]["expireAfterDays"].as_u64() {
+            Some(days) => format!(
+                "expire after {days} days (prefix {:?})",
+                spec["lifecycle"]["prefix"].as_str().unwrap_or("")
+            ),
+            None => "<none>".into(),
+        },
+    );
+    d.field("Objects", st["objects"].as_u64().unwrap_or(0).to_string());
+    d.field(
+        "Size",
+        crate::output::human_bytes(st["bytes"].as_u64().unwrap_or(0)),
+    );
 }
 
 /// Keys and sizes, never values (`<hidden>` for those who may not read them).

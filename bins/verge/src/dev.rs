@@ -32,6 +32,7 @@ pub struct OutboundAllow {
 pub async fn run(
     listen: SocketAddr,
     mqtt_listen: Option<SocketAddr>,
+    s3_listen: Option<SocketAddr>,
     images: &crate::images::ImageServiceArgs,
     outbound: &OutboundAllow,
     sandbox: &crate::SandboxArgs,
@@ -50,6 +51,7 @@ pub async fn run(
     let mut edge_sandbox = verge_runtime::SandboxConfig::default();
     sandbox.apply(&mut edge_sandbox)?;
     cfg.mqtt_listen = Some(mqtt_listen.unwrap_or_else(|| SocketAddr::new(listen.ip(), 8883)));
+    cfg.s3_listen = Some(s3_listen.unwrap_or_else(|| SocketAddr::new(listen.ip(), 7444)));
     // One shutdown signal for the control plane and the local edge node.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

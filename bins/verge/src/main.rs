@@ -39,6 +39,7 @@ mod images;
 mod output;
 mod report;
 mod rollout;
+mod s3;
 
 /// The API client (its own crate: the benchmarks use it too).
 use verge_client as client;
@@ -192,6 +193,10 @@ enum Cmd {
         /// MQTT (mutual TLS) listen address for edge nodes; "off" disables it.
         #[arg(long, default_value = "0.0.0.0:8883")]
         mqtt_listen: String,
+        /// S3 API listen address (TLS, the cluster CA), e.g. 0.0.0.0:7444; "off" (the
+        /// default) serves no S3 API.
+        #[arg(long, default_value = "off")]
+        s3_listen: String,
         /// Use an external Mosquitto broker (`mqtts://HOST:PORT`, configured with
         /// `verge cloud print-mosquitto-config`) instead of the embedded gateway.
         #[arg(long, conflicts_with = "mqtt_listen")]
@@ -231,6 +236,9 @@ enum Cmd {
         /// (default: the --listen address, port 8883).
         #[arg(long)]
         mqtt_listen: Option<SocketAddr>,
+        /// S3 API listen address (default: the --listen address, port 7444).
+        #[arg(long)]
+        s3_listen: Option<SocketAddr>,
         #[command(flatten)]
         images: images::ImageServiceArgs,
         #[command(flatten)]
@@ -321,6 +329,11 @@ enum Cmd {
     Image {
         #[command(subcommand)]
         cmd: images::ImageCmd,
+    },
+    /// The S3 API: access keys.
+    S3 {
+        #[command(subcommand)]
+        cmd: s3::S3Cmd,
     },
     /// The artifact store: push files native apps run from, list them.
     Artifact {
@@ -458,6 +471,7 @@ async fn run(cli: Cli) -> Result<()> {
             compact_interval,
             join_rate,
             mqtt_listen,
+            s3_listen,
             heartbeat_interval,
             heartbeat_misses,
             mqtt_url,
@@ -491,6 +505,13 @@ async fn run(cli: Cli) -> Result<()> {
                 a => Some(
                     a.parse()
                         .map_err(|_| anyhow!("--mqtt-listen {a:?}: expected ADDR:PORT or off"))?,
+                ),
+            };
+            cfg.s3_listen = match s3_listen.as_str() {
+                "off" => None,
+                a => Some(
+                    a.parse()
+                        .map_err(|_| anyhow!("--s3-listen {a:?}: expected ADDR:PORT or off"))?,
                 ),
             };
             if let Some(url) = mqtt_url {
@@ -531,6 +552,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Dev {
             listen,
             mqtt_listen,
+            s3_listen,
             images,
             outbound,
             sandbox,
@@ -542,6 +564,7 @@ async fn run(cli: Cli) -> Result<()> {
             dev::run(
                 *listen,
                 *mqtt_listen,
+                *s3_listen,
                 images,
                 &allow,
                 sandbox,
@@ -550,6 +573,7 @@ async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Cmd::Image { cmd } => images::run(cmd, || client(&cli)).await,
+        Cmd::S3 { cmd } => s3::run(cmd, || client(&cli)).await,
         Cmd::Apply { file } => commands::apply(&client(&cli)?, file).await,
         Cmd::Get {
             kind,

@@ -46,6 +46,22 @@ fn str_at<'a>(v: &'a serde_json::Value, path: &[&str]) -> Option<&'a str> {
     cur.as_str()
 }
 
+/// `1536` -> `1.5KiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
+    }
+}
+
 /// Columns per kind: (headers, cells).
 fn columns(kind: Kind, obj: &Object) -> (Vec<&'static str>, Vec<String>) {
     let name = obj.metadata.name.clone();
@@ -136,6 +152,29 @@ fn columns(kind: Kind, obj: &Object) -> (Vec<&'static str>, Vec<String>) {
                     .and_then(|v| v.as_u64())
                     .unwrap_or(0)
                     .to_string(),
+                age,
+            ],
+        ),
+        Kind::Bucket => (
+            vec!["NAME", "PUBLIC", "OBJECTS", "SIZE", "QUOTA", "AGE"],
+            vec![
+                name,
+                if obj.spec.get("public") == Some(&serde_json::Value::Bool(true)) {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                obj.status
+                    .get("objects")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0)
+                    .to_string(),
+                obj.status
+                    .get("bytes")
+                    .and_then(|v| v.as_u64())
+                    .map(human_bytes)
+                    .unwrap_or_else(|| "0B".into()),
+                str_at(&obj.spec, &["quota"]).unwrap_or("-").into(),
                 age,
             ],
         ),

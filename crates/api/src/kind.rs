@@ -10,10 +10,11 @@ pub enum Kind {
     Task,
     Config,
     Secret,
+    Bucket,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Node,
         Kind::App,
         Kind::Function,
@@ -21,6 +22,7 @@ impl Kind {
         Kind::Task,
         Kind::Config,
         Kind::Secret,
+        Kind::Bucket,
     ];
 
     /// The `kind` field value: `App`.
@@ -33,6 +35,7 @@ impl Kind {
             Kind::Task => "Task",
             Kind::Config => "Config",
             Kind::Secret => "Secret",
+            Kind::Bucket => "Bucket",
         }
     }
 
@@ -46,6 +49,7 @@ impl Kind {
             Kind::Task => "tasks",
             Kind::Config => "configs",
             Kind::Secret => "secrets",
+            Kind::Bucket => "buckets",
         }
     }
 
@@ -59,6 +63,7 @@ impl Kind {
             Kind::Task => "task",
             Kind::Config => "config",
             Kind::Secret => "secret",
+            Kind::Bucket => "bucket",
         }
     }
 

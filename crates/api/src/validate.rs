@@ -439,6 +439,11 @@ pub(crate) fn check_object(obj: &Object) -> Result<Spec, ValidationError> {
             ),
         ));
     }
+    if kind == Kind::Bucket
+        && let Err(m) = specs::check_bucket_name(&obj.metadata.name)
+    {
+        return Err(ValidationError::new("metadata.name", m));
+    }
     if !(obj.status.is_null() || obj.status.is_object()) {
         return Err(ValidationError::new(
             "status",

@@ -29,6 +29,12 @@ pub enum Error {
     /// Sealing or opening a Secret's value (never carries the value).
     #[error("secret: {0}")]
     Secret(String),
+    /// A bucket or object operation refused (the S3 error code and why).
+    #[error("{code:?}: {message}")]
+    Bucket {
+        code: crate::buckets::Code,
+        message: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -10,6 +10,7 @@ pub mod apps;
 pub mod artifact_access;
 pub mod artifacts;
 pub mod auth;
+pub mod buckets;
 mod client_config;
 pub mod compaction;
 pub mod controller;
@@ -25,6 +26,7 @@ pub mod nodes;
 pub mod objects;
 mod pki;
 pub mod recover;
+pub mod s3;
 pub mod secrets;
 mod secure_fs;
 
@@ -75,6 +77,8 @@ pub struct CloudConfig {
     pub join_rate_per_sec: f64,
     /// MQTT gateway listen address for edge nodes (`None`: no gateway).
     pub mqtt_listen: Option<SocketAddr>,
+    /// S3 API listen address (`None`: no S3 listener).
+    pub s3_listen: Option<SocketAddr>,
     /// Use this external broker (`mqtts://HOST:PORT`, set up with
     /// `print-mosquitto-config`) instead of the embedded gateway.
     pub mqtt_url: Option<String>,
@@ -124,6 +128,7 @@ impl CloudConfig {
             join_rate_per_sec: 20.0,
             mqtt_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8883))),
             mqtt_url: None,
+            s3_listen: None,
             lifecycle: nodes::LifecycleConfig::default(),
             node_logs: nodes::logs::LogBudget::default(),
             gateway: gateway::GatewayConfig::default(),
@@ -153,6 +158,8 @@ pub mod files {
     pub const API_ADDR: &str = "api.addr";
     /// The MQTT gateway URL actually bound.
     pub const MQTT_ADDR: &str = "mqtt.addr";
+    /// The S3 API's URL actually bound (when `--s3-listen` is on).
+    pub const S3_ADDR: &str = "s3.addr";
 }
 
 fn server_url(scheme: &str, addr: SocketAddr) -> String {
@@ -225,9 +232,13 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         IpAddr::from([127, 0, 0, 1]),
         IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
     ];
-    for ip in [Some(cfg.listen.ip()), cfg.mqtt_listen.map(|a| a.ip())]
-        .into_iter()
-        .flatten()
+    for ip in [
+        Some(cfg.listen.ip()),
+        cfg.mqtt_listen.map(|a| a.ip()),
+        cfg.s3_listen.map(|a| a.ip()),
+    ]
+    .into_iter()
+    .flatten()
     {
         if !ip.is_unspecified() && !ips.contains(&ip) {
             ips.push(ip);
@@ -281,6 +292,12 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     let (api_admission, mqtt_admission) = admissions(&cfg, &metrics);
     // Controllers on the one runtime share one informer (one store watch) per kind.
     let informers = controller::Informers::new(store.clone(), shutdown_rx.clone());
+    // Buckets: object bytes under DATA_DIR/blobs, metadata in the store.
+    let buckets = Arc::new(buckets::Buckets::new(
+        store.clone(),
+        buckets::BlobStore::open(&cfg.data_dir)?,
+        informers.cache(verge_api::Kind::Bucket),
+    ));
 
     // Edge nodes: lifecycle + sync, and the MQTT gateway they connect to.
     let node_manager = nodes::NodeManager::new(
@@ -485,6 +502,55 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
             deletion.run(informers.clone(), shutdown_rx.clone()),
         ));
     }
+    // S3 access keys (secrets sealed like Secrets) and the S3 listener.
+    let s3_keys = Arc::new(s3::keys::AccessKeys::new(store.clone(), secret_box.clone()));
+    let (s3_server, s3_url) = match cfg.s3_listen {
+        None => (None, None),
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                Error::Config(format!("cannot listen on {addr} (--s3-listen): {e}"))
+            })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| Error::Config(format!("s3 listener address: {e}")))?;
+            let s3_tls = if cfg.insecure_http {
+                None
+            } else {
+                Some(pki::server_tls_config(&ca, &issued)?)
+            };
+            let s3_url = server_url(if s3_tls.is_some() { "https" } else { "http" }, bound);
+            secure_fs::write_public(
+                &cfg.data_dir.join(files::S3_ADDR),
+                format!("{s3_url}\n").as_bytes(),
+            )?;
+            let admission = admission::Admission::new(
+                s3::LISTENER,
+                cfg.limits.max_connections,
+                cfg.limits.max_connections_per_ip,
+                metrics.connections.clone(),
+            );
+            tracing::info!(url = %s3_url, "s3 api listening");
+            let server = tokio::spawn(http::serve::serve(
+                listener,
+                s3_tls,
+                s3::router(buckets.clone(), s3_keys.clone()),
+                shutdown_rx.clone(),
+                http::serve::ServeOptions {
+                    drain: cfg.drain_timeout,
+                    limits: cfg.limits.clone(),
+                    admission,
+                },
+            ));
+            (Some(server), Some(s3_url))
+        }
+    };
+    background.push(tokio::spawn(
+        Arc::new(buckets::controller::BucketController::new(
+            store.clone(),
+            buckets.clone(),
+        ))
+        .run(informers.clone(), shutdown_rx.clone()),
+    ));
     let openapi_json: Bytes =
         serde_json::to_vec_pretty(&http::openapi::document(&cfg.mounts))?.into();
     let state = Arc::new(AppState {
@@ -511,6 +577,9 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         })),
         watches: http::watch::WatchLimit::new(cfg.limits.max_watches_per_token),
         secrets: secret_box,
+        buckets: buckets.clone(),
+        s3_keys: s3_keys.clone(),
+        s3_url,
     });
     let app = http::router(state, &cfg.mounts);
     let compactor = tokio::spawn(
@@ -537,6 +606,9 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     tracing::info!("shutting down: draining connections");
     let _ = shutdown_tx.send(true);
     let _ = server.await;
+    if let Some(s3) = s3_server {
+        let _ = s3.await;
+    }
     let _ = compactor.await;
     for t in background {
         let _ = t.await;

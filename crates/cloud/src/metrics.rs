@@ -365,6 +365,18 @@ impl Store for InstrumentedStore {
         r
     }
 
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> verge_store::Result<ListResult> {
+        let t = Instant::now();
+        let r = self.inner.list_page(prefix, start_after, limit).await;
+        self.record("list", t, &r);
+        r
+    }
+
     async fn create(
         &self,
         key: &str,

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use verge_api::LabelSelector;
 
-use crate::{DynStore, Error, Event, EventKind, Expect, Labels, WatchStream};
+use crate::{DynStore, Error, Event, EventKind, Expect, Labels, ListResult, WatchStream};
 
 /// Test helper: bytes of a string.
 pub fn b(s: &str) -> Bytes {
@@ -76,6 +76,35 @@ where
     list_is_a_consistent_snapshot_under_concurrent_writes(fresh().await).await;
     a_lagging_watcher_loses_nothing(fresh().await).await;
     delete_events_carry_the_last_value(fresh().await).await;
+    list_page_walks_a_prefix_in_pages(fresh().await).await;
+}
+
+pub async fn list_page_walks_a_prefix_in_pages(store: DynStore) {
+    for k in ["a/1", "a/2", "a/2/x", "a/3", "a0", "b/1", "a/\u{e9}"] {
+        store.create(k, b("v"), Labels::new()).await.unwrap();
+    }
+    let keys = |r: ListResult| r.items.into_iter().map(|kv| kv.key).collect::<Vec<_>>();
+    // Byte order: "a/2" < "a/2/x" < "a/3" < "a/\u{e9}" (0xC3 after '3').
+    assert_eq!(
+        keys(store.list_page("a/", "", 2).await.unwrap()),
+        ["a/1", "a/2"]
+    );
+    assert_eq!(
+        keys(store.list_page("a/", "a/2", 2).await.unwrap()),
+        ["a/2/x", "a/3"]
+    );
+    assert_eq!(
+        keys(store.list_page("a/", "a/3", 10).await.unwrap()),
+        ["a/\u{e9}"]
+    );
+    assert!(keys(store.list_page("a/", "a/\u{e9}", 10).await.unwrap()).is_empty());
+    // A start before the prefix starts at the prefix; nothing outside it is returned.
+    assert_eq!(keys(store.list_page("a/", "0", 1).await.unwrap()), ["a/1"]);
+    assert_eq!(keys(store.list_page("b/", "", 10).await.unwrap()), ["b/1"]);
+    assert!(keys(store.list_page("c/", "", 10).await.unwrap()).is_empty());
+    let page = store.list_page("a/", "", 100).await.unwrap();
+    assert_eq!(page.revision, store.current_revision().await.unwrap());
+    assert_eq!(page.items.len(), 5);
 }
 
 pub async fn crud_and_preconditions(store: DynStore) {

@@ -108,6 +108,11 @@ pub trait Store: Send + Sync + 'static {
     /// Keys starting with `prefix`, filtered by `selector` on labels, in key order.
     async fn list(&self, prefix: &str, selector: Option<&LabelSelector>) -> Result<ListResult>;
 
+    /// One page of keys under `prefix` that sort strictly after `start_after` (byte
+    /// order; `""` starts at the beginning), at most `limit` of them, in key order, read
+    /// in one snapshot. For listings too large to read at once (a bucket's objects).
+    async fn list_page(&self, prefix: &str, start_after: &str, limit: usize) -> Result<ListResult>;
+
     /// Fails with [`Error::AlreadyExists`] if the key exists. Returns the stored kv.
     /// Durable (fsynced) when it returns Ok.
     async fn create(&self, key: &str, value: Bytes, labels: Labels) -> Result<KeyValue>;

@@ -127,6 +127,27 @@ impl Store for MemStore {
         })
     }
 
+    async fn list_page(&self, prefix: &str, start_after: &str, limit: usize) -> Result<ListResult> {
+        use std::ops::Bound;
+        let st = self.lock();
+        let start = if start_after.as_bytes() >= prefix.as_bytes() {
+            Bound::Excluded(start_after.to_string())
+        } else {
+            Bound::Included(prefix.to_string())
+        };
+        let items = st
+            .kv
+            .range((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(_, v)| v.clone())
+            .collect();
+        Ok(ListResult {
+            items,
+            revision: st.revision,
+        })
+    }
+
     async fn create(&self, key: &str, value: Bytes, labels: Labels) -> Result<KeyValue> {
         let mut st = self.lock();
         if st.closed {

@@ -275,6 +275,59 @@ impl Store for SqliteStore {
         result.map_err(|e| self.read_err(e))
     }
 
+    async fn list_page(&self, prefix: &str, start_after: &str, limit: usize) -> Result<ListResult> {
+        let result: Result<ListResult> = async {
+            let mut tx = self.reads.begin().await?;
+            // Keys after `start_after` and at or after `prefix`; the prefix end bounds
+            // the range (the `starts_with` check below is for the unbounded case).
+            let (from, inclusive) = if start_after.as_bytes() >= prefix.as_bytes() {
+                (start_after, false)
+            } else {
+                (prefix, true)
+            };
+            let end = prefix_end(prefix);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let sql = match (inclusive, end.is_some()) {
+                (true, true) => {
+                    "SELECT key, value, labels, create_rev, mod_rev FROM kv \
+                     WHERE key >= ?1 AND key < ?3 ORDER BY key LIMIT ?2"
+                }
+                (false, true) => {
+                    "SELECT key, value, labels, create_rev, mod_rev FROM kv \
+                     WHERE key > ?1 AND key < ?3 ORDER BY key LIMIT ?2"
+                }
+                (true, false) => {
+                    "SELECT key, value, labels, create_rev, mod_rev FROM kv \
+                     WHERE key >= ?1 ORDER BY key LIMIT ?2"
+                }
+                (false, false) => {
+                    "SELECT key, value, labels, create_rev, mod_rev FROM kv \
+                     WHERE key > ?1 ORDER BY key LIMIT ?2"
+                }
+            };
+            let mut items = Vec::new();
+            {
+                let mut query = sqlx::query(sql).bind(from).bind(limit);
+                if let Some(end) = &end {
+                    query = query.bind(end.as_str());
+                }
+                let mut rows = query.fetch(&mut *tx);
+                while let Some(row) = rows.try_next().await? {
+                    if let Some(kv) = kv_from_row(&row, None)?
+                        && kv.key.starts_with(prefix)
+                    {
+                        items.push(kv);
+                    }
+                }
+            }
+            let (revision, _) = read_meta(&mut tx).await?;
+            tx.commit().await?;
+            Ok(ListResult { items, revision })
+        }
+        .await;
+        result.map_err(|e| self.read_err(e))
+    }
+
     async fn create(&self, key: &str, value: Bytes, labels: Labels) -> Result<KeyValue> {
         let labels_json = encode_labels(&labels)?;
         let ev = self

@@ -5,6 +5,7 @@
 //! paths in errors start at the document root (`spec.workload.docker.image`).
 
 mod app;
+mod bucket;
 mod common;
 mod config;
 mod function;
@@ -18,6 +19,10 @@ pub use app::{
     AppSpec, Autoscale, Dependency, DockerWorkload, ExecProbe, FunctionWorkload, HealthCheck,
     HttpProbe, NativeWorkload, Pause, Placement, PortSpec, Protocol, Resources, RestartPolicy,
     RolloutStep, RolloutStrategy, ScaleMetric, TcpProbe, VolumeMount, Workload, parse_duration,
+};
+pub use bucket::{
+    BucketSpec, DEFAULT_MAX_OBJECT_SIZE, Lifecycle, MAX_KEY_BYTES, MAX_OBJECT_SIZE,
+    MAX_USER_METADATA_BYTES, ObjectRecord, check_bucket_name, check_object_key,
 };
 pub use common::{ArtifactRef, SecretRef, TaskTarget};
 pub use config::{ConfigPlacement, ConfigSpec};
@@ -61,6 +66,7 @@ pub enum Spec {
     Task(TaskSpec),
     Config(ConfigSpec),
     Secret(SecretSpec),
+    Bucket(BucketSpec),
 }
 
 impl Spec {
@@ -73,6 +79,7 @@ impl Spec {
             Spec::Task(_) => Kind::Task,
             Spec::Config(_) => Kind::Config,
             Spec::Secret(_) => Kind::Secret,
+            Spec::Bucket(_) => Kind::Bucket,
         }
     }
 
@@ -90,6 +97,7 @@ impl Spec {
             Spec::Task(s) => ser(s),
             Spec::Config(s) => ser(s),
             Spec::Secret(s) => ser(s),
+            Spec::Bucket(s) => ser(s),
         }
     }
 
@@ -103,6 +111,7 @@ impl Spec {
             Spec::Task(s) => s.validate(),
             Spec::Config(s) => s.validate(),
             Spec::Secret(s) => s.validate(),
+            Spec::Bucket(s) => s.validate(),
         }
     }
 }
@@ -122,6 +131,7 @@ pub fn decode_spec(kind: Kind, value: &serde_json::Value) -> Result<Spec, Valida
         Kind::Task => Spec::Task(from_value_at(value, SPEC)?),
         Kind::Config => Spec::Config(from_value_at(value, SPEC)?),
         Kind::Secret => Spec::Secret(from_value_at(value, SPEC)?),
+        Kind::Bucket => Spec::Bucket(from_value_at(value, SPEC)?),
     };
     spec.validate()?;
     Ok(spec)

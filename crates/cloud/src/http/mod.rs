@@ -12,6 +12,7 @@ pub mod join;
 pub mod openapi;
 pub mod resources;
 pub mod routes;
+pub mod s3keys;
 pub mod serve;
 pub mod state;
 pub mod tokens;
@@ -88,6 +89,9 @@ fn method_router(st: &SharedState, r: &Route) -> MethodRouter<SharedState> {
         Op::ListTokens => on(m, tokens::list),
         Op::CreateToken => on(m, tokens::create),
         Op::RevokeToken => on(m, tokens::revoke),
+        Op::ListS3Keys => on(m, s3keys::list),
+        Op::CreateS3Key => on(m, s3keys::create),
+        Op::RevokeS3Key => on(m, s3keys::revoke),
         Op::ListArtifacts => on(m, artifacts::list),
         Op::UploadArtifact => on(m, artifacts::upload),
         Op::GetArtifact => on(m, artifacts::download),
@@ -179,6 +183,10 @@ async fn cluster_info(State(st): State<SharedState>) -> Response {
     axum::Json(serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "functionSandbox": sandbox,
+        "s3": st.s3_url.as_ref().map(|url| serde_json::json!({
+            "endpoint": url,
+            "region": crate::s3::REGION,
+        })),
     }))
     .into_response()
 }

@@ -23,7 +23,7 @@ use utoipa::openapi::{
     PathsBuilder, Ref, RefOr, Required, Schema, SchemaFormat,
 };
 use verge_api::specs::{
-    AppSpec, ConfigSpec, FunctionSpec, NodeSpec, SecretSpec, TaskSpec, TriggerSpec,
+    AppSpec, BucketSpec, ConfigSpec, FunctionSpec, NodeSpec, SecretSpec, TaskSpec, TriggerSpec,
 };
 use verge_api::{ApiErrorBody, Kind, ListMeta, ObjectMeta, WatchEvent};
 
@@ -52,6 +52,7 @@ fn spec_schema_name(kind: Kind) -> String {
         Kind::Task => TaskSpec::name(),
         Kind::Config => ConfigSpec::name(),
         Kind::Secret => SecretSpec::name(),
+        Kind::Bucket => BucketSpec::name(),
     }
     .into_owned()
 }
@@ -669,6 +670,46 @@ fn describe(op: Op) -> OperationBuilder {
             ),
         )
         .response("403", error("not an admin")),
+        Op::ListS3Keys => op_builder(
+            "listS3Keys".into(),
+            "List S3 access keys (admin; never their secrets)".into(),
+        )
+        .response("200", ok("keys", Ref::from_schema_name("S3KeyList")))
+        .response("403", error("not an admin")),
+        Op::CreateS3Key => body_errors(
+            op_builder(
+                "createS3Key".into(),
+                "Create an S3 access key, optionally limited to buckets and to reading (admin)"
+                    .into(),
+            )
+            .request_body(Some(manifest_body(Ref::from_schema_name("NewKey")))),
+        )
+        .response(
+            "201",
+            ok(
+                "the key; `secretAccessKey` is shown only here",
+                Ref::from_schema_name("KeyInfo"),
+            ),
+        )
+        .response("403", error("not an admin")),
+        Op::RevokeS3Key => op_builder(
+            "revokeS3Key".into(),
+            "Revoke an S3 access key (admin); requests signed with it fail at once".into(),
+        )
+        .parameter(path_param(
+            "id",
+            string().pattern(Some("^VK[A-Z2-7]{18}$")),
+            "the access key id",
+        ))
+        .response(
+            "200",
+            ok(
+                "revoked: `{accessKeyId, revoked: true}`",
+                ObjectBuilder::new().schema_type(Type::Object).build(),
+            ),
+        )
+        .response("403", error("not an admin"))
+        .response("404", error("no such key")),
         Op::RevokeToken => op_builder("revokeToken".into(), "Revoke an API token (admin)".into())
             .parameter(path_param(
                 "id",
@@ -914,10 +955,15 @@ pub fn document(mounts: &[Mount]) -> OpenApi {
     components = add_schema::<TriggerSpec>(components);
     components = add_schema::<TaskSpec>(components);
     components = add_schema::<ConfigSpec>(components);
+    components = add_schema::<BucketSpec>(components);
+    components = add_schema::<verge_api::specs::Lifecycle>(components);
     components = add_schema::<SecretSpec>(components);
     components = add_schema::<TokenInfo>(components);
     components = add_schema::<TokenCreateRequest>(components);
     components = add_schema::<TokenList>(components);
+    components = add_schema::<super::s3keys::S3KeyList>(components);
+    components = add_schema::<crate::s3::keys::KeyInfo>(components);
+    components = add_schema::<crate::s3::keys::NewKey>(components);
     components = add_schema::<crate::nodes::results::ResultRecord>(components);
     components = add_schema::<crate::artifacts::ArtifactInfo>(components);
     components = add_schema::<crate::artifacts::ArtifactList>(components);

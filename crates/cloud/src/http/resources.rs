@@ -518,6 +518,19 @@ pub async fn delete(
         .await?
         .ok_or_else(|| not_found(kind, &name))?;
     let current = kv_to_object(&kv)?;
+    // A bucket goes only once it is empty (as S3 DeleteBucket).
+    if kind == Kind::Bucket
+        && !st
+            .buckets
+            .is_empty(&name)
+            .await
+            .map_err(ApiError::internal)?
+    {
+        return Err(ApiError::new(
+            Reason::Conflict,
+            format!("bucket {name:?} is not empty: delete its objects and multipart uploads first"),
+        ));
+    }
     // Without finalizers (and not a Node): deleted at once, as always.
     if kind != Kind::Node && current.metadata.finalizers.is_empty() {
         let expect = expected.map_or(Expect::Any, Expect::ModRevision);

@@ -540,7 +540,8 @@ impl Sync {
                     changed
                 }
             },
-            Kind::Task => false,
+            // Buckets reach nodes through the cache and routes (later), not the sync.
+            Kind::Task | Kind::Bucket => false,
         }
     }
 
