@@ -224,3 +224,273 @@ async fn event_triggers_and_the_dead_letter_api_answer_every_role_as_documented(
     }
     Ok(())
 }
+
+/// A webhook receiver: a plain TCP listener answering every HTTP request 204 and
+/// keeping (head, body) of each.
+async fn receiver() -> Result<(
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    let got: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>> = Default::default();
+    let seen = got.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let (head, body_start) = loop {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break (String::from_utf8_lossy(&buf[..i]).to_lowercase(), i + 4);
+                    }
+                };
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < body_start + len {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                seen.lock()
+                    .unwrap()
+                    .push((head, buf[body_start..body_start + len].to_vec()));
+                let _ = sock
+                    .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    Ok((url, got))
+}
+
+/// `aws ARGS` against the cloud's S3 API with `key` (id, secret); `None` when the AWS
+/// CLI is not installed.
+fn aws(cloud: &Cloud, key: &(String, String), args: &[&str]) -> Option<std::process::Output> {
+    let bin = std::env::var("VERGE_AWS").unwrap_or_else(|_| "aws".into());
+    std::process::Command::new(bin)
+        .args(["--endpoint-url", &cloud.s3_url, "--ca-bundle"])
+        .arg(cloud.data_dir().join("ca.crt"))
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", &key.0)
+        .env("AWS_SECRET_ACCESS_KEY", &key.1)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .ok()
+}
+
+async fn event_tasks(cloud: &Cloud) -> Result<Vec<Value>> {
+    let v = cloud.api(Method::GET, "/api/v1/tasks", None).await?;
+    Ok(v["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| t["metadata"]["labels"]["verge.dev/event"].is_string())
+        .collect())
+}
+
+#[tokio::test]
+async fn an_upload_runs_its_trigger_once_and_reaches_a_signed_webhook_even_across_a_restart()
+-> Result<()> {
+    let mut cloud = Cloud::start(
+        Path::new(BIN),
+        &["--outbound-allow-networks", "127.0.0.1/32"],
+    )
+    .await?;
+    let (hook_url, got) = receiver().await?;
+    cloud
+        .api(
+            Method::POST,
+            "/api/v1/functions",
+            Some(json!({"apiVersion": "verge.dev/v1", "kind": "Function", "metadata": {"name": "echo"},
+                "spec": {"runtime": "builtin", "handler": "echo", "placement": {"cloud": true}}})),
+        )
+        .await?;
+    cloud
+        .api(
+            Method::POST,
+            "/api/v1/triggers",
+            Some(trigger(
+                "on-upload",
+                json!({"event": {"bucket": "uploads", "types": ["created"], "prefix": "in/"},
+                    "function": "echo"}),
+            )),
+        )
+        .await?;
+    cloud
+        .api(
+            Method::POST,
+            "/api/v1/triggers",
+            Some(trigger(
+                "hook",
+                json!({"event": {"bucket": "uploads", "types": ["created", "deleted"]},
+                    "sink": {"url": hook_url}}),
+            )),
+        )
+        .await?;
+    cloud
+        .api(
+            Method::POST,
+            "/api/v1/buckets",
+            Some(json!({"apiVersion": "verge.dev/v1", "kind": "Bucket", "metadata": {"name": "uploads"},
+                "spec": {}})),
+        )
+        .await?;
+    let k = cloud
+        .api(Method::POST, "/api/v1/s3keys", Some(json!({})))
+        .await?;
+    let key = (
+        k["accessKeyId"]
+            .as_str()
+            .context("accessKeyId")?
+            .to_string(),
+        k["secretAccessKey"]
+            .as_str()
+            .context("secretAccessKey")?
+            .to_string(),
+    );
+    let file = cloud
+        .data_dir()
+        .parent()
+        .unwrap_or(cloud.data_dir())
+        .join("photo.jpg");
+    std::fs::write(&file, b"not really a jpeg")?;
+    let Some(out) = aws(
+        &cloud,
+        &key,
+        &[
+            "s3",
+            "cp",
+            &file.to_string_lossy(),
+            "s3://uploads/in/photo.jpg",
+        ],
+    ) else {
+        eprintln!("skipping: the AWS CLI is not installed (set VERGE_AWS)");
+        return Ok(());
+    };
+    assert!(
+        out.status.success(),
+        "aws s3 cp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The function ran once, with the CloudEvent as its input (echo returns it).
+    let tasks = verge_testkit::eventually(
+        std::time::Duration::from_secs(60),
+        "the trigger's task succeeds",
+        async || {
+            let t = event_tasks(&cloud).await.ok()?;
+            (t.len() == 1 && t[0]["status"]["phase"] == "Succeeded").then_some(t)
+        },
+    )
+    .await?;
+    let ce = &tasks[0]["status"]["result"];
+    assert_eq!(ce["type"], "dev.verge.object.created", "{ce}");
+    assert_eq!(ce["source"], "/buckets/uploads");
+    assert_eq!(ce["subject"], "in/photo.jpg");
+    assert_eq!(ce["data"]["size"], 17);
+    // The ETag S3 computes for a single PUT: the MD5 of the bytes, quoted.
+    let md5 = <md5::Md5 as md5::Digest>::digest(b"not really a jpeg");
+    assert_eq!(ce["data"]["eTag"], format!("\"{}\"", hex::encode(md5)));
+    let id = ce["id"].as_str().context("id")?.to_string();
+    assert_eq!(
+        tasks[0]["spec"]["idempotencyKey"],
+        format!("{id}/on-upload")
+    );
+
+    // The webhook got it, signed with the callback key.
+    let key_hex = std::fs::read_to_string(cloud.data_dir().join("callback.key"))?;
+    let signing_key = hex::decode(key_hex.trim())?;
+    verge_testkit::eventually(
+        std::time::Duration::from_secs(60),
+        "the webhook gets the event",
+        async || (!got.lock().unwrap().is_empty()).then_some(()),
+    )
+    .await?;
+    {
+        let (head, body) = got.lock().unwrap()[0].clone();
+        assert!(
+            head.contains("content-type: application/cloudevents+json"),
+            "{head}"
+        );
+        let sig = verge_cloud::functions::callbacks::sign(&signing_key, &body);
+        assert!(
+            head.contains(&format!("x-verge-signature: {sig}")),
+            "{head}"
+        );
+        let v: Value = serde_json::from_slice(&body)?;
+        assert_eq!(v["id"], id.as_str());
+    }
+
+    // Deleted: the webhook hears it; the function's trigger (created only) does not.
+    let out = aws(&cloud, &key, &["s3", "rm", "s3://uploads/in/photo.jpg"]).context("aws")?;
+    assert!(
+        out.status.success(),
+        "aws s3 rm: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    verge_testkit::eventually(
+        std::time::Duration::from_secs(60),
+        "the webhook gets the delete",
+        async || {
+            let g = got.lock().unwrap();
+            g.iter()
+                .any(|(_, b)| {
+                    serde_json::from_slice::<Value>(b)
+                        .is_ok_and(|v| v["type"] == "dev.verge.object.deleted")
+                })
+                .then_some(())
+        },
+    )
+    .await?;
+
+    // Killed and restarted: nothing runs twice, and new uploads still go.
+    cloud.kill9()?;
+    cloud.restart().await?;
+    let out = aws(
+        &cloud,
+        &key,
+        &[
+            "s3",
+            "cp",
+            &file.to_string_lossy(),
+            "s3://uploads/in/second.jpg",
+        ],
+    )
+    .context("aws")?;
+    assert!(
+        out.status.success(),
+        "aws s3 cp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    verge_testkit::eventually(
+        std::time::Duration::from_secs(60),
+        "the second upload runs",
+        async || {
+            let t = event_tasks(&cloud).await.ok()?;
+            (t.len() == 2 && t.iter().all(|t| t["status"]["phase"] == "Succeeded")).then_some(())
+        },
+    )
+    .await?;
+    let metrics = cloud.metrics().await?;
+    assert!(metrics.contains("verge_events_dispatched_total"), "metrics");
+    Ok(())
+}

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ValidationError;
 use crate::limits::*;
 use crate::specs::common::TaskTarget;
+use crate::specs::{check_bucket_name, check_object_key};
 use crate::validate::{check_dns_label, check_http_url, check_json_size, check_len, check_range};
 
 /// Spec of a `Trigger`.
@@ -132,37 +133,26 @@ impl EventSource {
         ] {
             if let Some(v) = value {
                 check_len(v, field, MAX_EVENT_AFFIX_BYTES)?;
-                if v.contains('\0') {
-                    return Err(ValidationError::new(field, "must not contain NUL"));
-                }
+                check_object_key(v, true).map_err(|m| ValidationError::new(field, m))?;
             }
         }
         Ok(())
     }
 }
 
-/// A bucket name as S3 buckets are named here: 3..=63 characters of `[a-z0-9-]`,
-/// starting and ending with a letter or digit.
+/// A bucket name as buckets are named ([`check_bucket_name`]); the error quotes at
+/// most 80 characters of it.
 fn check_bucket(name: &str, field: &str) -> Result<(), ValidationError> {
-    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let ok = (3..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && edge(name.as_bytes().first())
-        && edge(name.as_bytes().last());
-    if ok {
-        Ok(())
-    } else {
-        Err(ValidationError::new(
+    check_bucket_name(name).map_err(|_| {
+        ValidationError::new(
             field,
             format!(
                 "{:?} is not a valid bucket name: 3 to 63 characters of a-z, 0-9 and '-', \
                  starting and ending with a letter or digit",
                 name.chars().take(80).collect::<String>()
             ),
-        ))
-    }
+        )
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -745,6 +735,10 @@ mod tests {
             (
                 json!({"event": {"bucket": "abc", "types": ["created"], "suffix": long}, "function": "f"}),
                 "spec.event.suffix",
+            ),
+            (
+                json!({"event": {"bucket": "abc", "types": ["created"], "prefix": "a\u{0}b"}, "function": "f"}),
+                "spec.event.prefix",
             ),
             (json!({"event": ok["event"]}), "spec.function"),
             (

@@ -38,7 +38,7 @@ pub async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<DeadLetterList>, ApiError> {
     if let Some(b) = &q.bucket
-        && !(b.len() >= 3 && verge_api::is_dns1123_label(b))
+        && verge_api::specs::check_bucket_name(b).is_err()
     {
         return Err(ApiError::invalid(
             "bucket",
