@@ -225,16 +225,16 @@ async fn event_triggers_and_the_dead_letter_api_answer_every_role_as_documented(
     Ok(())
 }
 
+/// What a [`receiver`] got: (lowercased head, body) of each request.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// A webhook receiver: a plain TCP listener answering every HTTP request 204 and
 /// keeping (head, body) of each.
-async fn receiver() -> Result<(
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
-)> {
+async fn receiver() -> Result<(String, Received)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/hook", listener.local_addr()?);
-    let got: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>> = Default::default();
+    let got: Received = Default::default();
     let seen = got.clone();
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
