@@ -494,3 +494,149 @@ async fn an_upload_runs_its_trigger_once_and_reaches_a_signed_webhook_even_acros
     assert!(metrics.contains("verge_events_dispatched_total"), "metrics");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_failing_trigger_function_is_dead_lettered_then_redriven_after_the_fix() -> Result<()> {
+    let cloud = Cloud::start(Path::new(BIN), &[]).await?;
+    // `sleep` fails on any input without `ms`: every CloudEvent.
+    let function = |handler: &str| {
+        json!({"apiVersion": "verge.dev/v1", "kind": "Function", "metadata": {"name": "flaky"},
+            "spec": {"runtime": "builtin", "handler": handler, "placement": {"cloud": true}}})
+    };
+    cloud
+        .api(Method::POST, "/api/v1/functions", Some(function("sleep")))
+        .await?;
+    cloud
+        .api(
+            Method::POST,
+            "/api/v1/triggers",
+            Some(trigger(
+                "process",
+                json!({"event": {"bucket": "uploads", "types": ["created"]}, "function": "flaky"}),
+            )),
+        )
+        .await?;
+    cloud
+        .api(
+            Method::POST,
+            "/api/v1/buckets",
+            Some(json!({"apiVersion": "verge.dev/v1", "kind": "Bucket",
+                "metadata": {"name": "uploads"}, "spec": {}})),
+        )
+        .await?;
+    let k = cloud
+        .api(Method::POST, "/api/v1/s3keys", Some(json!({})))
+        .await?;
+    let key = (
+        k["accessKeyId"]
+            .as_str()
+            .context("accessKeyId")?
+            .to_string(),
+        k["secretAccessKey"]
+            .as_str()
+            .context("secretAccessKey")?
+            .to_string(),
+    );
+    let file = cloud
+        .data_dir()
+        .parent()
+        .unwrap_or(cloud.data_dir())
+        .join("input.txt");
+    std::fs::write(&file, b"hello")?;
+    let Some(out) = aws(
+        &cloud,
+        &key,
+        &["s3", "cp", &file.to_string_lossy(), "s3://uploads/a.txt"],
+    ) else {
+        eprintln!("skipping: the AWS CLI is not installed (set VERGE_AWS)");
+        return Ok(());
+    };
+    assert!(
+        out.status.success(),
+        "aws s3 cp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = Path::new(BIN);
+    let dl = verge_testkit::eventually(
+        std::time::Duration::from_secs(60),
+        "the failed run is dead-lettered",
+        async || {
+            let v = cloud
+                .api(Method::GET, "/api/v1/deadletters?bucket=uploads", None)
+                .await
+                .ok()?;
+            let items = v["items"].as_array()?.clone();
+            (items.len() == 1).then(|| items[0].clone())
+        },
+    )
+    .await?;
+    assert_eq!(dl["trigger"], "process");
+    assert_eq!(dl["target"]["function"], "flaky");
+    assert_eq!(dl["event"]["subject"], "a.txt");
+    assert!(
+        dl["reason"].as_str().unwrap_or("").contains("Failed"),
+        "{dl}"
+    );
+    let out = success(&verge_cli(bin, &cloud, &["events", "dead-letter"])?);
+    assert!(out.contains("process") && out.contains("a.txt"), "{out}");
+
+    // The fix, then a redrive of every dead letter of the bucket: a new run succeeds.
+    let mut f = cloud
+        .api(Method::GET, "/api/v1/functions/flaky", None)
+        .await?;
+    f["spec"]["handler"] = json!("echo");
+    cloud
+        .api(Method::PUT, "/api/v1/functions/flaky", Some(f))
+        .await?;
+    verge_testkit::eventually(
+        std::time::Duration::from_secs(30),
+        "the fixed function is Ready again",
+        async || {
+            let f = cloud
+                .api(Method::GET, "/api/v1/functions/flaky", None)
+                .await
+                .ok()?;
+            (f["status"]["phase"] == "Ready" && f["status"]["observedGeneration"] == 2)
+                .then_some(())
+        },
+    )
+    .await?;
+    let out = success(&verge_cli(
+        bin,
+        &cloud,
+        &[
+            "events",
+            "dead-letter",
+            "redrive",
+            "--all",
+            "--bucket",
+            "uploads",
+        ],
+    )?);
+    assert!(out.contains("redriven as task"), "{out}");
+    let tasks = verge_testkit::eventually(
+        std::time::Duration::from_secs(60),
+        "the redriven run succeeds",
+        async || {
+            let t = event_tasks(&cloud).await.ok()?;
+            t.iter()
+                .any(|t| t["status"]["phase"] == "Succeeded")
+                .then_some(t)
+        },
+    )
+    .await?;
+    assert_eq!(tasks.len(), 2, "the failed run and the redriven one");
+    let redriven = tasks
+        .iter()
+        .find(|t| t["status"]["phase"] == "Succeeded")
+        .context("redriven")?;
+    let id = dl["event"]["id"].as_str().context("id")?;
+    assert_eq!(
+        redriven["spec"]["idempotencyKey"],
+        format!("{id}-redrive-1/process")
+    );
+    assert_eq!(redriven["status"]["result"]["id"], id);
+    let v = cloud.api(Method::GET, "/api/v1/deadletters", None).await?;
+    assert_eq!(v["items"], json!([]));
+    Ok(())
+}
