@@ -7,7 +7,7 @@
 //!   key, `/s3/objects/{bucket}/{key}`, holding an [`ObjectRecord`]. The blob is durable
 //!   before the record is written, and the record's write is the commit point: a
 //!   reader sees the old object or the new one, never a partial one.
-//! - That same store write is the object's change event (decision 030): the event
+//! - That same store write is the object's change event (decision 033): the event
 //!   dispatcher follows the store's history under [`OBJECTS_PREFIX`], so no event can be
 //!   lost between the change and its announcement.
 //! - Multipart uploads: `/s3/uploads/{bucket}/{uploadId}` ([`UploadRecord`]) and
@@ -21,6 +21,8 @@
 pub mod blobs;
 pub mod controller;
 pub mod listing;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};

@@ -1,7 +1,7 @@
 //! The S3-compatible API (its own TLS listener, `--s3-listen`): the `s3s` crate parses
 //! requests, verifies SigV4 (headers, presigned query strings, `aws-chunked` streaming
 //! payloads) and writes S3's XML; this module maps each operation onto [`Buckets`] and
-//! decides who may do what (decision 030):
+//! decides who may do what (decision 033):
 //!
 //! - [`keys`]: access keys (secret sealed at rest), limited to buckets and read-only.
 //! - [`Access`]: every request must be signed by a live key, for region `us-east-1` and
