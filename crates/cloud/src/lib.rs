@@ -15,6 +15,7 @@ mod client_config;
 pub mod compaction;
 pub mod controller;
 mod error;
+pub mod events;
 pub mod functions;
 pub mod gateway;
 mod http;
@@ -111,6 +112,9 @@ pub struct CloudConfig {
     /// Connection limits of the API listener and the MQTT gateway, the watch cap per
     /// token, the global join rate (decision 012; defaults in `Limits::default`).
     pub limits: limits::Limits,
+    /// Object events: batch, concurrency, webhook deadline and retries, the
+    /// dead-letter cap (decision 031; defaults in `EventsConfig::default`).
+    pub events: events::EventsConfig,
 }
 
 impl CloudConfig {
@@ -143,6 +147,7 @@ impl CloudConfig {
                 ..verge_runtime::SandboxConfig::default()
             },
             limits: limits::Limits::default(),
+            events: events::EventsConfig::default(),
         }
     }
 }
@@ -438,6 +443,38 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     );
     if let Some(gw) = &gateway {
         tasks.set_downlink(gw.clone());
+    }
+    // Object events: the dispatcher (store watch → tasks and webhook deliveries) and
+    // the webhook delivery worker.
+    {
+        let dead = events::deadletters::DeadLetters::new(
+            store.clone(),
+            metrics.events.clone(),
+            cfg.events.max_dead_letters,
+        );
+        let deliveries = events::delivery::Deliveries::new(
+            store.clone(),
+            events::delivery::http_client(
+                &cfg.outbound_allow_networks,
+                &cfg.outbound_allow_hosts,
+                cfg.events.attempt_timeout,
+            )?,
+            functions::callbacks::load_or_create_key(&cfg.data_dir)?,
+            cfg.events.clone(),
+            metrics.events.clone(),
+            dead.clone(),
+        );
+        let dispatcher = events::dispatcher::Dispatcher::new(
+            store.clone(),
+            tasks.clone(),
+            &informers,
+            deliveries.clone(),
+            dead,
+            cfg.events.clone(),
+            metrics.events.clone(),
+        );
+        background.push(tokio::spawn(deliveries.run(shutdown_rx.clone())));
+        background.push(tokio::spawn(dispatcher.run(shutdown_rx.clone())));
     }
     let _ = node_manager.tasks.set(tasks.clone());
     {

@@ -5,6 +5,7 @@
 
 pub mod artifacts;
 mod body;
+pub mod deadletters;
 pub mod extract;
 pub mod functions;
 pub mod join;
@@ -100,6 +101,9 @@ fn method_router(st: &SharedState, r: &Route) -> MethodRouter<SharedState> {
         Op::GetObject => on(m, objects::download),
         Op::PutObject => on(m, objects::upload),
         Op::DeleteObject => on(m, objects::delete),
+        Op::ListDeadLetters => on(m, deadletters::list),
+        Op::RedriveDeadLetter => on(m, deadletters::redrive),
+        Op::DropDeadLetter => on(m, deadletters::drop),
         Op::Join => on(m, join::join),
         Op::ClusterCa => on(m, join::cluster_ca),
         Op::ClusterInfo => on(m, cluster_info),

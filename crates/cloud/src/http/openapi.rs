@@ -279,6 +279,19 @@ fn query_param(name: &str, schema: ObjectBuilder, desc: &str) -> utoipa::openapi
         .build()
 }
 
+/// A bucket name (3..=63 of a-z, 0-9, '-', letters or digits at both ends).
+pub const BUCKET_PATTERN: &str = "^[a-z0-9][-a-z0-9]{1,61}[a-z0-9]$";
+/// A dead letter id: the event id (16 hex digits), `.`, the trigger's name.
+pub const DEAD_LETTER_ID_PATTERN: &str = "^[0-9a-f]{16}\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+fn dead_letter_id_param() -> utoipa::openapi::path::Parameter {
+    path_param(
+        "id",
+        string().pattern(Some(DEAD_LETTER_ID_PATTERN)),
+        "the dead letter's id: `{event id}.{trigger}`",
+    )
+}
+
 fn name_param() -> utoipa::openapi::path::Parameter {
     path_param(
         "name",
@@ -950,6 +963,45 @@ fn describe(op: Op) -> OperationBuilder {
         .response("400", error("a bad bucket name"))
         .response("403", write_denied())
         .response("404", error("no such bucket or object")),
+        Op::ListDeadLetters => op_builder(
+            "listDeadLetters".into(),
+            "List dead-lettered object events, oldest first".into(),
+        )
+        .parameter(query_param(
+            "bucket",
+            string().pattern(Some(BUCKET_PATTERN)),
+            "only this bucket's",
+        ))
+        .response(
+            "200",
+            ok("dead letters", Ref::from_schema_name("DeadLetterList")),
+        )
+        .response("400", error("an unknown query parameter"))
+        .response("422", error("`bucket` is not a bucket name")),
+        Op::RedriveDeadLetter => op_builder(
+            "redriveDeadLetter".into(),
+            "Deliver a dead-lettered event again (a new task, or a new webhook delivery), \
+             then drop it (operator or admin)"
+                .into(),
+        )
+        .parameter(dead_letter_id_param())
+        .response("200", ok("redriven", Ref::from_schema_name("Redriven")))
+        .response("403", write_denied())
+        .response(
+            "404",
+            error("no such dead letter, or the function it names does not exist"),
+        )
+        .response("422", error("the dead letter names no target"))
+        .response("429", error("too many unfinished tasks; retry later"))
+        .response("503", error("functions are not enabled")),
+        Op::DropDeadLetter => op_builder(
+            "dropDeadLetter".into(),
+            "Drop a dead letter (operator or admin)".into(),
+        )
+        .parameter(dead_letter_id_param())
+        .response("200", ok("dropped", Ref::from_schema_name("DeadLetter")))
+        .response("403", write_denied())
+        .response("404", error("no such dead letter")),
         Op::Join => body_errors(
             op_builder(
                 "join".into(),
@@ -1081,6 +1133,13 @@ pub fn document(mounts: &[Mount]) -> OpenApi {
     components = add_schema::<crate::nodes::results::ResultRecord>(components);
     components = add_schema::<crate::artifacts::ArtifactInfo>(components);
     components = add_schema::<crate::artifacts::ArtifactList>(components);
+    components = add_schema::<crate::events::cloudevent::CloudEvent>(components);
+    components = add_schema::<crate::events::cloudevent::ObjectData>(components);
+    components = add_schema::<crate::events::deadletters::DeadLetter>(components);
+    components = add_schema::<crate::events::deadletters::Target>(components);
+    components = add_schema::<crate::events::deadletters::Redriven>(components);
+    components = add_schema::<super::deadletters::DeadLetterList>(components);
+    components = add_schema::<verge_api::specs::Sink>(components);
     components = add_schema::<super::join::JoinRequest>(components);
     components = add_schema::<super::join::JoinResponse>(components);
     components = handmade_schemas(components);
