@@ -32,6 +32,7 @@ pub struct OutboundAllow {
 pub async fn run(
     listen: SocketAddr,
     mqtt_listen: Option<SocketAddr>,
+    s3_listen: Option<SocketAddr>,
     images: &crate::images::ImageServiceArgs,
     outbound: &OutboundAllow,
     sandbox: &crate::SandboxArgs,
@@ -50,6 +51,7 @@ pub async fn run(
     let mut edge_sandbox = verge_runtime::SandboxConfig::default();
     sandbox.apply(&mut edge_sandbox)?;
     cfg.mqtt_listen = Some(mqtt_listen.unwrap_or_else(|| SocketAddr::new(listen.ip(), 8883)));
+    cfg.s3_listen = Some(s3_listen.unwrap_or_else(|| SocketAddr::new(listen.ip(), 7444)));
     // One shutdown signal for the control plane and the local edge node.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -193,7 +195,12 @@ async fn dev_edge(
     opts.docker_socket = std::env::var_os("VERGE_EDGE_DOCKER_SOCKET").map(PathBuf::from);
     opts.docker_network = std::env::var("VERGE_EDGE_DOCKER_NETWORK").ok();
     opts.sandbox = sandbox;
-    // The image pack, sharing the control plane's image environment.
+    // The image pack, sharing the control plane's image environment but not its
+    // buckets: an edge node has none (functions writing objects run in the cloud).
+    let images = std::sync::Arc::new(verge_images::functions::ImageEnv {
+        objects: std::sync::Arc::new(verge_runtime::ObjectSlot::new()),
+        ..(*images).clone()
+    });
     opts.builtins = Some(Box::new(move |registry, _node| {
         verge_images::functions::register(registry, images);
         Ok(())

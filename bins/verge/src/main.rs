@@ -33,11 +33,13 @@ mod cloud_limits;
 mod commands;
 mod describe;
 mod dev;
+mod events;
 mod functions;
 mod images;
 mod output;
 mod report;
 mod rollout;
+mod s3;
 
 /// The API client (its own crate: the benchmarks use it too).
 use verge_client as client;
@@ -191,6 +193,10 @@ enum Cmd {
         /// MQTT (mutual TLS) listen address for edge nodes; "off" disables it.
         #[arg(long, default_value = "0.0.0.0:8883")]
         mqtt_listen: String,
+        /// S3 API listen address (TLS, the cluster CA), e.g. 0.0.0.0:7444; "off" (the
+        /// default) serves no S3 API.
+        #[arg(long, default_value = "off")]
+        s3_listen: String,
         /// Use an external Mosquitto broker (`mqtts://HOST:PORT`, configured with
         /// `verge cloud print-mosquitto-config`) instead of the embedded gateway.
         #[arg(long, conflicts_with = "mqtt_listen")]
@@ -230,6 +236,9 @@ enum Cmd {
         /// (default: the --listen address, port 8883).
         #[arg(long)]
         mqtt_listen: Option<SocketAddr>,
+        /// S3 API listen address (default: the --listen address, port 7444).
+        #[arg(long)]
+        s3_listen: Option<SocketAddr>,
         #[command(flatten)]
         images: images::ImageServiceArgs,
         #[command(flatten)]
@@ -321,10 +330,20 @@ enum Cmd {
         #[command(subcommand)]
         cmd: images::ImageCmd,
     },
+    /// S3: access keys for the S3 API; objects (ls, cp, rm) over the API with its token.
+    S3 {
+        #[command(subcommand)]
+        cmd: s3::S3Cmd,
+    },
     /// The artifact store: push files native apps run from, list them.
     Artifact {
         #[command(subcommand)]
         cmd: artifact::ArtifactCmd,
+    },
+    /// Object events: dead letters (list, redrive, drop).
+    Events {
+        #[command(subcommand)]
+        cmd: events::EventsCmd,
     },
     /// Manage API tokens (admin).
     Token {
@@ -452,6 +471,7 @@ async fn run(cli: Cli) -> Result<()> {
             compact_interval,
             join_rate,
             mqtt_listen,
+            s3_listen,
             heartbeat_interval,
             heartbeat_misses,
             mqtt_url,
@@ -485,6 +505,13 @@ async fn run(cli: Cli) -> Result<()> {
                 a => Some(
                     a.parse()
                         .map_err(|_| anyhow!("--mqtt-listen {a:?}: expected ADDR:PORT or off"))?,
+                ),
+            };
+            cfg.s3_listen = match s3_listen.as_str() {
+                "off" => None,
+                a => Some(
+                    a.parse()
+                        .map_err(|_| anyhow!("--s3-listen {a:?}: expected ADDR:PORT or off"))?,
                 ),
             };
             if let Some(url) = mqtt_url {
@@ -525,6 +552,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Dev {
             listen,
             mqtt_listen,
+            s3_listen,
             images,
             outbound,
             sandbox,
@@ -536,6 +564,7 @@ async fn run(cli: Cli) -> Result<()> {
             dev::run(
                 *listen,
                 *mqtt_listen,
+                *s3_listen,
                 images,
                 &allow,
                 sandbox,
@@ -544,6 +573,7 @@ async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Cmd::Image { cmd } => images::run(cmd, || client(&cli)).await,
+        Cmd::S3 { cmd } => s3::run(cmd, || client(&cli)).await,
         Cmd::Apply { file } => commands::apply(&client(&cli)?, file).await,
         Cmd::Get {
             kind,
@@ -571,6 +601,7 @@ async fn run(cli: Cli) -> Result<()> {
             commands::delete(&client(&cli)?, commands::parse_kind(kind)?, name).await
         }
         Cmd::Artifact { cmd } => artifact::run(&client(&cli)?, cmd).await,
+        Cmd::Events { cmd } => events::run(&client(&cli)?, cmd).await,
         Cmd::Rollout { cmd } => rollout::run(&client(&cli)?, cmd).await,
         Cmd::Logs {
             target,

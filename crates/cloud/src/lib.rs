@@ -15,6 +15,7 @@ mod client_config;
 pub mod compaction;
 pub mod controller;
 mod error;
+pub mod events;
 pub mod functions;
 pub mod gateway;
 mod http;
@@ -22,9 +23,11 @@ pub mod limits;
 pub mod metrics;
 pub mod mosquitto;
 pub mod nodes;
+pub mod object_sink;
 pub mod objects;
 mod pki;
 pub mod recover;
+pub mod s3;
 pub mod secrets;
 mod secure_fs;
 
@@ -75,6 +78,8 @@ pub struct CloudConfig {
     pub join_rate_per_sec: f64,
     /// MQTT gateway listen address for edge nodes (`None`: no gateway).
     pub mqtt_listen: Option<SocketAddr>,
+    /// S3 API listen address (`None`: no S3 listener).
+    pub s3_listen: Option<SocketAddr>,
     /// Use this external broker (`mqtts://HOST:PORT`, set up with
     /// `print-mosquitto-config`) instead of the embedded gateway.
     pub mqtt_url: Option<String>,
@@ -89,6 +94,10 @@ pub struct CloudConfig {
     /// authenticate requests themselves: the `/img` endpoint (signed URLs). Each brings
     /// its OpenAPI paths.
     pub mounts: Vec<http::Mount>,
+    /// Where the cloud installs its buckets for the builtins and mounts that read and
+    /// write objects (the image functions' `output`, `s3://` sources); share it with
+    /// them before starting (decision 032).
+    pub objects: Arc<verge_runtime::ObjectSlot>,
     /// Non-public networks (IPs or CIDRs) that requests made on a user's behalf —
     /// task callbacks — may reach; by default none: public addresses only
     /// (`verge cloud --outbound-allow-networks`). The image service has its own
@@ -103,6 +112,9 @@ pub struct CloudConfig {
     /// Connection limits of the API listener and the MQTT gateway, the watch cap per
     /// token, the global join rate (decision 012; defaults in `Limits::default`).
     pub limits: limits::Limits,
+    /// Object events: batch, concurrency, webhook deadline and retries, the
+    /// dead-letter cap (decision 031; defaults in `EventsConfig::default`).
+    pub events: events::EventsConfig,
 }
 
 impl CloudConfig {
@@ -121,11 +133,13 @@ impl CloudConfig {
             join_rate_per_sec: 20.0,
             mqtt_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8883))),
             mqtt_url: None,
+            s3_listen: None,
             lifecycle: nodes::LifecycleConfig::default(),
             node_logs: nodes::logs::LogBudget::default(),
             gateway: gateway::GatewayConfig::default(),
             builtins: Arc::new(functions::Registry::with_defaults()),
             mounts: Vec::new(),
+            objects: Arc::new(verge_runtime::ObjectSlot::new()),
             outbound_allow_networks: Vec::new(),
             outbound_allow_hosts: Vec::new(),
             function_sandbox: verge_runtime::SandboxConfig {
@@ -133,6 +147,7 @@ impl CloudConfig {
                 ..verge_runtime::SandboxConfig::default()
             },
             limits: limits::Limits::default(),
+            events: events::EventsConfig::default(),
         }
     }
 }
@@ -149,6 +164,8 @@ pub mod files {
     pub const API_ADDR: &str = "api.addr";
     /// The MQTT gateway URL actually bound.
     pub const MQTT_ADDR: &str = "mqtt.addr";
+    /// The S3 API's URL actually bound (when `--s3-listen` is on).
+    pub const S3_ADDR: &str = "s3.addr";
 }
 
 fn server_url(scheme: &str, addr: SocketAddr) -> String {
@@ -221,9 +238,13 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         IpAddr::from([127, 0, 0, 1]),
         IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
     ];
-    for ip in [Some(cfg.listen.ip()), cfg.mqtt_listen.map(|a| a.ip())]
-        .into_iter()
-        .flatten()
+    for ip in [
+        Some(cfg.listen.ip()),
+        cfg.mqtt_listen.map(|a| a.ip()),
+        cfg.s3_listen.map(|a| a.ip()),
+    ]
+    .into_iter()
+    .flatten()
     {
         if !ip.is_unspecified() && !ips.contains(&ip) {
             ips.push(ip);
@@ -283,6 +304,8 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         buckets::BlobStore::open(&cfg.data_dir)?,
         informers.cache(verge_api::Kind::Bucket),
     ));
+    cfg.objects
+        .install(Arc::new(object_sink::BucketSink::new(buckets.clone())));
 
     // Edge nodes: lifecycle + sync, and the MQTT gateway they connect to.
     let node_manager = nodes::NodeManager::new(
@@ -421,6 +444,38 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     if let Some(gw) = &gateway {
         tasks.set_downlink(gw.clone());
     }
+    // Object events: the dispatcher (store watch → tasks and webhook deliveries) and
+    // the webhook delivery worker.
+    {
+        let dead = events::deadletters::DeadLetters::new(
+            store.clone(),
+            metrics.events.clone(),
+            cfg.events.max_dead_letters,
+        );
+        let deliveries = events::delivery::Deliveries::new(
+            store.clone(),
+            events::delivery::http_client(
+                &cfg.outbound_allow_networks,
+                &cfg.outbound_allow_hosts,
+                cfg.events.attempt_timeout,
+            )?,
+            functions::callbacks::load_or_create_key(&cfg.data_dir)?,
+            cfg.events.clone(),
+            metrics.events.clone(),
+            dead.clone(),
+        );
+        let dispatcher = events::dispatcher::Dispatcher::new(
+            store.clone(),
+            tasks.clone(),
+            &informers,
+            deliveries.clone(),
+            dead,
+            cfg.events.clone(),
+            metrics.events.clone(),
+        );
+        background.push(tokio::spawn(deliveries.run(shutdown_rx.clone())));
+        background.push(tokio::spawn(dispatcher.run(shutdown_rx.clone())));
+    }
     let _ = node_manager.tasks.set(tasks.clone());
     {
         let functions = Arc::new(functions::FunctionController::new(
@@ -455,6 +510,55 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
             deletion.run(informers.clone(), shutdown_rx.clone()),
         ));
     }
+    // S3 access keys (secrets sealed like Secrets) and the S3 listener.
+    let s3_keys = Arc::new(s3::keys::AccessKeys::new(store.clone(), secret_box.clone()));
+    let (s3_server, s3_url) = match cfg.s3_listen {
+        None => (None, None),
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                Error::Config(format!("cannot listen on {addr} (--s3-listen): {e}"))
+            })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| Error::Config(format!("s3 listener address: {e}")))?;
+            let s3_tls = if cfg.insecure_http {
+                None
+            } else {
+                Some(pki::server_tls_config(&ca, &issued)?)
+            };
+            let s3_url = server_url(if s3_tls.is_some() { "https" } else { "http" }, bound);
+            secure_fs::write_public(
+                &cfg.data_dir.join(files::S3_ADDR),
+                format!("{s3_url}\n").as_bytes(),
+            )?;
+            let admission = admission::Admission::new(
+                s3::LISTENER,
+                cfg.limits.max_connections,
+                cfg.limits.max_connections_per_ip,
+                metrics.connections.clone(),
+            );
+            tracing::info!(url = %s3_url, "s3 api listening");
+            let server = tokio::spawn(http::serve::serve(
+                listener,
+                s3_tls,
+                s3::router(buckets.clone(), s3_keys.clone()),
+                shutdown_rx.clone(),
+                http::serve::ServeOptions {
+                    drain: cfg.drain_timeout,
+                    limits: cfg.limits.clone(),
+                    admission,
+                },
+            ));
+            (Some(server), Some(s3_url))
+        }
+    };
+    background.push(tokio::spawn(
+        Arc::new(buckets::controller::BucketController::new(
+            store.clone(),
+            buckets.clone(),
+        ))
+        .run(informers.clone(), shutdown_rx.clone()),
+    ));
     let openapi_json: Bytes =
         serde_json::to_vec_pretty(&http::openapi::document(&cfg.mounts))?.into();
     let state = Arc::new(AppState {
@@ -482,6 +586,8 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         watches: http::watch::WatchLimit::new(cfg.limits.max_watches_per_token),
         secrets: secret_box,
         buckets: buckets.clone(),
+        s3_keys: s3_keys.clone(),
+        s3_url,
     });
     let app = http::router(state, &cfg.mounts);
     let compactor = tokio::spawn(
@@ -508,6 +614,9 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     tracing::info!("shutting down: draining connections");
     let _ = shutdown_tx.send(true);
     let _ = server.await;
+    if let Some(s3) = s3_server {
+        let _ = s3.await;
+    }
     let _ = compactor.await;
     for t in background {
         let _ = t.await;

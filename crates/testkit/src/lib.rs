@@ -32,6 +32,9 @@ pub struct Cloud {
     mqtt_port: u16,
     /// `mqtts://127.0.0.1:PORT` of the MQTT gateway.
     pub mqtt_url: String,
+    s3_port: u16,
+    /// `https://127.0.0.1:PORT` of the S3 API.
+    pub s3_url: String,
     /// `RUST_LOG` of the process (`warn` unless started with [`Cloud::start_logging`]).
     log_filter: String,
     /// Where its stderr goes, when captured ([`Cloud::log`]).
@@ -89,6 +92,8 @@ impl Cloud {
             port: 0,
             mqtt_port: 0,
             mqtt_url: String::new(),
+            s3_port: 0,
+            s3_url: String::new(),
             log_filter: filter.to_owned(),
             log_file,
             env: env
@@ -124,6 +129,11 @@ impl Cloud {
             .arg(&self.dir)
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port));
+        // The S3 API on its own port (kept across restarts, like the others).
+        if !self.extra_args.iter().any(|a| a == "--s3-listen") {
+            cmd.arg("--s3-listen")
+                .arg(format!("127.0.0.1:{}", self.s3_port));
+        }
         // With an external broker there is no gateway listener.
         if !self.extra_args.iter().any(|a| a == "--mqtt-url") {
             cmd.arg("--mqtt-listen")
@@ -176,6 +186,15 @@ impl Cloud {
                 && r.status().is_success()
             {
                 // Written before the API serves, so present once it answers.
+                if let Ok(u) = std::fs::read_to_string(self.dir.join("s3.addr")) {
+                    self.s3_url = u.trim().to_string();
+                    self.s3_port = self
+                        .s3_url
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(0);
+                }
                 if let Ok(m) = std::fs::read_to_string(self.dir.join("mqtt.addr")) {
                     self.mqtt_url = m.trim().to_string();
                     self.mqtt_port = self

@@ -107,17 +107,20 @@ pub fn check_parts(
             "the completion lists no parts",
         ));
     }
-    let mut out = Vec::with_capacity(given.len());
-    for (i, (n, etag)) in given.iter().enumerate() {
-        if i > 0 && *n <= given[i - 1].0 {
+    // Order first (S3 reports it before anything about the parts themselves).
+    for w in given.windows(2) {
+        if w[1].0 <= w[0].0 {
             return Err(bucket_err(
                 Code::InvalidPartOrder,
                 format!(
-                    "part {n} is listed after part {}; list parts in ascending order",
-                    given[i - 1].0
+                    "part {} is listed after part {}; list parts in ascending order",
+                    w[1].0, w[0].0
                 ),
             ));
         }
+    }
+    let mut out = Vec::with_capacity(given.len());
+    for (n, etag) in given {
         let Some(part) = stored.get(n) else {
             return Err(bucket_err(
                 Code::InvalidPart,
@@ -130,7 +133,10 @@ pub fn check_parts(
                 format!("part {n} has ETag {}, not {etag}", part.etag),
             ));
         }
-        if i + 1 < given.len() && part.size < MIN_PART_SIZE {
+        out.push(part.clone());
+    }
+    for ((n, _), part) in given.iter().zip(&out).take(out.len() - 1) {
+        if part.size < MIN_PART_SIZE {
             return Err(bucket_err(
                 Code::EntityTooSmall,
                 format!(
@@ -139,7 +145,6 @@ pub fn check_parts(
                 ),
             ));
         }
-        out.push(part.clone());
     }
     Ok(out)
 }

@@ -7,7 +7,7 @@
 //!   key, `/s3/objects/{bucket}/{key}`, holding an [`ObjectRecord`]. The blob is durable
 //!   before the record is written, and the record's write is the commit point: a
 //!   reader sees the old object or the new one, never a partial one.
-//! - That same store write is the object's change event (decision 030): the event
+//! - That same store write is the object's change event (decision 033): the event
 //!   dispatcher follows the store's history under [`OBJECTS_PREFIX`], so no event can be
 //!   lost between the change and its announcement.
 //! - Multipart uploads: `/s3/uploads/{bucket}/{uploadId}` ([`UploadRecord`]) and
@@ -19,7 +19,11 @@
 //! Must not know about HTTP, XML or signatures.
 
 pub mod blobs;
+pub mod controller;
+pub mod http_semantics;
 pub mod listing;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -786,6 +790,20 @@ impl Buckets {
             out.push((rec.key, kv.key[prefix.len()..].to_owned(), rec.initiated));
         }
         out.sort();
+        Ok(out)
+    }
+
+    /// Every open upload: (bucket, key, upload id, initiated).
+    pub async fn all_uploads(&self) -> Result<Vec<(String, String, String, String)>> {
+        let list = self.store.list(UPLOADS_PREFIX, None).await?;
+        let mut out = Vec::new();
+        for kv in &list.items {
+            let Some((bucket, id)) = kv.key[UPLOADS_PREFIX.len()..].split_once('/') else {
+                continue;
+            };
+            let rec: UploadRecord = decode(kv)?;
+            out.push((bucket.to_owned(), rec.key, id.to_owned(), rec.initiated));
+        }
         Ok(out)
     }
 

@@ -5,12 +5,15 @@
 
 pub mod artifacts;
 mod body;
+pub mod deadletters;
 pub mod extract;
 pub mod functions;
 pub mod join;
+pub mod objects;
 pub mod openapi;
 pub mod resources;
 pub mod routes;
+pub mod s3keys;
 pub mod serve;
 pub mod state;
 pub mod tokens;
@@ -87,9 +90,20 @@ fn method_router(st: &SharedState, r: &Route) -> MethodRouter<SharedState> {
         Op::ListTokens => on(m, tokens::list),
         Op::CreateToken => on(m, tokens::create),
         Op::RevokeToken => on(m, tokens::revoke),
+        Op::ListS3Keys => on(m, s3keys::list),
+        Op::CreateS3Key => on(m, s3keys::create),
+        Op::RevokeS3Key => on(m, s3keys::revoke),
         Op::ListArtifacts => on(m, artifacts::list),
         Op::UploadArtifact => on(m, artifacts::upload),
         Op::GetArtifact => on(m, artifacts::download),
+        Op::Cdn => on(m, objects::cdn),
+        Op::ListObjects => on(m, objects::list),
+        Op::GetObject => on(m, objects::download),
+        Op::PutObject => on(m, objects::upload),
+        Op::DeleteObject => on(m, objects::delete),
+        Op::ListDeadLetters => on(m, deadletters::list),
+        Op::RedriveDeadLetter => on(m, deadletters::redrive),
+        Op::DropDeadLetter => on(m, deadletters::drop),
         Op::Join => on(m, join::join),
         Op::ClusterCa => on(m, join::cluster_ca),
         Op::ClusterInfo => on(m, cluster_info),
@@ -175,6 +189,10 @@ async fn cluster_info(State(st): State<SharedState>) -> Response {
     axum::Json(serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "functionSandbox": sandbox,
+        "s3": st.s3_url.as_ref().map(|url| serde_json::json!({
+            "endpoint": url,
+            "region": crate::s3::REGION,
+        })),
     }))
     .into_response()
 }

@@ -43,6 +43,10 @@ pub struct AppState {
     pub secrets: Arc<crate::secrets::SecretBox>,
     /// Buckets and their objects (`/cdn`, the object routes; the S3 listener has its own).
     pub buckets: Arc<crate::buckets::Buckets>,
+    /// S3 access keys (`/api/v1/s3keys`).
+    pub s3_keys: Arc<crate::s3::keys::AccessKeys>,
+    /// Where the S3 API listens (`None`: off), shown by `/api/v1/cluster/info`.
+    pub s3_url: Option<String>,
 }
 
 pub type SharedState = Arc<AppState>;
