@@ -107,17 +107,19 @@ pub fn check_parts(
             "the completion lists no parts",
         ));
     }
+    // The order first, as S3 does: a list out of order is InvalidPartOrder whatever
+    // its parts' sizes.
+    if let Some(w) = given.windows(2).find(|w| w[1].0 <= w[0].0) {
+        return Err(bucket_err(
+            Code::InvalidPartOrder,
+            format!(
+                "part {} is listed after part {}; list parts in ascending order",
+                w[1].0, w[0].0
+            ),
+        ));
+    }
     let mut out = Vec::with_capacity(given.len());
     for (i, (n, etag)) in given.iter().enumerate() {
-        if i > 0 && *n <= given[i - 1].0 {
-            return Err(bucket_err(
-                Code::InvalidPartOrder,
-                format!(
-                    "part {n} is listed after part {}; list parts in ascending order",
-                    given[i - 1].0
-                ),
-            ));
-        }
         let Some(part) = stored.get(n) else {
             return Err(bucket_err(
                 Code::InvalidPart,
@@ -188,6 +190,11 @@ mod tests {
         assert_eq!(ok.len(), 2);
         assert_eq!(
             code(check_parts(&[(3, "cc".into()), (1, "aa".into())], &stored).unwrap_err()),
+            Code::InvalidPartOrder
+        );
+        // Out of order with a small part first: the order is what is wrong.
+        assert_eq!(
+            code(check_parts(&[(2, "bb".into()), (1, "aa".into())], &stored).unwrap_err()),
             Code::InvalidPartOrder
         );
         assert_eq!(
