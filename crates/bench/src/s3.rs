@@ -54,6 +54,10 @@ pub struct S3BenchArgs {
     /// Do not start SeaweedFS: measure `--endpoint` only.
     #[arg(long)]
     pub no_seaweedfs: bool,
+    /// Measure SeaweedFS over TLS (its S3 HTTPS listener, a certificate from a CA made
+    /// for the run), as Verge's listener always is.
+    #[arg(long)]
+    pub weed_tls: bool,
     /// Verge's S3 endpoint, e.g. `https://127.0.0.1:7444`.
     #[arg(long, requires_all = ["access_key", "secret_key"])]
     pub endpoint: Option<String>,
@@ -506,13 +510,17 @@ pub async fn run(args: &S3BenchArgs) -> Result<()> {
     let mut reports = Vec::new();
     if !args.no_seaweedfs {
         let weed_bin = find_weed(args.weed.as_deref())?;
-        let weed = Weed::start(&weed_bin, &args.weed_dir).await?;
+        let weed = Weed::start(&weed_bin, &args.weed_dir, args.weed_tls).await?;
         let target = Target {
-            name: format!("SeaweedFS {}", weed.version),
+            name: format!(
+                "SeaweedFS {}{}",
+                weed.version,
+                if weed.ca_pem.is_some() { " (TLS)" } else { "" }
+            ),
             endpoint: weed.endpoint.clone(),
             access_key: weed.access_key.clone(),
             secret_key: weed.secret_key.clone(),
-            ca_pem: None,
+            ca_pem: weed.ca_pem.clone(),
             pid: weed.pid(),
         };
         outln!(
@@ -610,10 +618,12 @@ struct Weed {
     access_key: String,
     secret_key: String,
     version: String,
+    /// With TLS: the CA of the S3 listener's certificate.
+    ca_pem: Option<String>,
 }
 
 impl Weed {
-    async fn start(bin: &Path, parent: &Path) -> Result<Weed> {
+    async fn start(bin: &Path, parent: &Path, tls: bool) -> Result<Weed> {
         let out = tokio::process::Command::new(bin)
             .arg("version")
             .output()
@@ -645,7 +655,7 @@ impl Weed {
         )?;
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data)?;
-        let ports = free_ports::<8>()?;
+        let ports = free_ports::<9>()?;
         let [
             master,
             master_grpc,
@@ -655,7 +665,25 @@ impl Weed {
             filer_grpc,
             s3,
             s3_grpc,
+            s3_https,
         ] = ports;
+        let mut tls_args = Vec::new();
+        let ca_pem = match tls {
+            true => {
+                let (ca, cert, key) = loopback_certificate()?;
+                let (cert_file, key_file) =
+                    (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+                std::fs::write(&cert_file, cert)?;
+                std::fs::write(&key_file, key)?;
+                tls_args = vec![
+                    format!("-s3.port.https={s3_https}"),
+                    format!("-s3.cert.file={}", cert_file.display()),
+                    format!("-s3.key.file={}", key_file.display()),
+                ];
+                Some(ca)
+            }
+            false => None,
+        };
         let log_path = dir.path().join("weed.log");
         let log = std::fs::File::create(&log_path)?;
         let mut child = tokio::process::Command::new(bin)
@@ -675,6 +703,7 @@ impl Weed {
             .arg(format!("-s3.port.grpc={s3_grpc}"))
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
             .arg(format!("-s3.config={}", config.display()))
+            .args(&tls_args)
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -709,6 +738,10 @@ impl Weed {
                 .is_some_and(|b| b.contains("\"fid\""))
                 && get(filer, "/").await.is_some()
                 && get(s3, "/").await.is_some()
+                && (!tls
+                    || tokio::net::TcpStream::connect(("127.0.0.1", s3_https))
+                        .await
+                        .is_ok())
             {
                 break;
             }
@@ -720,16 +753,38 @@ impl Weed {
         Ok(Weed {
             child,
             dir,
-            endpoint: format!("http://127.0.0.1:{s3}"),
+            endpoint: match tls {
+                true => format!("https://127.0.0.1:{s3_https}"),
+                false => format!("http://127.0.0.1:{s3}"),
+            },
             access_key,
             secret_key,
             version,
+            ca_pem,
         })
     }
 
     fn pid(&self) -> Option<u32> {
         self.child.id()
     }
+}
+
+/// A CA and a certificate for IP 127.0.0.1 signed by it: (CA PEM, certificate PEM,
+/// key PEM).
+fn loopback_certificate() -> Result<(String, String, String)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name
+        .push(DnType::CommonName, "verge bench s3 ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(Vec::<String>::new())?;
+    leaf.subject_alt_names
+        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+    let cert = leaf.signed_by(&key, &ca_cert, &ca_key)?;
+    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
 }
 
 /// `N` distinct free loopback ports (bound together, then released).
