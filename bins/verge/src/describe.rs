@@ -704,6 +704,33 @@ fn task(d: &mut Doc, obj: &Object) {
 fn trigger(d: &mut Doc, obj: &Object) {
     let spec = &obj.spec;
     let st = &obj.status;
+    if spec["event"].is_object() {
+        let e = &spec["event"];
+        let types: Vec<&str> = e["types"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|t| t.as_str()).collect())
+            .unwrap_or_default();
+        let mut what = format!(
+            "bucket {} ({})",
+            s(e, "/bucket").unwrap_or("?"),
+            types.join(", ")
+        );
+        if let Some(p) = s(e, "/prefix") {
+            what.push_str(&format!(", keys starting {p:?}"));
+        }
+        if let Some(x) = s(e, "/suffix") {
+            what.push_str(&format!(", keys ending {x:?}"));
+        }
+        d.field("Event", what);
+        match s(spec, "/sink/url") {
+            Some(url) => d.field("Sink", url),
+            None => d.field("Function", s(spec, "/function").unwrap_or("?")),
+        }
+        if spec["target"].is_object() {
+            d.field("Target", target(spec));
+        }
+        return;
+    }
     d.field(
         "Schedule",
         format!(
@@ -986,5 +1013,22 @@ mod tests {
         );
         assert!(text.contains("Target:           every node with region=eu"));
         assert!(text.contains("Next run:         in 60m"), "{text}");
+        let ev = obj(json!({"apiVersion": "verge.dev/v1", "kind": "Trigger",
+            "metadata": {"name": "hook"},
+            "spec": {"event": {"bucket": "uploads", "types": ["created", "deleted"],
+                               "prefix": "in/"},
+                     "sink": {"url": "https://hooks.example.com/x"}}}));
+        let text = describe(&ev, NOW);
+        assert!(
+            text.contains(
+                "Event:            bucket uploads (created, deleted), keys starting \"in/\""
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("Sink:             https://hooks.example.com/x"),
+            "{text}"
+        );
+        assert!(!text.contains("Schedule"), "{text}");
     }
 }

@@ -195,7 +195,12 @@ async fn dev_edge(
     opts.docker_socket = std::env::var_os("VERGE_EDGE_DOCKER_SOCKET").map(PathBuf::from);
     opts.docker_network = std::env::var("VERGE_EDGE_DOCKER_NETWORK").ok();
     opts.sandbox = sandbox;
-    // The image pack, sharing the control plane's image environment.
+    // The image pack, sharing the control plane's image environment but not its
+    // buckets: an edge node has none (functions writing objects run in the cloud).
+    let images = std::sync::Arc::new(verge_images::functions::ImageEnv {
+        objects: std::sync::Arc::new(verge_runtime::ObjectSlot::new()),
+        ..(*images).clone()
+    });
     opts.builtins = Some(Box::new(move |registry, _node| {
         verge_images::functions::register(registry, images);
         Ok(())

@@ -87,6 +87,8 @@ pub fn wire(
     dev: bool,
 ) -> Result<Arc<ImageEnv>> {
     let env = cloud_env(data_dir, args)?;
+    // The cloud installs its buckets here: the functions' `output` and `s3://` sources.
+    cfg.objects = env.objects.clone();
     cfg.builtins = Arc::new(crate::builtins::registry(env.clone()));
     cfg.mounts = vec![img_mount(data_dir, args, env.clone(), dev)?];
     Ok(env)

@@ -33,6 +33,7 @@ mod cloud_limits;
 mod commands;
 mod describe;
 mod dev;
+mod events;
 mod functions;
 mod images;
 mod output;
@@ -329,7 +330,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: images::ImageCmd,
     },
-    /// The S3 API: access keys.
+    /// S3: access keys for the S3 API; objects (ls, cp, rm) over the API with its token.
     S3 {
         #[command(subcommand)]
         cmd: s3::S3Cmd,
@@ -338,6 +339,11 @@ enum Cmd {
     Artifact {
         #[command(subcommand)]
         cmd: artifact::ArtifactCmd,
+    },
+    /// Object events: dead letters (list, redrive, drop).
+    Events {
+        #[command(subcommand)]
+        cmd: events::EventsCmd,
     },
     /// Manage API tokens (admin).
     Token {
@@ -595,6 +601,7 @@ async fn run(cli: Cli) -> Result<()> {
             commands::delete(&client(&cli)?, commands::parse_kind(kind)?, name).await
         }
         Cmd::Artifact { cmd } => artifact::run(&client(&cli)?, cmd).await,
+        Cmd::Events { cmd } => events::run(&client(&cli)?, cmd).await,
         Cmd::Rollout { cmd } => rollout::run(&client(&cli)?, cmd).await,
         Cmd::Logs {
             target,

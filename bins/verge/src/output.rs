@@ -117,9 +117,21 @@ fn columns(kind: Kind, obj: &Object) -> (Vec<&'static str>, Vec<String>) {
             vec!["NAME", "SCHEDULE", "FUNCTION", "FIRES-ON", "NEXT", "AGE"],
             vec![
                 name,
-                str_at(&obj.spec, &["schedule"]).unwrap_or("-").into(),
-                str_at(&obj.spec, &["function"]).unwrap_or("-").into(),
-                str_at(&obj.status, &["firesOn"]).unwrap_or("-").into(),
+                // An object-event trigger: `event:BUCKET`, and `sink` for a webhook.
+                str_at(&obj.spec, &["schedule"])
+                    .map(str::to_string)
+                    .or_else(|| {
+                        str_at(&obj.spec, &["event", "bucket"]).map(|b| format!("event:{b}"))
+                    })
+                    .unwrap_or_else(|| "-".into()),
+                str_at(&obj.spec, &["function"])
+                    .or(obj.spec.get("sink").map(|_| "sink"))
+                    .unwrap_or("-")
+                    .into(),
+                str_at(&obj.status, &["firesOn"])
+                    .or(obj.spec.get("event").map(|_| "cloud"))
+                    .unwrap_or("-")
+                    .into(),
                 obj.status
                     .get("nextFireMs")
                     .and_then(|v| v.as_i64())

@@ -25,6 +25,8 @@ fn param_value(path: &str, param: &str, bad: bool) -> String {
         "name" => "absent".into(),
         "sha256" => "0".repeat(64),
         "id" => "abcdefgh".into(),
+        "bucket" => "absent-bucket".into(),
+        "key" => "dir/absent.txt".into(),
         "path" => "badsignature/rs:fit:10:10/plain/https%3A%2F%2Fexample.com%2Fa.png@png".into(),
         other => panic!("{path}: no example for parameter {other}"),
     }

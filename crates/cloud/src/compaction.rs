@@ -1,9 +1,10 @@
 //! History compaction on the controller runtime: one key (`history`), whose reconcile
-//! compacts the store to `current − keep` revisions and asks to run again after the
-//! compaction interval.
+//! compacts the store to `current − keep` revisions — never past the object-event
+//! dispatcher's checkpoint ([`crate::events::CHECKPOINT_KEY`]), whose watch resumes
+//! from there — and asks to run again after the compaction interval.
 //!
-//! Must not: compact below what was asked to be kept, or run anything on a timer of
-//! its own (the requeue is the timer).
+//! Must not: compact below what was asked to be kept, past the events checkpoint, or
+//! run anything on a timer of its own (the requeue is the timer).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,10 +17,19 @@ use crate::controller::{Action, Controller, Informers, Request, backoff_policy};
 /// The compactor's one key.
 pub const KEY: &str = "history";
 
-/// The revision to compact to (pure): `current − keep`, when that is past what is
-/// already compacted; `None` when there is nothing to do.
-pub fn target(current: Revision, compacted: Revision, keep: i64) -> Option<Revision> {
-    let t = current - keep.max(0);
+/// The revision to compact to (pure): `current − keep`, but not past `checkpoint`
+/// (the events dispatcher resumes watching after it; `None`: no checkpoint yet), when
+/// that is past what is already compacted; `None` when there is nothing to do.
+pub fn target(
+    current: Revision,
+    compacted: Revision,
+    keep: i64,
+    checkpoint: Option<Revision>,
+) -> Option<Revision> {
+    let mut t = current - keep.max(0);
+    if let Some(c) = checkpoint {
+        t = t.min(c);
+    }
     (t > compacted).then_some(t)
 }
 
@@ -37,7 +47,8 @@ impl Compactor {
     pub async fn reconcile(&self, _req: Request) -> Result<Action, verge_store::Error> {
         let current = self.store.current_revision().await?;
         let done = self.store.compacted_revision().await?;
-        if let Some(t) = target(current, done, self.keep) {
+        let checkpoint = crate::events::read_checkpoint(&self.store).await?;
+        if let Some(t) = target(current, done, self.keep, checkpoint) {
             self.store.compact(t).await?;
             tracing::debug!(revision = t, "compacted history");
         }
@@ -67,10 +78,43 @@ mod tests {
 
     #[test]
     fn compacts_to_current_minus_keep_only_when_that_is_new() {
-        assert_eq!(target(100, 0, 10), Some(90));
-        assert_eq!(target(100, 90, 10), None);
-        assert_eq!(target(5, 0, 10), None);
-        assert_eq!(target(100, 0, -3), Some(100));
+        assert_eq!(target(100, 0, 10, None), Some(90));
+        assert_eq!(target(100, 90, 10, None), None);
+        assert_eq!(target(5, 0, 10, None), None);
+        assert_eq!(target(100, 0, -3, None), Some(100));
+    }
+
+    #[test]
+    fn never_past_the_events_checkpoint() {
+        // The dispatcher is behind: history after its checkpoint stays.
+        assert_eq!(target(100, 0, 10, Some(40)), Some(40));
+        assert_eq!(target(100, 40, 10, Some(40)), None);
+        assert_eq!(target(100, 0, 10, Some(0)), None);
+        // Caught up: keep decides.
+        assert_eq!(target(100, 0, 10, Some(99)), Some(90));
+    }
+
+    #[tokio::test]
+    async fn the_compactor_reads_the_checkpoint() {
+        let store = MemStore::new();
+        write(&store, 30).await;
+        let dyn_store: DynStore = Arc::new(store.clone());
+        crate::events::write_checkpoint(&dyn_store, 12)
+            .await
+            .unwrap();
+        write(&store, 10).await;
+        let c = Compactor {
+            store: dyn_store,
+            keep: 5,
+            every: Duration::from_secs(60),
+        };
+        c.reconcile(Request {
+            key: KEY.into(),
+            object: None,
+        })
+        .await
+        .unwrap();
+        assert_eq!(store.compacted_revision().await.unwrap(), 12);
     }
 
     async fn write(store: &MemStore, n: usize) {

@@ -15,6 +15,7 @@ mod client_config;
 pub mod compaction;
 pub mod controller;
 mod error;
+pub mod events;
 pub mod functions;
 pub mod gateway;
 mod http;
@@ -22,6 +23,7 @@ pub mod limits;
 pub mod metrics;
 pub mod mosquitto;
 pub mod nodes;
+pub mod object_sink;
 pub mod objects;
 mod pki;
 pub mod recover;
@@ -92,6 +94,10 @@ pub struct CloudConfig {
     /// authenticate requests themselves: the `/img` endpoint (signed URLs). Each brings
     /// its OpenAPI paths.
     pub mounts: Vec<http::Mount>,
+    /// Where the cloud installs its buckets for the builtins and mounts that read and
+    /// write objects (the image functions' `output`, `s3://` sources); share it with
+    /// them before starting (decision 032).
+    pub objects: Arc<verge_runtime::ObjectSlot>,
     /// Non-public networks (IPs or CIDRs) that requests made on a user's behalf —
     /// task callbacks — may reach; by default none: public addresses only
     /// (`verge cloud --outbound-allow-networks`). The image service has its own
@@ -106,6 +112,9 @@ pub struct CloudConfig {
     /// Connection limits of the API listener and the MQTT gateway, the watch cap per
     /// token, the global join rate (decision 012; defaults in `Limits::default`).
     pub limits: limits::Limits,
+    /// Object events: batch, concurrency, webhook deadline and retries, the
+    /// dead-letter cap (decision 031; defaults in `EventsConfig::default`).
+    pub events: events::EventsConfig,
 }
 
 impl CloudConfig {
@@ -130,6 +139,7 @@ impl CloudConfig {
             gateway: gateway::GatewayConfig::default(),
             builtins: Arc::new(functions::Registry::with_defaults()),
             mounts: Vec::new(),
+            objects: Arc::new(verge_runtime::ObjectSlot::new()),
             outbound_allow_networks: Vec::new(),
             outbound_allow_hosts: Vec::new(),
             function_sandbox: verge_runtime::SandboxConfig {
@@ -137,6 +147,7 @@ impl CloudConfig {
                 ..verge_runtime::SandboxConfig::default()
             },
             limits: limits::Limits::default(),
+            events: events::EventsConfig::default(),
         }
     }
 }
@@ -293,6 +304,8 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
         buckets::BlobStore::open(&cfg.data_dir)?,
         informers.cache(verge_api::Kind::Bucket),
     ));
+    cfg.objects
+        .install(Arc::new(object_sink::BucketSink::new(buckets.clone())));
 
     // Edge nodes: lifecycle + sync, and the MQTT gateway they connect to.
     let node_manager = nodes::NodeManager::new(
@@ -430,6 +443,38 @@ pub async fn run(cfg: CloudConfig, shutdown: impl Future<Output = ()> + Send) ->
     );
     if let Some(gw) = &gateway {
         tasks.set_downlink(gw.clone());
+    }
+    // Object events: the dispatcher (store watch → tasks and webhook deliveries) and
+    // the webhook delivery worker.
+    {
+        let dead = events::deadletters::DeadLetters::new(
+            store.clone(),
+            metrics.events.clone(),
+            cfg.events.max_dead_letters,
+        );
+        let deliveries = events::delivery::Deliveries::new(
+            store.clone(),
+            events::delivery::http_client(
+                &cfg.outbound_allow_networks,
+                &cfg.outbound_allow_hosts,
+                cfg.events.attempt_timeout,
+            )?,
+            functions::callbacks::load_or_create_key(&cfg.data_dir)?,
+            cfg.events.clone(),
+            metrics.events.clone(),
+            dead.clone(),
+        );
+        let dispatcher = events::dispatcher::Dispatcher::new(
+            store.clone(),
+            tasks.clone(),
+            &informers,
+            deliveries.clone(),
+            dead,
+            cfg.events.clone(),
+            metrics.events.clone(),
+        );
+        background.push(tokio::spawn(deliveries.run(shutdown_rx.clone())));
+        background.push(tokio::spawn(dispatcher.run(shutdown_rx.clone())));
     }
     let _ = node_manager.tasks.set(tasks.clone());
     {

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub nodes: crate::nodes::InputMetrics,
     /// Open, refused and closed connections per listener (`api`, `mqtt`).
     pub connections: crate::admission::ConnMetrics,
+    /// Object events: dispatched, delivered, failed, dead-lettered, dispatcher lag.
+    pub events: crate::events::EventMetrics,
 }
 
 impl Default for Metrics {
@@ -166,10 +168,13 @@ impl Metrics {
             "Connections the listener closed, by listener and reason (evicted, header-timeout, idle, write-stall, tls-timeout, tls-error)",
             connections.closed.clone(),
         );
+        let events = crate::events::EventMetrics::default();
+        events.register(&mut registry);
         Self {
             gateway,
             nodes,
             connections,
+            events,
             registry,
             http_requests,
             http_latency,

@@ -244,7 +244,9 @@ impl Functions {
             let Ok(spec) = serde_json::from_value::<TriggerSpec>(o.spec.clone()) else {
                 continue;
             };
-            let Ok(schedule) = Schedule::of(&spec) else {
+            // Object-event triggers are the cloud's (they are never synced to a node).
+            let (Ok(schedule), Some(function)) = (Schedule::of(&spec), spec.function.clone())
+            else {
                 continue;
             };
             let store = self.state.store().clone();
@@ -272,7 +274,7 @@ impl Functions {
                 let id = format!("tr-{}", &hex::encode(digest)[..16]);
                 let task = Task {
                     id,
-                    function: spec.function.clone(),
+                    function: function.clone(),
                     input: spec.input.clone().unwrap_or(Value::Null),
                     deadline_ms: at + 3_600_000,
                     idempotency_key: None,

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use verge_runtime::ObjectErrorKind;
+
 /// Everything that can go wrong serving an image request or running an image function.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -38,6 +40,14 @@ pub enum Error {
     /// Configuration of the image service is wrong (keys, salts, paths ...).
     #[error("config {field}: {message}")]
     Config { field: String, message: String },
+    /// Reading or storing an object (an `s3://` source, `output.bucket`) failed; `field`
+    /// names the input, `message` is the bucket layer's.
+    #[error("{field}: {message}")]
+    Object {
+        field: String,
+        kind: verge_runtime::ObjectErrorKind,
+        message: String,
+    },
     /// A local file (cache, watermark) could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -70,6 +80,12 @@ impl Error {
             Error::SourceStatus { .. } => "SourceStatus",
             Error::SourceUnreachable { .. } => "SourceUnreachable",
             Error::Image(e) => image_reason(e),
+            Error::Object { kind, .. } => match kind {
+                ObjectErrorKind::NotFound => "NoSuchObject",
+                ObjectErrorKind::Invalid => "InvalidRequest",
+                ObjectErrorKind::TooLarge => "ObjectTooLarge",
+                ObjectErrorKind::Unavailable => "ObjectStoreUnavailable",
+            },
             Error::Config { .. } | Error::Io { .. } => "Internal",
         }
     }
@@ -84,6 +100,12 @@ impl Error {
             Error::SourceStatus { .. } | Error::SourceUnreachable { .. } => 502,
             Error::SourceTimeout { .. } => 504,
             Error::Image(e) => image_status(e),
+            Error::Object { kind, .. } => match kind {
+                ObjectErrorKind::NotFound => 404,
+                ObjectErrorKind::Invalid => 400,
+                ObjectErrorKind::TooLarge => 413,
+                ObjectErrorKind::Unavailable => 502,
+            },
             Error::Config { .. } | Error::Io { .. } => 500,
         }
     }

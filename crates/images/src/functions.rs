@@ -9,6 +9,13 @@
 //!
 //! Image results are returned as bytes with their MIME type; `image.info` and `image.frames`
 //! return JSON. Errors name the input field (`input.width`, `input.image.url`, ...).
+//!
+//! Process → store: every function accepts `output: {bucket, key, contentType?}` (beside
+//! the encoder's `format`, `quality`, ...): the result is then stored as that object
+//! through the host's [`verge_runtime::ObjectSink`] and the function returns
+//! `{bucket, key, eTag, size, url}`. Sources may be objects too: `"s3://BUCKET/KEY"` or
+//! `{"s3": "s3://BUCKET/KEY"}`. Without a sink (an edge node) both are refused, naming
+//! the field.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,7 +26,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 use verge_imaging::{Encoded, Limits, OutputOptions, Pipeline, VideoOptions};
-use verge_runtime::{BuiltinError, Input, Output, Registry};
+use verge_runtime::objects::parse_s3_url;
+use verge_runtime::{BuiltinError, Input, ObjectSlot, Output, Registry};
 
 use crate::fetch::Fetcher;
 use crate::{Error, Result};
@@ -41,6 +49,9 @@ pub struct ImageEnv {
     pub limits: Limits,
     /// ffmpeg, its timeout and memory limit, the largest video.
     pub video: VideoOptions,
+    /// The buckets (`output.bucket`, `s3://` sources), once the host installs them; an
+    /// empty slot (an edge node): refused.
+    pub objects: Arc<ObjectSlot>,
 }
 
 impl ImageEnv {
@@ -51,6 +62,7 @@ impl ImageEnv {
             artifacts: None,
             limits: Limits::default(),
             video: VideoOptions::default(),
+            objects: Arc::new(ObjectSlot::new()),
         }
     }
 }
@@ -150,12 +162,101 @@ pub fn call_with(
         field: "runtime".into(),
         message: "image functions need a tokio runtime".into(),
     })?;
+    let mut args = args;
+    let target = take_store_target(&mut args)?;
+    let sink = match &target {
+        Some(_) => Some(env.objects.get().ok_or_else(|| {
+            Error::invalid(
+                "input.output",
+                "storing the result in a bucket (output.bucket, output.key) needs the \
+                 function placed in the cloud (spec.placement.cloud: true); this node has no \
+                 buckets",
+            )
+        })?),
+        None => None,
+    };
     let cx = Cx {
         env,
-        handle,
+        handle: handle.clone(),
         inline,
     };
-    cx.run(name, args)
+    let out = cx.run(name, args)?;
+    let (Some(t), Some(sink)) = (target, sink) else {
+        return Ok(out);
+    };
+    let (content_type, data) = match out {
+        Output::Bytes { content_type, data } => (content_type, data),
+        Output::Json(v) => (
+            "application/json".to_string(),
+            Bytes::from(
+                serde_json::to_vec(&v).map_err(|e| Error::invalid("output", e.to_string()))?,
+            ),
+        ),
+    };
+    let content_type = t.content_type.unwrap_or(content_type);
+    let stored = handle
+        .block_on(sink.put(&t.bucket, &t.key, &content_type, data))
+        .map_err(|e| Error::Object {
+            field: "input.output".into(),
+            kind: e.kind,
+            message: e.message,
+        })?;
+    Ok(Output::Json(serde_json::json!({
+        "bucket": stored.bucket,
+        "key": stored.key,
+        "eTag": stored.etag,
+        "size": stored.size,
+        "url": stored.url,
+        "contentType": content_type,
+    })))
+}
+
+/// Where a result is to be stored: `output.bucket`, `output.key`, `output.contentType`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreTarget {
+    pub bucket: String,
+    pub key: String,
+    pub content_type: Option<String>,
+}
+
+/// Takes `bucket`, `key` and `contentType` out of `args.output` (leaving the encoder's
+/// options; an `output` left empty is removed). `None` when neither bucket nor key is
+/// given.
+pub fn take_store_target(args: &mut Map<String, Value>) -> Result<Option<StoreTarget>> {
+    let Some(Value::Object(out)) = args.get_mut("output") else {
+        return Ok(None);
+    };
+    if !out.contains_key("bucket") && !out.contains_key("key") {
+        if out.contains_key("contentType") {
+            return Err(Error::invalid(
+                "input.output.contentType",
+                "only with output.bucket and output.key",
+            ));
+        }
+        return Ok(None);
+    }
+    let mut text = |name: &str, required: bool| -> Result<Option<String>> {
+        match out.remove(name) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
+            None if !required => Ok(None),
+            None => Err(Error::invalid(format!("input.output.{name}"), "missing")),
+            Some(_) => Err(Error::invalid(
+                format!("input.output.{name}"),
+                "expected a non-empty string",
+            )),
+        }
+    };
+    let bucket = text("bucket", true)?.unwrap_or_default();
+    let key = text("key", true)?.unwrap_or_default();
+    let content_type = text("contentType", false)?;
+    if out.is_empty() {
+        args.remove("output");
+    }
+    Ok(Some(StoreTarget {
+        bucket,
+        key,
+        content_type,
+    }))
 }
 
 /// One call's context.
@@ -386,7 +487,7 @@ impl Cx<'_> {
                 (Some(b), "image" | "video") => Ok(b.clone()),
                 _ => Err(Error::invalid(
                     format!("input.{field}"),
-                    "missing: give {\"url\": ...}, {\"base64\": ...} or {\"artifact\": ...}",
+                    "missing: give {\"url\": ...}, {\"base64\": ...}, {\"artifact\": ...} or \"s3://BUCKET/KEY\"",
                 )),
             },
         }
@@ -397,6 +498,7 @@ impl Cx<'_> {
             Value::String(s) if s.starts_with("http://") || s.starts_with("https://") => {
                 ("url".to_string(), s)
             }
+            Value::String(s) if s.starts_with("s3://") => ("s3".to_string(), s),
             Value::Object(m) if m.len() == 1 => {
                 let (k, v) = m.into_iter().next().expect("one entry");
                 match v {
@@ -445,10 +547,29 @@ impl Cx<'_> {
                 }
                 self.handle.block_on(store.read(sha, max as u64))?
             }
+            "s3" => {
+                let sink = self.env.objects.get().ok_or_else(|| {
+                    Error::invalid(
+                        field,
+                        "s3:// sources need the function placed in the cloud \
+                         (spec.placement.cloud: true); this node has no buckets",
+                    )
+                })?;
+                let (bucket, key) = parse_s3_url(&arg)
+                    .ok_or_else(|| Error::invalid(field, "expected s3://BUCKET/KEY"))?;
+                self.handle
+                    .block_on(sink.get(bucket, key, max as u64, false))
+                    .map_err(|e| Error::Object {
+                        field: field.to_string(),
+                        kind: e.kind,
+                        message: e.message,
+                    })?
+                    .data
+            }
             other => {
                 return Err(Error::invalid(
                     format!("{field}.{other}"),
-                    "unknown source kind (url, base64, artifact)",
+                    "unknown source kind (url, base64, artifact, s3)",
                 ));
             }
         };
@@ -549,6 +670,92 @@ mod tests {
         assert!(d(serde_json::json!("abc")).is_err());
         assert!(d(serde_json::json!(1e12)).is_err());
         assert!(d(serde_json::json!([1])).is_err());
+    }
+
+    #[test]
+    fn store_targets_come_out_of_output() {
+        let mut args = serde_json::json!({"width": 10, "output": {"format": "webp",
+            "bucket": "b", "key": "k/x.webp", "contentType": "image/x"}});
+        let args = args.as_object_mut().unwrap();
+        let t = take_store_target(args).unwrap().unwrap();
+        assert_eq!(
+            t,
+            StoreTarget {
+                bucket: "b".into(),
+                key: "k/x.webp".into(),
+                content_type: Some("image/x".into())
+            }
+        );
+        assert_eq!(args["output"], serde_json::json!({"format": "webp"}));
+        // Only a target: `output` goes away (functions without encoder options).
+        let mut only = serde_json::json!({"output": {"bucket": "b", "key": "k"}});
+        let only = only.as_object_mut().unwrap();
+        assert!(take_store_target(only).unwrap().is_some());
+        assert!(!only.contains_key("output"));
+        // Encoder options only: untouched.
+        let mut enc = serde_json::json!({"output": {"format": "png"}});
+        let enc = enc.as_object_mut().unwrap();
+        assert!(take_store_target(enc).unwrap().is_none());
+        assert_eq!(enc["output"], serde_json::json!({"format": "png"}));
+        let field = |v: Value| match take_store_target(v.clone().as_object_mut().unwrap()) {
+            Err(Error::Invalid { field, .. }) => field,
+            other => panic!("{v}: {other:?}"),
+        };
+        assert_eq!(
+            field(serde_json::json!({"output": {"bucket": "b"}})),
+            "input.output.key"
+        );
+        assert_eq!(
+            field(serde_json::json!({"output": {"key": "k", "bucket": 3}})),
+            "input.output.bucket"
+        );
+        assert_eq!(
+            field(serde_json::json!({"output": {"contentType": "x/y"}})),
+            "input.output.contentType"
+        );
+    }
+
+    /// An edge node has no buckets: a function asking to store its result, or to read
+    /// an `s3://` source, is refused naming the field, before any work.
+    #[tokio::test]
+    async fn without_a_sink_outputs_and_s3_sources_are_refused() {
+        let env =
+            ImageEnv::new(Fetcher::new(crate::fetch::FetchPolicy::default()).expect("fetcher"));
+        let run = |input: Value| {
+            let env = env.clone();
+            tokio::task::spawn_blocking(move || {
+                call(&env, "image.compose", Input::Json(input)).map(|_| ())
+            })
+        };
+        let e = run(serde_json::json!({"width": 8, "height": 8,
+            "output": {"format": "png", "bucket": "b", "key": "k.png"}}))
+        .await
+        .unwrap()
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid { field, message } if field == "input.output" && message.contains("placement.cloud")),
+            "{e}"
+        );
+        let env2 = env.clone();
+        let e = tokio::task::spawn_blocking(move || {
+            call(
+                &env2,
+                "image.info",
+                Input::Json(serde_json::json!({"image": "s3://b/k.png"})),
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid { field, .. } if field == "input.image"),
+            "{e}"
+        );
+        // Without a target the same call works.
+        run(serde_json::json!({"width": 8, "height": 8, "output": {"format": "png"}}))
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[test]

@@ -10,7 +10,11 @@
 //! Sources: `http(s)://...` through the SSRF-guarded [`crate::fetch::Fetcher`];
 //! `artifact://SHA256` from the artifact store; `fn://NAME?JSON`, the output of the builtin
 //! image function `NAME` called with the JSON input — how QR codes, composed covers and
-//! video frames are served as URLs (the URL is signed, so its input is trusted).
+//! video frames are served as URLs (the URL is signed, so its input is trusted);
+//! `s3://BUCKET/KEY`, an object read through the host's [`verge_runtime::ObjectSink`]:
+//! from any bucket when the URL is signed (the signer is the operator), from public
+//! buckets only when it is not (`--img-allow-unsigned`), decision 032. The object's ETag
+//! is part of the cache key, so an overwritten object is never served from an old output.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +32,7 @@ use crate::cache::{self, DiskCache, Entry};
 use crate::functions::{self, ImageEnv};
 use crate::imgproxy::{self, SigningKeys};
 use crate::{Error, Result};
+use verge_runtime::objects::parse_s3_url;
 
 /// Name of the server-configured watermark in pipelines (`wm:` option).
 pub const WATERMARK_ASSET: &str = "watermark";
@@ -120,18 +125,54 @@ impl ImgService {
     pub async fn serve(&self, path: &str, accept: Option<&str>) -> Result<Served> {
         let req = imgproxy::parse(path, &self.cfg.keys, self.cfg.allow_unsigned)?;
         let accepts_webp = accept.is_some_and(|a| a.contains("image/webp"));
-        let key = format!(
-            "v1|{}|{}|{:?}|{}|{}",
-            req.options.canonical(),
-            req.source,
-            req.extension,
-            accepts_webp,
-            self.watermark_tag
-        );
-        if let Some(entry) = self.cache.as_ref().and_then(|c| c.get(&key)) {
+        // Only a URL signed with a configured key may read private buckets.
+        let signed =
+            !self.cfg.keys.is_empty() && self.cfg.keys.verify(&req.signature, &req.signed_path);
+        let cache_key = |version: &str| {
+            format!(
+                "v1|{}|{}|{version}|{:?}|{}|{}",
+                req.options.canonical(),
+                req.source,
+                req.extension,
+                accepts_webp,
+                self.watermark_tag
+            )
+        };
+        let object = match parse_s3_url(&req.source) {
+            Some(o) => Some(o),
+            None if req.source.starts_with("s3://") => {
+                return Err(Error::invalid("source", "expected s3://BUCKET/KEY"));
+            }
+            None => None,
+        };
+        let mut key = cache_key("-");
+        if let (Some((bucket, object_key)), Some(cache)) = (object, &self.cache) {
+            let etag = self
+                .objects()?
+                .etag(bucket, object_key, !signed)
+                .await
+                .map_err(source_error)?;
+            key = cache_key(&etag);
+            if let Some(entry) = cache.get(&key) {
+                return Ok(Served { entry, hit: true });
+            }
+        } else if let Some(entry) = self.cache.as_ref().and_then(|c| c.get(&key)) {
             return Ok(Served { entry, hit: true });
         }
-        let source = self.source(&req.source).await?;
+        let source = match object {
+            Some((bucket, object_key)) => {
+                let max = self.env.limits.max_input_bytes as u64;
+                let o = self
+                    .objects()?
+                    .get(bucket, object_key, max, !signed)
+                    .await
+                    .map_err(source_error)?;
+                // Cached under the version actually read.
+                key = cache_key(&o.etag);
+                o.data
+            }
+            None => self.source(&req.source).await?,
+        };
         let permit = self
             .permits
             .acquire()
@@ -183,6 +224,13 @@ impl ImgService {
         Ok(Served { entry, hit: false })
     }
 
+    fn objects(&self) -> Result<Arc<dyn verge_runtime::ObjectSink>> {
+        self.env
+            .objects
+            .get()
+            .ok_or_else(|| Error::invalid("source", "s3:// sources are not available here"))
+    }
+
     /// The bytes of a source URL.
     async fn source(&self, src: &str) -> Result<Bytes> {
         let max = self.env.limits.max_input_bytes as u64;
@@ -228,7 +276,7 @@ impl ImgService {
         }
         Err(Error::invalid(
             "source",
-            "expected http(s)://, artifact://SHA256 or fn://NAME?JSON",
+            "expected http(s)://, artifact://SHA256, s3://BUCKET/KEY or fn://NAME?JSON",
         ))
     }
 }
@@ -275,6 +323,15 @@ async fn handle(State(svc): State<Arc<ImgService>>, uri: Uri, headers: HeaderMap
             )
                 .into_response()
         }
+    }
+}
+
+/// An object store error of an `s3://` source.
+fn source_error(e: verge_runtime::ObjectError) -> Error {
+    Error::Object {
+        field: "source".into(),
+        kind: e.kind,
+        message: e.message,
     }
 }
 
@@ -341,7 +398,8 @@ pub fn openapi_paths() -> utoipa::openapi::Paths {
                     "`{signature}/{option}/…/plain/{percent-encoded source}@{ext}` or \
                      `{signature}/{option}/…/{base64url source}.{ext}`; several segments \
                      (send the slashes as they are). Sources: http(s)://, \
-                     artifact://SHA256, fn://NAME?JSON",
+                     artifact://SHA256, s3://BUCKET/KEY (signed: any bucket; unsigned: \
+                     public buckets only), fn://NAME?JSON",
                 ))
                 .schema(Some(string()))
                 .build(),

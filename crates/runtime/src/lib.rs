@@ -23,6 +23,8 @@
 //!   rlimit fallback, per worker.
 //! - **Environment**: cleared; the worker gets `PATH`, `HOME`, `LANG` from the parent,
 //!   then the function's `env`.
+//! - **Objects** ([`objects`]): the [`ObjectSink`] a host installs in an [`ObjectSlot`]
+//!   for its builtins (the cloud's buckets; none on an edge node).
 //! - Inline code is written to `work_dir/<name>/<version>/`; old versions' directories
 //!   are left in place.
 
@@ -30,6 +32,7 @@ pub mod bench;
 mod builtin;
 mod error;
 pub mod frame;
+pub mod objects;
 mod pool;
 pub mod sandbox;
 pub mod spec;
@@ -48,6 +51,7 @@ use tokio::sync::{OnceCell, Semaphore};
 
 pub use builtin::{BuiltinError, Registry};
 pub use error::{Error, Result};
+pub use objects::{ObjectError, ObjectErrorKind, ObjectSink, ObjectSlot, StoredObject};
 pub use sandbox::{SandboxConfig, SandboxMode, SandboxStatus};
 
 use builtin::BuiltinFn;

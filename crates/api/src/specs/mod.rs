@@ -35,7 +35,8 @@ pub use secret::{
 };
 pub use task::TaskSpec;
 pub use trigger::{
-    Due, FiresOn, MissedPolicy, MissedPolicyMode, Schedule, TriggerSpec, parse_schedule,
+    Due, EventSource, EventType, FiresOn, MAX_EVENT_AFFIX_BYTES, MissedPolicy, MissedPolicyMode,
+    Schedule, Sink, TriggerSpec, parse_schedule,
 };
 
 /// The cron schedule type [`parse_schedule`] returns (re-exported so users need not

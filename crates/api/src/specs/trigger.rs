@@ -1,4 +1,9 @@
-//! `Trigger`: starts a task of a function on a cron schedule.
+//! `Trigger`: starts a task of a function on a cron schedule (`schedule`), or on object
+//! events of a bucket (`event`), delivered to a function or a webhook (`sink`).
+//!
+//! Pure: the spec, its validation, the schedule arithmetic and which object events a
+//! trigger matches ([`EventSource::matches`]). Firing lives in `verge-cloud`
+//! (`functions/triggers.rs` for schedules, `events/` for object events) and the edge.
 
 use croner::Cron;
 use croner::errors::CronError;
@@ -8,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::ValidationError;
 use crate::limits::*;
 use crate::specs::common::TaskTarget;
-use crate::validate::{check_dns_label, check_json_size, check_len, check_range};
+use crate::specs::{check_bucket_name, check_object_key};
+use crate::validate::{check_dns_label, check_http_url, check_json_size, check_len, check_range};
 
 /// Spec of a `Trigger`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,14 +23,24 @@ use crate::validate::{check_dns_label, check_json_size, check_len, check_range};
 pub struct TriggerSpec {
     /// Cron schedule: 5 fields (`*/5 * * * *`) or 6 with leading seconds. Ranges,
     /// steps, lists, month and weekday names, `@daily`-style nicknames, and the `L`, `W`,
-    /// `#` extensions are accepted.
-    pub schedule: String,
+    /// `#` extensions are accepted. Exactly one of `schedule` and `event`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Object events of a bucket (CloudEvents `dev.verge.object.created` / `.deleted`).
+    /// Exactly one of `schedule` and `event`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<EventSource>,
     /// IANA timezone name the schedule is evaluated in; UTC when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
-    /// Function to run (DNS-1123 label).
-    pub function: String,
-    /// Input handed to every task started.
+    /// Function to run (DNS-1123 label); with `event`, its input is the CloudEvent.
+    /// Exactly one of `function` and `sink`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// A webhook each matching object event is POSTed to (only with `event`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<Sink>,
+    /// Input handed to every task started (only with `schedule`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -33,6 +49,110 @@ pub struct TriggerSpec {
     /// skip).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missed_policy: Option<MissedPolicy>,
+}
+
+/// Which object events of a bucket a trigger takes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EventSource {
+    /// The bucket (3..=63 characters of a-z, 0-9 and '-').
+    pub bucket: String,
+    /// `created` (a new object or an overwrite) and/or `deleted`; not empty, no repeats.
+    pub types: Vec<EventType>,
+    /// Only keys starting with this (at most 1024 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Only keys ending with this (at most 1024 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<String>,
+}
+
+/// An object event type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum EventType {
+    /// `dev.verge.object.created`: an object was stored (new or overwritten).
+    Created,
+    /// `dev.verge.object.deleted`: an object was deleted.
+    Deleted,
+}
+
+impl EventType {
+    /// The CloudEvents `type` attribute.
+    pub fn cloudevent_type(self) -> &'static str {
+        match self {
+            EventType::Created => "dev.verge.object.created",
+            EventType::Deleted => "dev.verge.object.deleted",
+        }
+    }
+}
+
+/// A webhook target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Sink {
+    /// `http://` or `https://` URL (at most 2048 bytes); reached through the cloud's
+    /// outbound guard (public addresses only unless allowed).
+    pub url: String,
+}
+
+/// Longest `spec.event.prefix` / `suffix`, in bytes (an S3 key's limit).
+pub const MAX_EVENT_AFFIX_BYTES: usize = 1024;
+
+impl EventSource {
+    /// Whether an event of `ty` on `bucket`/`key` is one this trigger takes.
+    pub fn matches(&self, bucket: &str, key: &str, ty: EventType) -> bool {
+        self.bucket == bucket
+            && self.types.contains(&ty)
+            && self.prefix.as_deref().is_none_or(|p| key.starts_with(p))
+            && self.suffix.as_deref().is_none_or(|s| key.ends_with(s))
+    }
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        check_bucket(&self.bucket, "spec.event.bucket")?;
+        if self.types.is_empty() {
+            return Err(ValidationError::new(
+                "spec.event.types",
+                "must name at least one of created, deleted",
+            ));
+        }
+        for (i, t) in self.types.iter().enumerate() {
+            if self.types[..i].contains(t) {
+                return Err(ValidationError::new(
+                    format!("spec.event.types[{i}]"),
+                    format!("{} is listed twice", t.cloudevent_type()),
+                ));
+            }
+        }
+        for (value, field) in [
+            (&self.prefix, "spec.event.prefix"),
+            (&self.suffix, "spec.event.suffix"),
+        ] {
+            if let Some(v) = value {
+                check_len(v, field, MAX_EVENT_AFFIX_BYTES)?;
+                check_object_key(v, true).map_err(|m| ValidationError::new(field, m))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A bucket name as buckets are named ([`check_bucket_name`]); the error quotes at
+/// most 80 characters of it.
+fn check_bucket(name: &str, field: &str) -> Result<(), ValidationError> {
+    check_bucket_name(name).map_err(|_| {
+        ValidationError::new(
+            field,
+            format!(
+                "{:?} is not a valid bucket name: 3 to 63 characters of a-z, 0-9 and '-', \
+                 starting and ending with a letter or digit",
+                name.chars().take(80).collect::<String>()
+            ),
+        )
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,7 +285,13 @@ pub const ON_TIME_GRACE_MS: i64 = 30_000;
 impl Schedule {
     /// The schedule of a valid spec (see [`TriggerSpec::validate`]).
     pub fn of(spec: &TriggerSpec) -> Result<Schedule, ValidationError> {
-        let cron = parse_schedule(&spec.schedule)
+        let Some(schedule) = spec.schedule.as_deref() else {
+            return Err(ValidationError::new(
+                "spec.schedule",
+                "not set (an event trigger has no schedule)",
+            ));
+        };
+        let cron = parse_schedule(schedule)
             .map_err(|message| ValidationError::new("spec.schedule", message))?;
         let tz = match &spec.timezone {
             Some(tz) => {
@@ -295,6 +421,10 @@ impl TriggerSpec {
         let Some(function) = function else {
             return false;
         };
+        // Object events are dispatched by the cloud only.
+        if self.schedule.is_none() {
+            return false;
+        }
         if self.fires_on(function.in_cloud()) != FiresOn::Nodes {
             return false;
         }
@@ -310,12 +440,72 @@ impl TriggerSpec {
     }
 
     pub fn validate(&self) -> Result<(), ValidationError> {
-        parse_schedule(&self.schedule)
-            .map_err(|message| ValidationError::new("spec.schedule", message))?;
+        match (&self.schedule, &self.event) {
+            (Some(schedule), None) => {
+                parse_schedule(schedule)
+                    .map_err(|message| ValidationError::new("spec.schedule", message))?;
+            }
+            (None, Some(event)) => {
+                event.validate()?;
+                for (set, field) in [
+                    (self.timezone.is_some(), "spec.timezone"),
+                    (self.input.is_some(), "spec.input"),
+                    (self.missed_policy.is_some(), "spec.missedPolicy"),
+                ] {
+                    if set {
+                        return Err(ValidationError::new(
+                            field,
+                            "may only be set with spec.schedule (an event trigger's input is the event)",
+                        ));
+                    }
+                }
+            }
+            (Some(_), Some(_)) => {
+                return Err(ValidationError::new(
+                    "spec.event",
+                    "set either spec.schedule or spec.event, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(ValidationError::new(
+                    "spec.schedule",
+                    "one of spec.schedule or spec.event is required",
+                ));
+            }
+        }
         if let Some(tz) = &self.timezone {
             check_timezone(tz)?;
         }
-        check_dns_label(&self.function, "spec.function")?;
+        match (&self.function, &self.sink) {
+            (Some(function), None) => check_dns_label(function, "spec.function")?,
+            (None, Some(sink)) => {
+                if self.event.is_none() {
+                    return Err(ValidationError::new(
+                        "spec.sink",
+                        "may only be set with spec.event",
+                    ));
+                }
+                if self.target.is_some() {
+                    return Err(ValidationError::new(
+                        "spec.target",
+                        "may only be set with spec.function",
+                    ));
+                }
+                check_http_url(&sink.url, "spec.sink.url")?;
+            }
+            (Some(_), Some(_)) => {
+                return Err(ValidationError::new(
+                    "spec.sink",
+                    "set either spec.function or spec.sink, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(ValidationError::new(
+                    "spec.function",
+                    "one of spec.function or spec.sink is required",
+                ));
+            }
+        }
         if let Some(input) = &self.input {
             check_json_size(input, "spec.input", MAX_INPUT_BYTES)?;
         }
@@ -390,9 +580,11 @@ mod tests {
 
     fn schedule(expr: &str, tz: Option<&str>) -> Schedule {
         Schedule::of(&TriggerSpec {
-            schedule: expr.into(),
+            schedule: Some(expr.into()),
+            event: None,
             timezone: tz.map(Into::into),
-            function: "f".into(),
+            function: Some("f".into()),
+            sink: None,
             input: None,
             target: None,
             missed_policy: None,
@@ -444,9 +636,11 @@ mod tests {
         let midnight_utc = 1_700_006_400_000; // 2023-11-15T00:00:00Z
         assert_eq!(s.next_after(midnight_utc - 1), Some(midnight_utc));
         let bad = TriggerSpec {
-            schedule: "* * * * *".into(),
+            schedule: Some("* * * * *".into()),
+            event: None,
             timezone: Some("Mars/Olympus".into()),
-            function: "f".into(),
+            function: Some("f".into()),
+            sink: None,
             input: None,
             target: None,
             missed_policy: None,
@@ -477,5 +671,156 @@ mod tests {
                 .unwrap_err()
                 .ends_with("illegal character '@' in part '@X'")
         );
+    }
+
+    fn parse(v: serde_json::Value) -> TriggerSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn field_of(v: serde_json::Value) -> String {
+        parse(v).validate().unwrap_err().field
+    }
+
+    #[test]
+    fn event_triggers_validate_every_field_by_name() {
+        use serde_json::json;
+        let ok = json!({"event": {"bucket": "uploads", "types": ["created"], "prefix": "in/",
+            "suffix": ".jpg"}, "function": "thumb"});
+        parse(ok.clone()).validate().unwrap();
+        parse(
+            json!({"event": {"bucket": "uploads", "types": ["created", "deleted"]},
+            "sink": {"url": "https://hooks.example.com/x"}}),
+        )
+        .validate()
+        .unwrap();
+        let long = "k".repeat(MAX_EVENT_AFFIX_BYTES + 1);
+        for (spec, field) in [
+            (json!({"function": "f"}), "spec.schedule"),
+            (
+                json!({"schedule": "* * * * *", "event": ok["event"], "function": "f"}),
+                "spec.event",
+            ),
+            (
+                json!({"event": {"bucket": "Up", "types": ["created"]}, "function": "f"}),
+                "spec.event.bucket",
+            ),
+            (
+                json!({"event": {"bucket": "ab", "types": ["created"]}, "function": "f"}),
+                "spec.event.bucket",
+            ),
+            (
+                json!({"event": {"bucket": "-abc", "types": ["created"]}, "function": "f"}),
+                "spec.event.bucket",
+            ),
+            (
+                json!({"event": {"bucket": "a".repeat(64), "types": ["created"]}, "function": "f"}),
+                "spec.event.bucket",
+            ),
+            (
+                json!({"event": {"bucket": "a.b.c", "types": ["created"]}, "function": "f"}),
+                "spec.event.bucket",
+            ),
+            (
+                json!({"event": {"bucket": "abc", "types": []}, "function": "f"}),
+                "spec.event.types",
+            ),
+            (
+                json!({"event": {"bucket": "abc", "types": ["created", "created"]}, "function": "f"}),
+                "spec.event.types[1]",
+            ),
+            (
+                json!({"event": {"bucket": "abc", "types": ["created"], "prefix": long}, "function": "f"}),
+                "spec.event.prefix",
+            ),
+            (
+                json!({"event": {"bucket": "abc", "types": ["created"], "suffix": long}, "function": "f"}),
+                "spec.event.suffix",
+            ),
+            (
+                json!({"event": {"bucket": "abc", "types": ["created"], "prefix": "a\u{0}b"}, "function": "f"}),
+                "spec.event.prefix",
+            ),
+            (json!({"event": ok["event"]}), "spec.function"),
+            (
+                json!({"event": ok["event"], "function": "f", "sink": {"url": "https://x.example"}}),
+                "spec.sink",
+            ),
+            (
+                json!({"event": ok["event"], "sink": {"url": "ftp://x.example"}}),
+                "spec.sink.url",
+            ),
+            (
+                json!({"event": ok["event"], "sink": {"url": format!("https://x.example/{}", "a".repeat(3000))}}),
+                "spec.sink.url",
+            ),
+            (
+                json!({"event": ok["event"], "sink": {"url": "https://x.example"}, "target": {"node": "n"}}),
+                "spec.target",
+            ),
+            (
+                json!({"schedule": "* * * * *", "sink": {"url": "https://x.example"}}),
+                "spec.sink",
+            ),
+            (
+                json!({"event": ok["event"], "function": "f", "input": {}}),
+                "spec.input",
+            ),
+            (
+                json!({"event": ok["event"], "function": "f", "timezone": "UTC"}),
+                "spec.timezone",
+            ),
+            (
+                json!({"event": ok["event"], "function": "F!"}),
+                "spec.function",
+            ),
+        ] {
+            assert_eq!(field_of(spec.clone()), field, "{spec}");
+        }
+        // Unknown types are refused by the shape.
+        assert!(
+            serde_json::from_value::<TriggerSpec>(
+                json!({"event": {"bucket": "abc", "types": ["updated"]}, "function": "f"})
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn an_event_source_matches_bucket_type_prefix_and_suffix() {
+        let e = parse(
+            serde_json::json!({"event": {"bucket": "uploads", "types": ["created"],
+            "prefix": "in/", "suffix": ".jpg"}, "function": "f"}),
+        )
+        .event
+        .unwrap();
+        assert!(e.matches("uploads", "in/a.jpg", EventType::Created));
+        assert!(!e.matches("uploads", "in/a.jpg", EventType::Deleted));
+        assert!(!e.matches("other", "in/a.jpg", EventType::Created));
+        assert!(!e.matches("uploads", "out/a.jpg", EventType::Created));
+        assert!(!e.matches("uploads", "in/a.png", EventType::Created));
+        let all = EventSource {
+            bucket: "uploads".into(),
+            types: vec![EventType::Deleted, EventType::Created],
+            prefix: None,
+            suffix: None,
+        };
+        assert!(all.matches("uploads", "", EventType::Deleted));
+        assert_eq!(
+            EventType::Deleted.cloudevent_type(),
+            "dev.verge.object.deleted"
+        );
+    }
+
+    #[test]
+    fn event_triggers_are_never_fired_by_nodes() {
+        let spec = parse(
+            serde_json::json!({"event": {"bucket": "uploads", "types": ["created"]},
+            "function": "f", "target": {"node": "n1"}}),
+        );
+        let f: crate::specs::FunctionSpec =
+            serde_json::from_value(serde_json::json!({"runtime": "builtin", "handler": "echo"}))
+                .unwrap();
+        assert!(!spec.fired_by("n1", &Default::default(), Some(&f)));
+        assert!(Schedule::of(&spec).is_err());
     }
 }

@@ -20,7 +20,10 @@
 
 pub mod blobs;
 pub mod controller;
+pub mod http_semantics;
 pub mod listing;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -910,81 +913,5 @@ impl Buckets {
             }
         }
         Ok(keep)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn buckets(dir: &std::path::Path) -> (Buckets, DynStore) {
-        let store: DynStore = Arc::new(verge_store::MemStore::new());
-        let (_tx, rx) = tokio::sync::watch::channel(false);
-        let specs = crate::controller::Informers::new(store.clone(), rx).cache(Kind::Bucket);
-        let b = Buckets::new(store.clone(), BlobStore::open(dir).unwrap(), specs);
-        b.create_bucket("mpu", Labels::new()).await.unwrap();
-        (b, store)
-    }
-
-    fn body(data: Vec<u8>) -> impl Stream<Item = std::result::Result<Bytes, std::io::Error>> {
-        futures::stream::iter([Ok(Bytes::from(data))])
-    }
-
-    #[tokio::test]
-    async fn complete_retried_after_a_crash_mid_cleanup_answers_the_object() {
-        let dir = tempfile::tempdir().unwrap();
-        let (b, store) = buckets(dir.path()).await;
-        let id = b
-            .create_upload("mpu", "k", PutMeta::default())
-            .await
-            .unwrap();
-        let upload = store
-            .get(&format!("{UPLOADS_PREFIX}mpu/{id}"))
-            .await
-            .unwrap()
-            .unwrap();
-        let e1 = b
-            .upload_part(
-                "mpu",
-                "k",
-                &id,
-                1,
-                body(vec![1; MIN_PART_SIZE as usize]),
-                None,
-            )
-            .await
-            .unwrap();
-        let e2 = b
-            .upload_part("mpu", "k", &id, 2, body(vec![2; 10]), None)
-            .await
-            .unwrap();
-        let parts = [(1, e1), (2, e2)];
-        let rec = b.complete_upload("mpu", "k", &id, &parts).await.unwrap();
-        assert!(rec.etag.ends_with("-2\""));
-        // A crash after the commit, with the parts removed but not the upload record.
-        store
-            .create(&upload.key, upload.value.clone(), Labels::new())
-            .await
-            .unwrap();
-        let again = b.complete_upload("mpu", "k", &id, &parts).await.unwrap();
-        assert_eq!(again, rec);
-        assert!(
-            store.get(&upload.key).await.unwrap().is_none(),
-            "cleaned up"
-        );
-        // And once more, with nothing of the upload left.
-        assert_eq!(
-            b.complete_upload("mpu", "k", &id, &parts).await.unwrap(),
-            rec
-        );
-        // Another upload of the key is not answered with this object.
-        let other = b
-            .create_upload("mpu", "k", PutMeta::default())
-            .await
-            .unwrap();
-        match b.complete_upload("mpu", "k", &other, &parts).await {
-            Err(Error::Bucket { code, .. }) => assert_eq!(code, Code::InvalidPart),
-            other => panic!("{other:?}"),
-        }
     }
 }

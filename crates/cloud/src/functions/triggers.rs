@@ -1,6 +1,7 @@
 //! Cron triggers the cloud fires (a `nodeSelector` target or a cloud-placed function;
 //! see [`TriggerSpec::fires_on`]), as a controller on the one runtime
-//! ([`crate::controller`]).
+//! ([`crate::controller`]). Object-event triggers (`spec.event`) are not this
+//! controller's: [`crate::events`] dispatches them.
 //!
 //! Each due fire time becomes a Task whose idempotency key names the trigger and the
 //! fire time, so a restart (or a reconcile on a stale read) never starts it twice. The
@@ -55,9 +56,13 @@ pub fn status_of(trigger: &Object) -> TriggerStatus {
 
 /// The pure rule: `trigger`'s status and due fires at `now_ms`, given the Function it
 /// names (`None`: not found). `None` when the spec or its schedule does not parse
-/// (validation keeps those out; such an object is left alone).
+/// (validation keeps those out; such an object is left alone), and for an object-event
+/// trigger (`spec.event`: the events dispatcher's, [`crate::events`]).
 pub fn decide(trigger: &Object, function: Option<&FunctionSpec>, now_ms: i64) -> Option<Decision> {
     let spec = serde_json::from_value::<TriggerSpec>(trigger.spec.clone()).ok()?;
+    if spec.event.is_some() {
+        return None;
+    }
     let schedule = Schedule::of(&spec).ok()?;
     let fires_on = spec.fires_on(function.is_some_and(FunctionSpec::in_cloud));
     let mut status = status_of(trigger);
@@ -66,7 +71,10 @@ pub fn decide(trigger: &Object, function: Option<&FunctionSpec>, now_ms: i64) ->
     status.fires_on = Some(fires_on);
     status.next_fire_ms = next;
     status.message = match function {
-        None => Some(format!("function {:?} not found", spec.function)),
+        None => Some(format!(
+            "function {:?} not found",
+            spec.function.as_deref().unwrap_or_default()
+        )),
         Some(_) => None,
     };
     let mut fires = Vec::new();
@@ -172,11 +180,14 @@ impl TriggerController {
         let Ok(spec) = serde_json::from_value::<TriggerSpec>(trigger.spec.clone()) else {
             return;
         };
+        let Some(function) = spec.function.clone() else {
+            return;
+        };
         let name = &trigger.metadata.name;
         let uid = trigger.metadata.uid.clone().unwrap_or_default();
         for &at in fires {
             let task = TaskSpec {
-                function: spec.function.clone(),
+                function: function.clone(),
                 input: spec.input.clone(),
                 target: spec.target.clone(),
                 callback_url: None,
@@ -274,5 +285,14 @@ mod tests {
             Value::Null,
         );
         assert!(decide(&bad, Some(&cloud_fn()), T0).is_none());
+    }
+
+    #[test]
+    fn event_triggers_are_left_to_the_events_dispatcher() {
+        let t = trigger(
+            json!({"event": {"bucket": "uploads", "types": ["created"]}, "function": "echo"}),
+            Value::Null,
+        );
+        assert!(decide(&t, Some(&cloud_fn()), T0).is_none());
     }
 }

@@ -5,9 +5,11 @@
 
 pub mod artifacts;
 mod body;
+pub mod deadletters;
 pub mod extract;
 pub mod functions;
 pub mod join;
+pub mod objects;
 pub mod openapi;
 pub mod resources;
 pub mod routes;
@@ -94,6 +96,14 @@ fn method_router(st: &SharedState, r: &Route) -> MethodRouter<SharedState> {
         Op::ListArtifacts => on(m, artifacts::list),
         Op::UploadArtifact => on(m, artifacts::upload),
         Op::GetArtifact => on(m, artifacts::download),
+        Op::Cdn => on(m, objects::cdn),
+        Op::ListObjects => on(m, objects::list),
+        Op::GetObject => on(m, objects::download),
+        Op::PutObject => on(m, objects::upload),
+        Op::DeleteObject => on(m, objects::delete),
+        Op::ListDeadLetters => on(m, deadletters::list),
+        Op::RedriveDeadLetter => on(m, deadletters::redrive),
+        Op::DropDeadLetter => on(m, deadletters::drop),
         Op::Join => on(m, join::join),
         Op::ClusterCa => on(m, join::cluster_ca),
         Op::ClusterInfo => on(m, cluster_info),

@@ -279,6 +279,19 @@ fn query_param(name: &str, schema: ObjectBuilder, desc: &str) -> utoipa::openapi
         .build()
 }
 
+/// A bucket name (3..=63 of a-z, 0-9, '-', letters or digits at both ends).
+pub const BUCKET_PATTERN: &str = "^[a-z0-9][-a-z0-9]{1,61}[a-z0-9]$";
+/// A dead letter id: the event id (16 hex digits), `.`, the trigger's name.
+pub const DEAD_LETTER_ID_PATTERN: &str = "^[0-9a-f]{16}\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+fn dead_letter_id_param() -> utoipa::openapi::path::Parameter {
+    path_param(
+        "id",
+        string().pattern(Some(DEAD_LETTER_ID_PATTERN)),
+        "the dead letter's id: `{event id}.{trigger}`",
+    )
+}
+
 fn name_param() -> utoipa::openapi::path::Parameter {
     path_param(
         "name",
@@ -784,6 +797,211 @@ fn describe(op: Op) -> OperationBuilder {
             .response("404", error("no such artifact"))
             .response("416", error("range not satisfiable"))
         }
+        Op::Cdn | Op::GetObject => {
+            let bytes = |desc: &str| {
+                ResponseBuilder::new()
+                    .description(desc)
+                    .content(
+                        "*/*",
+                        content(
+                            string().format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary))),
+                        ),
+                    )
+                    .build()
+            };
+            let header = |name: &str, desc: &str| {
+                ParameterBuilder::new()
+                    .name(name)
+                    .parameter_in(ParameterIn::Header)
+                    .required(Required::False)
+                    .description(Some(desc))
+                    .schema(Some(string()))
+                    .build()
+            };
+            let o = if op == Op::Cdn {
+                op_builder(
+                    "getPublicObject".into(),
+                    "An object of a public bucket (no token; HEAD too). A private or \
+                     missing bucket answers like a missing object"
+                        .into(),
+                )
+                .parameter(path_param("bucket", string(), "a public bucket"))
+            } else {
+                op_builder(
+                    "getObject".into(),
+                    "Download an object (HEAD too; any role)".into(),
+                )
+                .parameter(name_param())
+            };
+            let o = o
+                .parameter(path_param(
+                    "key",
+                    string(),
+                    "the object key; may contain `/` (send it as it is)",
+                ))
+                .parameter(header("Range", "one range: bytes=N-, bytes=N-M or bytes=-N"))
+                .parameter(header("If-None-Match", "ETags; a match answers 304"))
+                .parameter(header("If-Modified-Since", "an HTTP date; 304 when not newer"))
+                .parameter(header("If-Match", "ETags; no match answers 412"))
+                .parameter(header("If-Unmodified-Since", "an HTTP date; 412 when newer"))
+                .parameter(header("If-Range", "an ETag or date; the Range applies only if it holds"))
+                .response(
+                    "200",
+                    bytes(
+                        "the object; ETag, Last-Modified, Cache-Control, Content-Type, \
+                         Content-Length, Accept-Ranges",
+                    ),
+                )
+                .response("206", bytes("the requested range, with Content-Range"))
+                .response(
+                    "304",
+                    ResponseBuilder::new()
+                        .description("not modified (If-None-Match / If-Modified-Since)")
+                        .build(),
+                )
+                .response(
+                    "412",
+                    ResponseBuilder::new()
+                        .description("If-Match / If-Unmodified-Since did not hold")
+                        .build(),
+                )
+                .response(
+                    "416",
+                    ResponseBuilder::new()
+                        .description("range not satisfiable; Content-Range: bytes */SIZE")
+                        .build(),
+                );
+            if op == Op::Cdn {
+                o.response("404", error("no such public object"))
+            } else {
+                o.response("404", error("no such bucket or object"))
+            }
+        }
+        Op::ListObjects => op_builder(
+            "listObjects".into(),
+            "List a bucket's objects, a page at a time (any role)".into(),
+        )
+        .parameter(name_param())
+        .parameter(query_param("prefix", string(), "only keys starting with this"))
+        .parameter(query_param(
+            "delimiter",
+            string(),
+            "roll keys up to the first delimiter after the prefix into commonPrefixes",
+        ))
+        .parameter(query_param(
+            "after",
+            string(),
+            "list after this key (a page's nextAfter)",
+        ))
+        .parameter(query_param(
+            "limit",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .maximum(Some(1000)),
+            "most keys and prefixes (1000 when unset)",
+        ))
+        .response(
+            "200",
+            ok(
+                "{items: [{key, size, etag, lastModified, contentType}], commonPrefixes, \
+                 truncated, nextAfter?}",
+                ObjectBuilder::new().schema_type(Type::Object),
+            ),
+        )
+        .response("400", error("a bad bucket name or query parameter"))
+        .response("404", error("no such bucket")),
+        Op::PutObject => op_builder(
+            "putObject".into(),
+            "Upload an object: the raw body, its Content-Type and Cache-Control, \
+             Content-Disposition, Content-Encoding, Content-Language, Expires are kept \
+             (operator or admin)"
+                .into(),
+        )
+        .parameter(name_param())
+        .parameter(path_param(
+            "key",
+            string(),
+            "the object key (1..=1024 bytes); may contain `/`",
+        ))
+        .request_body(Some(
+            RequestBodyBuilder::new()
+                .required(Some(Required::True))
+                .content(
+                    "*/*",
+                    content(string().format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))),
+                )
+                .build(),
+        ))
+        .response(
+            "200",
+            ok(
+                "stored: the object's record {etag, size, sha256, contentType, lastModified}",
+                ObjectBuilder::new().schema_type(Type::Object),
+            ),
+        )
+        .response(
+            "400",
+            error("a bad bucket name or key, or a body shorter than its Content-Length"),
+        )
+        .response("403", write_denied())
+        .response("404", error("no such bucket"))
+        .response(
+            "413",
+            error("larger than the bucket's maxObjectSize, or over its quota"),
+        ),
+        Op::DeleteObject => op_builder(
+            "deleteObject".into(),
+            "Delete an object (operator or admin)".into(),
+        )
+        .parameter(name_param())
+        .parameter(path_param("key", string(), "the object key"))
+        .response(
+            "204",
+            ResponseBuilder::new().description("deleted").build(),
+        )
+        .response("400", error("a bad bucket name"))
+        .response("403", write_denied())
+        .response("404", error("no such bucket or object")),
+        Op::ListDeadLetters => op_builder(
+            "listDeadLetters".into(),
+            "List dead-lettered object events, oldest first".into(),
+        )
+        .parameter(query_param(
+            "bucket",
+            string().pattern(Some(BUCKET_PATTERN)),
+            "only this bucket's",
+        ))
+        .response(
+            "200",
+            ok("dead letters", Ref::from_schema_name("DeadLetterList")),
+        )
+        .response("400", error("an unknown query parameter"))
+        .response("422", error("`bucket` is not a bucket name")),
+        Op::RedriveDeadLetter => op_builder(
+            "redriveDeadLetter".into(),
+            "Deliver a dead-lettered event again (a new task, or a new webhook delivery), \
+             then drop it (operator or admin)"
+                .into(),
+        )
+        .parameter(dead_letter_id_param())
+        .response("200", ok("redriven", Ref::from_schema_name("Redriven")))
+        .response("403", write_denied())
+        .response(
+            "404",
+            error("no such dead letter, or the function it names does not exist"),
+        )
+        .response("422", error("the dead letter names no target"))
+        .response("429", error("too many unfinished tasks; retry later"))
+        .response("503", error("functions are not enabled")),
+        Op::DropDeadLetter => op_builder(
+            "dropDeadLetter".into(),
+            "Drop a dead letter (operator or admin)".into(),
+        )
+        .parameter(dead_letter_id_param())
+        .response("200", ok("dropped", Ref::from_schema_name("DeadLetter")))
+        .response("403", write_denied())
+        .response("404", error("no such dead letter")),
         Op::Join => body_errors(
             op_builder(
                 "join".into(),
@@ -915,6 +1133,13 @@ pub fn document(mounts: &[Mount]) -> OpenApi {
     components = add_schema::<crate::nodes::results::ResultRecord>(components);
     components = add_schema::<crate::artifacts::ArtifactInfo>(components);
     components = add_schema::<crate::artifacts::ArtifactList>(components);
+    components = add_schema::<crate::events::cloudevent::CloudEvent>(components);
+    components = add_schema::<crate::events::cloudevent::ObjectData>(components);
+    components = add_schema::<crate::events::deadletters::DeadLetter>(components);
+    components = add_schema::<crate::events::deadletters::Target>(components);
+    components = add_schema::<crate::events::deadletters::Redriven>(components);
+    components = add_schema::<super::deadletters::DeadLetterList>(components);
+    components = add_schema::<verge_api::specs::Sink>(components);
     components = add_schema::<super::join::JoinRequest>(components);
     components = add_schema::<super::join::JoinResponse>(components);
     components = handmade_schemas(components);

@@ -48,6 +48,16 @@ pub enum Op {
     ListArtifacts,
     UploadArtifact,
     GetArtifact,
+    /// `GET|HEAD /cdn/{bucket}/{*key}`: an object of a public bucket.
+    Cdn,
+    ListObjects,
+    /// GET and HEAD.
+    GetObject,
+    PutObject,
+    DeleteObject,
+    ListDeadLetters,
+    RedriveDeadLetter,
+    DropDeadLetter,
     Join,
     ClusterCa,
     ClusterInfo,
@@ -119,6 +129,18 @@ pub fn table() -> Vec<Route> {
             }
             _ => {}
         }
+        if kind == Kind::Bucket {
+            t.push(route(
+                Method::GET,
+                format!("{one}/objects"),
+                Token,
+                Op::ListObjects,
+            ));
+            let object = format!("{one}/objects/{{*key}}");
+            t.push(route(Method::GET, &object, Token, Op::GetObject));
+            t.push(route(Method::PUT, &object, Token, Op::PutObject));
+            t.push(route(Method::DELETE, &object, Token, Op::DeleteObject));
+        }
         if kind == Kind::Function {
             t.push(route(
                 Method::POST,
@@ -152,6 +174,25 @@ pub fn table() -> Vec<Route> {
             "/api/v1/artifacts/{sha256}",
             TokenOrNode,
             Op::GetArtifact,
+        ),
+        route(Method::GET, "/cdn/{bucket}/{*key}", Public, Op::Cdn),
+        route(
+            Method::GET,
+            "/api/v1/deadletters",
+            Token,
+            Op::ListDeadLetters,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/deadletters/{id}/redrive",
+            Token,
+            Op::RedriveDeadLetter,
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/deadletters/{id}",
+            Token,
+            Op::DropDeadLetter,
         ),
         route(Method::POST, "/api/v1/join", Public, Op::Join),
         route(Method::GET, "/api/v1/cluster/ca", Public, Op::ClusterCa),

@@ -286,7 +286,11 @@ impl Sync {
             }
         }
         for (name, (rev, o, spec)) in &cache.triggers {
-            let function = cache.functions.get(&spec.function).map(|(_, _, f)| f);
+            let function = spec
+                .function
+                .as_ref()
+                .and_then(|f| cache.functions.get(f))
+                .map(|(_, _, f)| f);
             if spec.fired_by(node, labels, function) {
                 set.insert(format!("Trigger/{name}"), (*rev, o.clone()));
             }
@@ -322,9 +326,14 @@ impl Sync {
         let (_, _, spec) = cache.triggers.get(name)?;
         let empty = BTreeMap::new();
         let labels = cache.node_labels.get(node).unwrap_or(&empty);
-        let function = cache.functions.get(&spec.function).map(|(_, _, f)| f);
+        let function = spec
+            .function
+            .as_ref()
+            .and_then(|f| cache.functions.get(f))
+            .map(|(_, _, f)| f);
         spec.fired_by(node, labels, function)
             .then(|| spec.function.clone())
+            .flatten()
     }
 
     async fn load_record(&self, node: &str) -> Option<Record> {
