@@ -1,5 +1,5 @@
 //! Crash safety of the S3 API (issue 16): `verge cloud` is killed with SIGKILL 20
-//! times while 32 clients upload objects (64–512 KiB) and one client runs a multipart
+//! times while 32 clients upload objects (64–256 KiB) and one client runs a multipart
 //! upload (3 × 5 MiB), each kill just after another of its steps (created, each part,
 //! completed). After every kill, before the restart, the store's own
 //! history under `/s3/objects/` (the object events, decision 033) holds a Put of every
@@ -8,7 +8,10 @@
 //! round's read back byte for byte, no listed object differs from a complete upload
 //! (no partial object), and the interrupted multipart upload still holds every part
 //! it acknowledged and completes (or, if its completion was committed, answers the
-//! same object).
+//! same object). At the end, across all 20 kills: every acknowledged object of ten
+//! uploaders had its `created` CloudEvent delivered to a webhook (at least once), and a
+//! function trigger on one uploader's prefix made exactly one task per event, each
+//! with its object's ETag.
 
 mod s3_common;
 
@@ -22,6 +25,7 @@ use futures::StreamExt;
 use rand::Rng;
 use reqwest::{Method, StatusCode};
 use s3_common::*;
+use serde_json::json;
 use verge_testkit::Cloud;
 
 const ROUNDS: usize = 20;
@@ -67,9 +71,9 @@ async fn uploader(
 ) {
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let key = format!("r{round:02}/u{id:02}-{n}");
+        let key = format!("u{id:02}/r{round:02}-{n}");
         let seed = (round as u64) << 40 | (id as u64) << 20 | n;
-        let len = (64 << 10) + (seed.wrapping_mul(2_654_435_761) % (448 << 10)) as usize;
+        let len = (64 << 10) + (seed.wrapping_mul(2_654_435_761) % (192 << 10)) as usize;
         let data = bytes_of(seed, len);
         let etag = quoted_md5(&data);
         let obj = Obj {
@@ -116,7 +120,7 @@ async fn multipart(
     reached: Arc<tokio::sync::Notify>,
 ) {
     let _notify = NotifyOnDrop(reached.clone());
-    let key = format!("/{BUCKET}/r{round:02}/mp.bin");
+    let key = format!("/{BUCKET}/mp/r{round:02}.bin");
     let data = mp_data(round);
     let step = |n: usize| {
         if n == stage {
@@ -184,9 +188,8 @@ async fn complete(
     id: &str,
 ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>)> {
     let round: usize = key
-        .split("/r")
-        .nth(1)
-        .and_then(|s| s.get(..2))
+        .rsplit_once("/r")
+        .and_then(|(_, s)| s.get(..2))
         .and_then(|s| s.parse().ok())
         .context("round in key")?;
     let data = mp_data(round);
@@ -293,14 +296,114 @@ async fn store_view(
     Ok((history, records))
 }
 
+/// The bodies a [`receiver`] got.
+type Received = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// A webhook receiver in the test process (it outlives every kill of the cloud): a
+/// plain TCP listener answering every request 204 and keeping its body.
+async fn receiver() -> Result<(String, Received)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    let got: Received = Arc::default();
+    let seen = got.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let mut need: Option<usize> = None;
+                loop {
+                    if let Some(n) = need
+                        && buf.len() >= n
+                    {
+                        break;
+                    }
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    if need.is_none()
+                        && let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n")
+                    {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        buf.drain(..i + 4);
+                        need = Some(len);
+                    }
+                }
+                seen.lock().unwrap().push(buf);
+                let _ = sock
+                    .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    Ok((url, got))
+}
+
+/// subject → ETags of the `created` CloudEvents the webhook got.
+fn delivered(got: &Received) -> HashMap<String, Vec<String>> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for body in got.lock().unwrap().iter() {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
+            && v["type"] == "dev.verge.object.created"
+        {
+            out.entry(v["subject"].as_str().unwrap_or_default().to_owned())
+                .or_default()
+                .push(v["data"]["eTag"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_uploads_survive_sigkill_and_nothing_partial_is_listed() -> Result<()> {
-    let (mut cloud, aws) = start().await?;
+    let (mut cloud, aws) = start_with(&["--outbound-allow-networks", "127.0.0.1/32"]).await?;
     aws.ok(&["s3", "mb", &format!("s3://{BUCKET}")]).await?;
+    // Events: a webhook for the objects of ten uploaders (`u0*`), a function for those
+    // of one (`u00/`); the store-level check above covers every object's event record.
+    let (hook_url, got) = receiver().await?;
+    cloud
+        .api(
+            Method::POST,
+            "/api/v1/functions",
+            Some(json!({"apiVersion": "verge.dev/v1", "kind": "Function", "metadata": {"name": "echo"},
+                "spec": {"runtime": "builtin", "handler": "echo", "placement": {"cloud": true}}})),
+        )
+        .await?;
+    for (name, spec) in [
+        (
+            "hook",
+            json!({"event": {"bucket": BUCKET, "types": ["created"], "prefix": "u0"},
+                "sink": {"url": hook_url}}),
+        ),
+        (
+            "run",
+            json!({"event": {"bucket": BUCKET, "types": ["created"], "prefix": "u00/"},
+                "function": "echo"}),
+        ),
+    ] {
+        cloud
+            .api(
+                Method::POST,
+                "/api/v1/triggers",
+                Some(json!({"apiVersion": "verge.dev/v1", "kind": "Trigger",
+                    "metadata": {"name": name}, "spec": spec})),
+            )
+            .await?;
+    }
+
     let attempted: Objs = Arc::default();
     let acked: Objs = Arc::default();
     let (mut interrupted_mp, mut completed_mp, mut resumed_parts) = (0, 0, 0);
     for round in 0..ROUNDS {
+        let t0 = std::time::Instant::now();
         let http = cloud.client()?;
         let signer = Signer::new(&cloud.s3_url, &aws.access_key, &aws.secret_key);
         let stop = Arc::new(AtomicBool::new(false));
@@ -340,7 +443,7 @@ async fn acknowledged_uploads_survive_sigkill_and_nothing_partial_is_listed() ->
         let acked_now = acked.lock().unwrap().clone();
         let attempted_now = attempted.lock().unwrap().clone();
         let mp = std::mem::take(&mut *mp.lock().unwrap());
-        let mp_key = format!("r{round:02}/mp.bin");
+        let mp_key = format!("mp/r{round:02}.bin");
 
         // Store level, before the restart: every acknowledged object has a Put event
         // (its change event) with its ETag in the history; every record's blob is there
@@ -373,7 +476,9 @@ async fn acknowledged_uploads_survive_sigkill_and_nothing_partial_is_listed() ->
             );
         }
 
+        let t1 = t0.elapsed();
         cloud.restart().await?;
+        let t2 = t0.elapsed();
         let http = cloud.client()?;
         let signer = Signer::new(&cloud.s3_url, &aws.access_key, &aws.secret_key);
 
@@ -382,9 +487,9 @@ async fn acknowledged_uploads_survive_sigkill_and_nothing_partial_is_listed() ->
         let listed = list_all(&http, &signer).await?;
         let mp_etag = multipart_etag(&mp_data(round), PART);
         for (key, (etag, size)) in &listed {
-            if key.ends_with("/mp.bin") {
+            if let Some(r) = key.strip_prefix("mp/r") {
                 assert_eq!(*size, PART * PARTS, "round {round}: partial {key} listed");
-                let r: usize = key[1..3].parse()?;
+                let r: usize = r[..2].parse()?;
                 assert_eq!(
                     *etag,
                     multipart_etag(&mp_data(r), PART),
@@ -408,8 +513,8 @@ async fn acknowledged_uploads_survive_sigkill_and_nothing_partial_is_listed() ->
             assert_eq!(etag, &obj.etag, "round {round}: {key}");
         }
         // This round's acknowledged objects read back byte for byte.
-        let prefix = format!("r{round:02}/");
-        for (key, obj) in acked_now.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+        let tag = format!("/r{round:02}-");
+        for (key, obj) in acked_now.iter().filter(|(k, _)| k.contains(&tag)) {
             let (status, headers, body) = signer
                 .send(
                     &http,
@@ -513,7 +618,98 @@ async fn acknowledged_uploads_survive_sigkill_and_nothing_partial_is_listed() ->
             }
             (None, None) => {}
         }
+        eprintln!(
+            "round {round}: kill after multipart step {stage}, {} acknowledged so far; \
+             uploads+store check {t1:?}, restart {:?}, checks {:?}",
+            acked_now.len(),
+            t2 - t1,
+            t0.elapsed() - t2
+        );
     }
+    // Every acknowledged object of `u0*` had its created event delivered to the
+    // webhook (at least once), across the 20 kills.
+    let want: HashMap<String, String> = acked
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with("u0"))
+        .map(|(k, o)| (k.clone(), o.etag.clone()))
+        .collect();
+    verge_testkit::eventually(
+        Duration::from_secs(240),
+        "every acknowledged object's event at the webhook",
+        async || {
+            let seen = delivered(&got);
+            want.iter()
+                .all(|(k, e)| seen.get(k).is_some_and(|l| l.contains(e)))
+                .then_some(())
+        },
+    )
+    .await?;
+    let deliveries = got.lock().unwrap().len();
+    // The function trigger: exactly one task per event of `u00/`, with the CloudEvent
+    // of an acknowledged (or at least committed) upload. (A task the kill cut while it
+    // ran is not run again: it times out after its 60 s and is dead-lettered.)
+    let u00: HashMap<&String, &String> =
+        want.iter().filter(|(k, _)| k.starts_with("u00/")).collect();
+    let tasks = verge_testkit::eventually(
+        Duration::from_secs(240),
+        "a task for every acknowledged u00/ object",
+        async || {
+            let v = cloud.api(Method::GET, "/api/v1/tasks", None).await.ok()?;
+            let tasks: Vec<serde_json::Value> = v["items"]
+                .as_array()?
+                .iter()
+                .filter(|t| t["metadata"]["labels"]["verge.dev/event"].is_string())
+                .cloned()
+                .collect();
+            let subjects: Vec<&str> = tasks
+                .iter()
+                .filter_map(|t| t["spec"]["input"]["subject"].as_str())
+                .collect();
+            u00.keys()
+                .all(|k| subjects.contains(&k.as_str()))
+                .then_some(tasks)
+        },
+    )
+    .await?;
+    let mut per_event: HashMap<String, usize> = HashMap::new();
+    let mut per_subject: HashMap<String, usize> = HashMap::new();
+    for t in &tasks {
+        let input = &t["spec"]["input"];
+        *per_event
+            .entry(input["id"].as_str().unwrap_or_default().to_owned())
+            .or_default() += 1;
+        let subject = input["subject"].as_str().unwrap_or_default().to_owned();
+        assert!(subject.starts_with("u00/"), "{t}");
+        if let Some(e) = u00.get(&subject) {
+            assert_eq!(input["data"]["eTag"].as_str(), Some(e.as_str()), "{t}");
+        } else {
+            assert!(
+                attempted.lock().unwrap().contains_key(&subject),
+                "a task for an object never uploaded: {t}"
+            );
+        }
+        *per_subject.entry(subject).or_default() += 1;
+    }
+    assert!(
+        per_event.values().all(|n| *n == 1),
+        "an event ran twice: {per_event:?}"
+    );
+    assert!(
+        per_subject.values().all(|n| *n == 1),
+        "an object ran twice: {per_subject:?}"
+    );
+    let succeeded = tasks
+        .iter()
+        .filter(|t| t["status"]["phase"] == "Succeeded")
+        .count();
+    eprintln!(
+        "events: {} objects, {deliveries} webhook deliveries, {} function tasks (one each, \
+         {succeeded} succeeded so far)",
+        want.len(),
+        tasks.len()
+    );
     let acked = acked.lock().unwrap().len();
     eprintln!(
         "{ROUNDS} SIGKILLs: {acked} acknowledged uploads all read back; multipart: \

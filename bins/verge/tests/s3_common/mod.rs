@@ -42,7 +42,12 @@ pub async fn key(cloud: &Cloud, buckets: &[&str], read_only: bool) -> Result<(St
 /// A cloud with its S3 listener, and the AWS CLI / boto3 with an all-buckets key,
 /// trusting the cluster CA.
 pub async fn start() -> Result<(Cloud, AwsCli)> {
-    let cloud = Cloud::start(Path::new(BIN), &[]).await?;
+    start_with(&[]).await
+}
+
+/// [`start`] with more `verge cloud` arguments.
+pub async fn start_with(args: &[&str]) -> Result<(Cloud, AwsCli)> {
+    let cloud = Cloud::start(Path::new(BIN), args).await?;
     anyhow::ensure!(
         cloud.s3_url.starts_with("https://"),
         "no S3 listener: {:?}",
@@ -108,17 +113,19 @@ pub async fn listed(aws: &AwsCli, bucket: &str) -> Result<Vec<String>> {
         .unwrap_or_default())
 }
 
-/// The listener still serves: a put and a get through the CLI round trip.
+/// The listener still serves: a put, a get and a delete round trip (one boto3 run).
 pub async fn assert_serving(aws: &AwsCli, bucket: &str) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let f = dir.path().join("alive.txt");
-    std::fs::write(&f, b"still serving")?;
-    let path = f.to_str().context("utf-8")?;
-    let target = format!("s3://{bucket}/alive.txt");
-    aws.ok(&["s3", "cp", path, &target]).await?;
-    let got = aws.ok(&["s3", "cp", &target, "-"]).await?;
-    assert_eq!(got, "still serving");
-    aws.ok(&["s3", "rm", &target]).await?;
+    let out = aws
+        .boto3_ok(
+            "import sys, boto3\n\
+             s3 = boto3.client('s3')\n\
+             s3.put_object(Bucket=sys.argv[1], Key='alive.txt', Body=b'still serving')\n\
+             print(s3.get_object(Bucket=sys.argv[1], Key='alive.txt')['Body'].read().decode())\n\
+             s3.delete_object(Bucket=sys.argv[1], Key='alive.txt')\n",
+            &[bucket],
+        )
+        .await?;
+    assert_eq!(out.trim(), "still serving");
     Ok(())
 }
 
