@@ -11,6 +11,8 @@
 //! | [`app`]    | `app`: apply → running and healthy for an App                       |
 //! | [`invoke`] | `invoke`: warm/cold function invocation, fork baseline, dispatch   |
 //! | [`image`]  | `image` (+ hidden workers): the image pipeline against vips and IM |
+//! | [`s3`]     | `s3`: S3 PUT/GET/DELETE throughput, Verge against SeaweedFS        |
+//! | [`sigv4`]  | (the SigV4 header signer of `s3`)                                  |
 //!
 //! Must not be linked into `verge-edge` nor into the control plane's library: only the
 //! `verge` binary uses it. Errors are `anyhow` (a benchmark reports and exits; nothing
@@ -34,6 +36,8 @@ pub mod app;
 pub mod fleet;
 pub mod image;
 pub mod invoke;
+pub mod s3;
+pub mod sigv4;
 
 use anyhow::Result;
 use verge_client::Client;
@@ -52,6 +56,8 @@ pub enum BenchCmd {
     Invoke(invoke::InvokeBenchArgs),
     /// Image pipeline vs vipsthumbnail and ImageMagick: 12-MP JPEGs → 1200 px + watermark.
     Image(image::ImageBenchArgs),
+    /// S3 PUT/GET/DELETE of 4 KiB and 1 MiB objects: SeaweedFS on loopback and --endpoint.
+    S3(s3::S3BenchArgs),
     #[command(hide = true)]
     ImageWorker(image::ImageWorkerArgs),
     #[command(hide = true)]
@@ -75,6 +81,7 @@ pub async fn run(cmd: &BenchCmd, config: impl Fn() -> Result<ClientConfig>) -> R
             invoke::run(args, c).await
         }
         BenchCmd::Image(args) => image::run(args),
+        BenchCmd::S3(args) => s3::run(args).await,
         BenchCmd::ImageWorker(args) => image::worker(args),
         BenchCmd::ImageMeasure(args) => image::measure(args),
     }

@@ -1,10 +1,13 @@
 //! Test helpers: start a real `verge cloud` process on a temp data dir and a free
 //! loopback port, talk to it over real HTTPS trusting its CA, kill it with SIGKILL,
 //! restart it on the same data dir; join a [`FakeNode`] that speaks the real protocol
-//! with a node certificate (what a compromised node can do). Dev-dependency only.
+//! with a node certificate (what a compromised node can do); the real S3 tools and a
+//! SeaweedFS server ([`s3`]). Dev-dependency only.
 
 mod fake_node;
 pub use fake_node::{FakeNode, node_status};
+pub mod s3;
+pub use s3::{AwsCli, SeaweedFs};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
