@@ -146,6 +146,8 @@ pub struct Buckets {
     blobs: BlobStore,
     specs: Arc<Cache>,
     usage: Mutex<HashMap<String, Arc<Usage>>>,
+    /// Tells the bucket controller whose usage changed (its status follows).
+    changed: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
 }
 
 /// A quota reservation, released when dropped.
@@ -227,6 +229,18 @@ impl Buckets {
             blobs,
             specs,
             usage: Mutex::new(HashMap::new()),
+            changed: Mutex::new(None),
+        }
+    }
+
+    /// Where to announce buckets whose usage changed (the bucket controller's wakeups).
+    pub fn notify_changes(&self, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+        *self.changed.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+    }
+
+    fn changed(&self, bucket: &str) {
+        if let Some(tx) = &*self.changed.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = tx.send(bucket.to_owned());
         }
     }
 
@@ -523,6 +537,7 @@ impl Buckets {
                     usage
                         .bytes
                         .fetch_add(record.size as i64 - old_size, Ordering::SeqCst);
+                    self.changed(bucket);
                     return Ok(());
                 }
                 // Another writer got there first: apply ours on top of theirs.
@@ -549,6 +564,7 @@ impl Buckets {
                 let size = decode::<ObjectRecord>(&kv).map(|r| r.size).unwrap_or(0);
                 usage.objects.fetch_sub(1, Ordering::SeqCst);
                 usage.bytes.fetch_sub(size as i64, Ordering::SeqCst);
+                self.changed(bucket);
                 Ok(true)
             }
             Err(verge_store::Error::NotFound { .. }) => Ok(false),
@@ -574,6 +590,7 @@ impl Buckets {
                 let size = decode::<ObjectRecord>(&kv).map(|r| r.size).unwrap_or(0);
                 usage.objects.fetch_sub(1, Ordering::SeqCst);
                 usage.bytes.fetch_sub(size as i64, Ordering::SeqCst);
+                self.changed(bucket);
                 Ok(true)
             }
             Err(verge_store::Error::NotFound { .. } | verge_store::Error::Conflict { .. }) => {
