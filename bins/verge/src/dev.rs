@@ -298,6 +298,12 @@ fn banner(home: &std::path::Path, admin: &ClientConfig, edge_line: &str) {
         "  images:  `verge image list`; signed /img URLs: `verge image url` (keys in {})",
         home.join(crate::images::KEYS_FILE).display()
     );
+    if let Ok(s3) = std::fs::read_to_string(home.join(files::S3_ADDR)) {
+        outln!(
+            "  s3:      {} (path-style, region us-east-1; a key: `verge s3 key create`)",
+            s3.trim()
+        );
+    }
     outln!("  logs:    warnings only; RUST_LOG=info (or debug) for more");
     outln!();
     outln!("Next, in another terminal:");

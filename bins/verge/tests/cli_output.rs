@@ -316,7 +316,7 @@ async fn all_kinds_example_applies_every_object_by_name_then_nothing_changes() -
             ))
         })
         .collect();
-    assert_eq!(docs.len(), 7, "{docs:?}");
+    assert_eq!(docs.len(), 8, "{docs:?}");
 
     let first = success(&verge(&cloud, &["apply", "-f", ALL_KINDS])?);
     let want: Vec<String> = docs

@@ -27,7 +27,7 @@
 //! start_bridged`, reached through `DOCKER_HOST` and `VERGE_EDGE_DOCKER_SOCKET`), and a
 //! clone: a temp dir with `examples` and `scripts` linked to the real ones and
 //! `target/release/{verge,verge-edge}` linked to the binaries under test. The README's
-//! fixed addresses (127.0.0.1:7443 and :8883 of `verge dev`, :5000 of the registry,
+//! fixed addresses (127.0.0.1:7443, :7444 and :8883 of `verge dev`, :5000 of the registry,
 //! :9099 of the callback receiver) are used as written: tour runs on one machine take a
 //! lock (`/tmp/verge-readme-tour.lock`) and a port held by anything else fails the test
 //! naming it. Every process of the tour is stopped at the end, and any left with its
@@ -57,8 +57,9 @@ const RETRY_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long `verge dev` may take to have its node Ready.
 const DEV_READY_TIMEOUT: Duration = Duration::from_secs(180);
 /// The ports the README's commands use, as written.
-const PORTS: [(u16, &str); 4] = [
+const PORTS: [(u16, &str); 5] = [
     (7443, "verge dev's API"),
+    (7444, "verge dev's S3 API"),
     (8883, "verge dev's MQTT gateway"),
     (5000, "the tour's docker-registry"),
     (9099, "the tour's callback receiver"),

@@ -350,7 +350,7 @@ fn unknown_kind() {
     assert_eq!(e.field, "kind");
     assert_eq!(
         e.message,
-        "unknown kind \"Ap\"; expected one of Node, App, Function, Trigger, Task, Config, Secret"
+        "unknown kind \"Ap\"; expected one of Node, App, Function, Trigger, Task, Config, Secret, Bucket"
     );
     // Kind names are exact.
     assert_invalid(

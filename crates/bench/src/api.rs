@@ -60,12 +60,17 @@ fn now_ns() -> u64 {
 /// A `verge cloud` started by a benchmark on a temporary data dir (killed on drop).
 pub(crate) struct Child {
     pub(crate) child: tokio::process::Child,
-    _dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
     pub(crate) config: ClientConfig,
 }
 
 /// Starts `verge cloud` on loopback with connection caps for `watchers` streams.
 pub(crate) async fn start_server(watchers: u64) -> Result<Child> {
+    start_server_with(watchers, &[]).await
+}
+
+/// [`start_server`] with more `verge cloud` arguments.
+pub(crate) async fn start_server_with(watchers: u64, extra: &[&str]) -> Result<Child> {
     let dir = tempfile::tempdir().context("temp dir")?;
     let exe = std::env::current_exe().context("locating the verge binary")?;
     // Every watcher is one connection from 127.0.0.1 with the admin token: past the
@@ -80,6 +85,7 @@ pub(crate) async fn start_server(watchers: u64) -> Result<Child> {
         .args(["--max-connections-per-ip", &per_ip])
         .args(["--max-watches-per-token", &per_token])
         .args(["--max-connections", &total])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()
@@ -92,7 +98,7 @@ pub(crate) async fn start_server(watchers: u64) -> Result<Child> {
             if c.list(Kind::App, None).await.is_ok() {
                 return Ok(Child {
                     child,
-                    _dir: dir,
+                    dir,
                     config: cfg,
                 });
             }

@@ -73,6 +73,13 @@ pub struct S3BenchArgs {
     /// Process id of the server behind `--endpoint`, for its peak RSS.
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Without `--endpoint`: do not start a Verge cloud of our own (SeaweedFS only).
+    #[arg(long)]
+    pub no_verge: bool,
+    /// Object events to time from PUT acknowledged to trigger function start, on the
+    /// Verge the benchmark starts (0: none).
+    #[arg(long, default_value_t = 1000)]
+    pub events: usize,
 }
 
 /// One S3 server to measure.
@@ -536,7 +543,23 @@ pub async fn run(args: &S3BenchArgs) -> Result<()> {
         print_rss(&r);
         reports.push(r);
     }
-    if let Some(endpoint) = &args.endpoint {
+    let own = if args.endpoint.is_none() && !args.no_verge {
+        Some(OwnVerge::start().await?)
+    } else {
+        None
+    };
+    if let Some(v) = &own {
+        let target = v.target.clone();
+        outln!(
+            "Verge {} (`verge cloud --s3-listen`, started by the benchmark, pid {}): {}",
+            env!("CARGO_PKG_VERSION"),
+            target.pid.unwrap_or(0),
+            target.endpoint
+        );
+        let r = measure(&target, &w).await?;
+        print_rss(&r);
+        reports.push(r);
+    } else if let Some(endpoint) = &args.endpoint {
         let ca_pem = match &args.ca {
             Some(p) => {
                 Some(std::fs::read_to_string(p).with_context(|| format!("--ca {}", p.display()))?)
@@ -567,8 +590,21 @@ pub async fn run(args: &S3BenchArgs) -> Result<()> {
             outln!("  peak RSS: {:.2}x", v as f64 / s as f64);
         }
     }
+    if let Some(v) = &own
+        && args.events > 0
+    {
+        let lat = event_latency(v, args.events).await?;
+        outln!(
+            "Event latency, PUT acknowledged → trigger function start, {} events: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            lat.len(),
+            lat.value_at_quantile(0.5) as f64 / 1000.0,
+            lat.value_at_quantile(0.9) as f64 / 1000.0,
+            lat.value_at_quantile(0.99) as f64 / 1000.0,
+            lat.max() as f64 / 1000.0,
+        );
+    }
     if reports.is_empty() {
-        bail!("nothing to measure: --no-seaweedfs without --endpoint");
+        bail!("nothing to measure: --no-seaweedfs with --no-verge and no --endpoint");
     }
     let failed: u64 = reports.iter().map(Report::failed).sum();
     if failed > 0 {
@@ -797,6 +833,143 @@ fn free_ports<const N: usize>() -> Result<[u16; N]> {
         *p = l.local_addr()?.port();
     }
     Ok(ports)
+}
+
+/// A `verge cloud` with its S3 listener, started by the benchmark (killed on drop), and
+/// an S3 key made through its API.
+struct OwnVerge {
+    server: crate::api::Child,
+    client: verge_client::Client,
+    target: Target,
+}
+
+impl OwnVerge {
+    async fn start() -> Result<OwnVerge> {
+        let server = crate::api::start_server_with(16, &["--s3-listen", "127.0.0.1:0"]).await?;
+        let client = verge_client::Client::new(&server.config)?;
+        let key: serde_json::Value = client
+            .send_json(
+                reqwest::Method::POST,
+                "/api/v1/s3keys",
+                Some(&serde_json::json!({"description": "verge bench s3"})),
+            )
+            .await?;
+        let endpoint = std::fs::read_to_string(server.dir.path().join(verge_cloud::files::S3_ADDR))
+            .context("the cloud's s3.addr")?
+            .trim()
+            .to_string();
+        let target = Target {
+            name: "Verge".into(),
+            endpoint,
+            access_key: key["accessKeyId"].as_str().unwrap_or_default().to_string(),
+            secret_key: key["secretAccessKey"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            ca_pem: server.config.certificate_authority_data.clone(),
+            pid: server.child.id(),
+        };
+        Ok(OwnVerge {
+            server,
+            client,
+            target,
+        })
+    }
+}
+
+fn unix_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// PUTs `n` small objects one after another into a bucket with an event trigger (a
+/// builtin `echo` function in the cloud) and times each from the PUT's answer to its
+/// task's start (`status.startedAtMs`, the same machine's clock), in microseconds.
+async fn event_latency(v: &OwnVerge, n: usize) -> Result<Histogram<u64>> {
+    use reqwest::Method;
+    let _ = &v.server;
+    let bucket = "verge-bench-events";
+    let c = &v.client;
+    c.send_json::<serde_json::Value>(
+        Method::POST,
+        "/api/v1/functions",
+        Some(
+            &serde_json::json!({"apiVersion": "verge.dev/v1", "kind": "Function",
+            "metadata": {"name": "bench-echo"},
+            "spec": {"runtime": "builtin", "handler": "echo", "placement": {"cloud": true}}}),
+        ),
+    )
+    .await?;
+    c.send_json::<serde_json::Value>(
+        Method::POST,
+        "/api/v1/buckets",
+        Some(
+            &serde_json::json!({"apiVersion": "verge.dev/v1", "kind": "Bucket",
+            "metadata": {"name": bucket}, "spec": {}}),
+        ),
+    )
+    .await?;
+    c.send_json::<serde_json::Value>(
+        Method::POST,
+        "/api/v1/triggers",
+        Some(
+            &serde_json::json!({"apiVersion": "verge.dev/v1", "kind": "Trigger",
+            "metadata": {"name": "bench-events"},
+            "spec": {"event": {"bucket": bucket, "types": ["created"]}, "function": "bench-echo"}}),
+        ),
+    )
+    .await?;
+    // The trigger reaches the dispatcher through its informer: give it a moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s3 = S3Client::new(&v.target, 1, false)?;
+    let payload = Bytes::from_static(b"event latency probe");
+    let mut acked = std::collections::HashMap::with_capacity(n);
+    for i in 0..n {
+        let key = format!("e/{i:06}");
+        s3.send(
+            Method::PUT,
+            &format!("/{bucket}/{key}"),
+            Some(payload.clone()),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("PUT {key}: {e}"))?;
+        acked.insert(key, unix_ms());
+        // One PUT every 5 ms: latency, not a burst's queueing.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut hist = new_histogram();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let list: serde_json::Value = c
+            .send_json(
+                Method::GET,
+                "/api/v1/tasks?labelSelector=verge.dev/trigger%3Dbench-events",
+                None,
+            )
+            .await?;
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let started: Vec<(String, i64)> = items
+            .iter()
+            .filter_map(|t| {
+                let key = t["spec"]["input"]["data"]["key"].as_str()?.to_string();
+                Some((key, t["status"]["startedAtMs"].as_i64()?))
+            })
+            .collect();
+        if started.len() >= n || Instant::now() > deadline {
+            for (key, at) in &started {
+                if let Some(put) = acked.get(key) {
+                    let us = ((at - put).max(0) as u64) * 1000;
+                    hist.record(us.max(1)).ok();
+                }
+            }
+            anyhow::ensure!(
+                started.len() >= n,
+                "only {} of {n} event tasks started within 120 s",
+                started.len()
+            );
+            return Ok(hist);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 #[cfg(test)]

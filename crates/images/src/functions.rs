@@ -163,6 +163,7 @@ pub fn call_with(
         message: "image functions need a tokio runtime".into(),
     })?;
     let mut args = args;
+    apply_object_event(name, &mut args)?;
     let target = take_store_target(&mut args)?;
     let sink = match &target {
         Some(_) => Some(env.objects.get().ok_or_else(|| {
@@ -209,6 +210,66 @@ pub fn call_with(
         "url": stored.url,
         "contentType": content_type,
     })))
+}
+
+/// An object event in the input (what an event Trigger with an `input` hands its
+/// function: that input plus `event`, the CloudEvent): the event's object becomes the
+/// source (`image`, or `video` for `video.frame`) unless one is given, and `output.key`
+/// may use `{key}`, `{name}` (the last path segment), `{stem}` (`name` without its
+/// extension), `{ext}` and `{dir}` (the key up to the last `/`) of the event's key. Pure.
+pub fn apply_object_event(function: &str, args: &mut Map<String, Value>) -> Result<()> {
+    let Some(event) = args.remove("event") else {
+        return Ok(());
+    };
+    let text = |path: &str| {
+        event
+            .pointer(path)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let (Some(bucket), Some(key)) = (text("/data/bucket"), text("/data/key")) else {
+        return Err(Error::invalid(
+            "input.event",
+            "expected an object event (a CloudEvent with data.bucket and data.key)",
+        ));
+    };
+    if text("/type").as_deref() == Some("dev.verge.object.deleted") {
+        return Err(Error::invalid(
+            "input.event",
+            format!("object {key:?} was deleted; there is nothing to process"),
+        ));
+    }
+    let field = if function == "video.frame" {
+        "video"
+    } else {
+        "image"
+    };
+    if !args.contains_key(field) {
+        args.insert(
+            field.to_owned(),
+            Value::String(format!("s3://{bucket}/{key}")),
+        );
+    }
+    if let Some(Value::String(template)) = args.get_mut("output").and_then(|o| o.get_mut("key")) {
+        *template = expand_key_template(template, &key);
+    }
+    Ok(())
+}
+
+/// `{key}`, `{name}`, `{stem}`, `{ext}`, `{dir}` of `key` substituted into `template`.
+pub fn expand_key_template(template: &str, key: &str) -> String {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    let dir = key.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+    let (stem, ext) = match name.rsplit_once('.') {
+        Some((s, e)) if !s.is_empty() => (s, e),
+        _ => (name, ""),
+    };
+    template
+        .replace("{key}", key)
+        .replace("{name}", name)
+        .replace("{stem}", stem)
+        .replace("{ext}", ext)
+        .replace("{dir}", dir)
 }
 
 /// Where a result is to be stored: `output.bucket`, `output.key`, `output.contentType`.
@@ -674,6 +735,34 @@ mod tests {
 
     #[test]
     fn store_targets_come_out_of_output() {
+        let mut ev = serde_json::json!({
+            "event": {"type": "dev.verge.object.created",
+                      "data": {"bucket": "uploads", "key": "in/photo.jpg"}},
+            "output": {"bucket": "published", "key": "{stem}.webp"}
+        })
+        .as_object()
+        .cloned()
+        .unwrap();
+        apply_object_event("image.pipeline", &mut ev).unwrap();
+        assert_eq!(ev["image"], "s3://uploads/in/photo.jpg");
+        assert_eq!(ev["output"]["key"], "photo.webp");
+        assert!(!ev.contains_key("event"));
+        assert_eq!(
+            expand_key_template("{dir}/x/{name}", "a/b/c.tar.gz"),
+            "a/b/x/c.tar.gz"
+        );
+        assert_eq!(expand_key_template("{stem}|{ext}", ".hidden"), ".hidden|");
+        let mut bad = serde_json::json!({"event": {"data": {}}})
+            .as_object()
+            .cloned()
+            .unwrap();
+        assert!(apply_object_event("image.resize", &mut bad).is_err());
+        let mut deleted = serde_json::json!({"event": {"type": "dev.verge.object.deleted",
+            "data": {"bucket": "b", "key": "k"}}})
+        .as_object()
+        .cloned()
+        .unwrap();
+        assert!(apply_object_event("image.resize", &mut deleted).is_err());
         let mut args = serde_json::json!({"width": 10, "output": {"format": "webp",
             "bucket": "b", "key": "k/x.webp", "contentType": "image/x"}});
         let args = args.as_object_mut().unwrap();

@@ -33,7 +33,8 @@ pub struct TriggerSpec {
     /// IANA timezone name the schedule is evaluated in; UTC when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
-    /// Function to run (DNS-1123 label); with `event`, its input is the CloudEvent.
+    /// Function to run (DNS-1123 label); with `event`, its input is the CloudEvent (or
+    /// `input` with the CloudEvent added as `event`).
     /// Exactly one of `function` and `sink`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function: Option<String>,
@@ -449,13 +450,34 @@ impl TriggerSpec {
                 event.validate()?;
                 for (set, field) in [
                     (self.timezone.is_some(), "spec.timezone"),
-                    (self.input.is_some(), "spec.input"),
                     (self.missed_policy.is_some(), "spec.missedPolicy"),
                 ] {
                     if set {
                         return Err(ValidationError::new(
                             field,
-                            "may only be set with spec.schedule (an event trigger's input is the event)",
+                            "may only be set with spec.schedule",
+                        ));
+                    }
+                }
+                // An event trigger's input is the CloudEvent, or this object with the
+                // CloudEvent added as `event`.
+                if let Some(input) = &self.input {
+                    if !input.is_object() {
+                        return Err(ValidationError::new(
+                            "spec.input",
+                            "with spec.event, an object (the function gets it with the CloudEvent as `event`)",
+                        ));
+                    }
+                    if input.get("event").is_some() {
+                        return Err(ValidationError::new(
+                            "spec.input.event",
+                            "reserved for the CloudEvent",
+                        ));
+                    }
+                    if self.sink.is_some() {
+                        return Err(ValidationError::new(
+                            "spec.input",
+                            "a webhook sink gets the CloudEvent itself",
                         ));
                     }
                 }
@@ -762,7 +784,15 @@ mod tests {
                 "spec.sink",
             ),
             (
-                json!({"event": ok["event"], "function": "f", "input": {}}),
+                json!({"event": ok["event"], "function": "f", "input": [1]}),
+                "spec.input",
+            ),
+            (
+                json!({"event": ok["event"], "function": "f", "input": {"event": 1}}),
+                "spec.input.event",
+            ),
+            (
+                json!({"event": ok["event"], "sink": {"url": "https://x.example"}, "input": {}}),
                 "spec.input",
             ),
             (

@@ -1,5 +1,6 @@
 //! The bucket controller, on the one runtime: keyed by Bucket, it keeps each bucket's
-//! status (`{objects, bytes}`) current and applies its lifecycle rule; one seeded key
+//! status (`{objects, bytes}`) current (woken by writes, at most one status write per
+//! bucket every 2 s) and applies its lifecycle rule; one seeded key
 //! ([`SWEEP_KEY`]) removes blobs no record names any more and aborts multipart uploads
 //! left open past [`STALE_UPLOAD`]. Periodic work is a requeue, never a timer loop.
 //!
@@ -23,8 +24,11 @@ use crate::objects::{modify, object_key};
 
 /// The sweep's key (not a bucket name: bucket names have no `_`).
 pub const SWEEP_KEY: &str = "_sweep";
-/// How often usage is copied into a bucket's status.
-const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// How often usage is copied into a bucket's status while nothing changes it.
+const STATUS_EVERY: Duration = Duration::from_secs(60);
+/// At most one status write per bucket this often (a burst of uploads wakes it for
+/// each; the writes are spaced out).
+const STATUS_MIN_GAP: Duration = Duration::from_secs(2);
 /// How often a bucket's lifecycle rule is applied.
 const LIFECYCLE_EVERY: Duration = Duration::from_secs(3600);
 /// How often the blob sweep runs.
@@ -49,6 +53,8 @@ pub struct BucketController {
     buckets: Arc<Buckets>,
     /// When each bucket's lifecycle rule last ran.
     lifecycle_ran: Mutex<HashMap<String, Instant>>,
+    /// When each bucket's status was last written.
+    status_written: Mutex<HashMap<String, Instant>>,
 }
 
 /// Whether a record last modified at `last_modified` (RFC 3339) is past `days` at `now`
@@ -67,6 +73,7 @@ impl BucketController {
             store,
             buckets,
             lifecycle_ran: Mutex::new(HashMap::new()),
+            status_written: Mutex::new(HashMap::new()),
         }
     }
 
@@ -112,6 +119,21 @@ impl BucketController {
         status.bytes = bytes;
         let new = serde_json::to_value(&status)?;
         if obj.status != new {
+            let since = self
+                .status_written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&name)
+                .map(Instant::elapsed);
+            if let Some(since) = since
+                && since < STATUS_MIN_GAP
+            {
+                return Ok(Action::requeue(STATUS_MIN_GAP - since));
+            }
+            self.status_written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.clone(), Instant::now());
             let key = object_key(Kind::Bucket, &name);
             let result = modify(&self.store, Kind::Bucket, &key, &name, None, |cur| {
                 let mut next = cur.clone();
@@ -185,10 +207,13 @@ impl BucketController {
         Ok(())
     }
 
-    /// Runs until `shutdown`.
+    /// Runs until `shutdown`; usage changes announced by [`Buckets`] wake their bucket.
     pub async fn run(self: Arc<Self>, informers: Arc<Informers>, shutdown: watch::Receiver<bool>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.buckets.notify_changes(tx);
         Controller::new("buckets", informers)
             .for_kind(Kind::Bucket)
+            .wakeups(rx)
             .seed(SWEEP_KEY)
             .run(
                 |req, c: Arc<BucketController>| async move { c.reconcile(req).await },

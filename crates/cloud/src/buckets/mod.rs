@@ -146,6 +146,8 @@ pub struct Buckets {
     blobs: BlobStore,
     specs: Arc<Cache>,
     usage: Mutex<HashMap<String, Arc<Usage>>>,
+    /// Tells the bucket controller whose usage changed (its status follows).
+    changed: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
 }
 
 /// A quota reservation, released when dropped.
@@ -227,6 +229,18 @@ impl Buckets {
             blobs,
             specs,
             usage: Mutex::new(HashMap::new()),
+            changed: Mutex::new(None),
+        }
+    }
+
+    /// Where to announce buckets whose usage changed (the bucket controller's wakeups).
+    pub fn notify_changes(&self, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+        *self.changed.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+    }
+
+    fn changed(&self, bucket: &str) {
+        if let Some(tx) = &*self.changed.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = tx.send(bucket.to_owned());
         }
     }
 
@@ -523,6 +537,7 @@ impl Buckets {
                     usage
                         .bytes
                         .fetch_add(record.size as i64 - old_size, Ordering::SeqCst);
+                    self.changed(bucket);
                     return Ok(());
                 }
                 // Another writer got there first: apply ours on top of theirs.
@@ -549,6 +564,7 @@ impl Buckets {
                 let size = decode::<ObjectRecord>(&kv).map(|r| r.size).unwrap_or(0);
                 usage.objects.fetch_sub(1, Ordering::SeqCst);
                 usage.bytes.fetch_sub(size as i64, Ordering::SeqCst);
+                self.changed(bucket);
                 Ok(true)
             }
             Err(verge_store::Error::NotFound { .. }) => Ok(false),
@@ -574,6 +590,7 @@ impl Buckets {
                 let size = decode::<ObjectRecord>(&kv).map(|r| r.size).unwrap_or(0);
                 usage.objects.fetch_sub(1, Ordering::SeqCst);
                 usage.bytes.fetch_sub(size as i64, Ordering::SeqCst);
+                self.changed(bucket);
                 Ok(true)
             }
             Err(verge_store::Error::NotFound { .. } | verge_store::Error::Conflict { .. }) => {
@@ -841,17 +858,22 @@ impl Buckets {
         parts: &[(u32, String)],
     ) -> Result<ObjectRecord> {
         let upload = self.upload(bucket, key, upload_id).await;
-        let (upload, _) = match upload {
-            Ok(u) => u,
-            Err(e) => {
-                // A Complete repeated after success: the object carries the upload id.
-                if let Ok((rec, _)) = self.head(bucket, key).await
-                    && rec.upload_id.as_deref() == Some(upload_id)
-                {
-                    return Ok(rec);
-                }
-                return Err(e);
+        // A Complete repeated after success: the object carries the upload id. Also when
+        // the upload record is still there: a crash after the commit, before (or while)
+        // the upload's records were removed, left it with some parts already gone; the
+        // retry finishes the cleanup.
+        let done = match self.head(bucket, key).await {
+            Ok((rec, _)) if rec.upload_id.as_deref() == Some(upload_id) => Some(rec),
+            _ => None,
+        };
+        let (upload, _) = match (upload, done) {
+            (Ok(_), Some(rec)) => {
+                self.forget_upload(bucket, upload_id).await?;
+                return Ok(rec);
             }
+            (Err(_), Some(rec)) => return Ok(rec),
+            (Ok(u), None) => u,
+            (Err(e), None) => return Err(e),
         };
         let stored: HashMap<u32, PartRecord> = self.parts(upload_id).await?.into_iter().collect();
         let plan = listing::check_parts(parts, &stored)?;

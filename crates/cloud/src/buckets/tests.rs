@@ -1,5 +1,5 @@
 //! `Buckets` against `MemStore` and a temp dir: quota, overwrite accounting, copy,
-//! multipart completion (twice), and refusals that leave nothing behind.
+//! multipart completion (twice, and retried after a crash mid-cleanup), and refusals that leave nothing behind.
 
 use std::sync::Arc;
 
@@ -232,5 +232,73 @@ async fn multipart_completes_once_with_the_s3_etag() {
                 .unwrap_err()
         ),
         Code::NoSuchUpload
+    );
+}
+
+fn one_chunk(
+    data: Vec<u8>,
+) -> impl futures::Stream<Item = std::result::Result<Bytes, std::io::Error>> {
+    futures::stream::iter([Ok(Bytes::from(data))])
+}
+
+#[tokio::test]
+async fn complete_retried_after_a_crash_mid_cleanup_answers_the_object() {
+    let (b, store, _dir, _tx) = setup().await;
+    b.create_bucket("mpu", Labels::new()).await.unwrap();
+    let id = b
+        .create_upload("mpu", "k", PutMeta::default())
+        .await
+        .unwrap();
+    let upload = store
+        .get(&format!("{UPLOADS_PREFIX}mpu/{id}"))
+        .await
+        .unwrap()
+        .unwrap();
+    let e1 = b
+        .upload_part(
+            "mpu",
+            "k",
+            &id,
+            1,
+            one_chunk(vec![1; MIN_PART_SIZE as usize]),
+            None,
+        )
+        .await
+        .unwrap();
+    let e2 = b
+        .upload_part("mpu", "k", &id, 2, one_chunk(vec![2; 10]), None)
+        .await
+        .unwrap();
+    let parts = [(1, e1), (2, e2)];
+    let rec = b.complete_upload("mpu", "k", &id, &parts).await.unwrap();
+    assert!(rec.etag.ends_with("-2\""));
+    // A crash after the commit, with the parts removed but not the upload record.
+    store
+        .create(&upload.key, upload.value.clone(), Labels::new())
+        .await
+        .unwrap();
+    let again = b.complete_upload("mpu", "k", &id, &parts).await.unwrap();
+    assert_eq!(again, rec);
+    assert!(
+        store.get(&upload.key).await.unwrap().is_none(),
+        "cleaned up"
+    );
+    // And once more, with nothing of the upload left.
+    assert_eq!(
+        b.complete_upload("mpu", "k", &id, &parts).await.unwrap(),
+        rec
+    );
+    // Another upload of the key is not answered with this object.
+    let other = b
+        .create_upload("mpu", "k", PutMeta::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            b.complete_upload("mpu", "k", &other, &parts)
+                .await
+                .unwrap_err()
+        ),
+        Code::InvalidPart
     );
 }

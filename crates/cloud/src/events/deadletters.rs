@@ -280,7 +280,13 @@ pub async fn redrive(
         let target: Option<TaskTarget> = current.as_ref().and_then(|t| t.target.clone());
         let spec = TaskSpec {
             function,
-            input: Some(serde_json::to_value(&dl.event).map_err(ApiError::internal)?),
+            input: Some(
+                super::dispatcher::task_input(
+                    &dl.event,
+                    current.as_ref().and_then(|t| t.input.as_ref()),
+                )
+                .map_err(ApiError::internal)?,
+            ),
             target,
             callback_url: None,
             idempotency_key: Some(idempotency_key(&dl.event.id, &dl.trigger, n)),

@@ -113,6 +113,30 @@ pub fn matching(triggers: &[(String, TriggerSpec)], event: &CloudEvent) -> Vec<u
         .collect()
 }
 
+/// What an event trigger's function gets (pure): the CloudEvent, or the trigger's
+/// `input` object with the CloudEvent added as `event`.
+pub fn task_input(
+    event: &CloudEvent,
+    input: Option<&serde_json::Value>,
+) -> Result<serde_json::Value, serde_json::Error> {
+    let event = serde_json::to_value(event)?;
+    Ok(match input {
+        Some(serde_json::Value::Object(m)) => {
+            let mut m = m.clone();
+            m.insert("event".into(), event);
+            serde_json::Value::Object(m)
+        }
+        _ => event,
+    })
+}
+
+/// The CloudEvent an event task was started with (its input, or its input's `event`).
+pub fn event_of_input(input: &serde_json::Value) -> Option<CloudEvent> {
+    serde_json::from_value(input.clone())
+        .ok()
+        .or_else(|| serde_json::from_value(input.get("event")?.clone()).ok())
+}
+
 /// The dead letter a finished event task stands for: one that ended Failed or
 /// TimedOut and carries the trigger and event labels and a CloudEvent input (pure).
 pub fn dead_letter_of_task(task: &Object, now_ms: i64, now: &str) -> Option<DeadLetter> {
@@ -124,7 +148,7 @@ pub fn dead_letter_of_task(task: &Object, now_ms: i64, now: &str) -> Option<Dead
     let trigger = labels.get(LABEL_TRIGGER)?;
     labels.get(LABEL_EVENT)?;
     let spec: TaskSpec = serde_json::from_value(task.spec.clone()).ok()?;
-    let event: CloudEvent = serde_json::from_value(spec.input.clone()?).ok()?;
+    let event = event_of_input(spec.input.as_ref()?)?;
     let redrives = labels
         .get(LABEL_REDRIVE)
         .and_then(|n| n.parse().ok())
@@ -350,7 +374,8 @@ impl Dispatcher {
     }
 
     async fn start_task(&self, job: &Job<'_>, function: &str) -> Result<(), NotNow> {
-        let input = serde_json::to_value(job.event).map_err(|e| NotNow::Later(e.to_string()))?;
+        let input = task_input(job.event, job.spec.input.as_ref())
+            .map_err(|e| NotNow::Later(e.to_string()))?;
         let spec = TaskSpec {
             function: function.to_string(),
             input: Some(input),

@@ -139,6 +139,40 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// S3's XML error document (code and message escaped).
+fn error_xml(code: &str, message: &str) -> String {
+    fn esc(s: &str) -> String {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&apos;")
+    }
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{}</Code><Message>{}</Message></Error>",
+        esc(code),
+        esc(message)
+    )
+}
+
+/// The answer to a request whose credential scope names a service other than `s3`
+/// (403 `AccessDenied`, decision 033), or `None` to let it through.
+fn foreign_service(headers: &http::HeaderMap, uri: &http::Uri) -> Option<axum::response::Response> {
+    let (_, service) = scope_of(headers, uri)?;
+    if service == "s3" {
+        return None;
+    }
+    let body = error_xml(
+        "AccessDenied",
+        &format!("the credential scope names service '{service}'; expecting 's3'"),
+    );
+    http::Response::builder()
+        .status(http::StatusCode::FORBIDDEN)
+        .header(http::header::CONTENT_TYPE, "application/xml")
+        .body(axum::body::Body::from(body))
+        .ok()
+}
+
 /// Signatures: the secret of a live key.
 pub struct Auth(pub Arc<AccessKeys>);
 
@@ -906,6 +940,11 @@ pub fn router(buckets: Arc<Buckets>, keys: Arc<AccessKeys>) -> axum::Router {
     let svc = tower::service_fn(move |req: axum::extract::Request| {
         let service = service.clone();
         async move {
+            // s3s answers a scope naming a service other than s3 or sts with 501
+            // NotImplemented before any access check; it is a refusal (403).
+            if let Some(refusal) = foreign_service(req.headers(), req.uri()) {
+                return Ok::<_, std::convert::Infallible>(refusal);
+            }
             let resp = match service.call(req.map(s3s::Body::http_body_unsync)).await {
                 Ok(resp) => resp.map(axum::body::Body::new),
                 Err(e) => {
@@ -922,4 +961,51 @@ pub fn router(buckets: Arc<Buckets>, keys: Arc<AccessKeys>) -> axum::Router {
         }
     });
     axum::Router::new().fallback_service(svc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signed(credential: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            format!("AWS4-HMAC-SHA256 Credential={credential}, SignedHeaders=host, Signature=00")
+                .parse()
+                .unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn another_service_in_the_scope_is_refused_with_access_denied() {
+        let uri: http::Uri = "/b/k".parse().unwrap();
+        let ok = signed("VK1/20260101/us-east-1/s3/aws4_request");
+        assert!(foreign_service(&ok, &uri).is_none());
+        for service in ["iam", "sts", "S3"] {
+            let h = signed(&format!("VK1/20260101/us-east-1/{service}/aws4_request"));
+            let resp = foreign_service(&h, &uri).expect("refused");
+            assert_eq!(resp.status(), http::StatusCode::FORBIDDEN, "{service}");
+        }
+        // Presigned: the scope is in the query string.
+        let uri: http::Uri =
+            "/b/k?X-Amz-Credential=VK1%2F20260101%2Fus-east-1%2Fiam%2Faws4_request"
+                .parse()
+                .unwrap();
+        assert!(foreign_service(&http::HeaderMap::new(), &uri).is_some());
+        // Unsigned or SigV2: not decided here.
+        let uri: http::Uri = "/b/k".parse().unwrap();
+        assert!(foreign_service(&http::HeaderMap::new(), &uri).is_none());
+    }
+
+    #[test]
+    fn error_xml_escapes_what_the_client_sent() {
+        let x = error_xml("AccessDenied", "service '<x>&'");
+        assert!(x.contains("<Code>AccessDenied</Code>"));
+        assert!(
+            x.contains("<Message>service &apos;&lt;x&gt;&amp;&apos;</Message>"),
+            "{x}"
+        );
+    }
 }
