@@ -108,6 +108,9 @@ pub struct Tasks {
     /// Unfinished tasks (and finished ones with a callback to deliver) → node.
     active: Mutex<HashMap<String, Option<String>>>,
     delivering: Mutex<HashSet<String>>,
+    /// Tasks this process is running in the cloud right now. A task Running in the
+    /// cloud but not here lost its run to a restart (kill -9): it is run again.
+    cloud_runs: Mutex<HashSet<String>>,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<TaskStatus>>>>,
     /// Callers of `create` waiting for the first reconcile of their task.
     advanced: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
@@ -149,6 +152,7 @@ impl Tasks {
             http,
             active: Mutex::new(HashMap::new()),
             delivering: Mutex::new(HashSet::new()),
+            cloud_runs: Mutex::new(HashSet::new()),
             waiters: Mutex::new(HashMap::new()),
             advanced: Mutex::new(HashMap::new()),
             wake_tx,
@@ -588,6 +592,32 @@ impl Tasks {
             self.advance_parent(name, &status).await;
             return Ok(None);
         }
+        if status.phase == Phase::Running
+            && status.node.as_deref() == Some("cloud")
+            && status.attempts < spec.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS)
+            && !self
+                .cloud_runs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(name)
+        {
+            // Its run died with the process that ran it (a restart): the next attempt
+            // runs now, under the same idempotency key, rather than after a timeout.
+            let attempt = status.attempts;
+            self.update(name, |st, _| {
+                if st.phase != Phase::Running || st.node.as_deref() != Some("cloud") {
+                    return false;
+                }
+                st.phase = Phase::Pending;
+                st.reason = Some("Restarted".into());
+                st.message = Some(format!(
+                    "the cloud restarted during attempt {attempt}; running it again"
+                ));
+                true
+            })
+            .await;
+            return Ok(Some(now));
+        }
         let deadline = next_deadline(&spec, &status);
         match timing(&spec, &status, now) {
             Timing::TimedOut(message) => {
@@ -737,6 +767,10 @@ impl Tasks {
             return;
         }
         self.track(name, Some("cloud".into()));
+        self.cloud_runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string());
         let this = self.clone();
         let name = name.to_string();
         let function = spec.function.clone();
@@ -783,6 +817,10 @@ impl Tasks {
             if let Err(why) = this.finish(&name, outcome, Reporter::Cloud).await {
                 tracing::debug!(task = %name, why = why.as_str(), "cloud run finished after the task did");
             }
+            this.cloud_runs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&name);
         });
     }
 
