@@ -120,6 +120,22 @@ fn scope_of(headers: &http::HeaderMap, uri: &http::Uri) -> Option<(String, Strin
     Some((region, service))
 }
 
+/// The longest a presigned URL may stay valid (AWS's limit).
+pub const MAX_PRESIGNED_SECS: i64 = 7 * 86400;
+
+/// How long a presigned URL stays valid from `now_unix`: SigV4's `X-Amz-Expires`
+/// (seconds), SigV2's `Expires` (a Unix time). `None`: not a presigned URL. Pure.
+fn presigned_lifetime(uri: &http::Uri, now_unix: i64) -> Option<i64> {
+    let q = uri.query()?;
+    let get = |name: &str| {
+        q.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (k == name).then(|| v.parse::<i64>().ok()).flatten()
+        })
+    };
+    get("X-Amz-Expires").or_else(|| get("Expires").map(|at| at - now_unix))
+}
+
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -202,6 +218,13 @@ impl s3s::access::S3Access for Access {
                 "every request must be signed with a Verge S3 access key (verge s3 key create)"
             ));
         };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if presigned_lifetime(cx.uri(), now).is_some_and(|l| l > MAX_PRESIGNED_SECS) {
+            return Err(s3_error!(
+                AuthorizationQueryParametersError,
+                "a presigned URL may be valid for at most {MAX_PRESIGNED_SECS} seconds (7 days)"
+            ));
+        }
         // Signature Version 2 (`aws s3 presign` of AWS CLI v1), which s3s verified too,
         // carries no scope.
         if let Some((region, service)) = scope_of(cx.headers(), cx.uri()) {
@@ -997,6 +1020,21 @@ mod tests {
         // Unsigned or SigV2: not decided here.
         let uri: http::Uri = "/b/k".parse().unwrap();
         assert!(foreign_service(&http::HeaderMap::new(), &uri).is_none());
+    }
+
+    #[test]
+    fn presigned_lifetimes() {
+        let uri = |q: &str| format!("/b/k?{q}").parse::<http::Uri>().unwrap();
+        assert_eq!(
+            presigned_lifetime(&uri("X-Amz-Expires=300&x=1"), 0),
+            Some(300)
+        );
+        assert_eq!(
+            presigned_lifetime(&uri("Expires=1100&Signature=s"), 1000),
+            Some(100)
+        );
+        assert_eq!(presigned_lifetime(&uri("list-type=2"), 0), None);
+        assert!(presigned_lifetime(&uri("X-Amz-Expires=604801"), 0).unwrap() > MAX_PRESIGNED_SECS);
     }
 
     #[test]
