@@ -296,61 +296,10 @@ async fn store_view(
     Ok((history, records))
 }
 
-/// The bodies a [`receiver`] got.
-type Received = Arc<Mutex<Vec<Vec<u8>>>>;
-
-/// A webhook receiver in the test process (it outlives every kill of the cloud): a
-/// plain TCP listener answering every request 204 and keeping its body.
-async fn receiver() -> Result<(String, Received)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/hook", listener.local_addr()?);
-    let got: Received = Arc::default();
-    let seen = got.clone();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                let mut need: Option<usize> = None;
-                loop {
-                    if let Some(n) = need
-                        && buf.len() >= n
-                    {
-                        break;
-                    }
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                    if need.is_none()
-                        && let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n")
-                    {
-                        let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        buf.drain(..i + 4);
-                        need = Some(len);
-                    }
-                }
-                seen.lock().unwrap().push(buf);
-                let _ = sock
-                    .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                    .await;
-            });
-        }
-    });
-    Ok((url, got))
-}
-
 /// subject → ETags of the `created` CloudEvents the webhook got.
-fn delivered(got: &Received) -> HashMap<String, Vec<String>> {
+fn delivered(got: &verge_testkit::Received) -> HashMap<String, Vec<String>> {
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
-    for body in got.lock().unwrap().iter() {
+    for (_, body) in got.lock().unwrap().iter() {
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
             && v["type"] == "dev.verge.object.created"
         {
@@ -368,7 +317,7 @@ async fn acknowledged_uploads_survive_sigkill_and_nothing_partial_is_listed() ->
     aws.ok(&["s3", "mb", &format!("s3://{BUCKET}")]).await?;
     // Events: a webhook for the objects of ten uploaders (`u0*`), a function for those
     // of one (`u00/`); the store-level check above covers every object's event record.
-    let (hook_url, got) = receiver().await?;
+    let (hook_url, got) = verge_testkit::webhook_receiver().await?;
     cloud
         .api(
             Method::POST,

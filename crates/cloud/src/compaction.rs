@@ -33,6 +33,62 @@ pub fn target(
     (t > compacted).then_some(t)
 }
 
+/// Whether history holds an object event after `checkpoint`, at or before `current`.
+async fn object_events_pending(
+    store: &DynStore,
+    checkpoint: Revision,
+    current: Revision,
+) -> Result<bool, verge_store::Error> {
+    use futures::StreamExt;
+    if checkpoint >= current {
+        return Ok(false);
+    }
+    let mut w = match store
+        .watch(crate::buckets::OBJECTS_PREFIX, checkpoint)
+        .await
+    {
+        Ok(w) => w,
+        // Already compacted past it: nothing there to keep.
+        Err(verge_store::Error::Compacted { .. }) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    // History after the checkpoint is replayed first; nothing within the wait means
+    // there is none (a live event then is newer than `current`).
+    match tokio::time::timeout(Duration::from_millis(500), w.next()).await {
+        Ok(Some(Ok(ev))) => Ok(ev.revision <= current),
+        Ok(Some(Err(e))) => Err(e),
+        Ok(None) | Err(_) => Ok(false),
+    }
+}
+
+/// Sets the events checkpoint from `from` to `to` if it still reads `from`.
+async fn advance_checkpoint(
+    store: &DynStore,
+    from: Revision,
+    to: Revision,
+) -> Result<(), verge_store::Error> {
+    let Some(kv) = store.get(crate::events::CHECKPOINT_KEY).await? else {
+        return Ok(());
+    };
+    if to <= from || String::from_utf8_lossy(&kv.value).trim() != from.to_string() {
+        return Ok(());
+    }
+    match store
+        .update(
+            crate::events::CHECKPOINT_KEY,
+            bytes::Bytes::from(to.to_string()),
+            Default::default(),
+            verge_store::Expect::ModRevision(kv.mod_revision),
+        )
+        .await
+    {
+        Ok(_) | Err(verge_store::Error::Conflict { .. } | verge_store::Error::NotFound { .. }) => {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// What the compactor needs.
 pub struct Compactor {
     pub store: DynStore,
@@ -47,7 +103,20 @@ impl Compactor {
     pub async fn reconcile(&self, _req: Request) -> Result<Action, verge_store::Error> {
         let current = self.store.current_revision().await?;
         let done = self.store.compacted_revision().await?;
-        let checkpoint = crate::events::read_checkpoint(&self.store).await?;
+        // The event dispatcher's checkpoint holds compaction back only while object
+        // events after it wait to be handed off; with none pending, every object event up
+        // to `current` is behind the checkpoint and later ones are past any target.
+        let checkpoint = match crate::events::read_checkpoint(&self.store).await? {
+            Some(c) if object_events_pending(&self.store, c, current).await? => Some(c),
+            Some(c) => {
+                // Nothing to hand off up to `current`: the checkpoint moves there (unless
+                // the dispatcher moved it meanwhile), so a dispatcher restarting later
+                // does not find its place compacted away.
+                advance_checkpoint(&self.store, c, current).await?;
+                None
+            }
+            None => None,
+        };
         if let Some(t) = target(current, done, self.keep, checkpoint) {
             self.store.compact(t).await?;
             tracing::debug!(revision = t, "compacted history");
@@ -95,7 +164,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_compactor_reads_the_checkpoint() {
+    async fn the_checkpoint_holds_compaction_back_only_while_object_events_wait() {
         let store = MemStore::new();
         write(&store, 30).await;
         let dyn_store: DynStore = Arc::new(store.clone());
@@ -104,17 +173,42 @@ mod tests {
             .unwrap();
         write(&store, 10).await;
         let c = Compactor {
-            store: dyn_store,
+            store: dyn_store.clone(),
             keep: 5,
             every: Duration::from_secs(60),
         };
-        c.reconcile(Request {
-            key: KEY.into(),
-            object: None,
-        })
-        .await
-        .unwrap();
-        assert_eq!(store.compacted_revision().await.unwrap(), 12);
+        let run = || {
+            c.reconcile(Request {
+                key: KEY.into(),
+                object: None,
+            })
+        };
+        // No object event after the checkpoint: keep alone decides, and the checkpoint
+        // moves up to where nothing waits.
+        let cur = store.current_revision().await.unwrap();
+        run().await.unwrap();
+        assert_eq!(store.compacted_revision().await.unwrap(), cur - 5);
+        assert_eq!(
+            crate::events::read_checkpoint(&dyn_store).await.unwrap(),
+            Some(cur)
+        );
+        let cur = store.current_revision().await.unwrap();
+        // An object event the dispatcher has not handed off holds history at the
+        // checkpoint.
+        crate::events::write_checkpoint(&dyn_store, cur)
+            .await
+            .unwrap();
+        store
+            .create(
+                "/s3/objects/b/k",
+                Bytes::from_static(b"{}"),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        write(&store, 20).await;
+        run().await.unwrap();
+        assert_eq!(store.compacted_revision().await.unwrap(), cur);
     }
 
     async fn write(store: &MemStore, n: usize) {

@@ -424,6 +424,61 @@ fn decode_token(token: &str) -> S3Result<String> {
         .ok_or_else(|| s3_error!(InvalidArgument, "the continuation token is not valid"))
 }
 
+/// The metadata a write request gives (PutObject, CopyObject with `REPLACE`,
+/// CreateMultipartUpload: the same field names in each input).
+macro_rules! put_meta_of {
+    ($input:ident) => {
+        put_meta(
+            $input.content_type,
+            $input.metadata,
+            [
+                ("cache-control", $input.cache_control),
+                ("content-disposition", $input.content_disposition),
+                ("content-encoding", $input.content_encoding),
+                ("content-language", $input.content_language),
+            ],
+        )
+    };
+}
+
+/// The object a GET or HEAD names, after its conditional headers (412 / 304).
+macro_rules! head_checked {
+    ($self:ident, $input:ident) => {{
+        let (rec, _) = $self
+            .buckets
+            .head(&$input.bucket, &$input.key)
+            .await
+            .map_err(s3_err)?;
+        preconditions(
+            &rec,
+            $input.if_match.as_ref(),
+            $input.if_none_match.as_ref(),
+            $input.if_modified_since.as_ref(),
+            $input.if_unmodified_since.as_ref(),
+        )?;
+        rec
+    }};
+}
+
+/// A GET or HEAD answer with the object's headers, plus the given fields.
+macro_rules! object_output {
+    ($ty:ident, $rec:ident, { $($field:ident: $value:expr),* $(,)? }) => {
+        $ty {
+            $($field: $value,)*
+            accept_ranges: Some("bytes".to_owned()),
+            content_type: Some($rec.content_type.clone()),
+            e_tag: Some(etag(&$rec.etag)),
+            last_modified: timestamp(&$rec.last_modified),
+            metadata: user_metadata(&$rec),
+            cache_control: header(&$rec, "cache-control"),
+            content_disposition: header(&$rec, "content-disposition"),
+            content_encoding: header(&$rec, "content-encoding"),
+            content_language: header(&$rec, "content-language"),
+            ..Default::default()
+        }
+    };
+}
+
 #[async_trait::async_trait]
 impl S3 for S3Front {
     async fn list_buckets(
@@ -498,16 +553,7 @@ impl S3 for S3Front {
         let body = input
             .body
             .ok_or_else(|| s3_error!(IncompleteBody, "the request has no body"))?;
-        let meta = put_meta(
-            input.content_type,
-            input.metadata,
-            [
-                ("cache-control", input.cache_control),
-                ("content-disposition", input.content_disposition),
-                ("content-encoding", input.content_encoding),
-                ("content-language", input.content_language),
-            ],
-        );
+        let meta = put_meta_of!(input);
         let len = input.content_length.map(|n| n.max(0) as u64);
         let rec = self
             .buckets
@@ -526,19 +572,8 @@ impl S3 for S3Front {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
-        let (rec, _) = self
-            .buckets
-            .head(&input.bucket, &input.key)
-            .await
-            .map_err(s3_err)?;
-        preconditions(
-            &rec,
-            input.if_match.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-            input.if_unmodified_since.as_ref(),
-        )?;
-        let (start, len, content_range) = match input.range {
+        let rec = head_checked!(self, input);
+        let (start, len, range_answer) = match input.range {
             None => (0, rec.size, None),
             Some(r) => {
                 let range = r.check(rec.size).map_err(|_| {
@@ -562,21 +597,11 @@ impl S3 for S3Front {
         };
         let path = self.buckets.blobs().path(&rec.sha256);
         let body = crate::buckets::blobs::read_range(path, start, len);
-        Ok(S3Response::new(GetObjectOutput {
+        Ok(S3Response::new(object_output!(GetObjectOutput, rec, {
             body: Some(StreamingBlob::wrap(body)),
-            accept_ranges: Some("bytes".to_owned()),
             content_length: Some(len as i64),
-            content_range,
-            content_type: Some(rec.content_type.clone()),
-            e_tag: Some(etag(&rec.etag)),
-            last_modified: timestamp(&rec.last_modified),
-            metadata: user_metadata(&rec),
-            cache_control: header(&rec, "cache-control"),
-            content_disposition: header(&rec, "content-disposition"),
-            content_encoding: header(&rec, "content-encoding"),
-            content_language: header(&rec, "content-language"),
-            ..Default::default()
-        }))
+            content_range: range_answer,
+        })))
     }
 
     async fn head_object(
@@ -584,31 +609,10 @@ impl S3 for S3Front {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
-        let (rec, _) = self
-            .buckets
-            .head(&input.bucket, &input.key)
-            .await
-            .map_err(s3_err)?;
-        preconditions(
-            &rec,
-            input.if_match.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-            input.if_unmodified_since.as_ref(),
-        )?;
-        Ok(S3Response::new(HeadObjectOutput {
-            accept_ranges: Some("bytes".to_owned()),
+        let rec = head_checked!(self, input);
+        Ok(S3Response::new(object_output!(HeadObjectOutput, rec, {
             content_length: Some(rec.size as i64),
-            content_type: Some(rec.content_type.clone()),
-            e_tag: Some(etag(&rec.etag)),
-            last_modified: timestamp(&rec.last_modified),
-            metadata: user_metadata(&rec),
-            cache_control: header(&rec, "cache-control"),
-            content_disposition: header(&rec, "content-disposition"),
-            content_encoding: header(&rec, "content-encoding"),
-            content_language: header(&rec, "content-language"),
-            ..Default::default()
-        }))
+        })))
     }
 
     async fn delete_object(
@@ -689,18 +693,7 @@ impl S3 for S3Front {
             .metadata_directive
             .as_ref()
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
-        let meta = replace.then(|| {
-            put_meta(
-                input.content_type,
-                input.metadata,
-                [
-                    ("cache-control", input.cache_control),
-                    ("content-disposition", input.content_disposition),
-                    ("content-encoding", input.content_encoding),
-                    ("content-language", input.content_language),
-                ],
-            )
-        });
+        let meta = replace.then(|| put_meta_of!(input));
         let rec = self
             .buckets
             .copy(&src_bucket, &src_key, &input.bucket, &input.key, meta)
@@ -782,16 +775,7 @@ impl S3 for S3Front {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
-        let meta = put_meta(
-            input.content_type,
-            input.metadata,
-            [
-                ("cache-control", input.cache_control),
-                ("content-disposition", input.content_disposition),
-                ("content-encoding", input.content_encoding),
-                ("content-language", input.content_language),
-            ],
-        );
+        let meta = put_meta_of!(input);
         let id = self
             .buckets
             .create_upload(&input.bucket, &input.key, meta)
