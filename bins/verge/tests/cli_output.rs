@@ -157,6 +157,8 @@ impl Dev {
                 "127.0.0.1:0",
                 "--mqtt-listen",
                 "127.0.0.1:0",
+                "--s3-listen",
+                "127.0.0.1:0",
             ])
             .env("HOME", home)
             .env("VERGE_HOME", dev_home)
