@@ -707,18 +707,25 @@ fn raise_fd_limit() {
 /// Logs go to stderr, coloured only on a terminal (never ANSI codes in a log file). The
 /// control plane logs what it does (`info`); `verge dev` and the client commands only
 /// warn, so the dev banner and command output are what a user sees. `RUST_LOG`
-/// overrides both.
+/// overrides both. The `s3s` crate logs every refused S3 request (a bad signature, a
+/// missing key) as an error: those are the client's, answered with their S3 error, so
+/// they stay out of the log unless `RUST_LOG` names `s3s` (Verge's own S3 layer logs
+/// its internal failures itself).
 fn init_logging(cmd: &Cmd) {
     use std::io::IsTerminal as _;
     let default = match cmd {
         Cmd::Cloud { action: None, .. } => "info,rustls=error",
         _ => "warn,rustls=error",
     };
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("s3s"))
+        && let Ok(d) = "s3s=off".parse()
+    {
+        filter = filter.add_directive(d);
+    }
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
-        )
+        .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
