@@ -173,7 +173,10 @@ impl AwsCli {
             )
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("AWS_RETRY_MODE", "standard")
-            .env("AWS_MAX_ATTEMPTS", "1")
+            // One retry, as every S3 client has: a pooled keep-alive connection can be
+            // closed by the server for idleness (HTTP/1, 10 s) just as a request goes
+            // out on it. Standard mode never retries a 4xx, so refusals stay exact.
+            .env("AWS_MAX_ATTEMPTS", "2")
             .env("AWS_PAGER", "")
             .stdin(Stdio::null())
             .kill_on_drop(true);
