@@ -240,7 +240,7 @@ impl Store for SqliteStore {
 
     async fn list(&self, prefix: &str, selector: Option<&LabelSelector>) -> Result<ListResult> {
         let result: Result<ListResult> = async {
-            let mut tx = self.reads.begin().await?;
+            let tx = self.reads.begin().await?;
             let end = prefix_end(prefix);
             let query = match &end {
                 Some(end) => sqlx::query(
@@ -255,21 +255,7 @@ impl Store for SqliteStore {
                 )
                 .bind(prefix),
             };
-            let mut items = Vec::new();
-            {
-                let mut rows = query.fetch(&mut *tx);
-                while let Some(row) = rows.try_next().await? {
-                    if let Some(kv) = kv_from_row(&row, selector)?
-                        && kv.key.starts_with(prefix)
-                    {
-                        items.push(kv);
-                    }
-                }
-            }
-            // Same read transaction, hence the same snapshot as the rows.
-            let (revision, _) = read_meta(&mut tx).await?;
-            tx.commit().await?;
-            Ok(ListResult { items, revision })
+            snapshot(tx, query, prefix, selector).await
         }
         .await;
         result.map_err(|e| self.read_err(e))
@@ -277,7 +263,7 @@ impl Store for SqliteStore {
 
     async fn list_page(&self, prefix: &str, start_after: &str, limit: usize) -> Result<ListResult> {
         let result: Result<ListResult> = async {
-            let mut tx = self.reads.begin().await?;
+            let tx = self.reads.begin().await?;
             // Keys after `start_after` and at or after `prefix`; the prefix end bounds
             // the range (the `starts_with` check below is for the unbounded case).
             let (from, inclusive) = if start_after.as_bytes() >= prefix.as_bytes() {
@@ -305,24 +291,11 @@ impl Store for SqliteStore {
                      WHERE key > ?1 ORDER BY key LIMIT ?2"
                 }
             };
-            let mut items = Vec::new();
-            {
-                let mut query = sqlx::query(sql).bind(from).bind(limit);
-                if let Some(end) = &end {
-                    query = query.bind(end.as_str());
-                }
-                let mut rows = query.fetch(&mut *tx);
-                while let Some(row) = rows.try_next().await? {
-                    if let Some(kv) = kv_from_row(&row, None)?
-                        && kv.key.starts_with(prefix)
-                    {
-                        items.push(kv);
-                    }
-                }
+            let mut query = sqlx::query(sql).bind(from).bind(limit);
+            if let Some(end) = &end {
+                query = query.bind(end.as_str());
             }
-            let (revision, _) = read_meta(&mut tx).await?;
-            tx.commit().await?;
-            Ok(ListResult { items, revision })
+            snapshot(tx, query, prefix, None).await
         }
         .await;
         result.map_err(|e| self.read_err(e))
@@ -424,6 +397,30 @@ impl Store for SqliteStore {
 
 /// Creates the parent directory and, on Unix, the database file with mode 0600 (SQLite
 /// gives its `-wal` and `-shm` files the database file's permissions).
+/// The rows of `query` under `prefix` (matching `selector`) and the revision, read in
+/// the one transaction `tx`: a consistent snapshot (`list` and `list_page`).
+async fn snapshot<'q>(
+    mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    prefix: &str,
+    selector: Option<&LabelSelector>,
+) -> std::result::Result<ListResult, Error> {
+    let mut items = Vec::new();
+    {
+        let mut rows = query.fetch(&mut *tx);
+        while let Some(row) = rows.try_next().await? {
+            if let Some(kv) = kv_from_row(&row, selector)?
+                && kv.key.starts_with(prefix)
+            {
+                items.push(kv);
+            }
+        }
+    }
+    let (revision, _) = read_meta(&mut tx).await?;
+    tx.commit().await?;
+    Ok(ListResult { items, revision })
+}
+
 async fn prepare_file(path: &std::path::Path) -> Result<()> {
     let io = |what: &str, e: std::io::Error| {
         Error::Database(sqlx::Error::Io(std::io::Error::new(
