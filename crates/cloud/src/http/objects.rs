@@ -258,6 +258,12 @@ pub async fn upload(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // Refused before the body is read (no such bucket): the body is read and dropped
+    // first, as for a 413, so the client sees the answer rather than a reset.
+    if let Err(e) = st.buckets.spec(&bucket).await {
+        super::body::discard(body, announced.unwrap_or(0)).await;
+        return Err(api_error(e));
+    }
     let mut kept = BTreeMap::new();
     for name in &KEPT_HEADERS {
         if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
